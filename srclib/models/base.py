@@ -1,0 +1,113 @@
+"""The adapter contract: everything the study needs to know about a model family.
+
+An adapter knows how to load (model, tokenizer), where the transformer blocks are, which
+nn.Linear layers are prunable, the mask token id, whether attention is causal and whether the
+logits are shifted (Dream-style: the output at position i-1 predicts token i).  Library code
+never inspects a model's class or name: it asks the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Adapter", "MARKER", "write_marker", "read_marker"]
+
+MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Base adapter. Subclasses override ``load`` and, where the layout differs, ``blocks``.
+
+    key: registry key (params.yaml ``models:`` entry of the same name).
+    causal: attention is causal (AR model) rather than bidirectional (DLM).
+    shift: logits are shifted (output at i-1 predicts token i); position 0 is never masked.
+    blocks_path: dotted attribute path from the loaded model to its nn.ModuleList of blocks.
+    source: default checkpoint location (a repo-relative folder or a hub id).
+    """
+
+    key: str
+    causal: bool
+    shift: bool
+    blocks_path: str
+    source: str = ""
+    revision: str | None = None
+    trust_remote_code: bool = False
+    mask_token_id: int | None = None  # None: read from the loaded config/tokenizer
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ---- loading ------------------------------------------------------------------------------
+    def load(self, source: str | Path | None = None, **overrides: Any):
+        """Return (model, tokenizer) in eval mode. Subclasses implement."""
+        raise NotImplementedError(f"adapter {type(self).__name__} for {self.key!r} has no load()")
+
+    # ---- layout -------------------------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        obj: Any = model
+        for part in self.blocks_path.split("."):
+            if not hasattr(obj, part):
+                raise AttributeError(
+                    f"model for {self.key!r} has no attribute path {self.blocks_path!r} "
+                    f"(missing {part!r} on {type(obj).__name__})"
+                )
+            obj = getattr(obj, part)
+        if not isinstance(obj, nn.ModuleList):
+            raise TypeError(f"{self.key!r}: {self.blocks_path} is {type(obj).__name__}, not ModuleList")
+        return obj
+
+    def prunable(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """Every nn.Linear inside a transformer block, by qualified name (method.md 4)."""
+        return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
+
+    def mask_id(self, model: nn.Module) -> int | None:
+        """The [MASK] token id, or None for an AR model."""
+        if self.causal:
+            return None
+        if self.mask_token_id is not None:
+            return int(self.mask_token_id)
+        mid = getattr(model.config, "mask_token_id", None)
+        if mid is None:
+            raise ValueError(f"model {self.key!r} declares no mask_token_id in its config or adapter")
+        return int(mid)
+
+    def align_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return logits whose position i predicts token i.
+
+        Unshifted (LLaDA-style) models already do. Shifted models (Dream, tiny-dlm) predict token i
+        at output i-1: we move every row one step right; row 0 repeats itself, and position 0 is
+        never masked by the sampler, the noising or the likelihood, so it is never read.
+        """
+        # logits: (B, T, V)
+        if not self.shift:
+            return logits
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+    def logits(self, model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Aligned logits (B, T, V) for ids (B, T)."""
+        out = model(input_ids=ids, attention_mask=attention_mask)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        return self.align_logits(logits)
+
+
+def write_marker(folder: str | Path, key: str, **info: Any) -> Path:
+    """Record which adapter a saved checkpoint belongs to (read back by srclib.models.load)."""
+    from srclib.io import write_json
+
+    return write_json(Path(folder) / MARKER, {"key": key, **info})
+
+
+def read_marker(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a srclib checkpoint (no {MARKER}); pass a model key from params.yaml "
+            f"or a folder written by srclib"
+        )
+    return json.loads(path.read_text())
