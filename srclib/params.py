@@ -1,0 +1,399 @@
+"""Typed, validated parameters: one dataclass per stage; the only reader of params.yaml.
+
+``load()`` parses params.yaml into ``Params``; unknown keys, missing keys, wrong types and
+out-of-range values raise ``ParamsError`` naming the dotted key, the value and what is allowed.
+Defaults live in params.yaml only: the dataclasses below define types and ranges, not values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+__all__ = [
+    "ParamsError", "Params", "load", "load_dict", "ModelEntry", "TrainParams", "CollectParams",
+    "VarianceParams", "PruneParams", "PruneInstance", "EvaluateParams", "TaskSettings", "PlotParams",
+    "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES",
+]
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+WEIGHTINGS = ("uniform", "sink", "stability")
+PATTERNS = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}  # N:M patterns fix sparsity N/M
+DTYPES = ("float32", "bfloat16", "float16")
+SINK_RULES = ("zscore", "margin")
+REMASKING = ("low_confidence", "random")
+
+
+class ParamsError(ValueError):
+    """A params.yaml (or override) value is invalid; the message names the key and what is allowed."""
+
+
+def _c(**constraints: Any) -> Any:
+    """A dataclass field with validation constraints and no default (params.yaml holds values)."""
+    return field(metadata=constraints)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    dtype: str = _c(choices=DTYPES)
+    device: str = _c(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    seed: int = _c(ge=0)
+
+
+@dataclass(frozen=True)
+class Arch:
+    n_layers: int = _c(ge=1)
+    hidden_size: int = _c(ge=8)
+    n_heads: int = _c(ge=1)
+    mlp_hidden: int = _c(ge=1)
+    rope_theta: float = _c(gt=0)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.n_heads:
+            raise ParamsError(
+                f"train.arch.hidden_size ({self.hidden_size}) must be divisible by "
+                f"train.arch.n_heads ({self.n_heads})"
+            )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps: int = _c(ge=1)
+    lr: float = _c(gt=0)
+    warmup: int = _c(ge=0)
+    min_lr: float = _c(ge=0)
+
+
+@dataclass(frozen=True)
+class DlmSchedule(Schedule):
+    eps: float = _c(gt=0, lt=1)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = _c(ge=0)
+    threads: int = _c(ge=1)
+    tokenizer_vocab: int = _c(ge=260)
+    seq_len: int = _c(ge=8)
+    batch_size: int = _c(ge=1)
+    arch: Arch = _c()
+    ar: Schedule = _c()
+    dlm: DlmSchedule = _c()
+    weight_decay: float = _c(ge=0)
+    grad_clip: float = _c(gt=0)
+    eval_windows: int = _c(ge=1)
+    eval_mc_num: int = _c(ge=1)
+    n_samples: int = _c(ge=0)
+
+
+@dataclass(frozen=True)
+class CollectParams:
+    models: list[str] = _c(min_len=1)
+    n_prompts: int = _c(ge=1)
+    prompt_tokens: int = _c(ge=1)
+    gen_length: int = _c(ge=1)
+    steps: int = _c(ge=1)
+    block_length: int = _c(ge=1)
+    temperature: float = _c(ge=0)
+    cfg_scale: float = _c(ge=0)
+    remasking: str = _c(choices=REMASKING)
+    chunk_size: int = _c(ge=1)
+    random_init_control: bool = _c()
+    seed: int = _c(ge=0)
+
+    def __post_init__(self) -> None:
+        if self.gen_length % self.block_length:
+            raise ParamsError(
+                f"collect.gen_length ({self.gen_length}) must be a multiple of "
+                f"collect.block_length ({self.block_length})"
+            )
+        n_blocks = self.gen_length // self.block_length
+        if self.steps % n_blocks:
+            raise ParamsError(
+                f"collect.steps ({self.steps}) must be a multiple of the number of blocks "
+                f"gen_length/block_length = {n_blocks}"
+            )
+
+
+@dataclass(frozen=True)
+class VarianceParams:
+    rule: str = _c(choices=SINK_RULES)
+    alpha: float = _c(gt=0)
+    kappa: float = _c()
+    eps: float = _c(ge=0)
+    stability_threshold: float = _c(ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class CalibrationParams:
+    n_samples: int = _c(ge=1)
+    seq_len: int = _c(ge=2)
+    t_grid: list[float] = _c(min_len=1, item_gt=0, item_le=1)
+    noise_eps: float = _c(ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class SparseGPTParams:
+    blocksize: int = _c(ge=1)
+    percdamp: float = _c(ge=0)
+
+
+@dataclass(frozen=True)
+class OwlParams:
+    enabled: bool = _c()
+    lambda_: float = _c(ge=0, lt=1, key="lambda")
+    m: float = _c(gt=0)
+
+
+@dataclass(frozen=True)
+class PruneInstance:
+    model: str = _c()
+    method: str = _c(choices=METHODS)
+    weighting: str = _c(choices=WEIGHTINGS)
+    sparsity: float = _c(ge=0, lt=1)
+    pattern: str = _c(choices=tuple(PATTERNS))
+    seed: int = _c(ge=0)
+
+    def __post_init__(self) -> None:
+        nm = PATTERNS[self.pattern]
+        if nm is not None and not math.isclose(self.sparsity, nm[0] / nm[1]):
+            raise ParamsError(
+                f"pattern {self.pattern!r} prunes exactly {nm[0]}/{nm[1]} = {nm[0] / nm[1]} of each "
+                f"group; sparsity {self.sparsity} is not allowed with it"
+            )
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    calibration: CalibrationParams = _c()
+    sink: VarianceParams = _c()
+    sparsegpt: SparseGPTParams = _c()
+    owl: OwlParams = _c()
+    one_shot_sink_wanda: bool = _c()
+    instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    num_fewshot: int = _c(ge=0)
+    cfg: float = _c(ge=0)
+    mc_num: int = _c(ge=1)
+    limit: Union[int, None] = _c(ge=1)
+
+
+@dataclass(frozen=True)
+class PplParams:
+    n_windows: int = _c(ge=1)
+    mc_num: int = _c(ge=1)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = _c(ge=1)
+    seed: int = _c(ge=0)
+    dense: list[str] = _c()
+    ppl: PplParams = _c()
+    tasks: dict[str, TaskSettings] = _c(min_len=1, key_choices=(
+        "arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa", "sciq",
+        "mmlu", "gsm8k",
+    ))
+
+
+@dataclass(frozen=True)
+class PlotParams:
+    headline_sparsities: list[float] = _c(item_gt=0, item_lt=1)
+    headline_methods: list[str] = _c(item_choices=METHODS)
+    seeds: list[int] = _c(min_len=1)
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = _c()
+    models: dict[str, ModelEntry] = _c(min_len=1)
+    train: TrainParams = _c()
+    collect: CollectParams = _c()
+    variance: VarianceParams = _c()
+    prune: PruneParams = _c()
+    evaluate: EvaluateParams = _c()
+    plot: PlotParams = _c()
+
+    def __post_init__(self) -> None:
+        from srclib.models import MODELS  # registry: the allowed model keys
+
+        for key in self.models:
+            if key not in MODELS:
+                raise ParamsError(f"models.{key}: unknown model; registered models: {sorted(MODELS)}")
+        declared = sorted(self.models)
+
+        def need(where: str, key: str) -> None:
+            if key not in self.models:
+                raise ParamsError(f"{where} = {key!r}: not declared under models: (declared: {declared})")
+
+        for i, key in enumerate(self.collect.models):
+            need(f"collect.models[{i}]", key)
+        for i, key in enumerate(self.evaluate.dense):
+            need(f"evaluate.dense[{i}]", key)
+        for name, inst in self.prune.instances.items():
+            need(f"prune.instances.{name}.model", inst.model)
+
+    def stage(self, name: str) -> Any:
+        if name not in STAGES:
+            raise ParamsError(f"unknown stage {name!r}; stages: {list(STAGES)}")
+        return getattr(self, STAGES[name])
+
+
+STAGES = {"train": "train", "collect": "collect", "variance": "variance", "prune": "prune",
+          "evaluate": "evaluate", "plot": "plot"}
+
+
+# ---------------------------------------------------------------------------------------------
+# generic validation
+_NUM_CHECKS = {
+    "ge": (lambda v, b: v >= b, ">= {}"), "gt": (lambda v, b: v > b, "> {}"),
+    "le": (lambda v, b: v <= b, "<= {}"), "lt": (lambda v, b: v < b, "< {}"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_num(where: str, value: Any, meta: dict[str, Any], prefix: str = "") -> None:
+    for name, (ok, text) in _NUM_CHECKS.items():
+        bound = meta.get(prefix + name)
+        if bound is not None and not ok(value, bound):
+            raise ParamsError(f"{where} = {value!r}: must be {text.format(bound)}")
+
+
+def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(where, value, inner, meta)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+        if len(value) < meta.get("min_len", 0):
+            raise ParamsError(f"{where}: must have at least {meta['min_len']} item(s)")
+        item_meta = {k[5:]: v for k, v in meta.items() if k.startswith("item_")}
+        return [_convert(f"{where}[{i}]", v, item_tp, item_meta) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where} = {value!r}: must be a mapping")
+        if len(value) < meta.get("min_len", 0):
+            raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
+        import re
+
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ParamsError(f"{where}: key {k!r} must be a string")
+            if "key_choices" in meta and k not in meta["key_choices"]:
+                raise ParamsError(f"{where}.{k}: unknown key; allowed: {list(meta['key_choices'])}")
+            if "key_pattern" in meta and not re.match(meta["key_pattern"], k):
+                raise ParamsError(f"{where}.{k}: name must match {meta['key_pattern']}")
+            out[k] = _convert(f"{where}.{k}", v, val_tp, {})
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where} = {value!r}: must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where} = {value!r}: must be an integer")
+        _check_num(where, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where} = {value!r}: must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ParamsError(f"{where} = {value!r}: must be finite")
+        _check_num(where, value, meta)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where} = {value!r}: must be a string")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ParamsError(f"{where} = {value!r}: must be one of {list(meta['choices'])}")
+        if "pattern" in meta:
+            import re
+
+            if not re.match(meta["pattern"], value):
+                raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
+        return value
+    raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where or 'params'}: must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed keys: {sorted(fields)}"
+        )
+    missing = sorted(set(fields) - set(data))
+    if missing:
+        raise ParamsError(f"{where + '.' if where else ''}{missing[0]}: missing key")
+    kwargs = {}
+    for key, f in fields.items():
+        sub = f"{where}.{key}" if where else key
+        kwargs[f.name] = _convert(sub, data[key], hints[f.name], dict(f.metadata))
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:  # cross-field checks: prefix the section they belong to
+        if where and not str(exc).startswith(where):
+            raise ParamsError(f"{where}: {exc}") from None
+        raise
+
+
+def load_dict(data: dict[str, Any]) -> Params:
+    """Validate a params mapping (as read from params.yaml) into ``Params``."""
+    return _build(Params, data, "")
+
+
+def load(path: str | Path | None = None) -> Params:
+    """Read and validate params.yaml (default: the repository's)."""
+    from srclib import paths
+
+    path = Path(path) if path is not None else paths.ROOT / "params.yaml"
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    return load_dict(data)
+
+
+def as_dict(obj: Any) -> Any:
+    """Plain JSON-able dict of a params dataclass (for provenance), with params.yaml's key names."""
+    if dataclasses.is_dataclass(obj):
+        return {f.metadata.get("key", f.name): as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [as_dict(v) for v in obj]
+    return obj
