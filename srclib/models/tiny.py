@@ -84,6 +84,9 @@ def test_config(causal: bool = False, shift: bool = True, **kw: Any) -> TinyConf
     return TinyConfig(**base)
 
 
+test_config.__test__ = False  # a factory, not a pytest test (tests import it by name)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

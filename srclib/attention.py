@@ -1,0 +1,183 @@
+"""Record attention mass without editing model code (method.md 1).
+
+``record_mass`` temporarily replaces ``torch.nn.functional.scaled_dot_product_attention`` (the
+module attribute: transformers' sdpa attention, LLaDA's and Dream's remote code and TinyLM all look
+it up at call time) by a wrapper that
+
+1. calls the original SDPA with the exact arguments it was given and returns its output unchanged
+   (so logits are bit-identical with and without the recorder), then
+2. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
+   queries at a time (no T x T map per head is ever held), and accumulates the key mass
+   m_k = sum_h sum_q A[h, q, k] of that call.
+
+Semantics mirrored from torch's SDPA reference implementation:
+- ``attn_mask`` bool (True = attend) or additive float, broadcastable to (B, H, T_q, T_k);
+- ``is_causal`` is top-left aligned (query i sees keys j <= i, also when T_q != T_k);
+- ``scale`` defaults to 1/sqrt(head_dim);
+- GQA (K/V with fewer heads than Q, ``enable_gqa=True``): K is expanded by ``repeat_interleave``;
+- ``dropout_p`` is ignored (the recorder is meant for eval mode).
+A query row whose keys are all masked (e.g. a left-padding query) contributes 0 mass (SDPA
+returns a zero output for it), never NaN.
+
+Code that imported the function by name before entering the context
+(``from torch.nn.functional import scaled_dot_product_attention``) is not intercepted.
+The patch is process-global and not thread-safe; nested recorders each record every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MassRecord", "record_mass", "key_mass"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MassRecord:
+    """What ``record_mass`` collects: one (B, T_key) float32 tensor per SDPA call, in call order."""
+
+    chunk_size: int
+    per_call: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        """Number of SDPA calls recorded (= number of layers for one forward pass)."""
+        return len(self.per_call)
+
+    @property
+    def mass(self) -> torch.Tensor:
+        """(L, B, T_key) float32: per-layer key mass, L = calls in forward order."""
+        if not self.per_call:
+            raise RuntimeError(
+                "no attention call was recorded: the model did not call "
+                "torch.nn.functional.scaled_dot_product_attention inside record_mass() "
+                "(eager attention, or SDPA imported by name before the context was entered)"
+            )
+        shapes = {tuple(m.shape) for m in self.per_call}
+        if len(shapes) > 1:
+            raise RuntimeError(
+                f"recorded calls have different (B, T_key) shapes {sorted(shapes)}; "
+                "use MassRecord.per_call, or reset() between forward passes"
+            )
+        return torch.stack(self.per_call)  # (L, B, T_key)
+
+    def reset(self) -> None:
+        """Forget everything recorded so far (e.g. between denoising steps)."""
+        self.per_call.clear()
+
+
+def _as_4d(x: torch.Tensor) -> torch.Tensor:
+    """Left-pad the shape with singleton dims to 4-D: (T_q, T_k) -> (1, 1, T_q, T_k) etc."""
+    if x.dim() > 4:
+        raise ValueError(f"attention tensors with more than 4 dims are not supported (got {tuple(x.shape)})")
+    return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
+
+
+def key_mass(
+    query: torch.Tensor,  # (B, H, T_q, hd) or (B, T_q, hd)
+    key: torch.Tensor,  # (B, H_kv, T_k, hd) or (B, T_k, hd)
+    attn_mask: torch.Tensor | None = None,  # broadcastable to (B, H, T_q, T_k)
+    is_causal: bool = False,
+    scale: float | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Column sums of the softmax attention, summed over heads and queries: (B, T_k) float32.
+
+    The softmax is computed chunk by chunk over queries in float32; rows with every key masked
+    contribute 0. GQA is handled whenever H_kv divides H (as SDPA with ``enable_gqa=True``).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if query.dim() not in (3, 4) or key.dim() != query.dim():
+        raise ValueError(
+            f"query/key must both be 3-D (B, T, hd) or 4-D (B, H, T, hd); got {tuple(query.shape)} "
+            f"and {tuple(key.shape)}"
+        )
+    with torch.no_grad():
+        q = _as_4d(query.detach()).float()  # (B, H, T_q, hd)
+        k = _as_4d(key.detach()).float()  # (B, H_kv, T_k, hd)
+        H, Hkv = q.shape[1], k.shape[1]
+        if Hkv != H:
+            if H % Hkv:
+                raise ValueError(f"query heads ({H}) must be a multiple of key heads ({Hkv})")
+            k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, T_k, hd)
+        Tq, Tk = q.shape[-2], k.shape[-2]
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        mask = None
+        if attn_mask is not None:
+            mask = _as_4d(attn_mask.detach())  # (B|1, H|1, T_q|1, T_k|1)
+            if mask.dtype != torch.bool:
+                mask = mask.float()
+        kt = k.transpose(-1, -2)  # (B, H, hd, T_k)
+        batch = torch.broadcast_shapes(q.shape[:1], k.shape[:1], mask.shape[:1] if mask is not None else (1,))
+        total = torch.zeros(batch[0], Tk, dtype=torch.float32, device=q.device)  # (B, T_k)
+        kpos = torch.arange(Tk, device=q.device)
+        for start in range(0, Tq, chunk_size):
+            stop = min(start + chunk_size, Tq)
+            s = torch.matmul(q[:, :, start:stop] * scale, kt)  # (B, H, c, T_k)
+            if is_causal:
+                qpos = torch.arange(start, stop, device=q.device)
+                s = s.masked_fill(kpos[None, :] > qpos[:, None], float("-inf"))  # top-left aligned
+            if mask is not None:
+                m = mask[:, :, start:stop] if mask.shape[-2] == Tq else mask
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+            B, Hc = s.shape[0], s.shape[1]
+            rowmax = s.amax(dim=-1, keepdim=True)  # (B, H, c, 1)
+            rowmax = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
+            e = torch.exp(s - rowmax)  # (B, H, c, T_k); fully masked rows are all 0
+            denom = e.sum(dim=-1)  # (B, H, c)
+            inv = torch.where(denom > 0, 1.0 / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+            # sum_h sum_q e[h, q, k] / denom[h, q] as one batched matmul: (B, 1, H*c) @ (B, H*c, T_k)
+            part = torch.bmm(inv.reshape(B, 1, -1), e.reshape(B, -1, Tk))  # (B, 1, T_k)
+            total = total + part[:, 0]
+            del s, e
+        return total
+
+
+def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
+    def scaled_dot_product_attention(
+        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+        enable_gqa=False, **kwargs,
+    ):
+        extra = dict(kwargs)
+        if enable_gqa:
+            extra["enable_gqa"] = True
+        out = original(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+            scale=scale, **extra,
+        )
+        record.per_call.append(
+            key_mass(query, key, attn_mask=attn_mask, is_causal=bool(is_causal), scale=scale,
+                     chunk_size=record.chunk_size)
+        )
+        return out
+
+    scaled_dot_product_attention.__wrapped__ = original  # type: ignore[attr-defined]
+    return scaled_dot_product_attention
+
+
+@contextlib.contextmanager
+def record_mass(chunk_size: int = 256) -> Iterator[MassRecord]:
+    """Record per-call attention key mass while the context is open.
+
+    >>> with record_mass() as rec:          # doctest: +SKIP
+    ...     model(ids)
+    >>> rec.mass.shape                      # (L, B, T_key) float32  # doctest: +SKIP
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    record = MassRecord(chunk_size=chunk_size)
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _make_wrapper(original, record)
+    try:
+        yield record
+    finally:
+        F.scaled_dot_product_attention = original

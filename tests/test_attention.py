@@ -1,0 +1,334 @@
+"""Known-answer and property tests for srclib.attention (method.md 1).
+
+References are independent of the recorder: eager attentions from transformers
+(output_attentions=True), a manual softmax(q k^T) from TinyLM's block weights, and a naive
+full-matrix softmax for the property tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from srclib.attention import key_mass, record_mass
+from srclib.models.tiny import TinyLM, apply_rope, rope_cache, test_config
+
+ATOL = 1e-4
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _llama(gqa: bool = False, seed: int = 0) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2 if gqa else 4, max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    # random-init attention is near uniform; sharpen it so the test is not trivially passed
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    return model
+
+
+def _eager_mass(model, ids, attention_mask=None, query_keep=None) -> torch.Tensor:
+    """(L, B, T) column sums of eager attentions over heads and (kept) queries."""
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=attention_mask, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    att = torch.stack(out.attentions)  # (L, B, H, Tq, Tk)
+    if query_keep is not None:  # (B, Tq) bool
+        att = att * query_keep[None, :, None, :, None]
+    return att.sum(dim=(2, 3))  # (L, B, Tk)
+
+
+def _recorded(model, ids, attention_mask=None, chunk_size=3):
+    with torch.no_grad(), record_mass(chunk_size=chunk_size) as rec:
+        logits = model(input_ids=ids, attention_mask=attention_mask).logits
+    return rec, logits
+
+
+# ---- transformers Llama: eager vs recorder ---------------------------------------------------
+@pytest.mark.parametrize("gqa", [False, True])
+def test_llama_causal_matches_eager(gqa):
+    model = _llama(gqa=gqa)
+    ids = torch.randint(0, 100, (2, 11), generator=torch.Generator().manual_seed(1))
+    ref = _eager_mass(model, ids)
+    rec, _ = _recorded(model, ids)
+    assert rec.calls == 3
+    assert rec.mass.shape == (3, 2, 11) and rec.mass.dtype == torch.float32
+    torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
+    # causal: key 0 receives mass from every query; the last key only from the last query
+    assert (rec.mass[:, :, 0] > rec.mass[:, :, -1]).all()
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_llama_left_padding_matches_eager(gqa):
+    model = _llama(gqa=gqa)
+    ids = torch.randint(3, 100, (3, 10), generator=torch.Generator().manual_seed(2))
+    am = torch.ones(3, 10, dtype=torch.long)
+    am[0, :4] = 0  # left padding
+    am[2, :1] = 0
+    keep = am.bool()
+    ref = _eager_mass(model, ids, am, query_keep=keep)
+    rec, _ = _recorded(model, ids, am)
+    mass = rec.mass
+    assert torch.isfinite(mass).all()
+    torch.testing.assert_close(mass, ref, atol=ATOL, rtol=1e-4)
+    # padding keys receive nothing; each layer's mass is H * (number of real queries)
+    assert mass[:, 0, :4].abs().max() < 1e-6
+    H = model.config.num_attention_heads
+    torch.testing.assert_close(mass.sum(-1), (H * keep.sum(-1).float()).expand(3, 3), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_llama_bidirectional_matches_eager(gqa):
+    model = _llama(gqa=gqa)
+    B, T = 2, 9
+    ids = torch.randint(0, 100, (B, T), generator=torch.Generator().manual_seed(3))
+    zeros = torch.zeros(B, 1, T, T)  # 4-D additive mask of zeros: full attention
+    ref = _eager_mass(model, ids, zeros)
+    rec, _ = _recorded(model, ids, zeros)
+    torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
+    # bidirectional: the last key gets real mass from every query (not only from itself)
+    assert (rec.mass[:, :, -1] > 0.05).all()
+
+
+def test_llama_logits_bit_identical():
+    model = _llama(gqa=True)
+    ids = torch.randint(0, 100, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    _, recorded = _recorded(model, ids)
+    assert torch.equal(plain, recorded)
+
+
+# ---- TinyLM: manual eager from the block weights ---------------------------------------------
+def _tiny_manual_mass(model: TinyLM, ids, attention_mask=None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + mask) from each block's own input, weights and RoPE."""
+    cfg = model.config
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, kw: inputs.append(a[0] if a else kw["x"]), with_kwargs=True)
+             for b in model.model.transformer.blocks]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=attention_mask)
+    for h in hooks:
+        h.remove()
+    B, T = ids.shape
+    H, Hkv = cfg.n_heads, cfg.n_kv_heads
+    hd = cfg.hidden_size // H
+    cos, sin = rope_cache(T, hd, cfg.rope_theta, ids.device, torch.float32)
+    out = []
+    for block, x in zip(model.model.transformer.blocks, inputs):
+        with torch.no_grad():
+            h = block.attn_norm(x)
+            q = (h @ block.q_proj.weight.T).view(B, T, H, hd).transpose(1, 2)
+            k = (h @ block.k_proj.weight.T).view(B, T, Hkv, hd).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            k = k.repeat_interleave(H // Hkv, dim=1)
+            s = q @ k.transpose(-1, -2) / math.sqrt(hd)  # (B, H, T, T)
+            allowed = torch.ones(B, 1, T, T, dtype=torch.bool)
+            if cfg.causal:
+                allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()
+            if attention_mask is not None:
+                allowed = allowed & attention_mask.bool()[:, None, None, :]
+            p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+            out.append(p.sum(dim=(1, 2)))  # (B, T)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_tiny_matches_manual(causal, kv_heads):
+    torch.manual_seed(0)
+    model = TinyLM(test_config(causal=causal, n_kv_heads=kv_heads, init_std=0.3)).eval()
+    ids = torch.randint(0, 63, (2, 13), generator=torch.Generator().manual_seed(5))
+    ref = _tiny_manual_mass(model, ids)
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    rec, logits = _recorded(model, ids, chunk_size=4)
+    torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
+    assert torch.equal(plain, logits)
+    L, H, T = 2, 4, 13
+    torch.testing.assert_close(rec.mass.sum(-1), torch.full((L, 2), float(H * T)), atol=1e-3, rtol=0)
+    assert rec.mass.mean(dim=(0, 2)).sub(H).abs().max() < 1e-4  # mean_k m^(l)_k = H
+
+
+def test_tiny_padding_mask_matches_manual():
+    torch.manual_seed(0)
+    model = TinyLM(test_config(causal=False, init_std=0.3)).eval()
+    ids = torch.randint(0, 63, (2, 9), generator=torch.Generator().manual_seed(6))
+    am = torch.ones(2, 9, dtype=torch.long)
+    am[1, -3:] = 0  # right padding of a bidirectional model: padding keys masked
+    ref = _tiny_manual_mass(model, ids, am)
+    rec, _ = _recorded(model, ids, am)
+    torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
+    assert rec.mass[:, 1, -3:].abs().max() == 0
+
+
+def test_tiny_kv_cache_matches_full_prefix_row():
+    """Decoding with a KV cache: the newest query's mass equals the last row of full attention."""
+    torch.manual_seed(0)
+    model = TinyLM(test_config(causal=True, shift=False, init_std=0.3)).eval()
+    ids = torch.randint(0, 63, (1, 8), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        past = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        with record_mass() as rec:
+            model(input_ids=ids[:, -1:], past_key_values=past, use_cache=True)
+    # full-prefix reference: row T-1 of the causal attention, from the manual computation
+    full = _tiny_manual_rows(model, ids)
+    torch.testing.assert_close(rec.mass[:, 0], full[:, 0, -1], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(rec.mass.sum(-1), torch.full((2, 1), 4.0), atol=1e-4, rtol=0)
+
+
+def _tiny_manual_rows(model, ids):
+    """(L, B, T_q, T_k) attention summed over heads (not over queries)."""
+    cfg = model.config
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, a, kw: inputs.append(a[0] if a else kw["x"]), with_kwargs=True)
+             for b in model.model.transformer.blocks]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hooks:
+        h.remove()
+    B, T = ids.shape
+    H, hd = cfg.n_heads, cfg.hidden_size // cfg.n_heads
+    cos, sin = rope_cache(T, hd, cfg.rope_theta, ids.device, torch.float32)
+    rows = []
+    for block, x in zip(model.model.transformer.blocks, inputs):
+        with torch.no_grad():
+            h = block.attn_norm(x)
+            q = apply_rope((h @ block.q_proj.weight.T).view(B, T, H, hd).transpose(1, 2), cos, sin)
+            k = apply_rope((h @ block.k_proj.weight.T).view(B, T, H, hd).transpose(1, 2), cos, sin)
+            s = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(
+                ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+            rows.append(torch.softmax(s, -1).sum(1))  # (B, T, T)
+    return torch.stack(rows)
+
+
+# ---- key_mass against a naive full softmax ---------------------------------------------------
+def _naive(q, k, mask, is_causal, scale):
+    """torch's documented SDPA reference, attention weights only, fully masked rows -> 0."""
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    bias = torch.zeros(L, S, dtype=torch.float64)
+    if is_causal:
+        bias.masked_fill_(~torch.ones(L, S, dtype=torch.bool).tril(0), float("-inf"))
+    if mask is not None:
+        bias = bias.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else bias + mask.double()
+    if k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+    w = torch.softmax(q.double() @ k.double().transpose(-2, -1) * scale + bias, dim=-1).nan_to_num(0.0)
+    return w
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 3), H=st.sampled_from([1, 2, 4]), rep=st.sampled_from([1, 2]),
+    Tq=st.integers(1, 9), extra_k=st.integers(0, 4), hd=st.sampled_from([4, 8]),
+    chunk=st.integers(1, 10), causal=st.booleans(),
+    mask_kind=st.sampled_from(["none", "bool_full", "bool_keys", "float", "float_2d"]),
+    scale=st.sampled_from([None, 0.3]), seed=st.integers(0, 10_000),
+)
+def test_key_mass_matches_naive(B, H, rep, Tq, extra_k, hd, chunk, causal, mask_kind, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    Tk = Tq + extra_k
+    Hq = H * rep
+    q = torch.randn(B, Hq, Tq, hd, generator=g) * 2
+    k = torch.randn(B, H, Tk, hd, generator=g) * 2
+    v = torch.randn(B, H, Tk, hd, generator=g)
+    mask = None
+    if mask_kind == "bool_full":
+        mask = torch.rand(B, 1, Tq, Tk, generator=g) > 0.3
+    elif mask_kind == "bool_keys":
+        mask = torch.rand(B, 1, 1, Tk, generator=g) > 0.3
+    elif mask_kind == "float":
+        mask = torch.randn(B, Hq, Tq, Tk, generator=g)
+    elif mask_kind == "float_2d":
+        mask = torch.randn(Tq, Tk, generator=g)
+    if causal and mask is not None:  # SDPA forbids both: fold the causal part into the mask
+        causal = False
+    ref = _naive(q, k, mask, causal, scale)  # (B, Hq, Tq, Tk)
+    got = key_mass(q, k, attn_mask=mask, is_causal=causal, scale=scale, chunk_size=chunk)
+    torch.testing.assert_close(got.double(), ref.sum(dim=(1, 2)), atol=1e-4, rtol=1e-4)
+    # the reference weights reproduce SDPA's own output, so the mirrored semantics are SDPA's
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                         enable_gqa=rep > 1)
+    vv = v.repeat_interleave(rep, -3).double()
+    torch.testing.assert_close(out.double(), ref @ vv, atol=1e-4, rtol=1e-4)
+
+
+def test_causal_top_left_when_tq_lt_tk():
+    q = torch.randn(1, 1, 2, 4)
+    k = torch.randn(1, 1, 5, 4)
+    m = key_mass(q, k, is_causal=True)
+    # query 0 sees key 0 only, query 1 keys 0..1: keys 2..4 get nothing (top-left alignment)
+    assert m[0, 2:].abs().max() == 0
+    torch.testing.assert_close(m.sum(), torch.tensor(2.0))
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    q, k = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    mask[..., 0, :] = False
+    fmask = torch.zeros(1, 1, 3, 3)
+    fmask[..., 0, :] = float("-inf")
+    for mk in (mask, fmask):
+        m = key_mass(q, k, attn_mask=mk)
+        assert torch.isfinite(m).all()
+        torch.testing.assert_close(m.sum(), torch.tensor(4.0))  # 2 heads x 2 live queries
+
+
+# ---- context-manager behaviour ---------------------------------------------------------------
+def test_restores_on_exit_and_exception_and_nests():
+    original = F.scaled_dot_product_attention
+    q = torch.randn(1, 1, 3, 4)
+    with record_mass() as outer:
+        with record_mass() as inner:
+            F.scaled_dot_product_attention(q, q, q)
+        assert F.scaled_dot_product_attention is not original
+        F.scaled_dot_product_attention(q, q, q)
+    assert F.scaled_dot_product_attention is original
+    assert inner.calls == 1 and outer.calls == 2
+    with pytest.raises(ZeroDivisionError):
+        with record_mass():
+            1 / 0
+    assert torch.nn.functional.scaled_dot_product_attention is original
+
+
+def test_mass_errors_are_clear():
+    with record_mass() as rec:
+        pass
+    with pytest.raises(RuntimeError, match="no attention call"):
+        rec.mass
+    with pytest.raises(ValueError, match="chunk_size"):
+        with record_mass(chunk_size=0):
+            pass
+    with record_mass() as rec:
+        F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
+        F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4))
+    with pytest.raises(RuntimeError, match="per_call"):
+        rec.mass
+    rec.reset()
+    assert rec.calls == 0
+
+
+def test_gradients_flow_through_recorded_forward():
+    torch.manual_seed(0)
+    model = TinyLM(test_config(causal=False))
+    ids = torch.randint(0, 63, (2, 6))
+    with record_mass() as rec:
+        loss = model(input_ids=ids).logits.sum()
+    loss.backward()
+    assert rec.calls == 2 and not rec.mass.requires_grad
+    assert model.model.transformer.blocks[0].q_proj.weight.grad is not None
