@@ -1,0 +1,120 @@
+"""dvc.yaml and srclib.paths spell the same artifact paths; notebooks are thin; no absolute paths."""
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from srclib import params, paths
+
+ROOT = paths.ROOT
+REL = Path(".")
+
+
+def rel(p: Path) -> str:
+    return str(Path(p).relative_to(REL)) if not Path(p).is_absolute() else str(Path(p).relative_to(ROOT))
+
+
+@pytest.fixture(scope="module")
+def dvc_stages():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        out = {}
+        for st in repo.index.stages:
+            if not st.addressing.endswith(".dvc") and st.cmd:
+                out[st.addressing] = {
+                    "outs": sorted(str(Path(o.fs_path).relative_to(ROOT)) for o in st.outs),
+                    "deps": sorted(str(Path(d.fs_path).relative_to(ROOT)) for d in st.deps if d.def_path != "params.yaml" and not hasattr(d, "params")),
+                    "cmd": st.cmd,
+                }
+        return out
+
+
+def expected_outs(p: params.Params) -> dict[str, list[str]]:
+    r = lambda f, *a: str(f(*a, root=REL))  # noqa: E731
+    built = [k for k in ("tiny-ar", "tiny-dlm", "smollm2-135m")]
+    exp = {
+        "train": [r(paths.model_dir, k) for k in built]
+        + [r(paths.report_html, "train", "train")]
+        + [r(paths.train_metrics, k) for k in ("tiny-ar", "tiny-dlm")]
+        + [str(paths.METRICS / "train" / "loss_curves.csv")],
+        "collect": [str(paths.TRAJECTORIES), r(paths.report_html, "collect", "collect"), r(paths.collect_metrics)],
+        "variance": [str(paths.SINKS), r(paths.report_html, "variance", "variance"), r(paths.variance_metrics)],
+        "plot": [str(paths.TABLES), str(paths.FIGURES), r(paths.index_html), r(paths.report_html, "plot", "plot"),
+                 str(paths.METRICS / "plots" / "accuracy_vs_sparsity.csv"),
+                 str(paths.METRICS / "plots" / "variance_per_layer.csv")],
+    }
+    for name in p.prune.instances:
+        exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]
+        exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name)]
+    for key in p.evaluate.dense:
+        exp[f"evaluate_dense@{key}"] = [r(paths.report_html, "evaluate", key), r(paths.eval_metrics, key)]
+    return {k: sorted(v) for k, v in exp.items()}
+
+
+def test_dvc_outs_agree_with_paths(dvc_stages):
+    p = params.load()
+    exp = expected_outs(p)
+    assert sorted(dvc_stages) == sorted(exp)
+    for name, outs in exp.items():
+        assert dvc_stages[name]["outs"] == outs, name
+
+
+def test_stage_commands_use_runner(dvc_stages):
+    for name, st in dvc_stages.items():
+        stage = name.split("@")[0].replace("evaluate_dense", "evaluate")
+        assert st["cmd"].startswith(f"python -m srclib.run {stage} "), name
+        nb = paths.notebook(stage, REL)
+        assert str(nb) in st["deps"], f"{name} must depend on its notebook {nb}"
+
+
+def test_prune_instance_names_do_not_collide_with_models():
+    p = params.load()
+    assert not set(p.prune.instances) & set(p.models)
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_thin_and_stripped(nb_path):
+    nb = nbformat.read(str(nb_path), as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged parameters"
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not cell.get("outputs"), f"{nb_path.name}: outputs must be stripped"
+        assert cell.get("execution_count") is None
+        tree = ast.parse(cell.source)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), (
+                f"{nb_path.name}: no def/class/lambda in notebooks: logic belongs in srclib"
+            )
+
+
+def test_every_stage_has_a_notebook():
+    for stage in paths.STAGE_NOTEBOOKS:
+        assert paths.notebook(stage).is_file(), stage
+
+
+ABS = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users)/")
+
+
+def test_no_absolute_paths_in_repo_files():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    offenders = []
+    for f in files:
+        path = ROOT / f
+        if path.suffix in {".py", ".yaml", ".yml", ".ipynb", ".md", ".toml", ".cfg", ".txt", ""} and path.is_file():
+            if f.startswith("tests/test_paths.py"):
+                continue
+            text = path.read_text(errors="ignore")
+            if ABS.search(text):
+                offenders.append(f)
+    assert not offenders, f"absolute paths in {offenders}"

@@ -1,0 +1,61 @@
+"""The papermill runner: parameter checks, success renders HTML, failure keeps the notebook."""
+
+import nbformat
+import pytest
+
+from srclib import paths, run
+from srclib.run import RunnerError
+
+
+def make_nb(root, stage, params_src, body_src):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params_src)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p, nbformat.v4.new_code_cell(body_src)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = paths.notebook(stage, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_declared_parameters(tmp_path):
+    nb = make_nb(tmp_path, "variance", "a = 1\nb = 'x'  # comment\n", "pass")
+    assert run.declared_parameters(nb) == {"a": 1, "b": "x"}
+
+
+def test_parse_assignments():
+    assert run.parse_assignments(["a=1", "b=x", "c=0.5", "d=true"]) == {"a": 1, "b": "x", "c": 0.5, "d": True}
+    with pytest.raises(RunnerError, match="key=value"):
+        run.parse_assignments(["oops"])
+    with pytest.raises(RunnerError, match="twice"):
+        run.parse_assignments(["a=1", "a=2"])
+
+
+def test_unknown_and_missing_parameters(tmp_path):
+    make_nb(tmp_path, "variance", "a = 1\nb = 2\n", "pass")
+    with pytest.raises(RunnerError, match=r"unknown parameter\(s\) \['zz'\]"):
+        run.run_stage("variance", {"a": 1, "b": 2, "zz": 3}, root=tmp_path)
+    with pytest.raises(RunnerError, match=r"missing parameter\(s\) \['b'\]"):
+        run.run_stage("variance", {"a": 1}, root=tmp_path)
+
+
+def test_unknown_stage_exit_code(capsys):
+    assert run.main(["nostage"]) == 2
+
+
+@pytest.mark.slow
+def test_success_renders_html_and_failure_keeps_notebook(tmp_path):
+    make_nb(tmp_path, "variance", "a = 1\n", "import os\nprint('cwd', os.getcwd())\nassert a == 1")
+    html = run.run_stage("variance", {"a": 1}, root=tmp_path)
+    assert html == paths.report_html("variance", "variance", tmp_path)
+    text = html.read_text()
+    assert "<html" in text.lower() and str(tmp_path) in text  # cwd was the root
+    failed = paths.failed_notebook("variance", "variance", tmp_path)
+    with pytest.raises(Exception):
+        run.run_stage("variance", {"a": 2}, root=tmp_path)
+    assert failed.is_file()
+    assert "AssertionError" in failed.read_text()
+    # no temp files left beside the outputs
+    leftovers = [p for p in tmp_path.rglob("*.tmp")]
+    assert not leftovers
