@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["noise", "mask_probability"]
+__all__ = ["noise", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +67,187 @@ def noise(
         mask[:, -1] = False
     noisy = torch.where(mask, torch.full_like(x0, int(mask_id)), x0)
     return noisy, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaDA sampler (method.md 5)
+# ---------------------------------------------------------------------------------------------
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids (B, T) -> aligned logits (B, T, V)
+OnStep = Callable[[int, torch.Tensor, dict[str, Any]], None]
+
+
+def num_transfer_tokens(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's get_num_transfer_tokens: spread each row's M masked tokens over ``steps`` steps.
+
+    masked_count: (B,) ints.  Returns (B, steps) int64: every step commits M // steps tokens and the
+    first M % steps steps commit one more, so each row sums to M.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    m = masked_count.to(torch.int64).reshape(-1, 1)  # (B, 1)
+    base, rem = m // steps, m % steps
+    idx = torch.arange(steps, device=m.device)[None, :]  # (1, steps)
+    return base + (idx < rem).to(torch.int64)  # (B, steps)
+
+
+def _confidence_low(logits: torch.Tensor, x0: torch.Tensor, generator) -> torch.Tensor:
+    p = torch.softmax(logits.float(), dim=-1)  # (B, T, V)
+    return torch.gather(p, -1, x0[..., None])[..., 0]  # (B, T)
+
+
+def _confidence_random(logits: torch.Tensor, x0: torch.Tensor, generator) -> torch.Tensor:
+    return torch.rand(x0.shape, generator=generator, device=x0.device)  # (B, T)
+
+
+REMASKING: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator | None], torch.Tensor]] = {
+    "low_confidence": _confidence_low,
+    "random": _confidence_random,
+}
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):
+    """x0 = argmax(logits) at temperature 0; else Gumbel-max in float64 as LLaDA's add_gumbel_noise:
+    argmax(exp(l) / (-log U)^temperature), U ~ U(0, 1) from ``generator``. (B, T, V) -> (B, T)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    l64 = logits.to(torch.float64)
+    u = torch.rand(l64.shape, generator=generator, device=l64.device, dtype=torch.float64)
+    return (l64.exp() / (-torch.log(u)) ** temperature).argmax(dim=-1)
+
+
+def _default_logits_fn(model, adapter, shift: bool) -> LogitsFn:
+    from srclib.models.base import Adapter
+
+    if adapter is None:  # the shift is handled by the adapter contract in one place only
+        adapter = Adapter(key="<sampler>", causal=False, shift=shift, blocks_path="")
+    return lambda ids: adapter.logits(model, ids)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    *,
+    steps: int,
+    gen_length: int,
+    block_length: int,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    mask_id: int,
+    shift: bool | None = None,
+    generator: torch.Generator | None = None,
+    on_step: OnStep | None = None,
+    logits_fn: LogitsFn | None = None,
+    adapter=None,
+) -> torch.Tensor:
+    """LLaDA's semi-autoregressive masked-diffusion sampler (method.md 5), batched.
+
+    prompt_ids: (B, P) prompt ids (same length for every row; no padding).  Returns (B, P + G) ids.
+    x = [prompt, MASK * gen_length]; the generation is cut into gen_length / block_length blocks
+    decoded left to right with steps / n_blocks steps each.  At every step:
+      logits  = logits_fn(x)  (aligned: position i predicts token i), with CFG when cfg_scale = w > 0:
+                u = logits of a copy whose prompt positions are the mask token; c = logits of x;
+                logits = u + (w + 1) (c - u)  (both rows go through ONE forward of batch 2B,
+                conditional rows first);
+      x0      = argmax(logits) (temperature 0) or Gumbel-max in float64 (``sample_tokens``);
+      conf    = softmax(logits)[x0] ("low_confidence") or U(0, 1) ("random");
+      conf    = -inf outside the current block and at already committed positions;
+      commit  the k highest-confidence masked positions of the current block (ties: lowest
+              position), k from ``num_transfer_tokens``; committed tokens never change.
+
+    Logits: ``logits_fn(ids) -> (B, T, V)`` aligned logits if given; else ``adapter.logits(model,
+    ids)``; else the model's output aligned with ``shift`` (True: Dream-style, output i-1 predicts
+    token i).  ``shift=None`` means ``adapter.shift`` when an adapter is given, else False.  With a
+    shifted model position 0 is never masked: the prompt must be non-empty, and the unconditional
+    CFG copy keeps position 0.
+
+    on_step(step, ids, info) is called once per denoising step (step = 0 .. steps-1), right AFTER
+    that step's forward pass and commit and before the next forward; ``ids`` is the (B, T) tensor
+    the forward saw (before the commit).  info: ``block`` (int), ``step_in_block`` (int),
+    ``x`` (ids after the commit, (B, T)), ``committed`` ((B, T) bool, positions committed at this
+    step), ``cfg`` (bool: the forward had batch 2B, conditional rows first).  A recorder that wraps
+    the whole call in ``srclib.attention.record_mass`` reads this step's attention mass in on_step
+    and resets it: recording costs no extra forward.  Tensors passed are copies the callback may keep.
+    """
+    steps = _check_positive_int("steps", steps)
+    gen_length = _check_positive_int("gen_length", gen_length)
+    block_length = _check_positive_int("block_length", block_length)
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    n_blocks = gen_length // block_length
+    if steps % n_blocks:
+        raise ValueError(
+            f"steps ({steps}) must be a multiple of the number of blocks gen_length / block_length "
+            f"= {gen_length} / {block_length} = {n_blocks}"
+        )
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {sorted(REMASKING)}, got {remasking!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be (B, P), got shape {tuple(prompt_ids.shape)}")
+    if shift is None:
+        shift = bool(adapter.shift) if adapter is not None else False
+    elif adapter is not None and bool(shift) != bool(adapter.shift):
+        raise ValueError(f"shift={shift} contradicts the adapter {adapter.key!r} (shift={adapter.shift})")
+    B, P = prompt_ids.shape
+    if shift and P < 1:
+        raise ValueError("a shifted model needs a non-empty prompt (position 0 is never masked)")
+    if logits_fn is None:
+        logits_fn = _default_logits_fn(model, adapter, bool(shift))
+    steps_per_block = steps // n_blocks
+    device = prompt_ids.device
+
+    x = torch.full((B, P + gen_length), int(mask_id), dtype=torch.long, device=device)  # (B, T)
+    x[:, :P] = prompt_ids
+    T = x.shape[1]
+    prompt_pos = torch.zeros(T, dtype=torch.bool, device=device)
+    prompt_pos[:P] = True
+    if shift:
+        uncond_pos = prompt_pos.clone()
+        uncond_pos[0] = False  # position 0 of a shifted model is never masked
+    else:
+        uncond_pos = prompt_pos
+    pos = torch.arange(T, device=device)
+    confidence_fn = REMASKING[remasking]
+
+    step = 0
+    for b in range(n_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        in_block = (pos >= lo) & (pos < hi)  # (T,)
+        k_per_step = num_transfer_tokens((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)  # (B, s)
+        for i in range(steps_per_block):
+            masked = x == mask_id  # (B, T)
+            if cfg_scale > 0:
+                un_x = x.clone()
+                un_x[:, uncond_pos] = int(mask_id)
+                both = logits_fn(torch.cat([x, un_x], dim=0))  # (2B, T, V)
+                c, u = both[:B], both[B:]
+                logits = u + (cfg_scale + 1.0) * (c - u)  # (B, T, V)
+            else:
+                logits = logits_fn(x)  # (B, T, V)
+            x0 = sample_tokens(logits, temperature, generator)  # (B, T)
+            conf = confidence_fn(logits, x0, generator).to(torch.float64)  # (B, T)
+            conf = torch.where(masked & in_block[None, :], conf, torch.full_like(conf, float("-inf")))
+            order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, T)
+            avail = (conf > float("-inf")).sum(dim=1)  # (B,)
+            k = torch.minimum(k_per_step[:, i], avail)  # (B,)
+            rank = torch.empty_like(order)
+            rank.scatter_(1, order, pos.expand(B, T).contiguous())  # rank of every position
+            commit = rank < k[:, None]  # (B, T) bool
+            seen = x.clone() if on_step is not None else None
+            x = torch.where(commit, x0, x)
+            if on_step is not None:
+                on_step(step, seen, dict(block=b, step_in_block=i, x=x.clone(), committed=commit,
+                                         cfg=cfg_scale > 0))
+            step += 1
+    return x
