@@ -1,0 +1,392 @@
+"""Calibration for pruning (method.md 3-4): windows, noised passes, and the two calibration loops.
+
+* Windows: ``n_samples`` random windows of ``seq_len`` tokens from the tokenised calibration split
+  (passages joined by a space, as the released code joins WikiText), window starts drawn with
+  ``random.Random(seed).randint(0, n_tokens - L - 1)`` like the released ``get_loaders``;
+  optionally each window starts with BOS (then L = seq_len - 1 corpus tokens follow it).
+* Passes: a "pass" is one calibration sequence. A DLM calibrated with noise sees every window at
+  every t of the grid (``noised_passes``: srclib.diffusion.noise, seeded torch.Generator, position 0
+  kept when the adapter is shifted); a clean pass is the window itself.
+* Loops (model-agnostic: the adapter gives the blocks and their prunable linears):
+  - ``run_one_shot``: every pass through the DENSE model; forward hooks on every prunable linear
+    feed ``feed(name, x, w)``. When token weights come from the attention mass of the same
+    forward, the linears' inputs are kept (references, no copies) until the forward ends, the
+    mass is turned into weights, then fed: one forward per pass, never two.
+  - ``run_sequential``: block 0's inputs (args AND kwargs, whatever the model passes) are caught
+    by a forward pre-hook that raises a sentinel; then block by block: hook the block's linears,
+    run the block on every stored batch (statistics), call ``finish_block`` (prune), re-run the
+    pruned block to produce block i+1's inputs. If the weights need the mass, the catching
+    forward runs through all blocks under the recorder (still one forward per pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Calibration",
+    "PassBatch",
+    "StopForward",
+    "read_texts",
+    "tokenize_texts",
+    "sample_windows",
+    "build_calibration",
+    "noised_passes",
+    "run_one_shot",
+    "run_sequential",
+    "catch_block_inputs",
+    "record_pass_mass",
+]
+
+log = logging.getLogger(__name__)
+
+# mass (L, B, T) -> token weights (B, T)
+WeightFn = Callable[[torch.Tensor], torch.Tensor]
+Feed = Callable[[str, torch.Tensor, "torch.Tensor | None"], None]
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass early (caught by this module only)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration data for ``prune_model``.
+
+    windows: (N, T) int64 clean token windows. seed: seeds the noising generator.
+    windows_per_batch: windows per forward (a forward holds windows_per_batch * n_t passes).
+    mass_chunk_size: query chunk of the attention-mass recorder (srclib.attention.record_mass).
+    """
+
+    windows: torch.Tensor
+    seed: int
+    windows_per_batch: int = 4
+    mass_chunk_size: int = 256
+
+    def __post_init__(self) -> None:
+        w = self.windows
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.dtype != torch.long:
+            raise ValueError(
+                f"Calibration.windows must be an (N, T) int64 tensor, got "
+                f"{type(w).__name__} {getattr(w, 'dtype', '')} {tuple(getattr(w, 'shape', ()))}"
+            )
+        if w.shape[0] < 1 or w.shape[1] < 2:
+            raise ValueError(f"Calibration.windows needs N >= 1 windows of T >= 2 tokens, got {tuple(w.shape)}")
+        if self.windows_per_batch < 1:
+            raise ValueError(f"windows_per_batch must be >= 1, got {self.windows_per_batch}")
+        if self.mass_chunk_size < 1:
+            raise ValueError(f"mass_chunk_size must be >= 1, got {self.mass_chunk_size}")
+
+
+# ---- windows ------------------------------------------------------------------------------------
+def read_texts(path: str | Path) -> list[str]:
+    """The ``text`` field of every line of a corpus JSON-lines file, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration corpus not found: {path} (build data/raw first)")
+    texts = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError) as exc:
+                    raise ValueError(f"{path}:{n}: not a {{'text': ...}} JSON line ({exc})") from exc
+    if not texts:
+        raise ValueError(f"calibration corpus {path} has no passages")
+    return texts
+
+
+def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
+    """Token ids of the passages joined by a single space, without special tokens."""
+    return list(tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"])
+
+
+def sample_windows(
+    ids: Sequence[int] | torch.Tensor, n_samples: int, seq_len: int, seed: int, bos_id: int | None = None
+) -> torch.Tensor:
+    """(n_samples, seq_len) int64 windows; starts from ``random.Random(seed)`` as the released code.
+
+    With ``bos_id`` every window is [BOS] + seq_len - 1 corpus tokens.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    body = seq_len - (1 if bos_id is not None else 0)
+    if ids.numel() < body + 1:
+        raise ValueError(
+            f"calibration corpus has {ids.numel()} tokens; seq_len={seq_len} needs at least {body + 1}"
+        )
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_samples):
+        i = rng.randint(0, ids.numel() - body - 1)
+        win = ids[i:i + body]
+        if bos_id is not None:
+            win = torch.cat([torch.tensor([bos_id], dtype=torch.long), win])
+        rows.append(win)
+    return torch.stack(rows)  # (n_samples, seq_len)
+
+
+def build_calibration(
+    tokenizer: Any,
+    corpus_path: str | Path,
+    n_samples: int,
+    seq_len: int,
+    seed: int,
+    bos_id: int | None,
+    windows_per_batch: int = 4,
+    mass_chunk_size: int = 256,
+) -> Calibration:
+    """Read, tokenise and sample the calibration windows (see ``sample_windows``)."""
+    ids = tokenize_texts(tokenizer, read_texts(corpus_path))
+    windows = sample_windows(ids, n_samples, seq_len, seed, bos_id)
+    return Calibration(windows=windows, seed=seed, windows_per_batch=windows_per_batch,
+                       mass_chunk_size=mass_chunk_size)
+
+
+def noised_passes(
+    windows: torch.Tensor,
+    t_grid: Sequence[float],
+    mask_id: int,
+    eps: float,
+    seed: int,
+    keep_first: bool,
+    keep_ends: bool = False,
+) -> torch.Tensor:
+    """Every window at every t: (N, n_t, T) int64, from ONE seeded draw (independent of batching)."""
+    from srclib.diffusion import noise
+
+    N, T = windows.shape
+    n_t = len(t_grid)
+    if n_t < 1:
+        raise ValueError("t_grid must hold at least one t")
+    x0 = windows.repeat_interleave(n_t, dim=0)  # (N * n_t, T): window-major, t-minor
+    t = torch.tensor(list(t_grid), dtype=torch.float32).repeat(N)  # (N * n_t,)
+    gen = torch.Generator(device=windows.device).manual_seed(int(seed))
+    noisy, _ = noise(x0, t, mask_id, eps=eps, generator=gen, keep_ends=keep_ends, keep_first=keep_first)
+    return noisy.reshape(N, n_t, T)
+
+
+# ---- batches ------------------------------------------------------------------------------------
+@dataclass
+class PassBatch:
+    """One forward's worth of passes: ids (B, T); weights (B, T) if already known, else None."""
+
+    ids: torch.Tensor
+    weights: torch.Tensor | None = None
+    n_t: int = 1  # passes per window inside this batch (window-major order)
+
+
+# ---- forward helpers ----------------------------------------------------------------------------
+def _forward(model: nn.Module, ids: torch.Tensor) -> None:
+    try:
+        model(input_ids=ids, use_cache=False)
+    except StopForward:
+        pass
+
+
+@contextlib.contextmanager
+def _stop_after(module: nn.Module) -> Iterator[None]:
+    """End the model's forward right after ``module`` (e.g. the last block: no LM head)."""
+
+    def hook(mod, args, out):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _recording(enabled: bool, chunk_size: int) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from srclib.attention import record_mass
+
+    with record_mass(chunk_size=chunk_size) as rec:
+        yield rec
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was)
+
+
+# ---- one-shot -----------------------------------------------------------------------------------
+def run_one_shot(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    linears: dict[str, nn.Linear],
+    batches: Iterable[PassBatch],
+    feed: Feed,
+    weight_fn: WeightFn | None = None,
+    chunk_size: int = 256,
+    desc: str = "calibration (one-shot)",
+) -> None:
+    """Every batch through the dense model once; ``feed(name, x, w)`` for every linear in ``linears``.
+
+    A batch without weights and a ``weight_fn``: the mass is recorded in the same forward, the
+    linears' inputs are held until it ends, then fed with ``weight_fn(mass)``.
+    """
+    batches = list(batches)
+    dev = _model_device(model)
+    state: dict[str, Any] = {}
+
+    def make_hook(name: str):
+        def hook(mod, inp, out):
+            x = inp[0]
+            if state["stash"] is not None:
+                state["stash"].append((name, x))
+            else:
+                feed(name, x, state["w"])
+        return hook
+
+    handles = [lin.register_forward_hook(make_hook(n)) for n, lin in linears.items()]
+    try:
+        with _eval(model), _stop_after(blocks[-1]):
+            for b in tqdm(batches, desc=desc, leave=False):
+                online = b.weights is None and weight_fn is not None
+                state["w"] = None if b.weights is None else b.weights.to(dev)
+                state["stash"] = [] if online else None
+                with _recording(online, chunk_size) as rec:
+                    _forward(model, b.ids.to(dev))
+                if online:
+                    w = weight_fn(rec.mass)  # (B, T)
+                    for name, x in state["stash"]:
+                        feed(name, x, w)
+                state["stash"] = None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def record_pass_mass(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+    """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head)."""
+    with _eval(model), _stop_after(blocks[-1]), _recording(True, chunk_size) as rec:
+        _forward(model, ids.to(_model_device(model)))
+    return rec.mass
+
+
+# ---- sequential ---------------------------------------------------------------------------------
+@dataclass
+class _Stored:
+    args: list[Any]  # positional args of block 0; args[0] = hidden states (B, T, d)
+    kwargs: dict[str, Any]
+    weights: torch.Tensor | None
+
+
+def catch_block_inputs(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    ids: torch.Tensor,
+    record: bool = False,
+    chunk_size: int = 256,
+) -> tuple[list[Any], dict[str, Any], torch.Tensor | None]:
+    """Block 0's positional args and kwargs for one forward of ``ids`` (B, T).
+
+    Generic: a forward pre-hook (with_kwargs) stores whatever the model passes; no argument names
+    are assumed. Without ``record`` the hook raises a sentinel (nothing after block 0 runs); with
+    it the forward runs through the last block under the attention-mass recorder and the mass
+    (L, B, T) is returned too.
+    """
+    store: dict[str, Any] = {}
+
+    def pre_hook(mod, args, kwargs):
+        store["args"], store["kwargs"] = list(args), dict(kwargs)
+        if not record:
+            raise StopForward
+
+    handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with _stop_after(blocks[-1]), _recording(record, chunk_size) as rec:
+            _forward(model, ids)
+    finally:
+        handle.remove()
+    if "args" not in store:
+        raise RuntimeError("block 0 was never called during the calibration forward")
+    if not store["args"] or not isinstance(store["args"][0], torch.Tensor):
+        raise RuntimeError(
+            "block 0 did not receive its hidden states as the first positional argument; "
+            "this model layout is not supported by the sequential calibration"
+        )
+    return store["args"], store["kwargs"], (rec.mass if record else None)
+
+
+def _block_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_sequential(
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    prunable: Callable[[nn.Module], dict[str, nn.Linear]],
+    batches: Iterable[PassBatch],
+    start_block: Callable[[int], Callable[[str, torch.Tensor, "torch.Tensor | None"], None] | None],
+    finish_block: Callable[[int], None],
+    weight_fn: WeightFn | None = None,
+    chunk_size: int = 256,
+    desc: str = "calibration (sequential)",
+) -> None:
+    """Sequential calibration: block i+1 sees the outputs of the already pruned block i.
+
+    start_block(i) -> feed(name, x, w) for block i's linears (names relative to the block), or
+    None when block i needs no statistics; finish_block(i) prunes block i.
+    """
+    batches = list(batches)
+    dev = _model_device(model)
+    with _eval(model):
+        stored: list[_Stored] = []
+        for b in tqdm(batches, desc="catch block inputs", leave=False):
+            online = b.weights is None and weight_fn is not None
+            args, kwargs, mass = catch_block_inputs(model, blocks, b.ids.to(dev), record=online,
+                                                    chunk_size=chunk_size)
+            w = weight_fn(mass) if online else (None if b.weights is None else b.weights.to(dev))
+            stored.append(_Stored(args, kwargs, w))
+        for i, block in enumerate(tqdm(blocks, desc=desc, leave=False)):
+            feed = start_block(i)
+            if feed is not None:
+                current: dict[str, Any] = {}
+
+                def make_hook(name: str):
+                    def hook(mod, inp, out):
+                        feed(name, inp[0], current["w"])
+                    return hook
+
+                handles = [lin.register_forward_hook(make_hook(n)) for n, lin in prunable(block).items()]
+                try:
+                    for st in stored:
+                        current["w"] = st.weights
+                        block(*st.args, **st.kwargs)
+                finally:
+                    for h in handles:
+                        h.remove()
+            finish_block(i)
+            if i + 1 < len(blocks):
+                for st in stored:
+                    st.args[0] = _block_output(block(*st.args, **st.kwargs))

@@ -1,0 +1,227 @@
+"""``prune_model``: one pruning run on a model in place (method.md 3-4).
+
+Order of work:
+1. passes: the clean windows, or (DLM, noised inputs) every window at every t of the grid;
+2. token weights (the weighting axis), plumbed ONCE into every pruner's ``add_batch``:
+   - uniform: none;
+   - from the attention mass of the calibration passes themselves (noised DLM passes, clean AR
+     passes): recorded in the SAME forward that produces the linears' inputs;
+   - DLM calibrated on clean windows (sink-aware SparseGPT): per window from the mass of its
+     noised passes on the dense model (a mass-only pre-pass, as the released code does);
+3. OWL (optional): per-block sparsities from the dense model's Wanda scores;
+4. statistics and pruning: magnitude needs no data; one-shot (all passes through the dense
+   model, then prune everything) or sequential (block by block, block i+1 sees the pruned
+   block i).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from srclib import calibration as cal
+from srclib.pruning.base import LayerPruner
+from srclib.pruning.memory import PeakMemory
+from srclib.pruning.owl import outlier_ratio, owl_sparsities
+from srclib.pruning.spec import PruneSpec
+from srclib.pruning.wanda import WandaPruner
+from srclib.pruning.weighting import get_weighting
+
+__all__ = ["PruneReport", "prune_model", "make_batches", "weights_from_mass"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneReport:
+    """What ``prune_model`` did. Layer names are full module paths (e.g. model.layers.0.mlp.up_proj)."""
+
+    sparsity: dict[str, float]  # actual pruned fraction per layer (from its mask)
+    target: dict[str, float]  # target sparsity per layer (OWL: its block's)
+    overall: float  # pruned / total over every prunable weight
+    masks: dict[str, torch.Tensor]  # bool (C_out, C_in), True = pruned, on CPU
+    block_sparsity: list[float]
+    outlier_ratios: list[float] | None
+    inputs: str  # "noised" | "clean" | "none"
+    n_passes: int
+    n_tokens: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per layer: name, shape, target, actual sparsity (for a CSV or a DataFrame)."""
+        return [
+            {"layer": n, "rows": int(m.shape[0]), "cols": int(m.shape[1]), "target": self.target[n],
+             "sparsity": self.sparsity[n], "pruned": int(m.sum())}
+            for n, m in self.masks.items()
+        ]
+
+
+def weights_from_mass(mass: torch.Tensor, n_t: int, per_pass: bool, spec: PruneSpec) -> torch.Tensor:
+    """Token weights of one forward from its recorded mass.
+
+    mass: (L, B, T) per-layer key mass, B = windows * n_t passes in window-major order.
+    Returns (B, T) (per pass) or (B / n_t, T) (per clean window) float32 in [0, 1].
+    """
+    from srclib.sinks import sink_scores
+
+    m = mass.float().sum(dim=0)  # (B, T) global mass
+    B, T = m.shape
+    if B % n_t:
+        raise ValueError(f"batch of {B} passes is not a whole number of windows x {n_t} noise levels")
+    s = sink_scores(m, rule=spec.sink_rule, alpha=spec.sink_alpha, kappa=spec.sink_kappa, eps=spec.sink_eps)
+    w = get_weighting(spec.weighting)(s.reshape(B // n_t, n_t, T), per_pass, spec.stability_threshold)
+    return w.reshape(-1, T)
+
+
+def make_batches(passes: torch.Tensor, windows_per_batch: int) -> list[cal.PassBatch]:
+    """passes (N, n_t, T) -> batches of ``windows_per_batch`` windows (all their passes)."""
+    N, n_t, T = passes.shape
+    return [cal.PassBatch(ids=passes[j:j + windows_per_batch].reshape(-1, T), n_t=n_t)
+            for j in range(0, N, windows_per_batch)]
+
+
+def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, blocks):
+    """Batches of calibration passes, with weights attached or an online weight function."""
+    dlm = mask_id is not None
+    inputs = spec.inputs_for(dlm)
+    windows = calib.windows.cpu()
+    noised = None
+    if dlm and (inputs == "noised" or get_weighting(spec.weighting).needs_mass):
+        noised = cal.noised_passes(windows, spec.t_grid, mask_id, spec.noise_eps, calib.seed,
+                                   keep_first=adapter.shift, keep_ends=spec.noise_keep_ends)  # (N, n_t, T)
+    passes = noised if inputs == "noised" else windows[:, None, :]  # (N, n_t | 1, T)
+    batches = make_batches(passes, calib.windows_per_batch)
+    weight_fn = None
+    seconds = {}
+    if get_weighting(spec.weighting).needs_mass:
+        n_t = passes.shape[1]
+        if noised is None or inputs == "noised":  # the scored passes are the calibration passes
+            weight_fn = lambda mass, n_t=n_t: weights_from_mass(mass, n_t, True, spec)  # noqa: E731
+        else:  # clean DLM windows, weights from their noised passes (mass-only pre-pass)
+            t0 = time.perf_counter()
+            for b, nb in zip(batches, make_batches(noised, calib.windows_per_batch)):
+                mass = cal.record_pass_mass(model, blocks, nb.ids, calib.mass_chunk_size)
+                b.weights = weights_from_mass(mass, nb.n_t, False, spec)  # (windows, T)
+            seconds["mass_prepass"] = time.perf_counter() - t0
+    return inputs, batches, weight_fn, seconds
+
+
+def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, calib) -> list[float]:
+    """OWL's D per block from Wanda scores of the DENSE model (one-shot statistics pass)."""
+    pruners = {f"{i}.{n}": WandaPruner(lin, n, accumulation=spec.accumulation)
+               for i, lins in enumerate(per_block) for n, lin in lins.items()}
+    linears = {k: p.layer for k, p in pruners.items()}
+    cal.run_one_shot(model, blocks, linears, batches, lambda k, x, w: pruners[k].add_batch(x, w),
+                     weight_fn=weight_fn, chunk_size=calib.mass_chunk_size, desc="OWL statistics")
+    return [outlier_ratio([pruners[f"{i}.{n}"].score() for n in lins], spec.owl_m)
+            for i, lins in enumerate(per_block)]
+
+
+def prune_model(
+    model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None
+) -> PruneReport:
+    """Prune every prunable linear of ``model``'s blocks in place; return a ``PruneReport``."""
+    from srclib.pruning import PRUNERS
+
+    t_start = time.perf_counter()
+    pruner_cls: type[LayerPruner] = PRUNERS[spec.method]
+    blocks = adapter.blocks(model)
+    per_block = [adapter.prunable(b) for b in blocks]
+    for i, lins in enumerate(per_block):
+        if not lins:
+            raise ValueError(f"block {i} of {adapter.key!r} has no prunable nn.Linear")
+    prefix = adapter.blocks_path
+    full = lambda i, n: f"{prefix}.{i}.{n}"  # noqa: E731
+    mask_id = adapter.mask_id(model)
+    needs_data = pruner_cls.needs_inputs or spec.owl
+    if needs_data and calibration is None:
+        raise ValueError(f"method {spec.method!r} (owl={spec.owl}) needs calibration data; got calibration=None")
+    device = next(model.parameters()).device
+    masks: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {"calibration": 0.0, "prune": 0.0}
+    block_sparsity = [spec.sparsity] * len(blocks)
+    ratios = None
+    inputs, batches, weight_fn = "none", [], None
+    options = spec.pruner_options()
+
+    def prune_one(i: int, name: str, pruner: LayerPruner) -> None:
+        t0 = time.perf_counter()
+        mask = pruner.prune(block_sparsity[i], spec.pattern)
+        pruner.free()
+        seconds["prune"] += time.perf_counter() - t0
+        masks[full(i, name)] = mask.detach().cpu()
+
+    with PeakMemory(device) as mem:
+        if needs_data:
+            inputs, batches, weight_fn, pre = _prepare(model, adapter, spec, calibration, mask_id, blocks)
+            seconds.update(pre)
+        one_shot_stats = spec.one_shot and pruner_cls.needs_inputs
+        if spec.owl and not (one_shot_stats and spec.method == "wanda"):
+            t0 = time.perf_counter()
+            ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, calibration)
+            block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
+            seconds["owl"] = time.perf_counter() - t0
+
+        if not pruner_cls.needs_inputs:
+            for i, lins in enumerate(per_block):
+                for n, lin in lins.items():
+                    prune_one(i, n, pruner_cls(lin, full(i, n), **options))
+        elif one_shot_stats:
+            pruners = {(i, n): pruner_cls(lin, full(i, n), **options)
+                       for i, lins in enumerate(per_block) for n, lin in lins.items()}
+            keyed = {f"{i}.{n}": p for (i, n), p in pruners.items()}
+            t0 = time.perf_counter()
+            cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
+                             lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
+                             chunk_size=calibration.mass_chunk_size)
+            seconds["calibration"] += time.perf_counter() - t0
+            if spec.owl:  # one-shot Wanda: OWL's statistics are these very statistics
+                ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl_m)
+                          for i, lins in enumerate(per_block)]
+                block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
+            for (i, n), p in pruners.items():
+                prune_one(i, n, p)
+        else:
+            current: dict[str, LayerPruner] = {}
+            t_prune_before = [0.0]
+
+            def start_block(i: int):
+                current.clear()
+                current.update({n: pruner_cls(lin, full(i, n), **options) for n, lin in per_block[i].items()})
+                return lambda n, x, w: current[n].add_batch(x, w)
+
+            def finish_block(i: int) -> None:
+                for n, p in current.items():
+                    prune_one(i, n, p)
+                current.clear()
+
+            t0 = time.perf_counter()
+            cal.run_sequential(model, blocks, adapter.prunable, batches, start_block, finish_block,
+                               weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size)
+            seconds["calibration"] += time.perf_counter() - t0 - (seconds["prune"] - t_prune_before[0])
+
+    total = sum(int(m.numel()) for m in masks.values())
+    pruned = sum(int(m.sum()) for m in masks.values())
+    seconds["total"] = time.perf_counter() - t_start
+    n_passes = sum(int(b.ids.shape[0]) for b in batches)
+    n_tokens = sum(int(b.ids.numel()) for b in batches)
+    target = {full(i, n): float(block_sparsity[i]) for i, lins in enumerate(per_block) for n in lins}
+    return PruneReport(
+        sparsity={k: float(m.float().mean()) for k, m in masks.items()},
+        target={k: target[k] for k in masks},
+        overall=pruned / total,
+        masks=masks,
+        block_sparsity=[float(s) for s in block_sparsity],
+        outlier_ratios=ratios,
+        inputs=inputs,
+        n_passes=n_passes,
+        n_tokens=n_tokens,
+        seconds=seconds,
+        memory=mem.result,
+    )

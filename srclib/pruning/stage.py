@@ -1,0 +1,180 @@
+"""The prune stage: load a model, calibrate, prune, save everything atomically.
+
+``run_prune`` writes
+* ``out_dir/``: the pruned model (``save_pretrained`` safetensors + config), the srclib marker
+  (``srclib.models.base.write_marker``: adapter key + the PruneSpec), the tokenizer,
+  ``masks.safetensors`` (uint8, 1 = pruned, one tensor per layer) and ``sparsity.csv``;
+  reloadable with ``srclib.models.load(out_dir)``;
+* ``metrics_path``: deterministic JSON (no wall-clock values: byte-identical across reruns);
+* ``timing_path`` (optional, not for DVC tracking): seconds per phase and peak memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srclib import calibration as cal
+from srclib.io import atomic_dir, sha256_file, write_json, write_text
+from srclib.pruning.core import PruneReport, prune_model
+from srclib.pruning.spec import PruneSpec
+
+__all__ = ["PruneRun", "run_prune", "save_masks", "load_masks", "sparsity_csv"]
+
+log = logging.getLogger(__name__)
+
+MASKS_FILE = "masks.safetensors"
+SPARSITY_FILE = "sparsity.csv"
+
+
+@dataclass
+class PruneRun:
+    """What ``run_prune`` returns: the metrics written to metrics_path, the timing (not tracked),
+    the per-layer table and the full report (masks included)."""
+
+    metrics: dict[str, Any]
+    timing: dict[str, Any]
+    table: list[dict[str, Any]]
+    report: PruneReport
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.to(torch.uint8).contiguous() for k, v in sorted(masks.items())}, str(path))
+
+
+def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
+    """Masks saved by ``run_prune`` as bool tensors (True = pruned)."""
+    from safetensors.torch import load_file
+
+    return {k: v.bool() for k, v in load_file(str(path)).items()}
+
+
+def sparsity_csv(table: list[dict[str, Any]]) -> str:
+    buf = _io.StringIO()
+    cols = ["layer", "rows", "cols", "target", "sparsity", "pruned"]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: (repr(float(row[k])) if k in ("target", "sparsity") else row[k]) for k in cols})
+    return buf.getvalue()
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "safetensors": safetensors.__version__}
+
+
+def run_prune(
+    *,
+    model: str | Path | tuple[nn.Module, Any, Any],
+    spec: PruneSpec,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    n_samples: int,
+    seq_len: int,
+    seed: int,
+    corpus_path: str | Path | None = None,
+    calibration: cal.Calibration | None = None,
+    windows_per_batch: int = 4,
+    mass_chunk_size: int = 256,
+    timing_path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    instance: str | None = None,
+) -> PruneRun:
+    """Prune one model per ``spec`` and save model, masks, table, metrics (and timing).
+
+    model: a registry key / srclib checkpoint folder (srclib.models.load), or (model, tokenizer,
+    adapter). Calibration windows come from ``calibration`` if given, else from ``corpus_path``
+    (default: srclib.paths.corpus_file("calibration")) with n_samples x seq_len, ``seed``, and a
+    leading BOS when the tokenizer has one. Magnitude without OWL needs no calibration data.
+    device: move the model there first (default: leave it where it is).
+    """
+    from srclib import paths
+    from srclib.models import load
+    from srclib.models.base import write_marker
+    from srclib.pruning import PRUNERS
+
+    if isinstance(model, tuple):
+        net, tok, adapter = model
+        source = getattr(getattr(net, "config", None), "_name_or_path", "") or "in-memory"
+    else:
+        net, tok, adapter = load(model)
+        source = str(model)
+    if device is not None:
+        net.to(device)
+    needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
+    calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
+    if needs_data and calibration is None:
+        if tok is None:
+            raise ValueError(f"model {source!r} has no tokenizer; pass calibration= windows explicitly")
+        corpus = Path(corpus_path) if corpus_path is not None else paths.corpus_file("calibration")
+        calibration = cal.build_calibration(
+            tok, corpus, n_samples=n_samples, seq_len=seq_len, seed=seed,
+            bos_id=getattr(tok, "bos_token_id", None), windows_per_batch=windows_per_batch,
+            mass_chunk_size=mass_chunk_size,
+        )
+        calib_info["corpus"] = corpus.name
+    if calibration is not None:
+        calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
+        calib_info["windows_shape"] = list(calibration.windows.shape)
+
+    report = prune_model(net, adapter, spec, calibration if needs_data else None)
+    table = report.table()
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        net.save_pretrained(tmp)
+        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        save_masks(report.masks, tmp / MASKS_FILE)
+        write_text(tmp / SPARSITY_FILE, sparsity_csv(table))
+        masks_sha = sha256_file(tmp / MASKS_FILE)
+
+    n_total = sum(int(m.numel()) for m in report.masks.values())
+    n_pruned = sum(int(m.sum()) for m in report.masks.values())
+    metrics = {
+        "instance": instance,
+        "model": adapter.key,
+        "spec": spec.to_dict(),
+        "calibration": calib_info,
+        "inputs": report.inputs,
+        "n_passes": report.n_passes,
+        "n_tokens": report.n_tokens,
+        "target_sparsity": float(spec.sparsity),
+        "overall_sparsity": float(report.overall),
+        "n_prunable": n_total,
+        "n_pruned": n_pruned,
+        "block_sparsity": report.block_sparsity,
+        "outlier_ratios": report.outlier_ratios,
+        "layer_sparsity": {k: float(v) for k, v in sorted(report.sparsity.items())},
+        "masks_sha256": masks_sha,
+        "provenance": {"versions": _versions(), "model_source": source},
+    }
+    write_json(metrics_path, metrics)
+    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    timing = {"seconds": report.seconds, "memory": report.memory, "model_bytes": int(model_bytes),
+              "instance": instance}
+    if timing_path is not None:
+        write_json(timing_path, timing)
+    log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
+             spec.pattern, report.overall, out_dir)
+    return PruneRun(metrics=metrics, timing=timing, table=table, report=report)
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
