@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from srclib.models.base import Adapter
 
-__all__ = ["TinyAdapter"]
+__all__ = ["TinyAdapter", "TINY_ROLES"]
+
+TINY_ROLES = {
+    "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "attn_out",
+    "gate": "ff_proj", "up": "up_proj", "down": "ff_out",
+}
 
 
 @dataclass(frozen=True)
 class TinyAdapter(Adapter):
     blocks_path: str = "model.transformer.blocks"
+    roles: dict[str, str] = field(default_factory=lambda: dict(TINY_ROLES))
 
     def load(self, source: str | Path | None = None, **overrides: Any):
+        """(model, tokenizer) from a srclib-built folder (default: models/<key>).
+
+        Overrides: ``dtype`` (default float32), ``device``; others go to ``from_pretrained``.
+        """
         from transformers import PreTrainedTokenizerFast
 
         from srclib import paths
+        from srclib.models.hf_causal import load_options
         from srclib.models.tiny import TinyLM
 
+        dtype, device, kwargs = load_options(overrides, "float32")
         folder = Path(source) if source is not None else paths.model_dir(self.key)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
@@ -28,10 +43,25 @@ class TinyAdapter(Adapter):
                 f"to build {self.key!r}"
             )
         try:
-            model = TinyLM.from_pretrained(folder, use_safetensors=True, **overrides)
+            model = TinyLM.from_pretrained(folder, use_safetensors=True, dtype=dtype, **kwargs)
         except Exception as exc:  # corrupt/unreadable weights
             raise RuntimeError(f"could not load checkpoint for {self.key!r} from {folder}: {exc}") from exc
+        if model.config.causal != self.causal or model.config.shift_logits != self.shift:
+            raise ValueError(
+                f"checkpoint at {folder} has causal={model.config.causal}, shift_logits="
+                f"{model.config.shift_logits} but registry entry {self.key!r} says causal={self.causal}, "
+                f"shift={self.shift}"
+            )
         tok = None
         if (folder / "tokenizer.json").is_file():
             tok = PreTrainedTokenizerFast.from_pretrained(folder)
+        if device is not None:
+            model = model.to(device)
         return model.eval(), tok
+
+    def standin(self, seed: int = 0, **config: Any) -> nn.Module:
+        """A randomly initialised test-size TinyLM with this entry's causal/shift flags."""
+        from srclib.models.tiny import TinyLM, test_config
+
+        torch.manual_seed(seed)
+        return TinyLM(test_config(causal=self.causal, shift=self.shift, **config)).eval()

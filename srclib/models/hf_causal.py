@@ -1,0 +1,164 @@
+"""Adapters for transformers models loaded with ``Auto*.from_pretrained`` (hub ids or local folders).
+
+``HFAdapter`` is the shared loading path of every non-tiny family: a stock causal LM converted to a
+local float32 folder (SmolLM2-135M, from the GGUF file shipped in data/raw), and remote-code
+diffusion LMs from the Hugging Face hub (LLaDA, Dream: see ``llada.py`` and ``dream.py``).
+
+Loading: ``source`` None -> the entry's default (a hub id at a pinned ``revision``, or the
+srclib-built folder ``models/<key>`` when the entry has no hub id); a local folder -> that folder
+(revision ignored). Overrides: ``dtype`` (str or torch.dtype), ``device``; anything else goes to
+``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srclib.models.base import Adapter, write_marker
+
+__all__ = ["HFAdapter", "load_options", "convert_gguf", "LLAMA_ROLES"]
+
+logger = logging.getLogger(__name__)
+
+# role -> qualified name of the nn.Linear inside one decoder layer (Llama/Qwen2 naming)
+LLAMA_ROLES = {
+    "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj",
+}
+
+
+def load_options(overrides: dict[str, Any], default_dtype: str) -> tuple[torch.dtype, Any, dict[str, Any]]:
+    """Split load overrides into (torch dtype, device or None, remaining from_pretrained kwargs)."""
+    rest = dict(overrides)
+    dtype = rest.pop("dtype", None) or rest.pop("torch_dtype", None) or default_dtype
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype must name a torch dtype (float32, bfloat16, float16), got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    device = rest.pop("device", None)
+    return dtype, device, rest
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+@dataclass(frozen=True)
+class HFAdapter(Adapter):
+    """A transformers model loaded through an Auto class.
+
+    auto_class: the transformers Auto class name used to load (``AutoModelForCausalLM``; the
+        remote-code DLMs register their LM class under ``AutoModel``).
+    dtype: default dtype of the loaded weights (overridable per load).
+    attn_implementation: passed to from_pretrained when set ("sdpa": srclib.attention records it).
+    roles: role (q, k, v, o, gate, up, down) -> qualified nn.Linear name inside one block.
+    standin_model_type / standin_config: a test-size from-config model with the same module
+        layout (``standin()``), for offline contract tests.
+    """
+
+    auto_class: str = "AutoModelForCausalLM"
+    dtype: str = "float32"
+    attn_implementation: str | None = "sdpa"
+    roles: dict[str, str] = field(default_factory=lambda: dict(LLAMA_ROLES))
+    standin_model_type: str = "llama"
+    standin_config: dict[str, Any] = field(default_factory=dict)
+
+    # ---- loading ------------------------------------------------------------------------------
+    def default_source(self) -> str | Path:
+        """The hub id when the entry has one, else the srclib-built folder models/<key>."""
+        if self.source:
+            return self.source
+        from srclib import paths
+
+        return paths.model_dir(self.key)
+
+    def load(self, source: str | Path | None = None, **overrides: Any):
+        import transformers
+
+        dtype, device, kwargs = load_options(overrides, self.dtype)
+        src = self.default_source() if source is None else source
+        local = Path(src).is_dir()
+        if not local and not self.source:  # a local-only entry (no hub id)
+            raise FileNotFoundError(
+                f"no checkpoint folder for {self.key!r} at {src} (run `dvc repro train` to build it)"
+            )
+        revision = self.revision if str(src) == self.source else None  # pinned only for the default id
+        where = str(src) if local else f"{src}@{revision or 'main'}"
+        hub_kw: dict[str, Any] = {} if local else {"revision": revision}
+        if self.trust_remote_code:
+            hub_kw["trust_remote_code"] = True
+        if self.attn_implementation:
+            kwargs.setdefault("attn_implementation", self.attn_implementation)
+        auto = getattr(transformers, self.auto_class)
+        try:
+            model = auto.from_pretrained(src, dtype=dtype, **hub_kw, **kwargs)
+        except Exception as exc:  # missing/corrupt weights, offline hub, bad config
+            raise RuntimeError(f"could not load model {self.key!r} from {where}: {exc}") from exc
+        tok = None
+        if not local or _has_tokenizer(Path(src)):
+            try:
+                tok = transformers.AutoTokenizer.from_pretrained(src, **hub_kw)
+            except Exception as exc:
+                raise RuntimeError(f"could not load the tokenizer of {self.key!r} from {where}: {exc}") from exc
+        if device is not None:
+            model = model.to(device)
+        logger.info("loaded %s from %s (%s)", self.key, where, dtype)
+        return model.eval(), tok
+
+    # ---- layout / tests -----------------------------------------------------------------------
+    def standin(self, seed: int = 0) -> nn.Module:
+        """A randomly initialised test-size model with this family's module layout (no download)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        cfg = AutoConfig.for_model(self.standin_model_type, **self.standin_config)
+        cfg._attn_implementation = self.attn_implementation or "sdpa"
+        return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path, key: str, dtype: str = "float32") -> Path:
+    """Dequantise a GGUF causal LM once into a plain safetensors folder (weights, config, tokenizer,
+    srclib marker), written atomically.
+
+    transformers refuses to ``save_pretrained`` a GGUF-loaded model (quantisation flag), so a plain
+    model is built from the same config without ``quantization_config`` and given the state dict.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from srclib.io import atomic_dir, sha256_file
+
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_file} (build data/raw first: `dvc pull` or srclib.data)")
+    torch_dtype = load_options({"dtype": dtype}, dtype)[0]
+    folder, name = gguf_file.parent, gguf_file.name
+    logger.info("dequantising %s", gguf_file)
+    quant = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    cfg_dict = quant.config.to_dict()
+    cfg_dict.pop("quantization_config", None)
+    for k in ("_name_or_path", "_model_name_or_path"):
+        cfg_dict.pop(k, None)
+    cfg = AutoConfig.for_model(**cfg_dict)
+    cfg.dtype = torch_dtype
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
+    state = {k: v.to(torch_dtype) for k, v in quant.state_dict().items()}
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"GGUF state dict does not match the plain model: missing {missing}, unexpected {unexpected}")
+    if tied:
+        plain.tie_weights()
+    del quant
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_marker(tmp, key, source=name, gguf_sha256=sha256_file(gguf_file), dtype=str(dtype))
+    return out_dir
