@@ -20,8 +20,11 @@ Three questions, answered separately and never mixed up:
     ``bytes = numel / 2 * itemsize + numel / 8`` (2 bits of metadata per kept value);
     for 16-bit values that is 9/16 = 0.5625 of dense.  Only reported when every prunable matrix
     keeps at most 2 of every 4 consecutive inputs and the dtype has a 2:4 layout
-    (``SEMI_STRUCTURED_LAYOUTS``); torch's kernels additionally need C_out % 32 == 0 and
-    C_in % 64 == 0 (reported per layer as ``torch_2to4_shape_ok``).
+    (``SEMI_STRUCTURED_LAYOUTS``).  torch's kernels also constrain shapes: its CUTLASS backend
+    needs C_out % 32 == 0 and C_in % 64 == 0, its cuSPARSELt backend (the default) C_out % 16 == 0
+    and C_in % 16 == 0 (per layer: ``cutlass_2to4_shape_ok``, ``cusparselt_2to4_shape_ok``).
+    cuSPARSELt packs values and metadata into one opaque buffer; benchmarks/gpu_semistructured.py
+    reports its real size.
 * **Measured latency** of one FULL denoising step (one forward of the whole model over B x T
   tokens, ``adapter.logits``) for the pruned model run densely (zeros multiplied like any other
   number: no speedup, by construction) vs a copy whose prunable linears are swapped for
@@ -101,15 +104,15 @@ class SemiStructuredLayout:
 
     meta_bytes: int  # bytes of one metadata element (int16 for 16-bit values)
     cols_per_meta: int  # dense input columns described by one metadata element
-    min_rows: int  # torch's kernels need C_out % min_rows == 0
-    min_cols: int  # ... and C_in % min_cols == 0
+    cutlass_min: tuple[int, int]  # torch's CUTLASS kernels need C_out, C_in multiples of these
+    cusparselt_min: tuple[int, int]  # ... and its cuSPARSELt kernels these
 
 
 # Only the dtypes for which torch stores a 2:4 (not 1:2) pattern. float32 is absent on purpose:
 # torch's CUTLASS float32 path is 1:2 sparsity, a stricter pattern than the study's 2:4.
 SEMI_STRUCTURED_LAYOUTS: dict[torch.dtype, SemiStructuredLayout] = {
-    torch.float16: SemiStructuredLayout(meta_bytes=2, cols_per_meta=16, min_rows=32, min_cols=64),
-    torch.bfloat16: SemiStructuredLayout(meta_bytes=2, cols_per_meta=16, min_rows=32, min_cols=64),
+    torch.float16: SemiStructuredLayout(meta_bytes=2, cols_per_meta=16, cutlass_min=(32, 64), cusparselt_min=(16, 16)),
+    torch.bfloat16: SemiStructuredLayout(meta_bytes=2, cols_per_meta=16, cutlass_min=(32, 64), cusparselt_min=(16, 16)),
 }
 
 
@@ -154,7 +157,8 @@ class LayerStats:
     nnz: int
     sparsity: float
     keeps_2_of_4: bool
-    torch_2to4_shape_ok: bool  # C_out % 32 == 0 and C_in % 64 == 0 (torch's 16-bit 2:4 kernels)
+    cutlass_2to4_shape_ok: bool  # C_out % 32 == 0 and C_in % 64 == 0 (16-bit values)
+    cusparselt_2to4_shape_ok: bool  # C_out % 16 == 0 and C_in % 16 == 0 (16-bit values)
     has_bias: bool
 
 
@@ -169,7 +173,8 @@ def layer_stats(model: nn.Module, adapter: Adapter) -> list[LayerStats]:
         stats.append(LayerStats(
             name=name, out_features=rows, in_features=cols, numel=w.numel(), nnz=nnz,
             sparsity=1.0 - nnz / w.numel(), keeps_2_of_4=keeps_n_of_m(w, 2, 4),
-            torch_2to4_shape_ok=(rows % lay16.min_rows == 0 and cols % lay16.min_cols == 0),
+            cutlass_2to4_shape_ok=(rows % lay16.cutlass_min[0] == 0 and cols % lay16.cutlass_min[1] == 0),
+            cusparselt_2to4_shape_ok=(rows % lay16.cusparselt_min[0] == 0 and cols % lay16.cusparselt_min[1] == 0),
             has_bias=lin.bias is not None,
         ))
     return stats

@@ -57,6 +57,7 @@ def test_hand_counts_flops_memory_known_answer():
     (s,) = E.layer_stats(m, ad)
     assert (s.name, s.out_features, s.in_features, s.numel, s.nnz) == ("blocks.0.lin", 4, 8, 32, 16)
     assert s.sparsity == 0.5 and s.keeps_2_of_4 and not s.has_bias
+    assert not s.cutlass_2to4_shape_ok and not s.cusparselt_2to4_shape_ok  # 4 x 8 is below both minima
     f = E.flops([s], tokens=10)
     assert f == {"tokens": 10, "dense": 2 * 32 * 10, "nonzero": 2 * 16 * 10, "ratio": 0.5}
     mem = E.memory([s], torch.bfloat16)
@@ -281,3 +282,50 @@ def test_semi_structured_bytes_match_cuda_tensor():
         torch.testing.assert_close(s @ x, w @ x, atol=1e-2, rtol=1e-2)
     finally:
         SparseSemiStructuredTensor._FORCE_CUTLASS = False
+
+
+def test_layer_shape_flags_tiny_dlm_mlp():
+    m, ad = _hand_model()
+    m.blocks[0].lin = nn.Linear(256, 688, bias=True)  # tiny-dlm's ff_proj: 688 rows
+    (s,) = E.layer_stats(m, ad)
+    assert s.has_bias and s.cusparselt_2to4_shape_ok and not s.cutlass_2to4_shape_ok
+
+
+def _load_script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_gpu_script_skips_cleanly_without_cuda(capsys):
+    mod = _load_script("gpu_semistructured")
+    assert mod.main([]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["skipped"] == "no CUDA"
+
+
+def test_gpu_script_two_four_and_padding(monkeypatch):
+    mod = _load_script("gpu_semistructured")
+    w = torch.randn(8, 16)
+    assert E.keeps_n_of_m(mod.two_four(w)) and int(torch.count_nonzero(mod.two_four(w))) == 64
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda t: t)  # dense stand-in on CPU
+    lin = nn.Linear(40, 30, bias=False)
+    sl = mod.SemiLinear(lin, 32, 64)
+    assert sl.weight.shape == (32, 64)
+    x = torch.randn(2, 3, 40)
+    torch.testing.assert_close(sl(x), lin(x))
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_cli_runs(tmp_path, capsys):
+    mod = _load_script("efficiency")
+    out = tmp_path / "r.json"
+    assert mod.main(["--shapes", "1x8", "--repeats", "1", "--warmup", "0", "--out", str(out)]) == 0
+    assert set(read_json(out)["instances"]) == set(mod.SYNTHETIC)
+    assert "csr/dense" in capsys.readouterr().out
