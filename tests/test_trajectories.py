@@ -72,3 +72,345 @@ def test_greedy_validation():
         greedy_decode(model, _prompt(), max_new_tokens=0)
     with pytest.raises(ValueError, match="P >= 1"):
         greedy_decode(model, _prompt()[:, :0], max_new_tokens=2)
+
+
+# =============================================================================================
+# trajectories
+# =============================================================================================
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from srclib.attention import record_mass  # noqa: E402
+from srclib.models.tiny_adapter import TinyAdapter  # noqa: E402
+from srclib.sinks import dominant_positions  # noqa: E402
+from srclib.trajectories import (  # noqa: E402
+    Trajectory,
+    collect_trajectory,
+    load_trajectory,
+    prompt_batch,
+    random_init_name,
+    random_init_twin,
+    run_collect,
+    run_variance,
+    save_trajectory,
+    sink_statistics,
+    stability_weights,
+)
+
+MASK = 63
+H = 4  # heads of test_config
+AD_DLM = TinyAdapter(key="t-dlm", causal=False, shift=True)
+AD_DLM_NOSHIFT = TinyAdapter(key="t-dlm0", causal=False, shift=False)
+AD_AR = TinyAdapter(key="t-ar", causal=True, shift=False)
+SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0, stability_threshold=0.5)
+
+
+def _kw(**over):
+    kw = dict(prompt_tokens=6, gen_length=8, steps=8, block_length=4, temperature=0.0, cfg_scale=0.0,
+              remasking="low_confidence", seed=0, chunk_size=5)
+    kw.update(over)
+    return kw
+
+
+def _dlm(shift=True, seed=0):
+    torch.manual_seed(seed)
+    model = TinyLM(test_config(causal=False, shift=shift)).eval()
+    with torch.no_grad():  # a random-init model may predict [MASK]; forbid it so every step commits
+        model.model.transformer.ff_out.weight[MASK].zero_()
+        model.model.transformer.ff_out.weight[MASK, 0] = -1e4
+        model.model.transformer.wte.weight[:, 0] = 1.0  # constant feature -> the mask logit is -1e4
+    return model
+
+
+def _record(model, ids):
+    with torch.no_grad(), record_mass(chunk_size=7) as rec:
+        model(input_ids=ids)
+    return rec.mass  # (L, B, T)
+
+
+# ---- DLM --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shift", [True, False])
+def test_dlm_trajectory_pairs_each_step_with_its_forward(shift):
+    model = _dlm(shift)
+    prompt = _prompt(B=2, P=6)
+    traj = collect_trajectory(model, AD_DLM if shift else AD_DLM_NOSHIFT, None, prompt, **_kw())
+    S, L, B, T = traj.shape
+    assert (S, L, B, T) == (8, 2, 2, 14) and traj.kind == "dlm"
+    # row-sum invariant: every query row sums to 1, so sum_k m_k = H * T per layer
+    assert torch.allclose(traj.mass.sum(-1), torch.full((S, L, B), float(H * T)), rtol=1e-4)
+    # step 0 saw [prompt, MASK * G]; the last step's ids + its commits = the final ids
+    assert torch.equal(traj.step_ids[0, :, :6], prompt) and (traj.step_ids[0, :, 6:] == MASK).all()
+    assert not (traj.final_ids == MASK).any()
+    for s in (0, 3, 7):  # the mass of step s is the attention of the forward over step_ids[s]
+        assert torch.allclose(traj.mass[s], _record(model, traj.step_ids[s]), atol=1e-4)
+    assert traj.meta["has_bos"] and traj.meta["mask_id"] == MASK and traj.meta["shift"] == shift
+
+
+def test_dlm_cfg_keeps_conditional_rows():
+    model = _dlm()
+    prompt = _prompt(B=2, P=6)
+    traj = collect_trajectory(model, AD_DLM, None, prompt, **_kw(cfg_scale=1.0))
+    assert traj.shape[2] == 2
+    assert torch.allclose(traj.mass[2], _record(model, traj.step_ids[2]), atol=1e-4)
+
+
+def test_dlm_random_remasking_seeded():
+    model = _dlm()
+    prompt = _prompt(B=1, P=6)
+    a = collect_trajectory(model, AD_DLM, None, prompt, **_kw(remasking="random", seed=3))
+    b = collect_trajectory(model, AD_DLM, None, prompt, **_kw(remasking="random", seed=3))
+    assert torch.equal(a.step_ids, b.step_ids) and torch.equal(a.mass, b.mass)
+
+
+# ---- AR ---------------------------------------------------------------------------------------
+def _plant_bos_sink(model, strength=6.0):
+    """Every query attends to the key of token 0 ([BOS]) only: token 0 has a private embedding
+    direction (dim 1), every token a constant feature (dim 0); q reads dim 0, k reads dim 1, both
+    written to the lowest-frequency RoPE pair (so q.k stays positive at every distance)."""
+    cfg = model.config
+    hd = cfg.hidden_size // cfg.n_heads
+    lowfreq = [hd // 2 - 1, hd - 1]
+    with torch.no_grad():
+        wte = model.model.transformer.wte.weight
+        wte[:, :2] = 0.0
+        wte[:, 0] = 1.0
+        wte[0] = 0.0
+        wte[0, 1] = 10.0
+        for blk in model.model.transformer.blocks:
+            blk.q_proj.weight.zero_()
+            blk.k_proj.weight.zero_()
+            for h in range(cfg.n_heads):
+                for j in lowfreq:
+                    blk.q_proj.weight[h * hd + j, 0] = strength
+                    blk.k_proj.weight[h * hd + j, 1] = strength
+    return model
+
+
+def test_ar_trajectory_planted_sink_at_position_0():
+    model = _plant_bos_sink(_causal_tiny())
+    prompt = _prompt(B=2, P=6)
+    traj = collect_trajectory(model, AD_AR, None, prompt, **_kw())
+    S, L, B, T = traj.shape
+    assert (S, L, B, T) == (8, 2, 2, 14) and traj.kind == "ar"
+    assert traj.valid_len.tolist() == list(range(6, 14))
+    # the newest query's row sums to 1 per head: H per layer, zero beyond the valid keys
+    assert torch.allclose(traj.mass.sum(-1), torch.full((S, L, B), float(H)), atol=1e-4)
+    assert (traj.mass[0, :, :, 6:] == 0).all()
+    assert (traj.mass[:, :, :, 0] > 0.9 * H).all()  # the planted sink holds the mass
+    st = sink_statistics(traj, **SINK)
+    for variant in ("newest", "prefix_raw", "prefix_norm"):
+        g = st["variants"][variant]["global"]
+        assert g["variance"] == 0.0 and g["dominant_at_0_frac"] == 1.0, variant
+        assert g["persistence_pos0"] == 1.0 and g["pos0_stable_frac"] == 1.0
+    g = st["variants"]["newest"]["global"]
+    assert g["jaccard"] == 1.0 and g["sinks_per_step"] == 1.0
+    assert st["stable_sinks"]["newest"]["global"] == [[0], [0]]
+
+
+def test_ar_prefix_mass_equals_full_prefix_forward():
+    model = _causal_tiny()
+    prompt = _prompt(B=2, P=5)
+    traj = collect_trajectory(model, AD_AR, None, prompt, **_kw(prompt_tokens=5, gen_length=6))
+    raw, norm = traj.prefix_mass(False), traj.prefix_mass(True)
+    for s in range(6):
+        n = 5 + s  # keys (and queries) of the prefix after step s
+        full = _record(model, traj.final_ids[:, :n])  # (L, B, n): one forward over the whole prefix
+        assert torch.allclose(raw[s, :, :, :n], full, atol=1e-4)
+        assert (raw[s, :, :, n:] == 0).all()
+        count = torch.arange(n, 0, -1, dtype=torch.float32)  # queries that see key k: n - k
+        assert torch.allclose(norm[s, :, :, :n], full / count, atol=1e-5)
+    with pytest.raises(ValueError, match="AR"):
+        collect_trajectory(_dlm(), AD_DLM, None, prompt, **_kw(prompt_tokens=5)).prefix_mass()
+
+
+def test_ar_hf_llama_collects():
+    model = _tiny_llama()
+    ad = TinyAdapter(key="llama", causal=True, shift=False)
+    traj = collect_trajectory(model, ad, None, _prompt(B=1, P=4), **_kw(prompt_tokens=4, gen_length=3))
+    assert traj.shape == (3, 2, 1, 7)
+    assert torch.allclose(traj.mass.sum(-1), torch.full((3, 2, 1), 4.0), atol=1e-4)
+
+
+# ---- storage ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dlm", "ar"])
+def test_save_load_round_trip(tmp_path, kind):
+    if kind == "dlm":
+        traj = collect_trajectory(_dlm(), AD_DLM, None, _prompt(B=2, P=6), **_kw())
+    else:
+        traj = collect_trajectory(_causal_tiny(), AD_AR, None, _prompt(B=2, P=6), **_kw())
+    path = save_trajectory(traj, tmp_path / "sub" / "t.safetensors")
+    back = load_trajectory(path)
+    assert back.meta == traj.meta and back.kind == kind
+    assert torch.allclose(back.mass, traj.mass, atol=2e-3)
+    assert torch.equal(back.valid_len, traj.valid_len) and torch.equal(back.final_ids, traj.final_ids)
+    assert torch.equal(back.prompt_ids, traj.prompt_ids)
+    if kind == "dlm":
+        assert torch.equal(back.step_ids, traj.step_ids) and back.prefill_mass is None
+    else:
+        assert torch.allclose(back.prefill_mass, traj.prefill_mass, atol=2e-3) and back.step_ids is None
+    assert not list(tmp_path.joinpath("sub").glob(".*tmp"))  # atomic: no temp file left
+
+
+def test_storage_keeps_the_dominant_position_of_near_uniform_mass(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    S, L, B, T = 5, 2, 3, 40
+    mass = 4.0 + 1e-3 * torch.rand(S, L, B, T, generator=g)  # random-init-like: ~1e-4 relative spread
+    assert (dominant_positions(mass.half().float()) != dominant_positions(mass)).any()  # raw f16 fails
+    traj = Trajectory(meta={"kind": "dlm", "mask_id": MASK}, mass=mass,
+                      valid_len=torch.full((S,), T), prompt_ids=torch.zeros(B, 2, dtype=torch.long),
+                      final_ids=torch.zeros(B, T, dtype=torch.long),
+                      step_ids=torch.zeros(S, B, T, dtype=torch.long))
+    back = load_trajectory(save_trajectory(traj, tmp_path / "u.safetensors"))
+    assert torch.equal(dominant_positions(back.mass), dominant_positions(mass))
+    assert (back.mass - mass).abs().max() < 1e-6
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="collect"):
+        load_trajectory(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="not a srclib trajectory"):
+        load_trajectory(tmp_path / "x.safetensors")
+
+
+# ---- statistics on a hand-built trajectory -------------------------------------------------------
+def _synthetic(positions, T=8, mask_from=None):
+    """One layer, one prompt; step s has mass 1 everywhere and 21 at positions[s]."""
+    S = len(positions)
+    mass = torch.ones(S, 1, 1, T)
+    for s, p in enumerate(positions):
+        mass[s, 0, 0, p] = 21.0
+    ids = torch.full((S, 1, T), 5, dtype=torch.long)
+    if mask_from is not None:  # step s: positions >= mask_from[s] are [MASK]
+        for s, m in enumerate(mask_from):
+            ids[s, 0, m:] = MASK
+    return Trajectory(meta={"kind": "dlm", "mask_id": MASK, "model": "syn", "random_init": False},
+                      mass=mass, valid_len=torch.full((S,), T), prompt_ids=torch.zeros(1, 2, dtype=torch.long),
+                      final_ids=torch.zeros(1, T, dtype=torch.long), step_ids=ids)
+
+
+def test_statistics_known_answers():
+    traj = _synthetic([0, 2, 4, 2], mask_from=[3, 4, 5, 6])
+    st = sink_statistics(traj, **SINK)
+    g = st["variants"]["full"]["global"]
+    assert st["variants"]["full"]["layers"][0] == g  # one layer: global = that layer
+    # positions 0, 2, 4, 2: mean 2, population variance 2 -> 2 / 8^2
+    assert g["variance"] == pytest.approx(2 / 64)
+    # sink sets {0}, {2}, {4}, {2}: consecutive Jaccard 0, 0, 0
+    assert g["jaccard"] == 0.0 and g["sinks_per_step"] == 1.0
+    assert g["dominant_share_x_uniform"] == pytest.approx(21 / 28 * 8)
+    assert g["dominant_at_0_frac"] == 0.25
+    # persistence: pos 2 -> 2/4 (stable at threshold 0.5), pos 0 and 4 -> 1/4
+    assert g["persistence_max"] == 0.5 and g["persistence_pos0"] == 0.25
+    assert g["n_stable"] == 1.0 and st["stable_sinks"]["full"]["global"] == [[2]]
+    assert g["persistence_hist"][2] == pytest.approx(2 / 3) and g["persistence_hist"][5] == pytest.approx(1 / 3)
+    # mask classes: step 0 masks 3.., step 1 masks 4.., step 2 masks 5.., step 3 masks 6..
+    # dominant 0 (content), 2 (content), 4 (content at step 2: 4 < 5), 2 (content)
+    assert g["dominant_on_mask_frac"] == 0.0 and g["dominant_on_content_frac"] == 1.0
+    # fresh at step s: masked at s-1, not at s -> step 1: {3}, step 2: {4}, step 3: {5}; dominant 4 at step 2
+    assert g["dominant_on_fresh_frac"] == pytest.approx(1 / 3)
+    assert g["sinks_per_step_fresh"] == pytest.approx(1 / 4)
+
+
+def test_statistics_dominant_on_mask_and_ratio():
+    traj = _synthetic([7, 7, 7], mask_from=[4, 4, 4])  # the sink sits on a [MASK] key
+    g = sink_statistics(traj, **SINK)["variants"]["full"]["global"]
+    assert g["dominant_on_mask_frac"] == 1.0 and g["variance"] == 0.0 and g["variance_mask"] == 0.0
+    # mask keys 4..7 hold 24 of 28 mass units over 4 of 8 keys: ratio (24/28) / (4/8)
+    assert g["mask_mass_ratio"] == pytest.approx((24 / 28) / 0.5)
+    # restricted to content keys (0..3, all equal mass) the dominant is position 0 at every step
+    assert g["variance_content"] == 0.0
+
+
+def test_statistics_validation():
+    traj = _synthetic([0, 1])
+    with pytest.raises(ValueError, match="allowed rules"):
+        sink_statistics(traj, **dict(SINK, rule="nope"))
+    with pytest.raises(ValueError, match="stability_threshold"):
+        sink_statistics(traj, **dict(SINK, stability_threshold=1.5))
+    assert stability_weights is not None  # re-exported for the prune stage
+
+
+# ---- random-init twin ---------------------------------------------------------------------------
+def test_random_init_twin_seeded():
+    model = _causal_tiny(seed=0)
+    state = torch.random.get_rng_state()
+    a, b = random_init_twin(model, 7), random_init_twin(model, 7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is untouched
+    pa, pb, pm = (dict(m.named_parameters()) for m in (a, b, model))
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert any(not torch.equal(pa[k], pm[k]) for k in pa)
+    assert not a.training and random_init_name("x") == "x-randinit"
+
+
+# ---- prompts ------------------------------------------------------------------------------------
+def _word_tokenizer(bos: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[BOS]": 0, "[EOS]": 1, "[PAD]": 2, "[UNK]": 3, **{f"w{i}": 4 + i for i in range(50)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", unk_token="[UNK]")
+
+
+def _texts():
+    return [" ".join(f"w{j}" for j in range(n)) for n in (10, 3, 7, 12)]
+
+
+def test_prompt_batch_left_truncates_and_keeps_bos():
+    tok = _word_tokenizer(bos=True)
+    ids, used = prompt_batch(tok, _texts(), prompt_tokens=6, n_prompts=2)
+    # text 0 (w0..w9): [BOS] + last 5 words w5..w9; text 1 (3 words) is skipped; text 2: w2..w6
+    assert used == [0, 2]
+    assert ids.tolist() == [[0, 9, 10, 11, 12, 13], [0, 6, 7, 8, 9, 10]]
+    with pytest.raises(ValueError, match=r"only 3 of 4 prompts"):
+        prompt_batch(tok, _texts(), prompt_tokens=6, n_prompts=4)
+
+
+def test_prompt_batch_without_bos():
+    ids, used = prompt_batch(_word_tokenizer(bos=False), _texts(), prompt_tokens=6, n_prompts=3)
+    assert used == [0, 2, 3] and ids[0].tolist() == [8, 9, 10, 11, 12, 13]
+
+
+# ---- stages end to end --------------------------------------------------------------------------
+def test_run_collect_and_variance(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n"
+                               for i, t in enumerate(_texts())))
+    built = {"t-dlm": (_dlm(), AD_DLM), "t-ar": (_causal_tiny(), AD_AR)}
+
+    def loader(key, dtype):
+        model, ad = built[key]
+        return model.to(dtype), _word_tokenizer(bos=True), ad
+
+    entries = {k: {"dtype": "float32", "device": "cpu"} for k in built}
+    traj_path = lambda run: tmp_path / "trajectories" / f"{run}.safetensors"  # noqa: E731
+    out = run_collect(models=["t-dlm", "t-ar"], model_entries=entries, prompts_path=prompts, n_prompts=2,
+                      prompt_tokens=6, gen_length=4, steps=4, block_length=4, temperature=0.0,
+                      cfg_scale=0.0, remasking="low_confidence", chunk_size=8, random_init_control=True,
+                      seed=0, trajectory_path=traj_path, metrics_path=tmp_path / "collect.json", loader=loader)
+    runs = ["t-dlm", "t-dlm-randinit", "t-ar", "t-ar-randinit"]
+    assert sorted(out["runs"]) == sorted(runs)
+    assert all(traj_path(r).is_file() for r in runs)
+    metrics = json.loads((tmp_path / "collect.json").read_text())
+    assert metrics["runs"]["t-ar"]["kind"] == "ar" and metrics["runs"]["t-dlm-randinit"]["random_init"]
+    assert len(out["samples"]) == 8
+    res = run_variance(trajectory_paths={r: traj_path(r) for r in runs}, **SINK,
+                       sink_stats_path=lambda r: tmp_path / "sinks" / f"{r}.json",
+                       metrics_path=tmp_path / "variance.json")
+    assert list(res["main"]["run"]) == runs and set(res["main"]["variant"]) == {"full", "newest"}
+    assert len(res["table"]) == 2 * 3 + 2 * 3 * 3  # DLM: 1 variant x (global + 2 layers); AR: 3 variants
+    stats = json.loads((tmp_path / "sinks" / "t-ar.json").read_text())
+    assert set(stats["variants"]) == {"newest", "prefix_raw", "prefix_norm"}
+    v = json.loads((tmp_path / "variance.json").read_text())
+    assert set(v["runs"]) == set(runs) and "git_commit" in v["provenance"]
+    p = res["plots"]["t-dlm"]
+    assert p["global_mass_norm"].shape == (2, 4, 10) and np.allclose(p["global_mass_norm"].sum(-1), 1)
+    assert p["dominant"]["full"].shape == (2, 4) and p["variance_per_layer"].shape == (2,)
