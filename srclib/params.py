@@ -167,6 +167,11 @@ class PruneInstance:
     seed: int = _c(ge=0)
 
     def __post_init__(self) -> None:
+        if self.method == "magnitude" and self.weighting != "uniform":
+            raise ParamsError(
+                f"method 'magnitude' uses no activations, so weighting must be 'uniform', "
+                f"got {self.weighting!r}"
+            )
         nm = PATTERNS[self.pattern]
         if nm is not None and not math.isclose(self.sparsity, nm[0] / nm[1]):
             raise ParamsError(
@@ -184,6 +189,26 @@ class PruneParams:
     one_shot_sink_wanda: bool = _c()
     instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+    def spec(self, instance: str) -> Any:
+        """The srclib.pruning.PruneSpec of one instance (library defaults for the rest)."""
+        from srclib.pruning.spec import PruneSpec
+
+        inst = self.instance(instance)
+        return PruneSpec(
+            method=inst.method, weighting=inst.weighting, sparsity=inst.sparsity, pattern=inst.pattern,
+            t_grid=tuple(self.calibration.t_grid), noise_eps=self.calibration.noise_eps,
+            sink_rule=self.sink.rule, sink_alpha=self.sink.alpha, sink_kappa=self.sink.kappa,
+            sink_eps=self.sink.eps, stability_threshold=self.sink.stability_threshold,
+            blocksize=self.sparsegpt.blocksize, percdamp=self.sparsegpt.percdamp,
+            owl=self.owl.enabled, owl_lambda=self.owl.lambda_, owl_m=self.owl.m,
+            one_shot_sink_wanda=self.one_shot_sink_wanda,
+        )
+
+    def instance(self, name: str) -> PruneInstance:
+        if name not in self.instances:
+            raise ParamsError(f"instance {name!r} is not in prune.instances ({len(self.instances)} defined)")
+        return self.instances[name]
+
 
 @dataclass(frozen=True)
 class TaskSettings:
@@ -197,6 +222,7 @@ class TaskSettings:
 class PplParams:
     n_windows: int = _c(ge=1)
     mc_num: int = _c(ge=1)
+    seq_len: int = _c(ge=2)
 
 
 @dataclass(frozen=True)
@@ -247,6 +273,20 @@ class Params:
             need(f"evaluate.dense[{i}]", key)
         for name, inst in self.prune.instances.items():
             need(f"prune.instances.{name}.model", inst.model)
+            if name in MODELS:
+                raise ParamsError(f"prune.instances.{name}: an instance may not be named like a model key")
+
+    def eval_source(self, instance: str) -> str:
+        """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key."""
+        from srclib import paths
+
+        if instance in self.prune.instances:
+            return str(paths.pruned_dir(instance))
+        if instance in self.evaluate.dense:
+            return instance
+        raise ParamsError(
+            f"instance {instance!r} is neither in prune.instances nor in evaluate.dense {self.evaluate.dense}"
+        )
 
     def stage(self, name: str) -> Any:
         if name not in STAGES:

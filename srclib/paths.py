@@ -85,6 +85,12 @@ def trajectory_file(model: str, root: Path | None = None) -> Path:
     return _r(TRAJECTORIES / f"{model}.safetensors", root)
 
 
+def trajectory_runs(root: Path | None = None) -> dict[str, Path]:
+    """Every collected run (model or random-init twin) -> its trajectory file, sorted by name."""
+    folder = _r(TRAJECTORIES, root)
+    return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
+
+
 def collect_metrics(root: Path | None = None) -> Path:
     return _r(METRICS / "collect.json", root)
 

@@ -55,6 +55,10 @@ BAD = [
     (f"prune.instances.{FIRST}.pattern", "3:4", "2:4"),
     (f"prune.instances.{FIRST}.pattern", "2:4", "sparsity 0.5"),  # wrong: 2:4 needs 0.5; FIRST has 0.5
     ("prune.calibration.t_grid", [0.0, 0.5], "> 0"),
+    ("prune.instances.dlm-magnitude-uniform-50-s0.weighting", "sink", "must be 'uniform'"),
+    ("prune.instances.tiny-ar", {"model": "tiny-ar", "method": "wanda", "weighting": "uniform",
+                                 "sparsity": 0.5, "pattern": "unstructured", "seed": 0}, "named like a model"),
+    ("evaluate.ppl.seq_len", 1, ">= 2"),
     ("prune.calibration.n_samples", 2.5, "integer"),
     ("evaluate.tasks.boolq", {"num_fewshot": 0, "cfg": 0.0, "mc_num": 4, "limit": 10}, "boolq"),
     ("evaluate.tasks.arc_easy.mc_num", 0, ">= 1"),
