@@ -115,6 +115,11 @@ def eval_metrics(instance: str, root: Path | None = None) -> Path:
     return _r(METRICS / "evaluate" / f"{instance}.json", root)
 
 
+def plot_series(name: str, root: Path | None = None) -> Path:
+    """A DVC plot series written by the plot stage: metrics/plots/<name>.csv."""
+    return _r(METRICS / "plots" / f"{name}.csv", root)
+
+
 def efficiency_metrics(root: Path | None = None) -> Path:
     return _r(METRICS / "efficiency.json", root)
 
