@@ -1,0 +1,427 @@
+"""Evaluation: offline lm-eval task configs, the srclib-dlm LM, the evaluate stage, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import LM
+
+from srclib import evaluation as E
+from srclib import likelihood, paths
+from srclib.models import load
+from srclib.models.base import write_marker
+from srclib.models.tiny import TinyLM, test_config
+
+TASKS = paths.tasks_dir()
+CORPUS_VAL = paths.corpus_file("validation")
+needs_data = pytest.mark.skipif(not (TASKS / "ai2_arc").is_dir(),
+                                reason="data/raw not built (python -m srclib.data build)")
+
+SPECIALS = ["[BOS]", "[EOS]", "[PAD]", "[MASK]"]  # ids 0..3
+
+
+# ---- fixtures: test-size checkpoints with a real (tiny) tokenizer ---------------------------------
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = ["The quick brown fox jumps over the lazy dog.", "Question: What is it?\nAnswer: yes",
+             "Plants need water and sunlight to grow.", "A. one B. two C. three D. four"] * 4
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", mask_token="[MASK]")
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory):
+    """{'tiny-dlm': folder, 'tiny-ar': folder}: random-init test-size TinyLMs + tokenizer + marker."""
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = _tokenizer()
+    out = {}
+    for key, causal, shift in (("tiny-dlm", False, True), ("tiny-ar", True, False)):
+        torch.manual_seed(0)
+        cfg = test_config(causal=causal, shift=shift, vocab_size=len(tok), bos_token_id=0,
+                          eos_token_id=1, pad_token_id=2, max_position_embeddings=512,
+                          mask_token_id=None if causal else 3)
+        folder = root / key
+        TinyLM(cfg).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        write_marker(folder, key)
+        out[key] = folder
+    return out
+
+
+@pytest.fixture(scope="session")
+def dlm(ckpts):
+    return E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=4, batch_size=8, seed=3)
+
+
+# ---- task configs ----------------------------------------------------------------------------------
+@needs_data
+def test_arc_config_points_at_local_arrow_and_drops_missing_splits():
+    cfg = E.build_task_configs(["arc_easy"], TASKS)
+    assert set(cfg) == {"arc_easy"}
+    c = cfg["arc_easy"]
+    assert c["include"].endswith(os.path.join("tasks", "arc", "arc_easy.yaml"))
+    assert Path(c["include"]).is_file()
+    assert c["dataset_path"] == "arrow" and c["dataset_name"] is None
+    files = c["dataset_kwargs"]["data_files"]
+    assert set(files) == {"validation"}
+    assert Path(files["validation"]).is_absolute() and Path(files["validation"]).is_file()
+    assert files["validation"].endswith("ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow")
+    assert c["test_split"] is None and c["training_split"] is None  # not shipped
+    assert "doc_to_text" not in c and "metric_list" not in c  # prompts/metrics stay lm-eval's
+
+
+@needs_data
+def test_gsm8k_reads_jsonl_and_takes_fewshot_from_test():
+    c = E.build_task_configs(["gsm8k"], TASKS)["gsm8k"]
+    assert c["dataset_path"] == "json"
+    assert c["dataset_kwargs"]["data_files"]["test"].endswith("gsm8k/main/test.jsonl")
+    assert c["fewshot_split"] == "test" and c["training_split"] is None
+
+
+@needs_data
+def test_mmlu_group_expands_to_57_subjects_and_4_subgroups():
+    cfg = E.build_task_configs(["mmlu"], TASKS, overrides={"mmlu": {"num_fewshot": 5}})
+    leaves = [k for k, v in cfg.items() if "task" in v]
+    assert len(leaves) == 57
+    assert {"mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences"} <= set(cfg)
+    a = cfg["mmlu_abstract_algebra"]
+    assert set(a["dataset_kwargs"]["data_files"]) == {"dev", "test"}
+    assert a["dataset_kwargs"]["data_files"]["test"].endswith(
+        "hails/mmlu_no_train/abstract_algebra/test/data-00000-of-00001.arrow")
+    assert all(cfg[k]["num_fewshot"] == 5 for k in leaves)  # group override reaches every task
+
+
+def test_hub_mode_only_includes_builtin_yaml():
+    cfg = E.build_task_configs(["piqa"], None, overrides={"piqa": {"num_fewshot": 2}})
+    assert set(cfg["piqa"]) == {"include", "task", "num_fewshot"}
+
+
+def test_unknown_task_and_bad_overrides(monkeypatch):
+    small = E._task_index()
+    monkeypatch.setattr(E, "_task_index", lambda full=False: small)  # skip the ~20 s full index
+    with pytest.raises(KeyError, match="no_such_task"):
+        E.build_task_configs(["no_such_task"], None)
+    with pytest.raises(KeyError, match="overrides"):
+        E.build_task_configs(["piqa"], None, overrides={"sciq": {"num_fewshot": 1}})
+
+
+def test_missing_data_names_task_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"arc_easy.*ai2_arc/ARC-Easy"):
+        E.build_task_configs(["arc_easy"], tmp_path)
+    (tmp_path / "ai2_arc" / "ARC-Easy" / "validation").mkdir(parents=True)  # folder, no files
+    with pytest.raises(FileNotFoundError, match="arc_easy"):
+        E.build_task_configs(["arc_easy"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        E.build_task_configs(["arc_easy"], tmp_path / "nope")
+
+
+def test_task_spec_validation():
+    with pytest.raises(ValueError, match=r"mc_num \(10\).*batch_size \(4\)"):
+        E.TaskSpec(mc_num=10, mc_batch=4)
+    with pytest.raises(ValueError, match="unknown task setting"):
+        E.TaskSpec.of({"mc_num": 4, "shots": 2})
+    with pytest.raises(ValueError, match="seq_len"):
+        E.PplSettings.of({"n_windows": 2, "mc_num": 2})
+
+
+# ---- oracle / random stubs on a real task ----------------------------------------------------------
+class _Stub(LM):
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+    def generate_until(self, requests):
+        raise NotImplementedError
+
+
+class _Oracle(_Stub):
+    """High log-likelihood for the gold choice, read from the document (ARC's answerKey)."""
+
+    def loglikelihood(self, requests):
+        gold = lambda d: d["choices"]["label"].index(d["answerKey"])  # noqa: E731
+        return [(0.0 if r.idx == gold(r.doc) else -10.0, False) for r in requests]
+
+
+class _Random(_Stub):
+    def __init__(self):
+        super().__init__()
+        self.rng = random.Random(0)
+
+    def loglikelihood(self, requests):
+        return [(self.rng.random(), False) for _ in requests]
+
+
+@needs_data
+def test_oracle_scores_1_and_random_scores_chance_on_arc_easy():
+    res = E.evaluate_lm(_Oracle(), {"arc_easy": {"limit": 20}}, data_root=TASKS)
+    r = res["arc_easy"]
+    assert r["metrics"]["acc"] == 1.0 and r["metrics"]["acc_norm"] == 1.0
+    assert r["n_samples"] == 20 and r["eval_split"] == "validation"
+    res = E.evaluate_lm(_Random(), {"arc_easy": {"limit": 300}}, data_root=TASKS)
+    acc = res["arc_easy"]["metrics"]["acc"]  # 4 choices (a few items have 3 or 5): chance ~0.25
+    assert 0.17 < acc < 0.34
+    assert res["arc_easy"]["stderr"]["acc"] == pytest.approx((acc * (1 - acc) / 299) ** 0.5, rel=1e-6)
+
+
+# ---- the srclib-dlm LM --------------------------------------------------------------------------------
+def _ll_instance(ctx: str, cont: str, idx: int = 0) -> Instance:
+    return Instance("loglikelihood", doc={}, arguments=(ctx, cont), idx=idx)
+
+
+def test_dlm_loglikelihood_is_the_estimator_with_bos_and_keep_first(dlm):
+    ctx, cont = "Question: What is it?\nAnswer:", " yes"
+    (ll, greedy), = dlm.loglikelihood([_ll_instance(ctx, cont)])
+    tok = dlm.tokenizer
+    whole = [0] + tok(ctx + cont, add_special_tokens=False)["input_ids"]
+    c = [0] + tok(ctx, add_special_tokens=False)["input_ids"]
+    t = whole[len(c):]
+    want = likelihood.elbo_loglikelihood(
+        likelihood.model_logits_fn(dlm.model, dlm.adapter), c, t, mask_id=3, mc_num=4,
+        batch_size=4, generator=E._request_generator(3, c, t), keep_first=True)
+    assert greedy is False
+    assert ll == pytest.approx(want, abs=1e-4)
+
+
+def test_dlm_results_do_not_depend_on_batching_or_company(dlm):
+    reqs = [_ll_instance("The quick brown", " fox"), _ll_instance("Plants need", " water and sun"),
+            _ll_instance("A. one B.", " two")]
+    together = [x for x, _ in dlm.loglikelihood(reqs)]
+    alone = [dlm.loglikelihood([r])[0][0] for r in reqs]
+    assert together == pytest.approx(alone, abs=1e-4)
+    again = [x for x, _ in dlm.loglikelihood(reqs[::-1])][::-1]
+    assert together == pytest.approx(again, abs=1e-4)
+
+
+def test_dlm_configure_and_construction_errors(dlm, ckpts):
+    with pytest.raises(ValueError, match=r"mc_num \(6\).*batch_size \(4\)"):
+        dlm.configure(mc_num=6, mc_batch=4)
+    with pytest.raises(ValueError, match="cfg"):
+        dlm.configure(cfg=-0.5)
+    with pytest.raises(ValueError, match="causal"):
+        E.DiffusionLM(pretrained=str(ckpts["tiny-ar"]))
+    with pytest.raises(TypeError, match="bogus"):
+        E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), bogus=1)
+    with pytest.raises(ValueError, match=r"mc_num \(5\).*batch_size \(2\)"):
+        E.DiffusionLM.create_from_arg_string(f"pretrained={ckpts['tiny-dlm']},mc_num=5,mc_batch=2")
+
+
+def test_model_args_win_over_cli_batch_size(ckpts):
+    lm = E.DiffusionLM.create_from_arg_string(
+        f"pretrained={ckpts['tiny-dlm']},mc_num=2,batch_size=6", {"batch_size": 1, "device": None})
+    assert lm.batch_size == 6 and lm.mc_num == 2 and lm.mc_batch == 2
+
+
+def test_cfg_changes_scores(dlm):
+    req = [_ll_instance("The quick brown", " fox")]
+    dlm.configure(cfg=0.0)
+    a = dlm.loglikelihood(req)[0][0]
+    dlm.configure(cfg=0.5)
+    b = dlm.loglikelihood(req)[0][0]
+    dlm.configure(cfg=0.0)
+    assert a != pytest.approx(b, abs=1e-6)
+
+
+def test_loglikelihood_rolling_is_elbo_of_string_given_bos(dlm):
+    s = "Plants need water and sunlight to grow."
+    (roll,) = dlm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (s,), 0)])
+    toks = dlm.tok_encode(s, add_special_tokens=False)
+    want = dlm.score([([0], toks)])[0]
+    assert roll == pytest.approx(want, abs=1e-6)
+
+
+def test_loglikelihood_rolling_splits_long_strings(ckpts):
+    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=9)
+    s = "The quick brown fox jumps over the lazy dog. Plants need water."
+    toks = lm.tok_encode(s, add_special_tokens=False)
+    assert len(toks) > 8
+    (roll,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (s,), 0)])
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    pairs = [make_disjoint_window(w) for w in get_rolling_token_windows(toks, 0, 8, 1)]
+    assert len(pairs) > 1 and sum(len(t) for _, t in pairs) == len(toks)
+    assert roll == pytest.approx(sum(lm.score([(list(c), list(t)) for c, t in pairs])), abs=1e-6)
+
+
+def test_generate_until_cuts_at_eos_and_first_stop_string(dlm):
+    tok = dlm.tokenizer
+    text_ids = tok("yes Answer: no\nQuestion: x", add_special_tokens=False)["input_ids"]
+
+    def fake_generate(model, prompt_ids, *, gen_length, **kw):
+        B, P = prompt_ids.shape
+        gen = torch.tensor(text_ids + [1] + text_ids)[:gen_length]  # EOS (1) in the middle
+        return torch.cat([prompt_ids, gen.expand(B, -1)], dim=1)
+
+    dlm._generate_fn = fake_generate
+    try:
+        dlm.gen = E.GenSettings(steps=4, gen_length=64, block_length=32)
+        reqs = [Instance("generate_until", {}, ("Q", {"until": ["Question:", "\n"]}), 0),
+                Instance("generate_until", {}, ("Q", {"until": ["zzz"]}), 1),
+                Instance("generate_until", {}, ("Q", {"until": "no"}), 2)]
+        out = dlm.generate_until(reqs)
+    finally:
+        dlm._generate_fn = None
+        dlm.gen = E.GenSettings()
+    assert out == ["yes Answer: no", "yes Answer: no\nQuestion: x", "yes Answer: "]
+
+
+def test_generate_until_with_the_real_sampler_is_deterministic(ckpts):
+    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), steps=4, gen_length=8, block_length=4,
+                       batch_size=4)
+    reqs = [Instance("generate_until", {}, ("The quick", {"until": ["\n\n"]}), i) for i in range(2)]
+    reqs.append(Instance("generate_until", {}, ("Plants need water", {"until": ["."]}), 2))
+    a, b = lm.generate_until(reqs), lm.generate_until(reqs)
+    assert a == b and all(isinstance(x, str) for x in a) and a[0] == a[1]
+    assert "[MASK]" not in "".join(a) and "." not in a[2]
+
+
+def test_make_lm_picks_by_adapter_causal(ckpts):
+    from lm_eval.models.huggingface import HFLM
+
+    assert set(E.LM_FACTORIES) == {False, True}
+    m, t, a = load(str(ckpts["tiny-ar"]))
+    assert isinstance(E.make_lm(m, t, a, batch_size=2), HFLM)
+    m, t, a = load(str(ckpts["tiny-dlm"]))
+    assert isinstance(E.make_lm(m, t, a, batch_size=2), E.DiffusionLM)
+
+
+# ---- held-out perplexity -------------------------------------------------------------------------------
+def test_heldout_windows_known_answer(ckpts):
+    _, tok, _ = load(str(ckpts["tiny-dlm"]))
+    texts = ["The quick brown fox", "Plants need water"]
+    ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
+    stream = ids[0] + [1] + ids[1] + [1]
+    w = E.heldout_windows(texts, tok, seq_len=4, n_windows=2)
+    assert w.tolist() == [[0] + stream[0:3], [0] + stream[3:6]]
+    with pytest.raises(ValueError, match="fewer than one window"):
+        E.heldout_windows(["x"], tok, seq_len=64, n_windows=1)
+
+
+def test_heldout_perplexity_exact_for_ar_and_elbo_for_dlm(ckpts):
+    texts = ["The quick brown fox jumps over the lazy dog."] * 6
+    s = E.PplSettings(n_windows=3, mc_num=2, seq_len=12)
+    m, t, a = load(str(ckpts["tiny-ar"]))
+    r = E.heldout_perplexity(m, t, a, texts, s)
+    w = E.heldout_windows(texts, t, 12, 3)
+    assert r["kind"] == "exact" and r["n_tokens"] == 3 * 11 and r["mc_num"] is None
+    assert r["ppl"] == pytest.approx(
+        likelihood.causal_perplexity(likelihood.model_logits_fn(m, a), w), rel=1e-9)
+    m, t, a = load(str(ckpts["tiny-dlm"]))
+    r = E.heldout_perplexity(m, t, a, texts, s)
+    assert r["kind"] == "elbo" and r["n_tokens"] == 3 * 11 and r["ppl"] > 1
+    assert r == E.heldout_perplexity(m, t, a, texts, s)  # seeded
+
+
+# ---- the stage -----------------------------------------------------------------------------------------
+def _walk_keys(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield k
+            yield from _walk_keys(v)
+
+
+def _check_provenance(m):
+    prov = m["provenance"]
+    assert set(prov["versions"]) >= {"torch", "transformers", "lm_eval", "srclib"}
+    assert list(prov["checkpoint"]["sha256"]) == ["model.safetensors"]
+    assert prov["params"] == {"evaluate": {"x": 1}}
+    assert not [k for k in _walk_keys(m) if "time" in k or "date" in k]
+
+
+@pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
+def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key):
+    corpus = tmp_path / "val.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                              ["The quick brown fox jumps over the lazy dog."] * 8))
+    kw = dict(instance="t", model_source=ckpts[key], tasks={}, batch_size=8, seed=0,
+              ppl={"n_windows": 3, "mc_num": 2, "seq_len": 12}, data_root=None,
+              corpus_validation_file=corpus, params={"evaluate": {"x": 1}})
+    r = E.run_evaluate(metrics_path=tmp_path / "a.json", **kw)
+    E.run_evaluate(metrics_path=tmp_path / "b.json", **kw)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    m = json.loads((tmp_path / "a.json").read_text())
+    assert m == json.loads(json.dumps(r.metrics))
+    assert m["ppl"]["kind"] == ("exact" if key == "tiny-ar" else "elbo")
+    assert m["ppl"]["n_tokens"] == 33 and m["tasks"] == {}
+    assert m["model"]["lm"] == ("hf" if key == "tiny-ar" else "srclib-dlm")
+    _check_provenance(m)
+    assert list(r.table["task"]) == ["heldout"]
+
+
+@needs_data
+def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path):
+    tasks = {"arc_easy": {"limit": 2, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
+    r = E.run_evaluate(
+        instance="t", model_source=ckpts["tiny-dlm"], tasks=tasks, ppl=None, batch_size=8, seed=0,
+        data_root=TASKS, corpus_validation_file=None, metrics_path=tmp_path / "m.json",
+        gen={"steps": 4, "gen_length": 8, "block_length": 4}, params={"evaluate": {"x": 1}})
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m["tasks"]) == {"arc_easy", "gsm8k"} and m["ppl"] is None
+    a = m["tasks"]["arc_easy"]
+    assert 0 <= a["metrics"]["acc"] <= 1 and a["n_samples"] == 2 and a["eval_split"] == "validation"
+    assert a["settings"]["cfg"] == 0.5 and a["settings"]["mc_num"] == 2
+    assert "exact_match,strict-match" in m["tasks"]["gsm8k"]["metrics"]
+    assert m["tasks"]["gsm8k"]["fewshot_split"] == "test"
+    assert m["provenance"]["task_versions"] == {"arc_easy": 1.0, "gsm8k": 3.0}
+    assert m["provenance"]["data_root"] == "data/raw/tasks"
+    _check_provenance(m)
+    assert {"task", "metric", "value", "stderr"} <= set(r.table.columns) and len(r.table) == 4
+
+
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
+def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key):
+    tasks = {"arc_easy": {"limit": 3, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
+    kw = dict(instance=f"t-{key}", model_source=ckpts[key], tasks=tasks,
+              ppl={"n_windows": 2, "mc_num": 2, "seq_len": 16}, batch_size=8, seed=0,
+              data_root=TASKS, corpus_validation_file=CORPUS_VAL,
+              gen={"steps": 4, "gen_length": 8, "block_length": 4}, params={"evaluate": {"x": 1}})
+    E.run_evaluate(metrics_path=tmp_path / "a.json", **kw)
+    E.run_evaluate(metrics_path=tmp_path / "b.json", **kw)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_ar_generation_without_generate_uses_greedy_kv_decoding(ckpts):
+    m, t, a = load(str(ckpts["tiny-ar"]))
+    lm = E.make_lm(m, t, a, batch_size=2)
+    reqs = [Instance("generate_until", {}, ("The quick", {"until": ["zzz"], "max_gen_toks": 5}), 0),
+            Instance("generate_until", {}, ("Plants need water and", {"until": ["zzz"],
+                                                                     "max_gen_toks": 5}), 1)]
+    out = lm.generate_until(reqs)
+    from srclib.decoding import greedy_decode
+
+    for (ctx, _), text in zip([r.args for r in reqs], out):
+        ids = torch.tensor([[0] + t(ctx, add_special_tokens=False)["input_ids"]])
+        g = greedy_decode(m, ids, max_new_tokens=5, eos_id=1)[0, ids.shape[1]:].tolist()
+        g = g[: g.index(1)] if 1 in g else g
+        assert text == t.decode(g, skip_special_tokens=True)
+
+
+# ---- command line -------------------------------------------------------------------------------------
+@needs_data
+@pytest.mark.slow
+def test_cli_runs_offline_on_a_checkpoint_folder(ckpts, tmp_path):
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(paths.ROOT)}
+    cmd = [sys.executable, "-m", "srclib.evaluation", "--data_root", str(TASKS),
+           "--model", "srclib-dlm", "--model_args", f"pretrained={ckpts['tiny-dlm']},mc_num=2",
+           "--tasks", "arc_easy", "--limit", "2", "--device", "cpu", "--batch_size", "4",
+           "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "arc_easy" in proc.stdout and "acc" in proc.stdout
+    assert list((tmp_path / "out").rglob("results_*.json"))
