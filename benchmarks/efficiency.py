@@ -5,7 +5,7 @@
     python benchmarks/efficiency.py wanda50=pruned/X ...  # srclib checkpoint folders (name=dir or dir)
 
 Options: --shapes 1x192,8x192 --repeats 20 --warmup 3 --threads N --memory-dtype bfloat16
---device cpu --out results.json (the full reports; the study's own metrics come from the
+--device cpu --clock wall|process --out results.json (the full reports; the study's own metrics come from the
 efficiency stage via srclib.efficiency.run_efficiency, not from this script).
 Prints one table row per (model, token shape): FLOP ratio, memory ratios, dense ms, CSR ms and
 the CSR/dense time ratio (> 1: the sparse model is slower).
@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--memory-dtype", default="bfloat16", choices=sorted(E.DTYPES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", default="wall", choices=sorted(E.CLOCKS),
+                    help="wall time, or CPU seconds of this process (robust on a shared CPU)")
     ap.add_argument("--out", type=Path, default=None, help="write the full reports here (JSON)")
     args = ap.parse_args(argv)
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model, adapter in _models(args):
         rep = E.efficiency_report(model, adapter, token_shapes=args.shapes, repeats=args.repeats,
                                   warmup=args.warmup, device=args.device, threads=args.threads,
-                                  memory_dtype=args.memory_dtype, seed=args.seed)
+                                  memory_dtype=args.memory_dtype, seed=args.seed, clock=args.clock)
         reports[name] = rep
         for row, lat in zip(E.report_rows(name, rep), rep["latency"].values()):
             m24 = row["mem_2to4_ratio"]
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         del model
     env = next(iter(reports.values()))["env"]
     print(f"# {env['device_description']}; torch {env['torch']}; threads {env['threads']}; "
-          f"load avg {env['loadavg_1m']} -> {env['loadavg_1m_after']}; memory dtype {args.memory_dtype}")
+          f"load avg {env['loadavg_1m']} -> {env['loadavg_1m_after']}; memory dtype {args.memory_dtype}; "
+          f"clock {args.clock}")
     if args.out:
         write_json(args.out, {"instances": reports})
     return 0

@@ -69,6 +69,7 @@ __all__ = [
     "DTYPES",
     "SEMI_STRUCTURED_LAYOUTS",
     "SPARSE_FORMATS",
+    "CLOCKS",
     "LayerStats",
     "SemiStructuredLayout",
     "CSRLinear",
@@ -340,8 +341,16 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return (lambda: sync(device)) if sync is not None else (lambda: None)
 
 
+# "wall": elapsed time (what a user waits; needs an otherwise idle machine).
+# "process": CPU seconds this process consumed (time.process_time). On a shared, oversubscribed
+# CPU it is far less sensitive to other processes than wall time; with threads=1 it is the compute
+# cost of the forward. Meaningless for GPU work (the GPU's time is not CPU time).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+
+
 def _time_interleaved(
-    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int, sync: Callable[[], None]
+    fns: Mapping[str, Callable[[], Any]], repeats: int, warmup: int, sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of each fn, measured round-robin (one call of each per round)."""
     for _ in range(warmup):
@@ -352,10 +361,10 @@ def _time_interleaved(
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
 
 
@@ -453,6 +462,7 @@ def efficiency_report(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     seed: int = 0,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """FLOPs, weight memory and measured step latency of ``model`` (already pruned: zeros in its
     prunable linears) run densely vs with each sparse format in ``formats``.
@@ -462,6 +472,7 @@ def efficiency_report(
     untimed warmup rounds (interleaved dense/sparse). threads: torch.set_num_threads during the
     measurement (default: the current setting), restored afterwards. memory_dtype: dtype the
     weight memory is reported in (one of DTYPES). atol/rtol: the sparse-vs-dense logits check.
+    clock: "wall" or "process" (see CLOCKS); "process" is refused on a non-CPU device.
     Returns a JSON-serialisable dict (see the module docstring).
     """
     shapes = _check_shapes(token_shapes)
@@ -471,7 +482,12 @@ def efficiency_report(
         if fmt not in SPARSE_FORMATS:
             raise ValueError(f"formats entries must be among {sorted(SPARSE_FORMATS)}, got {fmt!r}")
     mem_dtype = _dtype(memory_dtype)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
     device = torch.device(device) if device is not None else _model_device(model)
+    if clock == "process" and device.type != "cpu":
+        raise ValueError(f"clock='process' measures CPU time only; use clock='wall' on {device}")
+    timer = CLOCKS[clock]
     model = model.to(device).eval()
 
     old_threads = torch.get_num_threads()
@@ -486,7 +502,7 @@ def efficiency_report(
             "settings": {
                 "token_shapes": [list(s) for s in shapes], "repeats": repeats, "warmup": warmup,
                 "memory_dtype": memory_dtype, "formats": list(formats), "atol": atol, "rtol": rtol,
-                "seed": seed, "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "seed": seed, "clock": clock, "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             },
             "model": {
                 "key": adapter.key,
@@ -526,7 +542,7 @@ def efficiency_report(
             # one full denoising step: the model forward over B x T tokens
             step = {"dense": lambda: adapter.logits(model, ids)}
             step.update({fmt: (lambda sm=sm: adapter.logits(sm, ids)) for fmt, sm in sparse_models.items()})
-            times = _time_interleaved(step, repeats, warmup, sync)
+            times = _time_interleaved(step, repeats, warmup, sync, timer)
             entry["step"] = {name: _summary(ts) for name, ts in times.items()}
             entry["step"]["throughput_tokens_per_s"] = {
                 name: b * t / statistics.median(ts) for name, ts in times.items()
@@ -538,7 +554,7 @@ def efficiency_report(
                   for name, lin in dense_lins.items()}  # (N, C_in) each
             lin_fns = {"dense": lambda: [lin(xs[n]) for n, lin in dense_lins.items()]}
             lin_fns.update({fmt: (lambda L=L: [lin(xs[n]) for n, lin in L.items()]) for fmt, L in sparse_lins.items()})
-            ltimes = _time_interleaved(lin_fns, repeats, warmup, sync)
+            ltimes = _time_interleaved(lin_fns, repeats, warmup, sync, timer)
             entry["linears"] = {name: _summary(ts) for name, ts in ltimes.items()}
             for fmt in formats:
                 entry["linears"][f"{fmt}_over_dense"] = _compare(ltimes, "dense", fmt)
@@ -602,6 +618,7 @@ def run_efficiency(
     threads: int | None = None,
     memory_dtype: str = "bfloat16",
     formats: Sequence[str] = ("csr",),
+    clock: str = "wall",
 ):
     """The efficiency stage: load each checkpoint folder, build its report, write ONE metrics JSON
     atomically (``{"instances": {name: report}}``) and return a pandas DataFrame (``report_rows``)."""
@@ -621,7 +638,7 @@ def run_efficiency(
         model, _tok, adapter = load(folder)
         rep = efficiency_report(
             model, adapter, token_shapes=token_shapes, repeats=repeats, warmup=warmup, device=device,
-            threads=threads, memory_dtype=memory_dtype, formats=formats,
+            threads=threads, memory_dtype=memory_dtype, formats=formats, clock=clock,
         )
         rep["checkpoint"] = str(folder)
         reports[name] = rep

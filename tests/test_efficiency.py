@@ -230,6 +230,15 @@ def test_report_argument_errors():
         E.efficiency_report(m, ADAPTER, token_shapes=[(1, 8)], repeats=1, memory_dtype="int4")
     with pytest.raises(ValueError, match="formats"):
         E.efficiency_report(m, ADAPTER, token_shapes=[(1, 8)], repeats=1, formats=("coo",))
+    with pytest.raises(ValueError, match="clock must be one of"):
+        E.efficiency_report(m, ADAPTER, token_shapes=[(1, 8)], repeats=1, clock="cycles")
+    with pytest.raises(ValueError, match="CPU time only"):
+        E.efficiency_report(m, ADAPTER, token_shapes=[(1, 8)], repeats=1, clock="process", device="meta")
+
+
+def test_report_process_clock():
+    r = _small_report(clock="process", threads=1)
+    assert r["settings"]["clock"] == "process" and r["latency"]["2x8"]["step"]["dense"]["median_s"] > 0
 
 
 def test_report_refuses_mismatched_sparse_model(monkeypatch):
