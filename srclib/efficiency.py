@@ -520,7 +520,8 @@ def efficiency_report(
             "latency": {},
         }
         sparse_models = {fmt: sparse_copy(model, adapter, fmt) for fmt in formats}
-        vocab = model.get_input_embeddings().num_embeddings
+        emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        vocab = emb.num_embeddings if emb is not None else int(model.config.vocab_size)
         gen = torch.Generator().manual_seed(seed)
         sync = _synchronizer(device)
         dense_lins = prunable_linears(model, adapter)
