@@ -98,6 +98,7 @@ __all__ = [
     "save_trajectory",
     "load_trajectory",
     "sink_statistics",
+    "statistics_table",
     "stability_weights",
     "run_collect",
     "run_variance",
@@ -541,14 +542,23 @@ def _dlm_groups(traj: Trajectory) -> dict[str, torch.Tensor]:
 
 
 def sink_statistics(
-    traj: Trajectory, *, rule: str, alpha: float, kappa: float, eps: float, stability_threshold: float
-) -> dict[str, Any]:
+    traj: Trajectory,
+    *,
+    rule: str,
+    alpha: float,
+    kappa: float,
+    eps: float,
+    stability_threshold: float,
+    with_arrays: bool = False,
+):
     """Per-layer and global sink statistics of one trajectory (see the module docstring).
 
-    Returns {"meta", "seq_len", "n_steps", "n_layers", "n_prompts", "variants": {variant:
-    {"global": stats, "layers": [stats per layer]}}, "stable_sinks": {variant: {"global":
-    per-prompt position lists, "layers": [...]}}} (JSON-serialisable) and, under the private key
-    "_arrays", numpy arrays for plots (dropped by ``run_variance`` before writing JSON).
+    Returns a JSON-serialisable dict {"meta", "seq_len", "n_steps", "n_layers", "n_prompts",
+    "settings", "variants": {variant: {"global": stats, "layers": [stats per layer]}},
+    "stable_sinks": {variant: {"global": per-prompt lists of stable positions, "layers": [...]}}}.
+    with_arrays: also return plot arrays, as (stats, arrays) with arrays = {"global_mass_norm":
+    (B, S, T) per-step normalised global mass of the primary variant, "dominant": {variant: (B, S)
+    global dominant positions}}.
     """
     if not 0.0 < stability_threshold <= 1.0:
         raise ValueError(f"stability_threshold must be in (0, 1], got {stability_threshold}")
@@ -558,8 +568,9 @@ def sink_statistics(
     groups = _dlm_groups(traj) if traj.kind == "dlm" else None
     res: dict[str, Any] = dict(meta=traj.meta, seq_len=T, n_steps=S, n_layers=L, n_prompts=B,
                                settings=cfg, variants={}, stable_sinks={})
-    arrays: dict[str, Any] = {}
-    for vname, vm in traj.variants().items():
+    dominant: dict[str, np.ndarray] = {}
+    variants = traj.variants()
+    for vname, vm in variants.items():
         g_stats, g_arr = _stats_one(vm.sum(1), traj, cfg, groups)  # global mass (S, B, T)
         layer_stats, layer_stable = [], []
         for layer in range(L):
@@ -568,24 +579,28 @@ def sink_statistics(
             layer_stable.append(arr["stable"])
         res["variants"][vname] = {"global": g_stats, "layers": layer_stats}
         res["stable_sinks"][vname] = {"global": g_arr["stable"], "layers": layer_stable}
-        arrays[vname] = {"dominant": g_arr["dominant"]}
-    gm = traj.variants()[PRIMARY_VARIANT[traj.kind]].sum(1)  # (S, B, T)
-    arrays["global_mass_norm"] = (gm / gm.sum(-1, keepdim=True).clamp_min(1e-30)).permute(1, 0, 2).numpy()
-    res["_arrays"] = arrays
-    return res
+        dominant[vname] = g_arr["dominant"]
+    if not with_arrays:
+        return res
+    gm = variants[PRIMARY_VARIANT[traj.kind]].sum(1)  # (S, B, T)
+    norm = (gm / gm.sum(-1, keepdim=True).clamp_min(1e-30)).permute(1, 0, 2).numpy()  # (B, S, T)
+    return res, {"global_mass_norm": norm, "dominant": dominant}
 
 
-def _table_rows(name: str, stats: dict[str, Any]) -> list[dict[str, Any]]:
+def statistics_table(stats_by_run: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per (run, variant, layer) with every scalar statistic; layer "global" or "0".."L-1";
+    ``primary`` marks the paper's variant (DLM full, AR newest)."""
     rows = []
-    kind = stats["meta"]["kind"]
-    for vname, v in stats["variants"].items():
-        for layer, st in [("global", v["global"])] + list(enumerate(v["layers"])):
-            row = {"run": name, "model": stats["meta"]["model"], "kind": kind,
-                   "random_init": stats["meta"]["random_init"], "variant": vname, "layer": str(layer),
-                   "primary": vname == PRIMARY_VARIANT[kind]}
-            row.update({k: val for k, val in st.items() if not isinstance(val, list)})
-            rows.append(row)
-    return rows
+    for name, stats in stats_by_run.items():
+        kind = stats["meta"]["kind"]
+        for vname, v in stats["variants"].items():
+            for layer, st in [("global", v["global"])] + list(enumerate(v["layers"])):
+                row = {"run": name, "model": stats["meta"]["model"], "kind": kind,
+                       "random_init": stats["meta"]["random_init"], "variant": vname, "layer": str(layer),
+                       "primary": vname == PRIMARY_VARIANT[kind]}
+                row.update({k: val for k, val in st.items() if not isinstance(val, list)})
+                rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,26 +718,23 @@ def run_variance(
     "plots": {run: {"global_mass_norm": (B, S, T) per-step normalised global mass of the primary
     variant, "dominant": {variant: (B, S) dominant positions}, "variance_per_layer": (L,)}}}.
     """
-    stats, rows, plots, summary = {}, [], {}, {}
+    stats, plots, summary = {}, {}, {}
     for run, path in trajectory_paths.items():
         traj = load_trajectory(path)
-        st = sink_statistics(traj, rule=rule, alpha=alpha, kappa=kappa, eps=eps,
-                             stability_threshold=stability_threshold)
-        arrays = st.pop("_arrays")
+        st, arrays = sink_statistics(traj, rule=rule, alpha=alpha, kappa=kappa, eps=eps,
+                                     stability_threshold=stability_threshold, with_arrays=True)
         primary = PRIMARY_VARIANT[traj.kind]
         plots[run] = {
-            "global_mass_norm": arrays["global_mass_norm"],
-            "dominant": {v: a["dominant"] for v, a in arrays.items() if isinstance(a, dict)},
+            **arrays,
             "variance_per_layer": np.array([s["variance"] for s in st["variants"][primary]["layers"]]),
         }
         write_json(sink_stats_path(run), st)
         stats[run] = st
-        rows.extend(_table_rows(run, st))
         g = st["variants"][primary]["global"]
         summary[run] = {k: v for k, v in g.items() if not isinstance(v, list)}
         summary[run].update(kind_is_dlm=int(traj.kind == "dlm"), random_init=int(traj.meta["random_init"]))
-    table = pd.DataFrame(rows)
-    main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if rows else table
+    table = statistics_table(stats)
+    main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if stats else table
     settings = dict(rule=rule, alpha=alpha, kappa=kappa, eps=eps, stability_threshold=stability_threshold)
     metrics = {"runs": summary, "provenance": _provenance({"params": {"variance": settings}})}
     write_json(metrics_path, metrics)
