@@ -19,7 +19,8 @@ import yaml
 
 __all__ = [
     "ParamsError", "Params", "load", "load_dict", "ModelEntry", "TrainParams", "CollectParams",
-    "VarianceParams", "PruneParams", "PruneInstance", "EvaluateParams", "TaskSettings", "PlotParams",
+    "VarianceParams", "PruneParams", "PruneInstance", "EvaluateParams", "TaskSettings",
+    "EfficiencyParams", "PlotParams",
     "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES",
 ]
 
@@ -238,6 +239,22 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class EfficiencyParams:
+    instances: list[str] = _c(min_len=1)
+    token_shapes: list[list[int]] = _c(min_len=1)
+    repeats: int = _c(ge=1)
+    warmup: int = _c(ge=0)
+    threads: int = _c(ge=1)
+    clock: str = _c(choices=("wall", "process"))
+    memory_dtype: str = _c(choices=DTYPES)
+
+    def __post_init__(self) -> None:
+        for i, shape in enumerate(self.token_shapes):
+            if len(shape) != 2 or min(shape) < 1:
+                raise ParamsError(f"efficiency.token_shapes[{i}] = {shape}: must be [batch, tokens], both >= 1")
+
+
+@dataclass(frozen=True)
 class PlotParams:
     headline_sparsities: list[float] = _c(item_gt=0, item_lt=1)
     headline_methods: list[str] = _c(item_choices=METHODS)
@@ -253,6 +270,7 @@ class Params:
     variance: VarianceParams = _c()
     prune: PruneParams = _c()
     evaluate: EvaluateParams = _c()
+    efficiency: EfficiencyParams = _c()
     plot: PlotParams = _c()
 
     def __post_init__(self) -> None:
@@ -275,6 +293,9 @@ class Params:
             need(f"prune.instances.{name}.model", inst.model)
             if name in MODELS:
                 raise ParamsError(f"prune.instances.{name}: an instance may not be named like a model key")
+        for i, name in enumerate(self.efficiency.instances):
+            if name not in self.prune.instances:
+                raise ParamsError(f"efficiency.instances[{i}] = {name!r}: not in prune.instances")
 
     def eval_source(self, instance: str) -> str:
         """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key."""
@@ -295,7 +316,7 @@ class Params:
 
 
 STAGES = {"train": "train", "collect": "collect", "variance": "variance", "prune": "prune",
-          "evaluate": "evaluate", "plot": "plot"}
+          "evaluate": "evaluate", "efficiency": "efficiency", "plot": "plot"}
 
 
 # ---------------------------------------------------------------------------------------------

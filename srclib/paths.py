@@ -43,6 +43,7 @@ STAGE_NOTEBOOKS = {
     "variance": "20_variance.ipynb",
     "prune": "30_prune.ipynb",
     "evaluate": "40_evaluate.ipynb",
+    "efficiency": "45_efficiency.ipynb",
     "plot": "50_plot.ipynb",
 }
 

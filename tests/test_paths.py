@@ -45,6 +45,7 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
         + [str(paths.METRICS / "train" / "loss_curves.csv")],
         "collect": [str(paths.TRAJECTORIES), r(paths.report_html, "collect", "collect"), r(paths.collect_metrics)],
         "variance": [str(paths.SINKS), r(paths.report_html, "variance", "variance"), r(paths.variance_metrics)],
+        "efficiency": [r(paths.report_html, "efficiency", "efficiency"), r(paths.efficiency_metrics)],
         "plot": [str(paths.TABLES), str(paths.FIGURES), r(paths.index_html), r(paths.report_html, "plot", "plot"),
                  str(paths.METRICS / "plots" / "accuracy_vs_sparsity.csv"),
                  str(paths.METRICS / "plots" / "variance_per_layer.csv")],
@@ -52,6 +53,8 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
     for name in p.prune.instances:
         exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]
         exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name)]
+    for name in p.efficiency.instances:
+        assert name in p.prune.instances
     for key in p.evaluate.dense:
         exp[f"evaluate_dense@{key}"] = [r(paths.report_html, "evaluate", key), r(paths.eval_metrics, key)]
     return {k: sorted(v) for k, v in exp.items()}
