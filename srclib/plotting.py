@@ -1,0 +1,470 @@
+"""Figures: pure functions data -> matplotlib Figure, one visual style; ``save_figure``.
+
+One style for every figure (``style()``: seaborn's whitegrid / paper context, DejaVu Sans, fixed
+dpi and SVG hash salt), one colour per pruning method (``METHOD_COLORS``), one line style per
+weighting (``WEIGHTING_STYLES``), one colour per model kind (``KIND_COLORS``: diffusion vs
+autoregressive); random-init control runs are dashed. Figures are created with pyplot inside the
+style, so a notebook cell shows them; ``save_figure`` writes PNG and PDF atomically with
+deterministic bytes (no software / date metadata) and the plot stage closes each figure after
+saving it.
+
+Inputs are what the stages return or write (see srclib.report for the loaders):
+* ``accuracy_vs_sparsity(df)``, ``perplexity_vs_sparsity(df)``: ``report.load_results`` frames;
+* ``sink_variance_dlm_vs_ar(variance_metrics, variance_plots)``: metrics/variance.json and the
+  ``plots`` of ``trajectories.run_variance`` (or ``report.load_variance``);
+* ``trajectory_heatmaps(trajs, n_prompts)``: run -> ``trajectories.Trajectory``;
+* ``sink_position_vs_step(variance_plots)``: as above (``dominant`` positions per step);
+* ``layer_sparsity(prune_metrics)``: instance -> metrics/prune/<instance>.json;
+* ``loss_curves(train_metrics)``: key -> train metrics with a per-step ``loss`` list, or a frame
+  with columns model, step, loss;
+* ``efficiency_bars(efficiency_metrics)``: metrics/efficiency.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from srclib.io import atomic_path
+
+__all__ = [
+    "style", "save_figure", "METHOD_COLORS", "WEIGHTING_STYLES", "KIND_COLORS", "DPI",
+    "accuracy_vs_sparsity", "perplexity_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps",
+    "sink_position_vs_step", "layer_sparsity", "loss_curves", "efficiency_bars",
+]
+
+DPI = 150
+_PALETTE = sns.color_palette("colorblind")
+METHOD_COLORS = {"dense": (0.35, 0.35, 0.35), "magnitude": _PALETTE[2], "wanda": _PALETTE[0],
+                 "sparsegpt": _PALETTE[1]}
+METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+WEIGHTING_STYLES = {"none": ":", "uniform": "-", "sink": "--", "stability": "-."}
+WEIGHTING_LABELS = {"none": "", "uniform": "uniform", "sink": "sink-aware", "stability": "stability"}
+WEIGHTING_MARKERS = {"none": "s", "uniform": "o", "sink": "^", "stability": "D"}
+KIND_COLORS = {"dlm": _PALETTE[3], "ar": _PALETTE[9]}
+KIND_LABELS = {"dlm": "diffusion LM", "ar": "autoregressive LM"}
+INIT_STYLES = {False: "-", True: "--"}  # random-init control: dashed
+PANEL_W, PANEL_H = 4.2, 3.2
+
+
+def _rc() -> dict[str, Any]:
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper", font_scale=1.15)}
+    rc.update({
+        "font.family": "DejaVu Sans", "figure.dpi": 100, "savefig.dpi": DPI, "svg.hashsalt": "srclib",
+        "axes.titleweight": "bold", "axes.titlesize": 10.5, "legend.frameon": False,
+        "image.cmap": "magma", "figure.constrained_layout.use": True,
+    })
+    return rc
+
+
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """The study's single visual style (restores the previous rcParams on exit)."""
+    with matplotlib.rc_context(_rc()):
+        yield
+
+
+def _figure(nrows: int, ncols: int, *, w: float = PANEL_W, h: float = PANEL_H, **kw: Any):
+    fig = plt.figure(figsize=(w * ncols, h * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def save_figure(fig: Figure, stem: str, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<stem>.png`` (dpi DPI) and ``<stem>.pdf`` into out_dir, atomically, with no
+    creation date or software metadata: saving the same figure twice gives identical bytes."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stem):
+        raise ValueError(f"stem must be a plain file stem (letters, digits, _ . -), got {stem!r}")
+    out_dir = Path(out_dir)
+    written = {}
+    with style():
+        for ext, meta in (("png", {"Software": None}),
+                          ("pdf", {"Creator": None, "Producer": None, "CreationDate": None})):
+            path = out_dir / f"{stem}.{ext}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=ext, dpi=DPI, metadata=meta)
+            written[ext] = path
+    return written
+
+
+# =================================================================================================
+# accuracy / perplexity vs sparsity
+# =================================================================================================
+def _series_label(method: str, weighting: str) -> str:
+    w = WEIGHTING_LABELS[weighting]
+    return f"{METHOD_LABELS[method]} ({w})" if w else METHOD_LABELS[method]
+
+
+def _vs_sparsity(data: pd.DataFrame, order: list[str], y: str, yerr: str, ylabel: str, title: str,
+                 log: bool) -> Figure:
+    models = [m for m in order if m in set(data.loc[data["method"] != "dense", "model"])]
+    if not models:
+        raise ValueError("no pruned instances in the results: nothing to plot against sparsity")
+    with style():
+        fig, axes = _figure(1, len(models), sharey=False)
+        for ax, model in zip(axes[0], models):
+            d = data[data["model"] == model]
+            dense = d[d["method"] == "dense"]
+            dense_y = float(dense[y].iloc[0]) if len(dense) else float("nan")
+            if math.isfinite(dense_y):
+                ax.axhline(dense_y, color=METHOD_COLORS["dense"], ls=":", lw=1.2, label="Dense")
+            for (method, weighting), g in d[d["method"] != "dense"].groupby(["method", "weighting"], sort=False):
+                g = g.sort_values("sparsity")
+                xs = 100.0 * g["sparsity"].to_numpy(dtype=float)
+                ys = g[y].to_numpy(dtype=float)
+                err = g[yerr].fillna(0.0).to_numpy(dtype=float)
+                if math.isfinite(dense_y):  # every curve starts at the dense model
+                    xs, ys, err = np.r_[0.0, xs], np.r_[dense_y, ys], np.r_[0.0, err]
+                ax.errorbar(xs, ys, yerr=err, color=METHOD_COLORS[method], ls=WEIGHTING_STYLES[weighting],
+                            marker=WEIGHTING_MARKERS[weighting], ms=4, lw=1.5, capsize=2,
+                            label=_series_label(method, weighting))
+            ax.set_title(f"{model}")
+            ax.set_xlabel("sparsity (% of prunable weights removed)")
+            ax.set_ylabel(ylabel)
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlim(left=-2)
+        _sorted_legend(axes[0][-1])
+        fig.suptitle(title)
+    return fig
+
+
+def _sorted_legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7.5, loc="best")
+
+
+def accuracy_vs_sparsity(df: pd.DataFrame) -> Figure:
+    """Average task accuracy vs sparsity (unstructured), one panel per pruned model; each line
+    starts at the dense model; error bars: spread over seeds, else lm-eval's stderr (see
+    srclib.report). df: report.load_results frame."""
+    from srclib.report import accuracy_errors, pruned_models
+
+    data = accuracy_errors(df)
+    return _vs_sparsity(data, pruned_models(df), "accuracy", "accuracy_u", "average accuracy (%)",
+                        "Accuracy vs sparsity (colour: method, line: weighting)", log=False)
+
+
+def perplexity_vs_sparsity(df: pd.DataFrame) -> Figure:
+    """Held-out perplexity vs sparsity (log scale), as accuracy_vs_sparsity. DLMs: the MC-ELBO
+    upper bound; causal models: exact perplexity."""
+    from srclib.report import perplexity_series, pruned_models
+
+    data = perplexity_series(df)
+    kinds = sorted(set(data["ppl_kind"].dropna()))
+    return _vs_sparsity(data, pruned_models(df), "ppl", "ppl_u", "held-out perplexity (log scale)",
+                        f"Perplexity vs sparsity ({', '.join(kinds)})", log=True)
+
+
+# =================================================================================================
+# sinks: variance, trajectories, dominant position
+# =================================================================================================
+def _run_kind(run: str, variance_metrics: Mapping[str, Any] | None, plots: Mapping[str, Any]) -> tuple[str, bool]:
+    """(kind "dlm" | "ar", random_init) of a run, from variance.json's runs or the plot entry."""
+    info = (variance_metrics or {}).get("runs", {}).get(run)
+    if info is not None and "kind_is_dlm" in info:
+        return ("dlm" if info["kind_is_dlm"] else "ar"), bool(info.get("random_init"))
+    p = plots.get(run, {})
+    if "kind" in p:
+        return p["kind"], bool(p.get("random_init"))
+    dom = p.get("dominant", {})
+    if dom:
+        return ("dlm" if "full" in dom else "ar"), run.endswith("-randinit")
+    raise ValueError(f"run {run!r}: cannot tell its kind (no variance metrics entry, no 'kind')")
+
+
+def _run_order(runs, kinds) -> list[str]:
+    return sorted(runs, key=lambda r: (kinds[r][0] != "dlm", kinds[r][1], r))
+
+
+def sink_variance_dlm_vs_ar(variance_metrics: Mapping[str, Any], variance_plots: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Left: per-layer normalised dominant-sink variance Var[p]/T^2 vs relative depth, one line
+    per run (colour: DLM / AR; dashed: random-init control). Right: the global variance per run
+    (mean +- std over prompts, from metrics/variance.json)."""
+    runs = sorted(set(variance_plots) | set(variance_metrics.get("runs", {})))
+    if not runs:
+        raise ValueError("no runs to plot (empty variance metrics and plots)")
+    kinds = {r: _run_kind(r, variance_metrics, variance_plots) for r in runs}
+    order = _run_order(runs, kinds)
+    with style():
+        fig, axes = _figure(1, 2, w=5.0)
+        ax = axes[0][0]
+        for run in order:
+            if run not in variance_plots or "variance_per_layer" not in variance_plots[run]:
+                continue
+            v = np.asarray(variance_plots[run]["variance_per_layer"], dtype=float)
+            depth = np.arange(len(v)) / max(1, len(v) - 1)
+            kind, rnd = kinds[run]
+            ax.plot(depth, v, color=KIND_COLORS[kind], ls=INIT_STYLES[rnd], marker="o", ms=3,
+                    lw=1.6 if not rnd else 1.1, label=run)
+        ax.set_xlabel("layer (relative depth: 0 = first, 1 = last)")
+        ax.set_ylabel("Var$_\\tau$[p] / T$^2$ (unitless)")
+        ax.set_title("Per layer")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7.5)
+        ax = axes[0][1]
+        runs_m = [r for r in order if r in variance_metrics.get("runs", {})]
+        ys = [float(variance_metrics["runs"][r]["variance"]) for r in runs_m]
+        es = [float(variance_metrics["runs"][r].get("variance_std", 0.0)) for r in runs_m]
+        bars = ax.bar(range(len(runs_m)), ys, yerr=es, capsize=3,
+                      color=[KIND_COLORS[kinds[r][0]] for r in runs_m], edgecolor="0.2", lw=0.6)
+        for bar, r in zip(bars, runs_m):
+            if kinds[r][1]:
+                bar.set_hatch("//")
+                bar.set_alpha(0.6)
+        ax.set_xticks(range(len(runs_m)), runs_m, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("collected run")
+        ax.set_ylabel("Var$_\\tau$[p] / T$^2$ (unitless)")
+        ax.set_title("Global attention mass (± std over prompts)")
+        ax.set_ylim(bottom=0)
+        ax.legend(handles=[Line2D([], [], color=KIND_COLORS[k], lw=6, label=KIND_LABELS[k]) for k in ("dlm", "ar")]
+                  + [Line2D([], [], color="0.5", lw=0, marker="s", ms=8, alpha=0.6, label="random init (hatched)")],
+                  fontsize=7.5)
+        fig.suptitle("Dominant-sink positional variance: diffusion vs autoregressive")
+    return fig
+
+
+def _primary_dominant(entry: Mapping[str, Any]) -> np.ndarray:
+    from srclib.trajectories import PRIMARY_VARIANT
+
+    dom = entry["dominant"]
+    names = [v for v in PRIMARY_VARIANT.values() if v in dom]
+    if len(names) != 1:
+        raise ValueError(f"dominant positions hold variants {sorted(dom)}; expected exactly one of "
+                         f"{sorted(PRIMARY_VARIANT.values())}")
+    return np.asarray(dom[names[0]])  # (B, S)
+
+
+def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], prompt: int = 0,
+                          variance_metrics: Mapping[str, Any] | None = None) -> Figure:
+    """Dominant sink position (argmax of the global attention mass) at every step, one panel per
+    run: every prompt faint, prompt ``prompt`` bold. A flat line at 0 is a BOS sink."""
+    runs = sorted(variance_plots)
+    if not runs:
+        raise ValueError("no runs to plot")
+    kinds = {r: _run_kind(r, variance_metrics, variance_plots) for r in runs}
+    order = _run_order(runs, kinds)
+    ncols = min(3, len(order))
+    nrows = math.ceil(len(order) / ncols)
+    with style():
+        fig, axes = _figure(nrows, ncols, w=3.8, h=2.9, sharey=True)
+        for i, ax in enumerate(axes.flat):
+            if i >= len(order):
+                ax.set_visible(False)
+                continue
+            run = order[i]
+            dom = _primary_dominant(variance_plots[run])  # (B, S)
+            if not 0 <= prompt < dom.shape[0]:
+                raise ValueError(f"prompt must be in [0, {dom.shape[0]}) for run {run!r}, got {prompt}")
+            kind, rnd = kinds[run]
+            steps = np.arange(dom.shape[1])
+            for b in range(dom.shape[0]):
+                ax.step(steps, dom[b], where="post", color=KIND_COLORS[kind], alpha=0.15, lw=0.8)
+            ax.step(steps, dom[prompt], where="post", color=KIND_COLORS[kind], lw=1.8, ls=INIT_STYLES[rnd])
+            if "prompt_len" in variance_plots[run]:
+                ax.axhline(variance_plots[run]["prompt_len"] - 0.5, color="0.4", lw=0.8, ls=":")
+            ax.set_title(f"{run} ({kind.upper()})")
+            ax.set_xlabel("step (denoising / decoding)")
+        fig.supylabel("dominant key position (token index)")
+        fig.suptitle(f"Where the dominant sink sits (bold: prompt {prompt}; dotted: end of prompt)")
+    return fig
+
+
+def trajectory_heatmaps(trajs: Mapping[str, Any], n_prompts: int = 2) -> Figure:
+    """Step x key-position heatmaps of the global attention mass (primary variant, summed over
+    layers), each step normalised to its share x number of keys (1 = uniform; log colour scale).
+    Columns: runs (diffusion first, beside autoregressive); rows: the first n_prompts prompts.
+    AR keys that do not exist yet at a step are blank."""
+    from srclib.report import trajectory_plot_data
+
+    if not trajs:
+        raise ValueError("no trajectories to plot")
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    kinds = {r: (t.kind, bool(t.meta.get("random_init"))) for r, t in trajs.items()}
+    order = _run_order(list(trajs), kinds)
+    rows = min(n_prompts, min(int(trajs[r].shape[2]) for r in order))
+    data = {}
+    for run in order:
+        t = trajs[run]
+        norm = trajectory_plot_data(t)["global_mass_norm"][:rows]  # (b, S, T)
+        n_keys = t.valid_len.numpy().astype(float)[None, :, None]  # (1, S, 1)
+        exists = t.exists().numpy()[None]  # (1, S, T)
+        data[run] = np.where(exists, norm * n_keys, np.nan)
+    vmax = max(4.0, max(float(np.nanmax(d)) for d in data.values()))
+    norm_c = LogNorm(vmin=0.25, vmax=vmax, clip=True)
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.92")  # keys that do not exist yet: light grey
+    with style():
+        fig, axes = _figure(rows, len(order), w=3.6, h=2.8)
+        img = None
+        for j, run in enumerate(order):
+            P = int(trajs[run].prompt_ids.shape[1])
+            for b in range(rows):
+                ax = axes[b][j]
+                img = ax.imshow(data[run][b], aspect="auto", origin="lower", interpolation="nearest",
+                                cmap=cmap, norm=norm_c)
+                ax.axvline(P - 0.5, color="white", lw=0.8, ls="--")
+                ax.grid(False)
+                if b == 0:
+                    ax.set_title(f"{run} ({kinds[run][0].upper()})")
+                if j == 0:
+                    ax.set_ylabel(f"prompt {b}")
+        ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if t <= vmax]
+        fig.colorbar(img, ax=axes, shrink=0.8, ticks=ticks, format="%g",
+                     label="mass share × number of keys (1 = uniform, log scale)")
+        fig.supxlabel("key position (token index)")
+        fig.supylabel("step (denoising / decoding)")
+        fig.suptitle("Global attention mass per step (dashed: end of prompt)")
+    return fig
+
+
+# =================================================================================================
+# pruning, training, efficiency
+# =================================================================================================
+_BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def _block_index(layer: str) -> int:
+    m = _BLOCK.search(layer)
+    if m is None:
+        raise ValueError(f"layer name {layer!r} has no block index (expected a dotted path like ...blocks.3.q_proj)")
+    return int(m.group(1))
+
+
+def layer_sparsity(prune_metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Actual sparsity of every prunable linear (dots) and its block mean (line) vs block index,
+    one panel per model; the lowest seed of each configuration. OWL shows as non-flat lines;
+    without OWL every line sits on its target."""
+    if not prune_metrics:
+        raise ValueError("no prune metrics to plot")
+    recs = []
+    for name, m in prune_metrics.items():
+        spec = m["spec"]
+        recs.append({"name": name, "model": m["model"], "method": spec["method"], "weighting": spec["weighting"],
+                     "sparsity": float(spec["sparsity"]), "pattern": spec["pattern"],
+                     "seed": int(m.get("calibration", {}).get("seed", 0)), "metrics": m})
+    frame = pd.DataFrame(recs).sort_values(["model", "method", "weighting", "sparsity", "pattern", "seed", "name"])
+    frame = frame.drop_duplicates(["model", "method", "weighting", "sparsity", "pattern"], keep="first")
+    models = sorted(set(frame["model"]))
+    with style():
+        fig, axes = _figure(1, len(models), w=5.0)
+        for ax, model in zip(axes[0], models):
+            for r in frame[frame["model"] == model].itertuples():
+                per = pd.Series(r.metrics["layer_sparsity"], dtype=float)
+                blocks = np.array([_block_index(k) for k in per.index])
+                mean = per.groupby(blocks).mean()
+                color = METHOD_COLORS[r.method]
+                ax.scatter(blocks, per.to_numpy(), s=6, color=color, alpha=0.35, lw=0)
+                ax.plot(mean.index, mean.to_numpy(), color=color, ls=WEIGHTING_STYLES[r.weighting], lw=1.2,
+                        marker=WEIGHTING_MARKERS[r.weighting], ms=3)
+            ax.set_title(model)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("transformer block")
+            ax.set_ylabel("fraction of weights pruned")
+            ax.set_ylim(0, 1)
+        handles = [Line2D([], [], color=c, lw=2, label=METHOD_LABELS[k]) for k, c in METHOD_COLORS.items() if k != "dense"]
+        handles += [Line2D([], [], color="0.3", ls=WEIGHTING_STYLES[w], marker=WEIGHTING_MARKERS[w], label=WEIGHTING_LABELS[w])
+                    for w in ("uniform", "sink", "stability")]
+        axes[0][-1].legend(handles=handles, fontsize=7.5, loc="lower right")
+        fig.suptitle("Per-layer sparsity (dots: each linear; line: block mean)")
+    return fig
+
+
+def _loss_frame(train_metrics: Any) -> pd.DataFrame:
+    if isinstance(train_metrics, pd.DataFrame):
+        missing = {"model", "step", "loss"} - set(train_metrics.columns)
+        if missing:
+            raise ValueError(f"loss curve frame needs columns model, step, loss; missing {sorted(missing)}")
+        return train_metrics[["model", "step", "loss"]]
+    rows = []
+    for key, m in sorted(train_metrics.items()):
+        for i, v in enumerate((m or {}).get("loss") or []):
+            rows.append({"model": key, "step": i + 1, "loss": float(v)})
+    if not rows:
+        raise ValueError("no loss curves: no entry has a 'loss' list")
+    return pd.DataFrame(rows)
+
+
+def loss_curves(train_metrics: Any, smooth: int = 20) -> Figure:
+    """Training loss per optimizer step, one panel per model (objectives differ: next-token CE
+    vs 1/t-weighted masked CE, so no shared axis): raw (faint) and a centred moving average over
+    ``smooth`` steps. train_metrics: key -> {"loss": [...]} or a frame (model, step, loss)."""
+    if smooth < 1:
+        raise ValueError(f"smooth must be >= 1, got {smooth}")
+    df = _loss_frame(train_metrics)
+    models = sorted(set(df["model"]))
+    colors = dict(zip(models, _PALETTE))
+    with style():
+        fig, axes = _figure(1, len(models))
+        for ax, model in zip(axes[0], models):
+            d = df[df["model"] == model].sort_values("step")
+            ax.plot(d["step"], d["loss"], color=colors[model], alpha=0.3, lw=0.8, label="per step")
+            ax.plot(d["step"], d["loss"].rolling(smooth, center=True, min_periods=1).mean(), color=colors[model],
+                    lw=1.8, label=f"moving average ({smooth})")
+            ax.set_title(model)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("training loss (nats / token)")
+            ax.legend(fontsize=7.5)
+        fig.suptitle("Training loss")
+    return fig
+
+
+def efficiency_bars(efficiency_metrics: Mapping[str, Any]) -> Figure:
+    """Per instance, ratio to the dense model (1 = dense): theoretical FLOPs and weight memory
+    (CSR int32 / int64, 2:4 where the masks allow it), and the measured full-step latency of the
+    sparse format for every token shape (> 1: slower than dense)."""
+    from srclib.efficiency import report_rows
+
+    inst = efficiency_metrics.get("instances")
+    if not inst:
+        raise ValueError("efficiency metrics have no 'instances' (run srclib.efficiency.run_efficiency)")
+    rows = pd.DataFrame([r for name in sorted(inst) for r in report_rows(name, inst[name])])
+    names = sorted(inst)
+    static = {"FLOPs": "flops_ratio", "memory CSR int32": "mem_csr_int32_ratio",
+              "memory CSR int64": "mem_csr_int64_ratio", "memory 2:4": "mem_2to4_ratio"}
+    first = rows.drop_duplicates("instance").set_index("instance")
+    with style():
+        fig, axes = _figure(1, 2, w=5.2)
+        ax = axes[0][0]
+        width = 0.8 / len(static)
+        for i, (label, col) in enumerate(static.items()):
+            vals = [first.loc[n, col] if n in first.index else None for n in names]
+            vals = [float(v) if v is not None and not pd.isna(v) else 0.0 for v in vals]
+            ax.bar(np.arange(len(names)) + (i - (len(static) - 1) / 2) * width, vals, width, label=label,
+                   color=_PALETTE[i], edgecolor="0.2", lw=0.5)
+        ax.axhline(1.0, color="0.3", ls=":", lw=1)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("pruned instance")
+        ax.set_ylabel("ratio to dense (×); 0 = not applicable")
+        ax.set_title("Compute and weight memory (theory)")
+        ax.legend(fontsize=7.5)
+        ax = axes[0][1]
+        keys = sorted(set(zip(rows["shape"], rows["format"])))
+        width = 0.8 / max(1, len(keys))
+        for i, (shape, fmt) in enumerate(keys):
+            sub = rows[(rows["shape"] == shape) & (rows["format"] == fmt)].set_index("instance")
+            vals = [float(sub.loc[n, "step_sparse_over_dense"]) if n in sub.index else 0.0 for n in names]
+            ax.bar(np.arange(len(names)) + (i - (len(keys) - 1) / 2) * width, vals, width,
+                   label=f"{fmt}, tokens {shape}", color=_PALETTE[(i + 4) % len(_PALETTE)], edgecolor="0.2", lw=0.5)
+        ax.axhline(1.0, color="0.3", ls=":", lw=1)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("pruned instance")
+        ax.set_ylabel("step time sparse / dense (×, median)")
+        ax.set_title("Measured latency (> 1: slower)")
+        ax.legend(fontsize=7.5)
+        fig.suptitle("Efficiency of the pruned models")
+    return fig

@@ -1,0 +1,617 @@
+"""srclib.report: results loading, the main table (order, uncertainty, noise marks), table files,
+plot series, the index page and the plot stage on a synthetic metrics tree.
+
+``build_tree(root)`` writes a small tree in the real formats: evaluate metrics through
+srclib.evaluation's own lm-eval result parser, prune metrics through the real ``run_prune``,
+trajectories through ``save_trajectory`` and sink statistics through the real ``run_variance``.
+test_plotting.py and test_browser.py reuse it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import html.parser
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from srclib import params as P_
+from srclib import paths, report
+from srclib.io import read_json, write_json
+
+TASKS = {"arc_easy": True, "winogrande": False}  # task -> lm-eval reports acc_norm
+N_ITEMS = 200
+
+
+# =================================================================================================
+# a synthetic metrics tree in the real formats
+# =================================================================================================
+def synthetic_params(instances: dict | None = None, seeds=(0, 1, 2)) -> P_.Params:
+    data = yaml.safe_load((paths.ROOT / "params.yaml").read_text())
+    data["evaluate"]["tasks"] = {t: {"num_fewshot": 0, "cfg": 0.0, "mc_num": 4, "limit": N_ITEMS} for t in TASKS}
+    data["evaluate"]["dense"] = ["tiny-dlm", "tiny-ar", "smollm2-135m"]
+    if instances is None:
+        instances = {}
+        for seed in seeds:
+            for w in ("uniform", "sink"):
+                instances[f"dlm-wanda-{w}-50-s{seed}"] = dict(model="tiny-dlm", method="wanda", weighting=w,
+                                                              sparsity=0.5, pattern="unstructured", seed=seed)
+        instances.update({
+            "dlm-magnitude-uniform-50-s0": dict(model="tiny-dlm", method="magnitude", weighting="uniform",
+                                                sparsity=0.5, pattern="unstructured", seed=0),
+            "dlm-wanda-stability-50-s0": dict(model="tiny-dlm", method="wanda", weighting="stability",
+                                              sparsity=0.5, pattern="unstructured", seed=0),
+            "dlm-wanda-uniform-50-2of4-s0": dict(model="tiny-dlm", method="wanda", weighting="uniform",
+                                                 sparsity=0.5, pattern="2:4", seed=0),
+            "dlm-sparsegpt-uniform-70-s0": dict(model="tiny-dlm", method="sparsegpt", weighting="uniform",
+                                                sparsity=0.7, pattern="unstructured", seed=0),
+            "dlm-sparsegpt-sink-70-s0": dict(model="tiny-dlm", method="sparsegpt", weighting="sink",
+                                             sparsity=0.7, pattern="unstructured", seed=0),
+            "dlm-wanda-uniform-30-s0": dict(model="tiny-dlm", method="wanda", weighting="uniform",
+                                            sparsity=0.3, pattern="unstructured", seed=0),
+            "smol-wanda-uniform-50-s0": dict(model="smollm2-135m", method="wanda", weighting="uniform",
+                                             sparsity=0.5, pattern="unstructured", seed=0),
+            "smol-wanda-sink-50-s0": dict(model="smollm2-135m", method="wanda", weighting="sink",
+                                          sparsity=0.5, pattern="unstructured", seed=0),
+        })
+    data["prune"]["instances"] = instances
+    if "efficiency" in data:
+        data["efficiency"]["instances"] = [sorted(instances)[0]]
+    data["plot"] = {"headline_sparsities": [0.5, 0.7], "headline_methods": ["wanda", "sparsegpt"],
+                    "seeds": list(seeds)}
+    return P_.load_dict(data)
+
+
+def default_accuracy(name: str, cfg: dict, task: str) -> float:
+    """A deterministic, config-dependent accuracy in (0.3, 0.7)."""
+    base = {"dense": 0.62, "magnitude": 0.40, "wanda": 0.50, "sparsegpt": 0.52}[cfg["method"]]
+    base -= 0.2 * (cfg["sparsity"] - 0.5) if cfg["method"] != "dense" else 0.0
+    base += 0.01 * cfg["seed"] + (0.03 if task == "winogrande" else 0.0)
+    base += {"none": 0, "uniform": 0, "sink": 0.005, "stability": -0.004}[cfg["weighting"]]
+    return round(base, 6)
+
+
+def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float | None,
+                      causal: bool, stderr: dict[str, float] | None = None) -> dict:
+    """An evaluate metrics file as run_evaluate writes it; the task entries come from
+    srclib.evaluation's own parser of lm-eval results."""
+    from srclib.evaluation import _parse_results
+
+    results, n_samples = {}, {}
+    for task, a in acc.items():
+        se = (stderr or {}).get(task, math.sqrt(a * (1 - a) / (N_ITEMS - 1)))
+        r = {"alias": task, "acc,none": a - 0.02, "acc_stderr,none": se}
+        if TASKS.get(task, True):
+            r.update({"acc_norm,none": a, "acc_norm_stderr,none": se})
+        else:
+            r = {"alias": task, "acc,none": a, "acc_stderr,none": se}
+        results[task] = r
+        n_samples[task] = {"effective": N_ITEMS, "original": 1000}
+    parsed = _parse_results({"results": results, "versions": {t: 1.0 for t in acc}, "n-shot": {t: 0 for t in acc},
+                             "n-samples": n_samples, "configs": {}})
+    ppl_entry = None if ppl is None else {
+        "kind": "exact" if causal else "elbo", "ppl": ppl, "nll_per_token": math.log(ppl),
+        "n_windows": 64, "n_tokens": 8128, "seq_len": 128, "mc_num": None if causal else 8}
+    return {"instance": name, "model": {"key": model, "causal": causal, "shift": not causal,
+                                         "lm": "hf" if causal else "srclib-dlm",
+                                         "likelihood": "exact" if causal else "mc-elbo"},
+            "tasks": parsed, "ppl": ppl_entry, "provenance": {"git_commit": None}}
+
+
+def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, stderr=None) -> None:
+    configs = report._instance_configs(params)
+    for name, cfg in configs.items():
+        causal = cfg["model"] != "tiny-dlm"
+        acc = {t: accuracy(name, cfg, t) for t in params.evaluate.tasks}
+        ppl = 100.0 * (1 + 3 * cfg["sparsity"]) + cfg["seed"]
+        write_json(paths.eval_metrics(name, root=root),
+                   eval_metrics_json(name, cfg["model"], acc, ppl, causal, stderr))
+
+
+def synthetic_trajectory(kind: str, run: str, random_init: bool, *, S=6, L=2, B=3, P=4, G=6, seed=0):
+    """A trajectory with planted sinks: AR sinks stay on position 0, DLM sinks move with the step."""
+    from srclib.trajectories import Trajectory
+
+    g = torch.Generator().manual_seed(seed)
+    T = P + G
+    mass = 1.0 + 0.05 * torch.rand(S, L, B, T, generator=g)  # (S, L, B, T)
+    if kind == "ar":
+        valid = torch.tensor([P + s for s in range(S)])
+        mass[:, :, :, 0] += 0.0 if random_init else 5.0
+    else:
+        valid = torch.full((S,), T)
+        for s in range(S):
+            mass[s, :, :, (s * 3) % T] += 0.3 if random_init else 4.0
+    mass = torch.where(torch.arange(T)[None, None, None, :] < valid[:, None, None, None], mass, torch.zeros_like(mass))
+    prompt = torch.randint(3, 60, (B, P), generator=g)
+    prompt[:, 0] = 0
+    final = torch.cat([prompt, torch.randint(3, 60, (B, G), generator=g)], dim=1)
+    meta = dict(format=1, model=run.removesuffix("-randinit"), run=run, kind=kind, causal=kind == "ar",
+                shift=kind == "dlm", bos_id=0, mask_id=None if kind == "ar" else 63, has_bos=True,
+                random_init=random_init, prompt_indices=list(range(B)), settings={})
+    extra = {}
+    if kind == "dlm":
+        step_ids = final[None].repeat(S, 1, 1).clone()  # (S, B, T)
+        for s in range(S):
+            step_ids[s, :, P + s:] = 63
+        extra["step_ids"] = step_ids
+    else:
+        pre = torch.zeros(L, B, T)
+        pre[:, :, : P - 1] = 1.0
+        extra["prefill_mass"] = pre
+    return Trajectory(meta=meta, mass=mass, valid_len=valid, prompt_ids=prompt, final_ids=final, **extra)
+
+
+RUNS = {"tiny-dlm": ("dlm", False), "tiny-dlm-randinit": ("dlm", True),
+        "tiny-ar": ("ar", False), "tiny-ar-randinit": ("ar", True)}
+
+
+def write_variance_tree(root: Path, params: P_.Params) -> dict:
+    from srclib.trajectories import run_variance, save_trajectory
+
+    for i, (run, (kind, rnd)) in enumerate(RUNS.items()):
+        save_trajectory(synthetic_trajectory(kind, run, rnd, seed=i), paths.trajectory_file(run, root=root))
+    v = params.variance
+    return run_variance(trajectory_paths={r: paths.trajectory_file(r, root=root) for r in RUNS}, rule=v.rule,
+                        alpha=v.alpha, kappa=v.kappa, eps=v.eps, stability_threshold=v.stability_threshold,
+                        sink_stats_path=lambda r: paths.sink_stats(r, root=root),
+                        metrics_path=paths.variance_metrics(root=root))
+
+
+def write_prune_tree(root: Path, params: P_.Params) -> None:
+    """Real run_prune (magnitude: no calibration data) once per (model, sparsity, pattern); the
+    metrics of each instance are that run's with the instance's spec, as run_prune writes them."""
+    from srclib.models import MODELS
+    from srclib.models.tiny import TinyLM, test_config
+    from srclib.pruning import run_prune
+
+    done: dict[tuple, dict] = {}
+    for name, inst in params.prune.instances.items():
+        key = (inst.model, inst.sparsity, inst.pattern)
+        if key not in done:
+            torch.manual_seed(0)
+            spec = dataclasses.replace(params.prune.spec(name), method="magnitude", weighting="uniform")
+            out = root / ".prune-scratch" / f"{len(done)}"
+            res = run_prune(model=(TinyLM(test_config()).eval(), None, MODELS["tiny-dlm"]), spec=spec,
+                            out_dir=out / "pruned", metrics_path=out / "metrics.json", n_samples=1, seq_len=8,
+                            seed=0)
+            done[key] = res.metrics
+        m = copy.deepcopy(done[key])
+        m["instance"], m["model"] = name, inst.model
+        m["spec"] = params.prune.spec(name).to_dict()
+        m["calibration"]["seed"] = inst.seed
+        write_json(paths.prune_metrics(name, root=root), m)
+
+
+def write_train_tree(root: Path) -> None:
+    for key, start in (("tiny-ar", 8.0), ("tiny-dlm", 9.0)):
+        loss = [start * math.exp(-i / 30) + 4.0 + 0.1 * math.sin(i) for i in range(60)]
+        write_json(paths.train_metrics(key, root=root), {"loss": loss, "ppl": 100.0})
+
+
+def build_tree(root: Path, params: P_.Params | None = None, *, train: bool = True) -> P_.Params:
+    params = params or synthetic_params()
+    write_eval_tree(root, params)
+    write_variance_tree(root, params)
+    write_prune_tree(root, params)
+    if train:
+        write_train_tree(root)
+    return params
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensor reductions take ~20 ms each with 2 intra-op threads on a loaded 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    params = build_tree(root)
+    return root, params
+
+
+# =================================================================================================
+# load_results
+# =================================================================================================
+def test_load_results_rows_configs_and_primary(tree):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    n_inst = len(params.prune.instances) + len(params.evaluate.dense)
+    assert set(df["instance"]) == set(params.prune.instances) | set(params.evaluate.dense)
+    # arc_easy: acc + acc_norm, winogrande: acc, one ppl row
+    assert len(df) == n_inst * (2 + 1 + 1)
+    dense = df[df["instance"] == "tiny-ar"]
+    assert set(dense["method"]) == {"dense"} and set(dense["sparsity"]) == {0.0}
+    prim = df[df["primary"]]
+    assert dict(prim.drop_duplicates("task")[["task", "metric"]].values.tolist()) == {
+        "arc_easy": "acc_norm", "winogrande": "acc", "ppl": "ppl_elbo"}
+    assert set(prim.loc[prim["model"] == "tiny-ar", "metric"]) >= {"ppl_exact"}
+    row = df[(df["instance"] == "dlm-wanda-sink-50-s2") & (df["task"] == "arc_easy") & df["primary"]].iloc[0]
+    assert row["value"] == pytest.approx(default_accuracy("", dict(method="wanda", sparsity=0.5, seed=2,
+                                                                    weighting="sink"), "arc_easy"))
+    assert (row["model"], row["method"], row["weighting"], row["seed"]) == ("tiny-dlm", "wanda", "sink", 2)
+
+
+def test_load_results_missing_file_names_it(tree, tmp_path):
+    root, params = tree
+    import shutil
+
+    shutil.copytree(root / "metrics", tmp_path / "metrics")
+    paths.eval_metrics("dlm-wanda-sink-50-s1", root=tmp_path).unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics/evaluate/dlm-wanda-sink-50-s1\.json"):
+        report.load_results(params, root=tmp_path)
+
+
+def test_load_results_missing_task_and_wrong_model(tree, tmp_path):
+    root, params = tree
+    import shutil
+
+    shutil.copytree(root / "metrics", tmp_path / "metrics")
+    f = paths.eval_metrics("tiny-ar", root=tmp_path)
+    d = read_json(f)
+    del d["tasks"]["winogrande"]
+    write_json(f, d)
+    with pytest.raises(ValueError, match=r"tiny-ar\.json.*winogrande"):
+        report.load_results(params, root=tmp_path)
+    d["tasks"]["winogrande"] = read_json(paths.eval_metrics("tiny-dlm", root=root))["tasks"]["winogrande"]
+    d["model"]["key"] = "tiny-dlm"
+    write_json(f, d)
+    with pytest.raises(ValueError, match="stale"):
+        report.load_results(params, root=tmp_path)
+
+
+def test_primary_metric_prefers_acc_norm_and_needs_a_common_one():
+    files = {"a": {"tasks": {"t": {"metrics": {"acc": 0.5, "acc_norm": 0.6}}}},
+             "b": {"tasks": {"t": {"metrics": {"acc": 0.4, "acc_norm": None}}}}}
+    assert report.primary_metrics(files, ["t"]) == {"t": "acc"}  # acc_norm not valued everywhere
+    files["b"]["tasks"]["t"]["metrics"]["acc_norm"] = 0.3
+    assert report.primary_metrics(files, ["t"]) == {"t": "acc_norm"}
+    with pytest.raises(ValueError, match="task 'u'"):
+        report.primary_metrics({"a": {"tasks": {"u": {"metrics": {"f1": 0.1}}}}}, ["u"])
+
+
+# =================================================================================================
+# uncertainty and noise
+# =================================================================================================
+def test_summarize_seed_spread_vs_stderr(tree):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    s = report.summarize(df, seeds=[0, 1, 2])
+    pick = lambda **kw: s[np.logical_and.reduce([s[k] == v for k, v in {"model": "tiny-dlm", **kw}.items()])].iloc[0]  # noqa: E731
+    # 3 seeds: mean and sample std (ddof 1) over seeds, recomputed here by hand
+    vals = [100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
+            for k in (0, 1, 2)]
+    mean = sum(vals) / 3
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
+    r = pick(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured", column="arc_easy")
+    assert (r["n_seeds"], r["source"], r["seeds"]) == (3, "seeds", "0,1,2")
+    assert r["mean"] == pytest.approx(mean) and r["u"] == pytest.approx(sd)
+    assert sd == pytest.approx(1.0)  # seeds differ by 1 point each
+    # 1 seed: lm-eval's stderr (binomial here), in percent
+    a = default_accuracy("", dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink"), "winogrande")
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="winogrande")
+    assert (r["n_seeds"], r["source"]) == (1, "stderr")
+    assert r["u"] == pytest.approx(100 * math.sqrt(a * (1 - a) / (N_ITEMS - 1)))
+    # the average of one seed: sqrt(se1^2 + se2^2) / 2
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="average")
+    ses = [100 * math.sqrt(x * (1 - x) / (N_ITEMS - 1)) for x in
+           (default_accuracy("", dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink"), t) for t in TASKS)]
+    assert r["u"] == pytest.approx(math.sqrt(ses[0] ** 2 + ses[1] ** 2) / 2)
+    # a single perplexity has no uncertainty
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="ppl")
+    assert r["source"] == "none" and math.isnan(r["u"])
+    # restricting seeds changes the aggregation
+    s1 = report.summarize(df, seeds=[0])
+    r = s1[(s1["method"] == "wanda") & (s1["weighting"] == "uniform") & (s1["sparsity"] == 0.5)
+           & (s1["pattern"] == "unstructured") & (s1["column"] == "arc_easy")].iloc[0]
+    assert (r["n_seeds"], r["source"]) == (1, "stderr")
+
+
+@pytest.mark.parametrize("diff,u1,u2,expected", [
+    (0.5, 1.0, 1.0, False),      # +0.5 point inside the noise
+    (5.0, 0.5, 0.5, True),       # +5 with small noise
+    (-5.0, 0.5, 0.5, True),
+    (2.82, 1.0, 1.0, False),     # 2 * sqrt(2) = 2.828...
+    (2.83, 1.0, 1.0, True),
+    (5.0, None, 0.5, False),     # unknown uncertainty: never marked
+    (5.0, float("nan"), 0.5, False),
+])
+def test_exceeds_noise(diff, u1, u2, expected):
+    assert report.exceeds_noise(diff, u1, u2) is expected
+
+
+def _planted(gain_by_seed_noise):
+    """accuracy function: wanda sink vs uniform at 0.5 with a planted gain; the seed spread is
+    set by ``noise`` (points); sparsegpt sink at 0.7 gains ``gain`` points on one seed."""
+    def acc(name, cfg, task):
+        a = default_accuracy(name, {**cfg, "seed": 0, "weighting": "uniform"}, task)
+        gain, noise = gain_by_seed_noise.get(cfg["method"], (0.0, 0.0))
+        if cfg["weighting"] == "sink":
+            a += gain / 100
+        if cfg["method"] != "dense":
+            a += (noise / 100) * (cfg["seed"] - 1)  # sample std over seeds 0,1,2 = noise
+        return a
+    return acc
+
+
+def test_marks_planted_cases(tmp_path):
+    params = synthetic_params()
+    # wanda: +0.5 point with seed spread 1 point -> inside the noise; sparsegpt (one seed, binomial
+    # stderr ~3.5 points): +5 is inside 2*sqrt(2)*3.5 too; so plant +20
+    write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (0.5, 1.0), "sparsegpt": (20.0, 0.0),
+                                                         "magnitude": (0, 0)}))
+    df = report.load_results(params, root=tmp_path)
+    cells = report.main_table_cells(df, params, "tiny-dlm")
+    w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)]
+    assert (w["diff"].loc[w["column"] == "arc_easy"].iloc[0]) == pytest.approx(0.5)
+    assert (w["mark"] == 0).all()
+    g = cells[(cells["method"] == "sparsegpt") & (cells["weighting"] == "sink")].set_index("column")
+    assert g.loc["arc_easy", "mark"] == 1 and g.loc["winogrande", "mark"] == 1 and g.loc["average", "mark"] == 1
+    assert g.loc["ppl", "mark"] == 0  # single-seed perplexities carry no uncertainty
+    # +5 points with small noise (seed spread 0.5): marked; the table shows the arrow
+    write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (5.0, 0.5), "sparsegpt": (0.0, 0.0),
+                                                         "magnitude": (0, 0)}))
+    df = report.load_results(params, root=tmp_path)
+    cells = report.main_table_cells(df, params, "tiny-dlm")
+    w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)
+              & (cells["pattern"] == "unstructured")].set_index("column")
+    assert w.loc["arc_easy", "mark"] == 1 and w.loc["arc_easy", "u"] == pytest.approx(0.5)
+    table = report.main_table(df, params, "tiny-dlm")
+    row = table[(table["Method"] == "Wanda") & (table["Weighting"] == "sink-aware")].iloc[0]
+    assert row["ARC-E"].endswith("↑") and "± 0.5" in row["ARC-E"]
+    # worse beyond the noise -> down arrow; lower perplexity would be "better"
+    write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (-5.0, 0.5), "sparsegpt": (0.0, 0.0),
+                                                         "magnitude": (0, 0)}))
+    cells = report.main_table_cells(report.load_results(params, root=tmp_path), params, "tiny-dlm")
+    w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)
+              & (cells["pattern"] == "unstructured")].set_index("column")
+    assert w.loc["arc_easy", "mark"] == -1
+    assert w.loc["ppl", "mark"] == 0 and w.loc["ppl", "diff"] == pytest.approx(0.0)
+
+
+def test_ppl_lower_is_better_mark():
+    df = pd.DataFrame([
+        dict(instance=f"{w}{s}", model="m", method="wanda", weighting=w, sparsity=0.5, pattern="unstructured",
+             seed=s, task="ppl", metric="ppl_elbo", value=v, stderr=float("nan"), primary=True, file="")
+        for w, vals in (("uniform", (100.0, 101.0, 102.0)), ("sink", (80.0, 81.0, 82.0))) for s, v in enumerate(vals)
+    ])
+    params = synthetic_params()
+    cells = report.main_table_cells(df, params, "m").set_index(["weighting", "column"])
+    assert cells.loc[("sink", "ppl"), "diff"] == pytest.approx(-20.0)
+    assert cells.loc[("sink", "ppl"), "mark"] == 1  # 20 > 2 * sqrt(1 + 1)
+
+
+# =================================================================================================
+# the main table: rows, columns, order
+# =================================================================================================
+def test_main_table_rows_columns_order(tree):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    t = report.main_table(df, params, "tiny-dlm")
+    assert list(t.columns) == ["Method", "Weighting", "Sparsity", "Pattern", "Seeds", "ARC-E", "WinoGrande",
+                               "Avg", "PPL"]
+    got = list(zip(t["Method"], t["Weighting"], t["Sparsity"], t["Pattern"], t["Seeds"]))
+    assert got == [
+        ("Dense", "–", "0%", "–", "1"),
+        ("Wanda", "uniform", "30%", "unstructured", "1"),
+        ("Magnitude", "uniform", "50%", "unstructured", "1"),
+        ("Wanda", "uniform", "50%", "unstructured", "3"),
+        ("Wanda", "sink-aware", "50%", "unstructured", "3"),
+        ("Wanda", "stability", "50%", "unstructured", "1"),
+        ("Wanda", "uniform", "50%", "2:4", "1"),
+        ("SparseGPT", "uniform", "70%", "unstructured", "1"),
+        ("SparseGPT", "sink-aware", "70%", "unstructured", "1"),
+    ]
+    # a cell: mean over seeds +- std, formatted with one decimal
+    vals = [100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
+            for k in (0, 1, 2)]
+    assert t.loc[3, "ARC-E"] == f"{sum(vals) / 3:.1f} ± 1.0"
+    notes = " ".join(t.attrs["footnotes"])
+    assert "acc_norm" in notes and "WinoGrande acc" in notes and "sample standard deviation" in notes
+    assert "MC-ELBO" in notes
+    smol = report.main_table(df, params, "smollm2-135m")
+    assert list(smol["Weighting"]) == ["–", "uniform", "sink-aware"]
+    assert "exact" in " ".join(smol.attrs["footnotes"])
+    assert set(report.main_tables(df, params)) == {"main_smollm2-135m", "main_tiny-dlm"}
+    with pytest.raises(ValueError, match="model must be given"):
+        report.main_table(df, params)
+    with pytest.raises(ValueError, match="no evaluate results for model 'nope'"):
+        report.main_table_cells(df, params, "nope")
+
+
+def test_dense_and_variance_tables(tree):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    d = report.dense_table(df, params)
+    assert list(d["Model"]) == ["tiny-dlm", "tiny-ar", "smollm2-135m"]
+    assert list(d["PPL kind"]) == ["elbo", "exact", "exact"]
+    vm = read_json(paths.variance_metrics(root=root))
+    v = report.sink_variance_table(vm)
+    assert list(v["Run"]) == ["tiny-dlm", "tiny-dlm-randinit", "tiny-ar", "tiny-ar-randinit"]
+    assert list(v["Kind"]) == ["DLM", "DLM", "AR", "AR"]
+    # planted: AR sink fixed at position 0 -> variance 0; DLM sink moves -> variance > 0
+    assert v.loc[2, "Var[p]/T²"].startswith("0.0000")
+    assert float(v.loc[0, "Var[p]/T²"].split()[0]) > 0.01
+
+
+# =================================================================================================
+# table files
+# =================================================================================================
+def test_write_tables_formats_and_determinism(tree, tmp_path):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    tables = {**report.main_tables(df, params), "dense_models": report.dense_table(df, params)}
+    a = report.write_tables(tables, tmp_path / "a")
+    b = report.write_tables({k: tables[k] for k in reversed(list(tables))}, tmp_path / "b")
+    assert [p.name for p in a] == [p.name for p in b]
+    assert {p.suffix for p in a} == {".md", ".html", ".tex"} and len(a) == 9
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+    md = (tmp_path / "a" / "main_tiny-dlm.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(lines) == 2 + 9 and all(ln.count("|") == 10 for ln in lines)
+    assert "sample standard deviation" in md
+    tex = (tmp_path / "a" / "main_tiny-dlm.tex").read_text()
+    assert "\\begin{tabular}{llrrrrrrr}" in tex and "\\toprule" in tex and "$\\pm$" in tex
+    assert "%" not in tex.replace("\\%", "").split("\n", 1)[1]  # every percent sign escaped
+    assert tex.count("\\\\") == 10
+    page = (tmp_path / "a" / "main_tiny-dlm.html").read_text()
+    parser = _Tags()
+    parser.feed(page)
+    assert parser.counts["tr"] == 10 and parser.counts["th"] == 9 and parser.counts["title"] == 1
+
+
+def test_latex_escape():
+    assert report.latex_escape("a_b 50% & x±y ↑ –") == "a\\_b 50\\% \\& x$\\pm$y $\\uparrow$ --"
+
+
+class _Tags(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+        self.links: list[str] = []
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def handle_starttag(self, tag, attrs):
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        a = dict(attrs)
+        self.links += [a[k] for k in ("href", "src") if k in a]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unbalanced </{tag}> (open: {self.stack[-3:]})")
+        else:
+            self.stack.pop()
+
+
+# =================================================================================================
+# plot series
+# =================================================================================================
+def test_accuracy_series(tree, tmp_path):
+    root, params = tree
+    df = report.load_results(params, root=root)
+    s = report.accuracy_series(df)
+    assert list(s.columns) == ["sparsity", "accuracy", "method", "weighting", "model"]
+    assert "2:4" not in set(s.get("pattern", []))
+    r = s[(s["model"] == "tiny-dlm") & (s["method"] == "wanda") & (s["weighting"] == "sink") & (s["sparsity"] == 0.5)]
+    exp = np.mean([np.mean([100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="sink"), t)
+                            for t in TASKS]) for k in (0, 1, 2)])
+    assert len(r) == 1 and r["accuracy"].iloc[0] == pytest.approx(exp)
+    d = s[s["method"] == "dense"]
+    assert set(d["model"]) == {"tiny-dlm", "tiny-ar", "smollm2-135m"} and set(d["sparsity"]) == {0.0}
+    # wanda uniform at 0.5: only the unstructured row enters (2:4 excluded)
+    assert len(s[(s["model"] == "tiny-dlm") & (s["method"] == "wanda") & (s["weighting"] == "uniform")
+                 & (s["sparsity"] == 0.5)]) == 1
+    p1 = report.write_series(s, tmp_path / "a.csv")
+    p2 = report.write_series(report.accuracy_series(df), tmp_path / "b.csv")
+    assert p1.read_bytes() == p2.read_bytes()
+    back = pd.read_csv(p1)
+    assert list(back.columns) == list(s.columns) and np.allclose(back["accuracy"], s["accuracy"])
+
+
+def test_variance_series_and_plot_data_match_run_variance(tree):
+    root, params = tree
+    res = write_variance_tree(root, params)  # rerun: same files, and the in-memory plots
+    metrics, plots = report.load_variance(root=root)
+    assert metrics == read_json(paths.variance_metrics(root=root))
+    s = report.variance_series(plots)
+    assert list(s.columns) == ["layer", "variance", "model"]
+    assert set(s["model"]) == set(RUNS) and len(s) == 2 * len(RUNS)
+    s2 = report.variance_series(res["plots"])
+    pd.testing.assert_frame_equal(s, s2)
+    trajs = report.load_trajectories(RUNS, root=root)
+    for run, traj in trajs.items():
+        mine = report.trajectory_plot_data(traj)
+        theirs = res["plots"][run]
+        np.testing.assert_allclose(mine["global_mass_norm"], theirs["global_mass_norm"], rtol=1e-6, atol=1e-7)
+        variant = next(iter(mine["dominant"]))
+        np.testing.assert_array_equal(mine["dominant"][variant], theirs["dominant"][variant])
+    # planted sinks: AR dominant at 0 throughout; DLM dominant at (3 s) mod T
+    ar = report.trajectory_plot_data(trajs["tiny-ar"])["dominant"]["newest"]
+    assert (ar == 0).all()
+    dlm = report.trajectory_plot_data(trajs["tiny-dlm"])["dominant"]["full"]
+    assert (dlm == np.array([(3 * s) % 10 for s in range(6)])[None, :]).all()
+
+
+# =================================================================================================
+# index page and the stage
+# =================================================================================================
+def test_build_index_links_resolve(tmp_path):
+    params = synthetic_params()
+    (paths.figures_dir(root=tmp_path)).mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (4, 3), "red").save(paths.figures_dir(root=tmp_path) / "a_fig.png")
+    (paths.figures_dir(root=tmp_path) / "a_fig.pdf").write_bytes(b"%PDF-1.4\n")
+    paths.tables_dir(root=tmp_path).mkdir(parents=True)
+    for ext in ("md", "html", "tex"):
+        (paths.tables_dir(root=tmp_path) / f"t1.{ext}").write_text("x")
+    for stage, name in (("plot", "plot"), ("prune", "inst-a"), ("train", "train")):
+        p = paths.report_html(stage, name, root=tmp_path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("<html></html>")
+    idx = report.build_index(tmp_path, params, "abc123 <dirty>")
+    text = idx.read_text()
+    parser = _Tags()
+    parser.feed(text)
+    assert not parser.errors and not parser.stack
+    assert parser.counts["img"] == 1 and parser.counts["pre"] == 1
+    assert "abc123 &lt;dirty&gt;" in text and "headline_sparsities" in text
+    for link in parser.links:
+        assert not link.startswith(("/", "http:", "https:")), link
+        assert (idx.parent / link).is_file(), link
+    assert {"html/plot/plot.html", "html/prune/inst-a.html", "html/train/train.html", "figures/a_fig.png",
+            "figures/a_fig.pdf", "tables/t1.md", "tables/t1.html", "tables/t1.tex"} <= set(parser.links)
+    # stages in pipeline order, deterministic
+    assert text.index("html/train/") < text.index("html/prune/") < text.index("html/plot/")
+    assert report.build_index(tmp_path, params, "abc123 <dirty>").read_text() == text
+
+
+@pytest.mark.slow  # two full plot stages: ~5 s on an idle machine, 25 s under load
+def test_run_plot_end_to_end(tree):
+    import matplotlib.pyplot as plt
+
+    root, params = tree
+    open_before = len(plt.get_fignums())
+    res = report.run_plot(params=params, root=root)
+    assert len(plt.get_fignums()) == open_before  # the stage closes every figure it saved
+    figs = paths.figures_dir(root=root)
+    for stem in ("accuracy_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps", "layer_sparsity",
+                 "perplexity_vs_sparsity", "sink_position_vs_step", "loss_curves"):
+        assert (figs / f"{stem}.png").stat().st_size > 1000, stem
+        assert (figs / f"{stem}.pdf").read_bytes().startswith(b"%PDF"), stem
+    assert set(res["figures"]) >= {"accuracy_vs_sparsity", "loss_curves"}
+    assert res["skipped"] and res["skipped"][0].startswith("efficiency_bars")
+    assert {p.name for p in paths.tables_dir(root=root).iterdir()} >= {
+        "main_tiny-dlm.md", "main_tiny-dlm.tex", "main_tiny-dlm.html", "dense_models.md", "sink_variance.html"}
+    for name in ("accuracy_vs_sparsity", "variance_per_layer"):
+        assert paths.plot_series(name, root=root).is_file()
+    assert "| Method |" in res["markdown"]
+    html_repr = res["figures"]._repr_html_()
+    assert html_repr.count("data:image/png;base64,") == len(res["figures"])
+    idx = res["index"].read_text()
+    assert "figures/trajectory_heatmaps.png" in idx and "html/plot/plot.html" in idx
+    assert re.search(r"<code>[0-9a-f]{40}|<code>unknown", idx)
+    outputs = lambda: {p: p.read_bytes() for d in (paths.tables_dir(root=root), paths.figures_dir(root=root))  # noqa: E731
+                       for p in d.iterdir()} | {p: p.read_bytes() for p in res["series"].values()}
+    before = outputs()
+    report.run_plot(params=params, root=root)
+    after = outputs()
+    assert before == after
