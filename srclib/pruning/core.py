@@ -16,10 +16,12 @@ Order of work:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +52,8 @@ class PruneReport:
     inputs: str  # "noised" | "clean" | "none"
     n_passes: int
     n_tokens: int
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall clock per phase
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time per phase
     memory: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
@@ -60,6 +63,28 @@ class PruneReport:
              "sparsity": self.sparsity[n], "pruned": int(m.sum())}
             for n, m in self.masks.items()
         ]
+
+
+class _Clock:
+    """Wall and process-CPU seconds per phase (CPU time is robust to other processes' load)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, key: str):
+        w0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[key] += time.perf_counter() - w0
+            self.cpu[key] += time.process_time() - c0
+
+    def discount(self, key: str, other: str, wall0: float, cpu0: float) -> None:
+        """Remove from ``key`` the time ``other`` accrued since (wall0, cpu0) (nested phases)."""
+        self.wall[key] -= self.wall[other] - wall0
+        self.cpu[key] -= self.cpu[other] - cpu0
 
 
 def weights_from_mass(mass: torch.Tensor, n_t: int, per_pass: bool, spec: PruneSpec) -> torch.Tensor:
@@ -86,7 +111,7 @@ def make_batches(passes: torch.Tensor, windows_per_batch: int) -> list[cal.PassB
             for j in range(0, N, windows_per_batch)]
 
 
-def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, blocks):
+def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, blocks, clock: _Clock):
     """Batches of calibration passes, with weights attached or an online weight function."""
     dlm = mask_id is not None
     inputs = spec.inputs_for(dlm)
@@ -98,18 +123,16 @@ def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, b
     passes = noised if inputs == "noised" else windows[:, None, :]  # (N, n_t | 1, T)
     batches = make_batches(passes, calib.windows_per_batch)
     weight_fn = None
-    seconds = {}
     if get_weighting(spec.weighting).needs_mass:
         n_t = passes.shape[1]
         if noised is None or inputs == "noised":  # the scored passes are the calibration passes
             weight_fn = lambda mass, n_t=n_t: weights_from_mass(mass, n_t, True, spec)  # noqa: E731
         else:  # clean DLM windows, weights from their noised passes (mass-only pre-pass)
-            t0 = time.perf_counter()
-            for b, nb in zip(batches, make_batches(noised, calib.windows_per_batch)):
-                mass = cal.record_pass_mass(model, blocks, nb.ids, calib.mass_chunk_size)
-                b.weights = weights_from_mass(mass, nb.n_t, False, spec)  # (windows, T)
-            seconds["mass_prepass"] = time.perf_counter() - t0
-    return inputs, batches, weight_fn, seconds
+            with clock("mass_prepass"):
+                for b, nb in zip(batches, make_batches(noised, calib.windows_per_batch)):
+                    mass = cal.record_pass_mass(model, blocks, nb.ids, calib.mass_chunk_size)
+                    b.weights = weights_from_mass(mass, nb.n_t, False, spec)  # (windows, T)
+    return inputs, batches, weight_fn
 
 
 def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, calib) -> list[float]:
@@ -129,7 +152,8 @@ def prune_model(
     """Prune every prunable linear of ``model``'s blocks in place; return a ``PruneReport``."""
     from srclib.pruning import PRUNERS
 
-    t_start = time.perf_counter()
+    clock = _Clock()
+    t_start, c_start = time.perf_counter(), time.process_time()
     pruner_cls: type[LayerPruner] = PRUNERS[spec.method]
     blocks = adapter.blocks(model)
     per_block = [adapter.prunable(b) for b in blocks]
@@ -144,29 +168,28 @@ def prune_model(
         raise ValueError(f"method {spec.method!r} (owl={spec.owl}) needs calibration data; got calibration=None")
     device = next(model.parameters()).device
     masks: dict[str, torch.Tensor] = {}
-    seconds: dict[str, float] = {"calibration": 0.0, "prune": 0.0}
+    clock.wall.update(calibration=0.0, prune=0.0)
+    clock.cpu.update(calibration=0.0, prune=0.0)
     block_sparsity = [spec.sparsity] * len(blocks)
     ratios = None
     inputs, batches, weight_fn = "none", [], None
     options = spec.pruner_options()
 
     def prune_one(i: int, name: str, pruner: LayerPruner) -> None:
-        t0 = time.perf_counter()
-        mask = pruner.prune(block_sparsity[i], spec.pattern)
-        pruner.free()
-        seconds["prune"] += time.perf_counter() - t0
+        with clock("prune"):
+            mask = pruner.prune(block_sparsity[i], spec.pattern)
+            pruner.free()
         masks[full(i, name)] = mask.detach().cpu()
 
     with PeakMemory(device) as mem:
         if needs_data:
-            inputs, batches, weight_fn, pre = _prepare(model, adapter, spec, calibration, mask_id, blocks)
-            seconds.update(pre)
+            inputs, batches, weight_fn = _prepare(model, adapter, spec, calibration, mask_id, blocks, clock)
         one_shot_stats = spec.one_shot and pruner_cls.needs_inputs
         if spec.owl and not (one_shot_stats and spec.method == "wanda"):
-            t0 = time.perf_counter()
-            ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, calibration)
-            block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
-            seconds["owl"] = time.perf_counter() - t0
+            with clock("owl"):
+                ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec,
+                                               calibration)
+                block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
 
         if not pruner_cls.needs_inputs:
             for i, lins in enumerate(per_block):
@@ -176,11 +199,10 @@ def prune_model(
             pruners = {(i, n): pruner_cls(lin, full(i, n), **options)
                        for i, lins in enumerate(per_block) for n, lin in lins.items()}
             keyed = {f"{i}.{n}": p for (i, n), p in pruners.items()}
-            t0 = time.perf_counter()
-            cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
-                             lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
-                             chunk_size=calibration.mass_chunk_size)
-            seconds["calibration"] += time.perf_counter() - t0
+            with clock("calibration"):
+                cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
+                                 lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
+                                 chunk_size=calibration.mass_chunk_size)
             if spec.owl:  # one-shot Wanda: OWL's statistics are these very statistics
                 ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl_m)
                           for i, lins in enumerate(per_block)]
@@ -189,7 +211,6 @@ def prune_model(
                 prune_one(i, n, p)
         else:
             current: dict[str, LayerPruner] = {}
-            t_prune_before = [0.0]
 
             def start_block(i: int):
                 current.clear()
@@ -201,14 +222,16 @@ def prune_model(
                     prune_one(i, n, p)
                 current.clear()
 
-            t0 = time.perf_counter()
-            cal.run_sequential(model, blocks, adapter.prunable, batches, start_block, finish_block,
-                               weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size)
-            seconds["calibration"] += time.perf_counter() - t0 - (seconds["prune"] - t_prune_before[0])
+            w0, c0 = clock.wall["prune"], clock.cpu["prune"]
+            with clock("calibration"):  # block forwards only: the pruning inside is discounted
+                cal.run_sequential(model, blocks, adapter.prunable, batches, start_block, finish_block,
+                                   weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size)
+            clock.discount("calibration", "prune", w0, c0)
 
     total = sum(int(m.numel()) for m in masks.values())
     pruned = sum(int(m.sum()) for m in masks.values())
-    seconds["total"] = time.perf_counter() - t_start
+    clock.wall["total"] = time.perf_counter() - t_start
+    clock.cpu["total"] = time.process_time() - c_start
     n_passes = sum(int(b.ids.shape[0]) for b in batches)
     n_tokens = sum(int(b.ids.numel()) for b in batches)
     target = {full(i, n): float(block_sparsity[i]) for i, lins in enumerate(per_block) for n in lins}
@@ -222,6 +245,7 @@ def prune_model(
         inputs=inputs,
         n_passes=n_passes,
         n_tokens=n_tokens,
-        seconds=seconds,
+        seconds=dict(clock.wall),
+        cpu_seconds=dict(clock.cpu),
         memory=mem.result,
     )

@@ -20,6 +20,16 @@ __all__ = ["PeakMemory", "rss_bytes"]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _trim() -> None:
+    """Give freed heap pages back to the OS (glibc), so the baseline RSS is not inflated."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_bytes() -> int:
     """Current resident set size of this process in bytes."""
     try:
@@ -46,6 +56,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
         else:
+            _trim()
             self._base = self._peak = rss_bytes()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -98,27 +98,28 @@ def sparsegpt_prune(
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         W1 = W[:, i1:i2].clone()  # (C_out, count)
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)  # (C_out, count)
         Hinv1 = Hinv[i1:i2, i1:i2]  # (count, count)
         d1 = torch.diag(Hinv1)  # (count,)
         if pat.structured:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             mask1 = select_mask(W1 ** 2 / d1[None, :] ** 2, s, "unstructured", scope="matrix")
+        # err_i = (w_i - q_i) / d_i = w_i * pruned_i / d_i: one multiplier per entry
+        scale1 = mask1.to(W1.dtype) / d1[None, :]  # (C_out, count)
         for i in range(count):
             if pat.structured and i % pat.m == 0:
                 group = W1[:, i:i + pat.m] ** 2 / d1[None, i:i + pat.m] ** 2  # (C_out, M)
-                mask1[:, i:i + pat.m] = select_mask(group, s, pattern, scope="row")
-            w = W1[:, i]
-            q = w.masked_fill(mask1[:, i], 0.0)
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]  # (C_out,)
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
+                g = select_mask(group, s, pattern, scope="row")
+                mask1[:, i:i + pat.m] = g
+                scale1[:, i:i + pat.m] = g.to(W1.dtype) / d1[None, i:i + pat.m]
+            err = torch.mul(W1[:, i], scale1[:, i], out=Err1[:, i])  # (C_out,)
+            # OBS update of this and the remaining block columns; column i becomes q_i
+            # (kept entries: err = 0, unchanged exactly; pruned entries are zeroed below)
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
+        W[:, i1:i2] = W1.masked_fill_(mask1, 0.0)
         mask[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i2:].addmm_(Err1, Hinv[i1:i2, i2:], alpha=-1.0)
     if not bool(torch.isfinite(W).all()):
         raise ValueError(f"layer {name!r}: SparseGPT produced non-finite weights")
     return W, mask

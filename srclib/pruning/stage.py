@@ -165,7 +165,7 @@ def run_prune(
     }
     write_json(metrics_path, metrics)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    timing = {"seconds": report.seconds, "memory": report.memory, "model_bytes": int(model_bytes),
+    timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory, "model_bytes": int(model_bytes),
               "instance": instance}
     if timing_path is not None:
         write_json(timing_path, timing)
