@@ -233,7 +233,7 @@ def sink_variance_dlm_vs_ar(variance_metrics: Mapping[str, Any], variance_plots:
         ax.set_ylim(bottom=0)
         ax.legend(handles=[Line2D([], [], color=KIND_COLORS[k], lw=6, label=KIND_LABELS[k]) for k in ("dlm", "ar")]
                   + [Line2D([], [], color="0.5", lw=0, marker="s", ms=8, alpha=0.6, label="random init (hatched)")],
-                  fontsize=7.5)
+                  fontsize=7.5, loc="best")
         fig.suptitle("Dominant-sink positional variance: diffusion vs autoregressive")
     return fig
 
@@ -258,27 +258,30 @@ def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], promp
         raise ValueError("no runs to plot")
     kinds = {r: _run_kind(r, variance_metrics, variance_plots) for r in runs}
     order = _run_order(runs, kinds)
-    ncols = min(3, len(order))
-    nrows = math.ceil(len(order) / ncols)
+    rows_by_kind = {k: [r for r in order if kinds[r][0] == k] for k in KIND_COLORS}
+    rows_by_kind = {k: v for k, v in rows_by_kind.items() if v}  # one row per kind: DLM above AR
+    ncols = max(len(v) for v in rows_by_kind.values())
     with style():
-        fig, axes = _figure(nrows, ncols, w=3.8, h=2.9, sharey=True)
-        for i, ax in enumerate(axes.flat):
-            if i >= len(order):
-                ax.set_visible(False)
-                continue
-            run = order[i]
-            dom = _primary_dominant(variance_plots[run])  # (B, S)
-            if not 0 <= prompt < dom.shape[0]:
-                raise ValueError(f"prompt must be in [0, {dom.shape[0]}) for run {run!r}, got {prompt}")
-            kind, rnd = kinds[run]
-            steps = np.arange(dom.shape[1])
-            for b in range(dom.shape[0]):
-                ax.step(steps, dom[b], where="post", color=KIND_COLORS[kind], alpha=0.15, lw=0.8)
-            ax.step(steps, dom[prompt], where="post", color=KIND_COLORS[kind], lw=1.8, ls=INIT_STYLES[rnd])
-            if "prompt_len" in variance_plots[run]:
-                ax.axhline(variance_plots[run]["prompt_len"] - 0.5, color="0.4", lw=0.8, ls=":")
-            ax.set_title(f"{run} ({kind.upper()})")
-            ax.set_xlabel("step (denoising / decoding)")
+        fig, axes = _figure(len(rows_by_kind), ncols, w=3.8, h=2.9, sharey=True)
+        for ax_row, runs_k in zip(axes, rows_by_kind.values()):
+            for j, ax in enumerate(ax_row):
+                if j >= len(runs_k):
+                    ax.set_visible(False)
+                    continue
+                run = runs_k[j]
+                dom = _primary_dominant(variance_plots[run])  # (B, S)
+                if not 0 <= prompt < dom.shape[0]:
+                    raise ValueError(f"prompt must be in [0, {dom.shape[0]}) for run {run!r}, got {prompt}")
+                kind, rnd = kinds[run]
+                steps = np.arange(dom.shape[1] + 1)  # step tau's value held until tau + 1
+                held = np.concatenate([dom, dom[:, -1:]], axis=1)  # (B, S + 1)
+                for b in range(dom.shape[0]):
+                    ax.step(steps, held[b], where="post", color=KIND_COLORS[kind], alpha=0.15, lw=0.8)
+                ax.step(steps, held[prompt], where="post", color=KIND_COLORS[kind], lw=1.8, ls=INIT_STYLES[rnd])
+                if "prompt_len" in variance_plots[run]:
+                    ax.axhline(variance_plots[run]["prompt_len"] - 0.5, color="0.4", lw=0.8, ls=":")
+                ax.set_title(f"{run} ({kind.upper()})")
+                ax.set_xlabel("step (denoising / decoding)")
         fig.supylabel("dominant key position (token index)")
         fig.suptitle(f"Where the dominant sink sits (bold: prompt {prompt}; dotted: end of prompt)")
     return fig
@@ -324,8 +327,9 @@ def trajectory_heatmaps(trajs: Mapping[str, Any], n_prompts: int = 2) -> Figure:
                 if j == 0:
                     ax.set_ylabel(f"prompt {b}")
         ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if t <= vmax]
-        fig.colorbar(img, ax=axes, shrink=0.8, ticks=ticks, format="%g",
-                     label="mass share × number of keys (1 = uniform, log scale)")
+        cbar = fig.colorbar(img, ax=axes, shrink=0.8, ticks=ticks, format="%g",
+                            label="mass share × number of keys (1 = uniform, log scale)")
+        cbar.ax.minorticks_off()
         fig.supxlabel("key position (token index)")
         fig.supylabel("step (denoising / decoding)")
         fig.suptitle("Global attention mass per step (dashed: end of prompt)")

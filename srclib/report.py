@@ -316,6 +316,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:g}%"
 
 
+DERIVED_LABELS = {AVERAGE: "Avg", PPL: "PPL"}
+
+
+def _column_label(col: str) -> str:
+    return DERIVED_LABELS.get(col) or TASK_LABELS.get(col, col)
+
+
 def _task_columns(params) -> list[str]:
     return list(params.evaluate.tasks)
 
@@ -367,8 +374,7 @@ def main_table(df: pd.DataFrame, params, model: str | None = None) -> pd.DataFra
         }
         for col in [*tasks, AVERAGE, PPL]:
             r = by_col.get(col)
-            label = TASK_LABELS.get(col, col) if col not in (AVERAGE, PPL) else {"average": "Avg", "ppl": "PPL"}[col]
-            row[label] = "–" if r is None else _fmt(r.mean, r.u, r.mark)
+            row[_column_label(col)] = "–" if r is None else _fmt(r.mean, r.u, r.mark)
         rows.append(row)
     table = pd.DataFrame(rows)
     prim = df[df["primary"] & (df["model"] == model) & (df["task"] != PPL)]
@@ -408,8 +414,7 @@ def dense_table(df: pd.DataFrame, params) -> pd.DataFrame:
         row = {"Model": model}
         for col in [*tasks, AVERAGE, PPL]:
             r = by_col.get(col)
-            label = TASK_LABELS.get(col, col) if col not in (AVERAGE, PPL) else {"average": "Avg", "ppl": "PPL"}[col]
-            row[label] = "–" if r is None else _fmt(r.mean, r.u)
+            row[_column_label(col)] = "–" if r is None else _fmt(r.mean, r.u)
         ppl = by_col.get(PPL)
         row["PPL kind"] = ppl.ppl_kind if ppl is not None else "–"
         rows.append(row)
