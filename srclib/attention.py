@@ -122,17 +122,22 @@ def key_mass(
         kpos = torch.arange(Tk, device=q.device)
         for start in range(0, Tq, chunk_size):
             stop = min(start + chunk_size, Tq)
-            s = torch.matmul(q[:, :, start:stop] * scale, kt)  # (B, H, c, T_k)
+            s = torch.matmul(q[:, :, start:stop] * scale, kt)  # (B, H, c, T_k), a fresh tensor
             if is_causal:
                 qpos = torch.arange(start, stop, device=q.device)
-                s = s.masked_fill(kpos[None, :] > qpos[:, None], float("-inf"))  # top-left aligned
+                s.masked_fill_(kpos[None, :] > qpos[:, None], float("-inf"))  # top-left aligned
             if mask is not None:
                 m = mask[:, :, start:stop] if mask.shape[-2] == Tq else mask
-                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
-            B, Hc = s.shape[0], s.shape[1]
+                if torch.broadcast_shapes(s.shape, m.shape) != s.shape:  # mask has the larger batch
+                    s = s.expand(torch.broadcast_shapes(s.shape, m.shape)).clone()
+                if m.dtype == torch.bool:
+                    s.masked_fill_(~m, float("-inf"))
+                else:
+                    s.add_(m)
+            B = s.shape[0]
             rowmax = s.amax(dim=-1, keepdim=True)  # (B, H, c, 1)
-            rowmax = torch.where(torch.isfinite(rowmax), rowmax, torch.zeros_like(rowmax))
-            e = torch.exp(s - rowmax)  # (B, H, c, T_k); fully masked rows are all 0
+            rowmax.masked_fill_(~torch.isfinite(rowmax), 0.0)
+            e = s.sub_(rowmax).exp_()  # (B, H, c, T_k), in place; fully masked rows are all 0
             denom = e.sum(dim=-1)  # (B, H, c)
             inv = torch.where(denom > 0, 1.0 / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
             # sum_h sum_q e[h, q, k] / denom[h, q] as one batched matmul: (B, 1, H*c) @ (B, H*c, T_k)

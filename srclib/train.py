@@ -177,7 +177,7 @@ def _train_loop(model, s: Schedule, loss_fn: Callable[[int], torch.Tensor], desc
     opt = _optimizer(model, s)
     model.train()
     losses: list[float] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in tqdm(range(s.steps), desc=desc, mininterval=5.0):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, s)
@@ -191,8 +191,10 @@ def _train_loop(model, s: Schedule, loss_fn: Callable[[int], torch.Tensor], desc
             raise FloatingPointError(f"{desc}: non-finite loss {value} at step {step}")
         losses.append(value)
     model.eval()
-    wall = time.perf_counter() - t0
-    return {"loss": losses, "train_time_s": wall, "step_time_s": wall / s.steps}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # process CPU seconds: a load-independent companion of the wall time (all threads summed)
+    return {"loss": losses, "train_time_s": wall, "step_time_s": wall / s.steps, "train_cpu_s": cpu,
+            "threads": torch.get_num_threads()}
 
 
 def tiny_config(arch: dict[str, Any], tokenizer, *, causal: bool, shift: bool, max_len: int) -> TinyConfig:

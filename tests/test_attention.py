@@ -332,3 +332,19 @@ def test_gradients_flow_through_recorded_forward():
     loss.backward()
     assert rec.calls == 2 and not rec.mass.requires_grad
     assert model.model.transformer.blocks[0].q_proj.weight.grad is not None
+
+
+def test_batch_broadcast_between_query_key_and_mask():
+    """SDPA broadcasts batch dims (e.g. learned queries with batch 1): so does key_mass."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 4, 8, generator=g)
+    k = torch.randn(3, 2, 6, 8, generator=g)
+    fmask = torch.randn(3, 1, 4, 6, generator=g)
+    bmask = torch.rand(3, 1, 1, 6, generator=g) > 0.4
+    for mask in (fmask, bmask, None):
+        ref = _naive(q, k, mask, False, None).sum(dim=(1, 2))  # (3, 6)
+        got = key_mass(q, k, attn_mask=mask, chunk_size=3)
+        torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    got = key_mass(q, k[:1], attn_mask=fmask, chunk_size=3)  # only the mask has batch 3
+    torch.testing.assert_close(got.double(), _naive(q, k[:1], fmask, False, None).sum(dim=(1, 2)),
+                               atol=1e-5, rtol=1e-5)
