@@ -61,8 +61,8 @@ __all__ = [
     "PRIMARY_METRICS", "TASK_LABELS", "NOISE_K", "CONFIG_COLUMNS",
     "load_results", "primary_metrics", "pruned_models", "instance_values", "summarize", "exceeds_noise",
     "main_table_cells", "main_table", "main_tables", "dense_table", "sink_variance_table",
-    "table_markdown", "table_html", "table_latex", "write_tables",
-    "accuracy_series", "variance_series", "write_series",
+    "table_markdown", "table_html", "table_latex", "latex_escape", "write_tables",
+    "accuracy_series", "accuracy_errors", "perplexity_series", "variance_series", "write_series",
     "load_variance", "load_trajectories", "trajectory_plot_data", "load_prune_metrics", "load_train_metrics",
     "build_index", "git_commit", "Gallery", "run_plot",
 ]
