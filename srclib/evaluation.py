@@ -555,9 +555,9 @@ class DiffusionLM(TemplateLM):
         """Left-truncate the context to max_length (keeping position 0 when keep_first)."""
         if self._max_length is None or len(context) + len(target) <= self._max_length:
             return context, target
-        room = self._max_length - len(target)
-        keep = int(self.keep_first)
-        if room < keep + (1 if self.keep_first else 0):
+        room = self._max_length - len(target)  # context tokens that fit
+        keep = int(self.keep_first)  # position 0 stays: it is never masked
+        if room < keep:
             raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length "
                              f"{self._max_length}")
         self._truncated += 1

@@ -256,6 +256,15 @@ def test_loglikelihood_rolling_splits_long_strings(ckpts):
     assert roll == pytest.approx(sum(lm.score([(list(c), list(t)) for c, t in pairs])), abs=1e-6)
 
 
+def test_long_requests_keep_bos_and_the_end_of_the_context(ckpts):
+    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=6)
+    c, t = [0, 10, 11, 12, 13, 14, 15], [20, 21]
+    assert lm._fit(c, t) == ([0, 13, 14, 15], t)  # 4 + 2 = max_length
+    assert lm.score([(c, t)]) == pytest.approx(lm.score([([0, 13, 14, 15], t)]), abs=1e-6)
+    with pytest.raises(ValueError, match="max_length"):
+        lm._fit(c, list(range(20, 27)))
+
+
 def test_generate_until_cuts_at_eos_and_first_stop_string(dlm):
     tok = dlm.tokenizer
     text_ids = tok("yes Answer: no\nQuestion: x", add_special_tokens=False)["input_ids"]
@@ -338,11 +347,13 @@ def _check_provenance(m):
     assert set(prov["versions"]) >= {"torch", "transformers", "lm_eval", "srclib"}
     assert list(prov["checkpoint"]["sha256"]) == ["model.safetensors"]
     assert prov["params"] == {"evaluate": {"x": 1}}
+    assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
     assert not [k for k in _walk_keys(m) if "time" in k or "date" in k]
 
 
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
-def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key):
+def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
+    monkeypatch.setattr(E, "_git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
     corpus = tmp_path / "val.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in
                               ["The quick brown fox jumps over the lazy dog."] * 8))
@@ -384,7 +395,8 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path):
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
-def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key):
+def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
+    monkeypatch.setattr(E, "_git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
     tasks = {"arc_easy": {"limit": 3, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
     kw = dict(instance=f"t-{key}", model_source=ckpts[key], tasks=tasks,
               ppl={"n_windows": 2, "mc_num": 2, "seq_len": 16}, batch_size=8, seed=0,
