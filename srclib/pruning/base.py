@@ -33,9 +33,7 @@ def flatten_inputs(
             f"layer {name!r}: inputs must be (B, T, {in_features}) or (N, {in_features}), "
             f"got shape {tuple(x.shape)}"
         )
-    x = x.detach().float()  # (B, T, C)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"layer {name!r}: calibration inputs contain NaN or inf")
+    x = x.detach().float()  # (B, T, C); finiteness is checked on each pruner's reduced statistic
     if token_weight is not None:
         token_weight = token_weight.detach().to(device=x.device, dtype=torch.float32)
         if tuple(token_weight.shape) != tuple(x.shape[:2]):
@@ -64,9 +62,9 @@ class LayerPruner:
 
     def add_batch(self, x: torch.Tensor, token_weight: torch.Tensor | None = None) -> None:
         x, w = flatten_inputs(x, token_weight, self.columns, self.name)
+        self._add(x, w)  # raises (statistics untouched) on non-finite inputs
         self.n_passes += x.shape[0]
         self.n_tokens += x.shape[0] * x.shape[1]
-        self._add(x, w)
 
     def _add(self, x: torch.Tensor, w: torch.Tensor | None) -> None:  # x (B, T, C), w (B, T)
         raise NotImplementedError
@@ -77,10 +75,18 @@ class LayerPruner:
     def free(self) -> None:
         pass
 
-    def _apply(self, new_weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Write the pruned weight into the layer (its dtype and device) and return the mask."""
+    def _check_finite(self, stat: torch.Tensor) -> None:
+        """NaN/inf inputs propagate into every sum of squares: one cheap check per batch."""
+        if not bool(torch.isfinite(stat).all()):
+            raise ValueError(
+                f"layer {self.name!r}: calibration inputs contain NaN or inf (or overflow float32)"
+            )
+
+    def _apply(self, new_weight: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """Zero the pruned weights in place (after writing ``new_weight``, if given); return the mask."""
         with torch.no_grad():
             w = self.layer.weight
-            w.copy_(new_weight.to(device=w.device, dtype=w.dtype))
+            if new_weight is not None:
+                w.copy_(new_weight.to(device=w.device, dtype=w.dtype))
             w.masked_fill_(mask.to(w.device), 0)
         return mask

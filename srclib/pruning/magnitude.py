@@ -24,6 +24,5 @@ class MagnitudePruner(LayerPruner):
         pass  # magnitude ignores activations
 
     def prune(self, sparsity: float, pattern: str = "unstructured") -> torch.Tensor:
-        weight = self.layer.weight.detach()
-        mask = magnitude_mask(weight, sparsity, pattern)
-        return self._apply(weight, mask)
+        mask = magnitude_mask(self.layer.weight.detach(), sparsity, pattern)
+        return self._apply(None, mask)

@@ -136,6 +136,7 @@ class SparseGPTPruner(LayerPruner):
     def _add(self, x: torch.Tensor, w: torch.Tensor | None) -> None:
         xw = x if w is None else x * w.unsqueeze(-1)  # (B, T, C)
         xw = xw.reshape(-1, self.columns)  # (B*T, C)
+        self._check_finite(xw.square().sum(dim=0))  # (C,): NaN/inf anywhere shows here
         self.xtx.addmm_(xw.t(), xw)
 
     def hessian(self) -> torch.Tensor:

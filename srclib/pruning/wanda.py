@@ -66,7 +66,9 @@ class WandaPruner(LayerPruner):
         self.stat = torch.zeros(self.columns, dtype=torch.float64, device=layer.weight.device)
 
     def _add(self, x: torch.Tensor, w: torch.Tensor | None) -> None:
-        self._add_fn(self.stat, pass_sumsq(x, w))
+        sumsq = pass_sumsq(x, w)  # (B, C)
+        self._check_finite(sumsq)
+        self._add_fn(self.stat, sumsq)
 
     def col_norm(self) -> torch.Tensor:
         """(C_in,) float32 column norms under the chosen accumulation."""
@@ -79,7 +81,7 @@ class WandaPruner(LayerPruner):
 
     def prune(self, sparsity: float, pattern: str = "unstructured") -> torch.Tensor:
         mask = select_mask(self.score(), sparsity, pattern, scope="row")
-        return self._apply(self.layer.weight.detach(), mask)
+        return self._apply(None, mask)
 
     def free(self) -> None:
         self.stat = None  # type: ignore[assignment]
