@@ -50,6 +50,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# ids (B, T) -> runs the model (its output is ignored)
+Forward = Callable[[torch.Tensor], Any]
 # mass (L, B, T) -> token weights (B, T)
 WeightFn = Callable[[torch.Tensor], torch.Tensor]
 Feed = Callable[[str, torch.Tensor, "torch.Tensor | None"], None]
@@ -191,9 +193,14 @@ class PassBatch:
 
 
 # ---- forward helpers ----------------------------------------------------------------------------
-def _forward(model: nn.Module, ids: torch.Tensor) -> None:
+def _forward(model: nn.Module, ids: torch.Tensor, forward: Forward | None) -> None:
+    """One calibration forward; ``forward(ids)`` (e.g. the adapter's ``logits``, which builds the
+    model's own attention inputs) or plainly ``model(input_ids=ids)``. Ends at a StopForward."""
     try:
-        model(input_ids=ids, use_cache=False)
+        if forward is not None:
+            forward(ids)
+        else:
+            model(input_ids=ids)
     except StopForward:
         pass
 
@@ -229,13 +236,21 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def _eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no grad, and no KV cache (``config.use_cache = False``, as the released code
+    does): a cache object caught in block 0's kwargs would grow every time a block is re-run."""
     was = model.training
+    config = getattr(model, "config", None)
+    had_cache = getattr(config, "use_cache", None)
     model.eval()
+    if had_cache is not None:
+        config.use_cache = False
     try:
         with torch.no_grad():
             yield
     finally:
         model.train(was)
+        if had_cache is not None:
+            config.use_cache = had_cache
 
 
 # ---- one-shot -----------------------------------------------------------------------------------
@@ -248,6 +263,7 @@ def run_one_shot(
     weight_fn: WeightFn | None = None,
     chunk_size: int = 256,
     desc: str = "calibration (one-shot)",
+    forward: Forward | None = None,
 ) -> None:
     """Every batch through the dense model once; ``feed(name, x, w)`` for every linear in ``linears``.
 
@@ -275,7 +291,7 @@ def run_one_shot(
                 state["w"] = None if b.weights is None else b.weights.to(dev)
                 state["stash"] = [] if online else None
                 with _recording(online, chunk_size) as rec:
-                    _forward(model, b.ids.to(dev))
+                    _forward(model, b.ids.to(dev), forward)
                 if online:
                     w = weight_fn(rec.mass)  # (B, T)
                     for name, x in state["stash"]:
@@ -286,10 +302,12 @@ def run_one_shot(
             h.remove()
 
 
-def record_pass_mass(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+def record_pass_mass(
+    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = 256, forward: Forward | None = None
+) -> torch.Tensor:
     """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head)."""
     with _eval(model), _stop_after(blocks[-1]), _recording(True, chunk_size) as rec:
-        _forward(model, ids.to(_model_device(model)))
+        _forward(model, ids.to(_model_device(model)), forward)
     return rec.mass
 
 
@@ -307,6 +325,7 @@ def catch_block_inputs(
     ids: torch.Tensor,
     record: bool = False,
     chunk_size: int = 256,
+    forward: Forward | None = None,
 ) -> tuple[list[Any], dict[str, Any], torch.Tensor | None]:
     """Block 0's positional args and kwargs for one forward of ``ids`` (B, T).
 
@@ -324,8 +343,8 @@ def catch_block_inputs(
 
     handle = blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
     try:
-        with _stop_after(blocks[-1]), _recording(record, chunk_size) as rec:
-            _forward(model, ids)
+        with _eval(model), _stop_after(blocks[-1]), _recording(record, chunk_size) as rec:
+            _forward(model, ids, forward)
     finally:
         handle.remove()
     if "args" not in store:
@@ -352,6 +371,7 @@ def run_sequential(
     weight_fn: WeightFn | None = None,
     chunk_size: int = 256,
     desc: str = "calibration (sequential)",
+    forward: Forward | None = None,
 ) -> None:
     """Sequential calibration: block i+1 sees the outputs of the already pruned block i.
 
@@ -365,7 +385,7 @@ def run_sequential(
         for b in tqdm(batches, desc="catch block inputs", leave=False):
             online = b.weights is None and weight_fn is not None
             args, kwargs, mass = catch_block_inputs(model, blocks, b.ids.to(dev), record=online,
-                                                    chunk_size=chunk_size)
+                                                    chunk_size=chunk_size, forward=forward)
             w = weight_fn(mass) if online else (None if b.weights is None else b.weights.to(dev))
             stored.append(_Stored(args, kwargs, w))
         for i, block in enumerate(tqdm(blocks, desc=desc, leave=False)):

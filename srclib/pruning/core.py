@@ -21,7 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -104,6 +104,12 @@ def weights_from_mass(mass: torch.Tensor, n_t: int, per_pass: bool, spec: PruneS
     return w.reshape(-1, T)
 
 
+def _adapter_forward(model: nn.Module, adapter: Any) -> Callable[[torch.Tensor], Any]:
+    """Calibration forwards go through the adapter, which builds the model's own attention inputs
+    (e.g. Dream's bidirectional 4-D mask)."""
+    return lambda ids: adapter.logits(model, ids)
+
+
 def make_batches(passes: torch.Tensor, windows_per_batch: int) -> list[cal.PassBatch]:
     """passes (N, n_t, T) -> batches of ``windows_per_batch`` windows (all their passes)."""
     N, n_t, T = passes.shape
@@ -130,7 +136,8 @@ def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, b
         else:  # clean DLM windows, weights from their noised passes (mass-only pre-pass)
             with clock("mass_prepass"):
                 for b, nb in zip(batches, make_batches(noised, calib.windows_per_batch)):
-                    mass = cal.record_pass_mass(model, blocks, nb.ids, calib.mass_chunk_size)
+                    mass = cal.record_pass_mass(model, blocks, nb.ids, calib.mass_chunk_size,
+                                                forward=_adapter_forward(model, adapter))
                     b.weights = weights_from_mass(mass, nb.n_t, False, spec)  # (windows, T)
     return inputs, batches, weight_fn
 
@@ -141,7 +148,8 @@ def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn,
                for i, lins in enumerate(per_block) for n, lin in lins.items()}
     linears = {k: p.layer for k, p in pruners.items()}
     cal.run_one_shot(model, blocks, linears, batches, lambda k, x, w: pruners[k].add_batch(x, w),
-                     weight_fn=weight_fn, chunk_size=calib.mass_chunk_size, desc="OWL statistics")
+                     weight_fn=weight_fn, chunk_size=calib.mass_chunk_size, desc="OWL statistics",
+                     forward=_adapter_forward(model, adapter))
     return [outlier_ratio([pruners[f"{i}.{n}"].score() for n in lins], spec.owl_m)
             for i, lins in enumerate(per_block)]
 
@@ -202,7 +210,7 @@ def prune_model(
             with clock("calibration"):
                 cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
                                  lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
-                                 chunk_size=calibration.mass_chunk_size)
+                                 chunk_size=calibration.mass_chunk_size, forward=_adapter_forward(model, adapter))
             if spec.owl:  # one-shot Wanda: OWL's statistics are these very statistics
                 ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl_m)
                           for i, lins in enumerate(per_block)]
@@ -225,7 +233,8 @@ def prune_model(
             w0, c0 = clock.wall["prune"], clock.cpu["prune"]
             with clock("calibration"):  # block forwards only: the pruning inside is discounted
                 cal.run_sequential(model, blocks, adapter.prunable, batches, start_block, finish_block,
-                                   weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size)
+                                   weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size,
+                                   forward=_adapter_forward(model, adapter))
             clock.discount("calibration", "prune", w0, c0)
 
     total = sum(int(m.numel()) for m in masks.values())
