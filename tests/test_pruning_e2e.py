@@ -106,6 +106,8 @@ def test_run_prune_saves_reloadable_model(tmp_path):
         outs.append((m, res))
     m, res = outs[0]
     assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
+    for f in ("model.safetensors", "masks.safetensors", "sparsity.csv", "srclib_model.json", "config.json"):
+        assert (tmp_path / "a" / "pruned" / f).read_bytes() == (tmp_path / "b" / "pruned" / f).read_bytes(), f
     assert res.metrics["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert set(res.timing["seconds"]) >= {"calibration", "prune", "total"}
     assert res.timing["memory"]["peak_bytes"] > 0
