@@ -348,3 +348,25 @@ def test_batch_broadcast_between_query_key_and_mask():
     got = key_mass(q, k[:1], attn_mask=fmask, chunk_size=3)  # only the mask has batch 3
     torch.testing.assert_close(got.double(), _naive(q, k[:1], fmask, False, None).sum(dim=(1, 2)),
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_llama_gqa_decode_step_matches_eager_last_row(padded):
+    """One cached decoding step (transformers' enable_gqa / pack_gqa paths) == last eager row."""
+    model = _llama(gqa=True)
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(8))
+    am = torch.ones(2, 9, dtype=torch.long)
+    if padded:
+        am[1, :3] = 0
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], use_cache=True)
+        with record_mass() as rec:
+            model(input_ids=ids[:, -1:], attention_mask=am, cache=out.past_key_values, use_cache=True)
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=am, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("sdpa")
+    ref = torch.stack([a[:, :, -1].sum(1) for a in ref])  # (L, B, T): newest query, summed over heads
+    torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
