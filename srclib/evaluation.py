@@ -60,7 +60,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -72,7 +72,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from srclib import likelihood, paths
-from srclib.io import read_json, sha256_file, write_json
+from srclib.io import sha256_file, write_json
 
 __all__ = [
     "TaskSpec",
@@ -100,6 +100,14 @@ log = logging.getLogger(__name__)
 # =================================================================================================
 # Settings
 # =================================================================================================
+def _as_mapping(spec: Any, what: str) -> Mapping[str, Any]:
+    if is_dataclass(spec) and not isinstance(spec, type):
+        return asdict(spec)
+    if isinstance(spec, Mapping):
+        return spec
+    raise TypeError(f"{what} must be a mapping or a dataclass, got {type(spec).__name__}")
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Per-task evaluation settings (params.yaml ``evaluate.tasks.<name>``).
@@ -125,9 +133,11 @@ class TaskSpec:
             raise ValueError(f"limit must be > 0 or None, got {self.limit}")
 
     @classmethod
-    def of(cls, spec: "TaskSpec | Mapping[str, Any]") -> "TaskSpec":
+    def of(cls, spec: "TaskSpec | Mapping[str, Any] | Any") -> "TaskSpec":
+        """From a TaskSpec, a mapping or any dataclass with these fields (params.TaskSettings)."""
         if isinstance(spec, cls):
             return spec
+        spec = _as_mapping(spec, "task settings")
         known = {f.name for f in fields(cls)}
         extra = set(spec) - known
         if extra:
@@ -163,9 +173,11 @@ class PplSettings:
             raise ValueError(f"ppl.seq_len must be >= 2, got {self.seq_len}")
 
     @classmethod
-    def of(cls, spec: "PplSettings | Mapping[str, Any]") -> "PplSettings":
+    def of(cls, spec: "PplSettings | Mapping[str, Any] | Any") -> "PplSettings":
+        """From a PplSettings, a mapping or any dataclass with these fields."""
         if isinstance(spec, cls):
             return spec
+        spec = _as_mapping(spec, "ppl settings")
         need = {f.name for f in fields(cls)}
         missing, extra = need - set(spec), set(spec) - need
         if missing or extra:

@@ -117,10 +117,11 @@ class _Plan:
     weight: torch.Tensor  # (R,) float64, L / l_j
 
 
-def _as_ids(x: Ids, what: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.int64).reshape(-1) if not isinstance(x, torch.Tensor) \
-        else x.detach().to("cpu", torch.int64).reshape(-1)
-    return t
+def _as_ids(x: Ids) -> torch.Tensor:
+    """1-D int64 ids on the CPU (where the rows are assembled)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(torch.int64).reshape(-1)
+    return torch.as_tensor(x, dtype=torch.int64).reshape(-1)
 
 
 def _check_mc(mc_num: int, batch_size: int) -> None:
@@ -137,7 +138,7 @@ def _check_mc(mc_num: int, batch_size: int) -> None:
 
 def _plan(prefix: Ids, target: Ids, mc_num: int, b: int, keep_first: bool,
           generator: torch.Generator | None) -> _Plan:
-    p, t = _as_ids(prefix, "prefix"), _as_ids(target, "target")
+    p, t = _as_ids(prefix), _as_ids(target)
     L = t.numel()
     if L == 0:
         raise ValueError("target must hold at least one token")
@@ -285,8 +286,8 @@ def _window_list(ids_windows) -> list[torch.Tensor]:
     if isinstance(ids_windows, torch.Tensor):
         if ids_windows.dim() != 2:
             raise ValueError(f"ids_windows must be (N, T), got shape {tuple(ids_windows.shape)}")
-        return [w for w in ids_windows.to("cpu", torch.int64)]
-    return [_as_ids(w, "window") for w in ids_windows]
+        return [w for w in ids_windows.detach().cpu().to(torch.int64)]
+    return [_as_ids(w) for w in ids_windows]
 
 
 def elbo_window_nll(

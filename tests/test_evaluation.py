@@ -130,6 +130,15 @@ def test_missing_data_names_task_and_folder(tmp_path):
         E.build_task_configs(["arc_easy"], tmp_path / "nope")
 
 
+def test_settings_from_params_dataclasses():
+    from srclib.params import TaskSettings
+
+    spec = E.TaskSpec.of(TaskSettings(num_fewshot=0, cfg=0.5, mc_num=4, limit=200))
+    assert spec == E.TaskSpec(num_fewshot=0, cfg=0.5, mc_num=4, limit=200)
+    with pytest.raises(TypeError, match="mapping or a dataclass"):
+        E.TaskSpec.of(3)
+
+
 def test_task_spec_validation():
     with pytest.raises(ValueError, match=r"mc_num \(10\).*batch_size \(4\)"):
         E.TaskSpec(mc_num=10, mc_batch=4)
