@@ -5,7 +5,7 @@ Runs srclib.diffusion.generate on a random-init TinyLM of tiny-dlm's size (4 lay
 (the recorder reads and resets the mass in on_step, exactly as srclib.trajectories does), and
 prints the times and their ratio.  Usage:
 
-    .venv/bin/python benchmarks/sampler_overhead.py [--batch 16] [--prompt 32] [--gen 64] [--steps 64]
+    .venv/bin/python benchmarks/sampler_overhead.py [--batch 16] [--prompt 32] [--gen 64] [--steps 64] [--threads 1]
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); "
+                    "1 is far less noisy on a shared machine")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = build()
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, 4096, (args.batch, args.prompt), generator=g)
