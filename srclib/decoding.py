@@ -63,7 +63,7 @@ def greedy_decode(
     eos_id: int | None = None,
     on_prefill: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding with a KV cache. prompt_ids (B, P), P >= 1. Returns (B, P + n) ids, n <= max_new_tokens.
+    """Greedy decoding with a KV cache. prompt_ids (B, P), P >= 1 -> (B, P + n) ids, n <= max_new_tokens.
 
     on_prefill(prefix_ids (B, P-1)) is called after the prefill forward (not called when P = 1).
     on_step(step, ids, info) is called once per decoding step, after its forward: ``ids`` (B, P+step)

@@ -62,10 +62,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -77,7 +76,7 @@ from tqdm.auto import tqdm
 from srclib.attention import record_mass
 from srclib.decoding import greedy_decode
 from srclib.diffusion import generate
-from srclib.io import atomic_path, read_json, sha256_file, write_json
+from srclib.io import atomic_path, sha256_file, write_json
 from srclib.sinks import (
     dominant_positions,
     dominant_share,
@@ -204,7 +203,9 @@ def _special_prefix(tokenizer) -> list[int]:
     return []
 
 
-def prompt_batch(tokenizer, texts: Sequence[str], *, prompt_tokens: int, n_prompts: int) -> tuple[torch.Tensor, list[int]]:
+def prompt_batch(
+    tokenizer, texts: Sequence[str], *, prompt_tokens: int, n_prompts: int
+) -> tuple[torch.Tensor, list[int]]:
     """(ids (n_prompts, prompt_tokens) int64, indices of the texts used). See the module docstring."""
     if prompt_tokens < 1 or n_prompts < 1:
         raise ValueError(f"prompt_tokens and n_prompts must be >= 1, got {prompt_tokens}, {n_prompts}")
@@ -482,10 +483,13 @@ def _series(m: torch.Tensor, valid_len: torch.Tensor, rule: str, alpha: float, k
 
 def _restricted_dominant(m: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """argmax over the keys in ``keep`` only. m, keep: (S, B, T) -> (S, B)."""
-    return dominant_positions(torch.where(keep, m.double(), torch.full_like(m, float("-inf"), dtype=torch.float64)))
+    neg = torch.full_like(m, float("-inf"), dtype=torch.float64)
+    return dominant_positions(torch.where(keep, m.double(), neg))
 
 
-def _stats_one(m: torch.Tensor, traj: Trajectory, cfg: dict[str, Any], groups: dict[str, torch.Tensor] | None):
+def _stats_one(
+    m: torch.Tensor, traj: Trajectory, cfg: dict[str, Any], groups: dict[str, torch.Tensor] | None
+):
     """Statistics of one (S, B, T) mass series. Returns (json dict, arrays for plots/stable info)."""
     S, B, T = m.shape
     T_norm = traj.seq_len
