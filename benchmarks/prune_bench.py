@@ -7,7 +7,9 @@
 3. Peak memory of calibration vs model size.
 
 Model: tiny-dlm-sized random-init TinyLM (4 layers, d=256, vocab 4098), 32 windows x 128 tokens
-x 10 t values by default. Usage: python benchmarks/prune_bench.py [--windows 32] [--repeats 2]
+x 10 t values by default. Usage: python benchmarks/prune_bench.py [--windows 32] [--repeats 3] [--threads 1]
+Ratios are printed for process CPU time and wall time; on a shared machine read the CPU ratios
+(and prefer --threads 1: oversubscribed OpenMP threads spin and inflate both clocks).
 """
 
 from __future__ import annotations
