@@ -108,6 +108,11 @@ def pruned_dir(instance: str, root: Path | None = None) -> Path:
     return _r(PRUNED / instance, root)
 
 
+def prune_timing(instance: str, root: Path | None = None) -> Path:
+    """Wall/CPU time and peak memory of a prune run: beside the checkpoint, not a DVC metric."""
+    return pruned_dir(instance, root) / "timing.json"
+
+
 def prune_metrics(instance: str, root: Path | None = None) -> Path:
     return _r(METRICS / "prune" / f"{instance}.json", root)
 
