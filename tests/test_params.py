@@ -127,3 +127,10 @@ def test_invalid_yaml(tmp_path):
 def test_as_dict_round_trip(raw):
     p = params.load_dict(raw)
     assert params.load_dict(params.as_dict(p)) == p
+
+
+def test_paper_scale_params_validate():
+    p = params.load(paths.ROOT / "params-gpu.yaml")
+    assert "llada-8b-base" in p.collect.models
+    assert {i.model for i in p.prune.instances.values()} == {"llada-8b-base", "dream-7b-base"}
+    assert p.evaluate.tasks["mmlu"].mc_num == 1 and p.evaluate.tasks["arc_challenge"].cfg == 0.5
