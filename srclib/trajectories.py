@@ -696,7 +696,8 @@ def run_collect(
                     block_length=block_length, temperature=temperature, cfg_scale=cfg_scale,
                     remasking=remasking, chunk_size=chunk_size, random_init_control=random_init_control,
                     seed=seed)
-    metrics = {"runs": {r: {k: v for k, v in d.items() if k != "path"} for r, d in runs.items()},
+    # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
+    metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
                "provenance": _provenance({"params": {"collect": settings}})}
     write_json(metrics_path, metrics)
     return {"runs": runs, "samples": pd.DataFrame(samples), "metrics": metrics}
