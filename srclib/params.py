@@ -97,6 +97,16 @@ class TrainParams:
     eval_windows: int = _c(ge=1)
     eval_mc_num: int = _c(ge=1)
     n_samples: int = _c(ge=0)
+    sample_prompt_tokens: int = _c(ge=1)
+    sample_gen_length: int = _c(ge=1)
+    sample_block_length: int = _c(ge=1)
+
+    def __post_init__(self) -> None:
+        if self.sample_gen_length % self.sample_block_length:
+            raise ParamsError(
+                f"train.sample_gen_length ({self.sample_gen_length}) must be a multiple of "
+                f"train.sample_block_length ({self.sample_block_length})"
+            )
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,11 @@ def train_metrics(key: str, root: Path | None = None) -> Path:
     return _r(METRICS / "train" / f"{key}.json", root)
 
 
+def train_curves(root: Path | None = None) -> Path:
+    """Training loss per step of the tiny models (DVC plot series)."""
+    return _r(METRICS / "train" / "loss_curves.csv", root)
+
+
 def trajectory_file(model: str, root: Path | None = None) -> Path:
     return _r(TRAJECTORIES / f"{model}.safetensors", root)
 

@@ -473,3 +473,62 @@ def _smollm2(gguf_file, out_root: Path, val_passages, n_windows: int, seq_len: i
     ppl = causal_perplexity(model_logits_fn(model, adapter), windows, forward_batch=8)
     return {"convert_time_s": convert_s, "ppl": ppl, "ppl_kind": "causal", "eval_windows": n,
             "eval_time_s": time.perf_counter() - t1, "n_params": _n_params(model), "vocab_size": len(tok)}
+
+
+# ---- the stage, as the notebook calls it -----------------------------------------------------
+TIMING_KEYS = ("train_time_s", "step_time_s", "train_cpu_s", "tokenizer_time_s", "convert_time_s",
+               "eval_time_s")  # wall/CPU clocks: kept out of the DVC metrics (byte-identical reruns)
+
+
+def split_timing(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(deterministic metrics, timings) of one model's metrics dict."""
+    det = {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+    return det, {k: v for k, v in metrics.items() if k in TIMING_KEYS}
+
+
+def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
+    """The train stage: ``run_train`` with ``cfg`` (srclib.params.TrainParams), then write
+    metrics/train/<key>.json for the trained tiny models (deterministic: no clock values; the loss
+    curve, perplexities and samples), metrics/train/loss_curves.csv (DVC plot: model, step, loss)
+    and models/<key>/timing.json (wall/CPU seconds). Returns {"metrics", "table", "samples",
+    "timing"} for display."""
+    import csv
+    import io as _io
+
+    import pandas as pd
+
+    from srclib.io import write_json, write_text
+    from srclib.params import as_dict
+
+    root = Path(root) if root is not None else paths.ROOT
+    metrics = run_train(
+        train_jsonl=paths.corpus_file("train", root), validation_jsonl=paths.corpus_file("validation", root),
+        gguf_file=next(iter(sorted(paths.gguf_dir(root).glob("*.gguf"))), None), out_root=root,
+        tokenizer_vocab=cfg.tokenizer_vocab, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+        arch=as_dict(cfg.arch), ar=as_dict(cfg.ar), dlm=as_dict(cfg.dlm), weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip, eval_windows_n=cfg.eval_windows, eval_mc_num=cfg.eval_mc_num,
+        n_samples=cfg.n_samples, sample_prompt_tokens=cfg.sample_prompt_tokens,
+        sample_gen_length=cfg.sample_gen_length, sample_block_length=cfg.sample_block_length,
+        seed=cfg.seed, threads=cfg.threads,
+    )
+    timing: dict[str, dict[str, Any]] = {}
+    rows, samples = [], []
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", "step", "loss"])
+    for key, m in metrics.items():
+        det, timing[key] = split_timing(m)
+        write_json(paths.model_dir(key, root) / "timing.json", timing[key])
+        if key == "smollm2-135m":  # converted, not trained: its perplexity is shown, not tracked
+            rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "n_params": m["n_params"]})
+            continue
+        write_json(paths.train_metrics(key, root), det)
+        for step, loss in enumerate(m["loss"], start=1):
+            writer.writerow([key, step, f"{loss:.6g}"])
+        rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "unigram_ppl": m["unigram_ppl"],
+                     "ppl_over_unigram": m["ppl_over_unigram"], "distinct_2": m["distinct_2"],
+                     "n_params": m["n_params"], **timing[key]})
+        samples.extend({"model": key, **s} for s in m["samples"])
+    write_text(paths.train_curves(root), buf.getvalue())
+    return {"metrics": metrics, "table": pd.DataFrame(rows).set_index("model"),
+            "samples": pd.DataFrame(samples), "timing": timing}
