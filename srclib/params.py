@@ -88,6 +88,7 @@ class TrainParams:
     threads: int = _c(ge=1)
     tokenizer_vocab: int = _c(ge=260)
     seq_len: int = _c(ge=8)
+    max_len: int = _c(ge=8)
     batch_size: int = _c(ge=1)
     arch: Arch = _c()
     ar: Schedule = _c()

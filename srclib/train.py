@@ -358,6 +358,7 @@ def run_train(
     sample_block_length: int,
     seed: int,
     threads: int,
+    max_len: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the tokenizer, tiny-ar, tiny-dlm and (if ``gguf_file``) smollm2-135m; write each to
     ``paths.model_dir(key, root=out_root)`` atomically; return {key: metrics}.
@@ -398,7 +399,9 @@ def run_train(
         bos, V = tok.bos_token_id, len(tok)
         windows = eval_windows(val_stream, eval_windows_n, seq_len, bos)  # (N, T)
         uni = unigram_perplexity(train_stream, windows, V)
-        max_len = max(seq_len, sample_prompt_tokens + sample_gen_length)
+        # RoPE has no learned positions: max_len only bounds what the model accepts (evaluation
+        # contexts are longer than training windows)
+        max_len = max(seq_len, sample_prompt_tokens + sample_gen_length, max_len or 0)
         data_info = {"vocab_size": V, "train_tokens": int(train_stream.numel()),
                      "validation_tokens": int(val_stream.numel()), "eval_windows": eval_windows_n,
                      "seq_len": seq_len, "tokenizer_time_s": time.perf_counter() - t_start}
@@ -509,7 +512,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
         grad_clip=cfg.grad_clip, eval_windows_n=cfg.eval_windows, eval_mc_num=cfg.eval_mc_num,
         n_samples=cfg.n_samples, sample_prompt_tokens=cfg.sample_prompt_tokens,
         sample_gen_length=cfg.sample_gen_length, sample_block_length=cfg.sample_block_length,
-        seed=cfg.seed, threads=cfg.threads,
+        seed=cfg.seed, threads=cfg.threads, max_len=cfg.max_len,
     )
     timing: dict[str, dict[str, Any]] = {}
     rows, samples = [], []
