@@ -122,12 +122,15 @@ def key_mass(
         kpos = torch.arange(Tk, device=q.device)
         for start in range(0, Tq, chunk_size):
             stop = min(start + chunk_size, Tq)
-            s = torch.matmul(q[:, :, start:stop] * scale, kt)  # (B, H, c, T_k), a fresh tensor
+            # causal (top-left aligned): queries start..stop-1 see keys 0..stop-1 only
+            kend = min(Tk, stop) if is_causal else Tk
+            s = torch.matmul(q[:, :, start:stop] * scale, kt[..., :kend])  # (B, H, c, kend), fresh
             if is_causal:
                 qpos = torch.arange(start, stop, device=q.device)
-                s.masked_fill_(kpos[None, :] > qpos[:, None], float("-inf"))  # top-left aligned
+                s.masked_fill_(kpos[None, :kend] > qpos[:, None], float("-inf"))
             if mask is not None:
                 m = mask[:, :, start:stop] if mask.shape[-2] == Tq else mask
+                m = m[..., :kend] if m.shape[-1] == Tk else m
                 if torch.broadcast_shapes(s.shape, m.shape) != s.shape:  # mask has the larger batch
                     s = s.expand(torch.broadcast_shapes(s.shape, m.shape)).clone()
                 if m.dtype == torch.bool:
@@ -141,8 +144,8 @@ def key_mass(
             denom = e.sum(dim=-1)  # (B, H, c)
             inv = torch.where(denom > 0, 1.0 / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
             # sum_h sum_q e[h, q, k] / denom[h, q] as one batched matmul: (B, 1, H*c) @ (B, H*c, T_k)
-            part = torch.bmm(inv.reshape(B, 1, -1), e.reshape(B, -1, Tk))  # (B, 1, T_k)
-            total = total + part[:, 0]
+            part = torch.bmm(inv.reshape(B, 1, -1), e.reshape(B, -1, kend))  # (B, 1, kend)
+            total[:, :kend] += part[:, 0]
             del s, e
         return total
 
