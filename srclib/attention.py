@@ -137,16 +137,10 @@ def key_mass(
                     s.masked_fill_(~m, float("-inf"))
                 else:
                     s.add_(m)
-            B = s.shape[0]
-            rowmax = s.amax(dim=-1, keepdim=True)  # (B, H, c, 1)
-            rowmax.masked_fill_(~torch.isfinite(rowmax), 0.0)
-            e = s.sub_(rowmax).exp_()  # (B, H, c, T_k), in place; fully masked rows are all 0
-            denom = e.sum(dim=-1)  # (B, H, c)
-            inv = torch.where(denom > 0, 1.0 / denom.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-            # sum_h sum_q e[h, q, k] / denom[h, q] as one batched matmul: (B, 1, H*c) @ (B, H*c, T_k)
-            part = torch.bmm(inv.reshape(B, 1, -1), e.reshape(B, -1, kend))  # (B, 1, kend)
-            total[:, :kend] += part[:, 0]
-            del s, e
+            p = torch.softmax(s, dim=-1)  # (B, H, c, kend); a row with every key masked is NaN
+            # sum over heads and queries; only a mask can empty a row (causal rows always see key 0)
+            total[:, :kend] += p.nansum(dim=(1, 2)) if mask is not None else p.sum(dim=(1, 2))
+            del s, p
         return total
 
 
