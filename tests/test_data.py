@@ -230,3 +230,22 @@ def test_split_rule_ignores_input_order():
     assert [len(a[s]) for s in ("validation", "calibration", "train")] == [12, 12, 216]
     c = data._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]}, seed=1)
     assert c != a
+
+
+def test_repo_data_matches_data_dvc():
+    """The data/raw in this checkout has exactly the md5 that data.dvc pins (DVC's own hashing)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from srclib import paths
+
+    if not paths.raw_dir().is_dir():
+        pytest.skip("data/raw not built (run `make data`)")
+    dvc = Path(sys.executable).with_name("dvc")
+    out = subprocess.run([str(dvc), "status", "--json", "data.dvc"], cwd=paths.ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    status = json.loads(out or "{}")
+    changes = json.dumps(status)
+    assert "modified" not in changes and "deleted" not in changes, changes
