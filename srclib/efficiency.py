@@ -49,7 +49,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+
+from srclib.provenance import git_commit
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -399,14 +400,6 @@ def _describe_cuda(device: torch.device) -> str:
 _DEVICE_DESCRIBERS: dict[str, Callable[[torch.device], str]] = {"cpu": _describe_cpu, "cuda": _describe_cuda}
 
 
-def _git_commit() -> str | None:
-    from srclib import paths
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -422,7 +415,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "loadavg_1m": None if load is None else round(load[0], 2),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 

@@ -52,12 +52,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.metadata
 import logging
 import math
 import numbers
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, fields, is_dataclass
@@ -66,6 +64,8 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import lm_eval.models  # noqa: F401  lm-eval's own models enter the registry (lazily) before ours
 import torch
+
+from srclib.provenance import git_commit, versions
 import yaml
 from lm_eval.api.model import LM, TemplateLM
 from lm_eval.api.registry import register_model
@@ -987,27 +987,6 @@ def heldout_perplexity(model, tokenizer, adapter, texts: Sequence[str], settings
 # =================================================================================================
 # Provenance and the stage
 # =================================================================================================
-def _git_commit(root: Path) -> str | None:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "lm_eval", "datasets", "srclib"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    if out["srclib"] is None:
-        import srclib
-
-        out["srclib"] = srclib.__version__
-    return out
 
 
 def _rel(path: str | os.PathLike | None) -> str | None:
@@ -1102,8 +1081,8 @@ def run_evaluate(
         "tasks": task_res,
         "ppl": ppl_res,
         "provenance": {
-            "git_commit": _git_commit(paths.ROOT),
-            "versions": _versions(),
+            "git_commit": git_commit(paths.ROOT),
+            "versions": versions(),
             "checkpoint": _checkpoint(model_source, adapter),
             "task_versions": {k: v["version"] for k, v in sorted(task_res.items())},
             "data_root": _rel(data_root),

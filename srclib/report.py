@@ -45,7 +45,6 @@ import html
 import io as _io
 import logging
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -699,15 +698,9 @@ def load_train_metrics(keys: Iterable[str], root: str | Path | None = None) -> d
 # =================================================================================================
 def git_commit(root: str | Path | None = None) -> str:
     """HEAD's commit hash (+ " (uncommitted changes)" when tracked files differ), or "unknown"."""
-    cwd = Path(root) if root is not None else paths.ROOT
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + (" (uncommitted changes)" if dirty.returncode == 1 else "")
+    from srclib.provenance import git_commit as _commit
+
+    return _commit(root, mark_dirty=True) or "unknown"
 
 
 def _params_text(params) -> str:

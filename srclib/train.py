@@ -502,6 +502,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
 
     from srclib.io import write_json, write_text
     from srclib.params import as_dict
+    from srclib.provenance import provenance
 
     root = Path(root) if root is not None else paths.ROOT
     metrics = run_train(
@@ -525,7 +526,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
         if key == "smollm2-135m":  # converted, not trained: its perplexity is shown, not tracked
             rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "n_params": m["n_params"]})
             continue
-        write_json(paths.train_metrics(key, root), det)
+        write_json(paths.train_metrics(key, root), {**det, "provenance": provenance(params={"train": as_dict(cfg)})})
         for step, loss in enumerate(m["loss"], start=1):
             writer.writerow([key, step, f"{loss:.6g}"])
         rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "unigram_ppl": m["unigram_ppl"],

@@ -62,7 +62,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +70,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+
+from srclib.provenance import provenance
 from tqdm.auto import tqdm
 
 from srclib.attention import record_mass
@@ -610,16 +611,6 @@ def statistics_table(stats_by_run: Mapping[str, dict[str, Any]]) -> pd.DataFrame
 # ---------------------------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------------------------
-def _provenance(extra: Mapping[str, Any]) -> dict[str, Any]:
-    import transformers
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"git_commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
-            **extra}
 
 
 def _entry(entry: Any, name: str) -> Any:
@@ -698,7 +689,7 @@ def run_collect(
                     seed=seed)
     # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
     metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
-               "provenance": _provenance({"params": {"collect": settings}})}
+               "provenance": provenance(params={"collect": settings})}
     write_json(metrics_path, metrics)
     return {"runs": runs, "samples": pd.DataFrame(samples), "metrics": metrics}
 
@@ -741,6 +732,6 @@ def run_variance(
     table = statistics_table(stats)
     main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if stats else table
     settings = dict(rule=rule, alpha=alpha, kappa=kappa, eps=eps, stability_threshold=stability_threshold)
-    metrics = {"runs": summary, "provenance": _provenance({"params": {"variance": settings}})}
+    metrics = {"runs": summary, "provenance": provenance(params={"variance": settings})}
     write_json(metrics_path, metrics)
     return {"stats": stats, "table": table, "main": main, "plots": plots, "metrics": metrics}

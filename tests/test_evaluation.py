@@ -362,7 +362,7 @@ def _check_provenance(m):
 
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
 def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
-    monkeypatch.setattr(E, "_git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
+    monkeypatch.setattr(E, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
     corpus = tmp_path / "val.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in
                               ["The quick brown fox jumps over the lazy dog."] * 8))
@@ -405,7 +405,7 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
 def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
-    monkeypatch.setattr(E, "_git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
+    monkeypatch.setattr(E, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
     tasks = {"arc_easy": {"limit": 3, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
     kw = dict(instance=f"t-{key}", model_source=ckpts[key], tasks=tasks,
               ppl={"n_windows": 2, "mc_num": 2, "seq_len": 16}, batch_size=8, seed=0,

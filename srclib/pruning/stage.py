@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import io as _io
 import logging
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from srclib.provenance import provenance
 from torch import nn
 
 from srclib import calibration as cal
@@ -69,12 +70,6 @@ def sparsity_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _versions() -> dict[str, str]:
-    import safetensors
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "safetensors": safetensors.__version__}
 
 
 def run_prune(
@@ -161,7 +156,7 @@ def run_prune(
         "outlier_ratios": report.outlier_ratios,
         "layer_sparsity": {k: float(v) for k, v in sorted(report.sparsity.items())},
         "masks_sha256": masks_sha,
-        "provenance": {"versions": _versions(), "model_source": source},
+        "provenance": provenance(model_source=source),
     }
     write_json(metrics_path, metrics)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())

@@ -1,0 +1,54 @@
+"""Provenance carried by every metrics file: git commit, package versions, params.
+
+One definition for every stage, so the metrics files agree on what they record. Nothing here
+reads a clock: metrics files stay byte-identical across runs of the same commit and params.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+__all__ = ["git_commit", "versions", "provenance", "PACKAGES"]
+
+PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "safetensors", "tokenizers")
+
+
+def git_commit(root: str | Path | None = None, mark_dirty: bool = False) -> str | None:
+    """HEAD's commit hash (None outside a git checkout); with ``mark_dirty``, a suffix
+    " (uncommitted changes)" when tracked files differ from HEAD."""
+    from srclib import paths
+
+    cwd = Path(root) if root is not None else paths.ROOT
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        commit = head.stdout.strip()
+        if mark_dirty:
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=30)
+            commit += " (uncommitted changes)" if dirty.returncode == 1 else ""
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of python, srclib and the packages that shape the numbers."""
+    import srclib
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "srclib": srclib.__version__}
+    for pkg in packages:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """{"git_commit", "versions", **extra} (extra: params, model source/revision, hashes)."""
+    return {"git_commit": git_commit(), "versions": versions(), **extra}
