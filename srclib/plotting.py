@@ -3,8 +3,8 @@
 One style for every figure (``style()``: seaborn's whitegrid / paper context, DejaVu Sans, fixed
 dpi and SVG hash salt), one colour per pruning method (``METHOD_COLORS``), one line style per
 weighting (``WEIGHTING_STYLES``), one colour per model kind (``KIND_COLORS``: diffusion vs
-autoregressive); random-init control runs are dashed. Figures are created with pyplot inside the
-style, so a notebook cell shows them; ``save_figure`` writes PNG and PDF atomically with
+autoregressive); random-init control runs are dashed. Figures are plain ``matplotlib.figure.Figure`` objects
+(never registered with pyplot), so a notebook shows the one a cell returns, once; ``save_figure`` writes PNG and PDF atomically with
 deterministic bytes (no software / date metadata) and the plot stage closes each figure after
 saving it.
 
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -78,7 +77,9 @@ def style() -> Iterator[None]:
 
 
 def _figure(nrows: int, ncols: int, *, w: float = PANEL_W, h: float = PANEL_H, **kw: Any):
-    fig = plt.figure(figsize=(w * ncols, h * nrows))
+    # a plain Figure, not pyplot's: nothing is auto-shown or left open; a notebook displays the
+    # returned figure as its cell's value (IPython's inline formatter), exactly once
+    fig = Figure(figsize=(w * ncols, h * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
 
@@ -310,7 +311,7 @@ def trajectory_heatmaps(trajs: Mapping[str, Any], n_prompts: int = 2) -> Figure:
         data[run] = np.where(exists, norm * n_keys, np.nan)
     vmax = max(4.0, max(float(np.nanmax(d)) for d in data.values()))
     norm_c = LogNorm(vmin=0.25, vmax=vmax, clip=True)
-    cmap = plt.get_cmap("magma").with_extremes(bad="0.92")  # keys that do not exist yet: light grey
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.92")  # keys that do not exist yet: light grey
     with style():
         fig, axes = _figure(rows, len(order), w=3.6, h=2.8)
         img = None
