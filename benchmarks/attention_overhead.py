@@ -5,7 +5,9 @@ recorder's peak extra memory as a function of chunk_size.
 
 Models: a random-init tiny-dlm-sized TinyLM (4 layers, d=256, 4 heads, vocab 4100, bidirectional)
 and, when models/smollm2-135m exists, SmolLM2-135M (30 layers, GQA 9/3, causal). Sequence lengths
-128 and 512. Times: median over ``repeats`` interleaved plain/recorded forwards (no_grad, fp32).
+128 and 512. Times: median over ``repeats`` interleaved plain/recorded forwards (no_grad, fp32);
+``--clock cpu --threads 1`` measures process CPU time, which other processes on a shared machine
+barely disturb.
 Memory: ``key_mass`` on the model's attention shape (B, H, T, head_dim), in a fresh subprocess per
 chunk size: the peak growth of the resident set over the inputs, sampled every 0.2 ms by a thread
 (torch's CPU allocator is invisible to tracemalloc; torch ops release the GIL). Inside a real forward the recorder's temporaries usually
@@ -58,19 +60,23 @@ def forward(model, ids):
         return model(input_ids=ids).logits
 
 
-def time_ratio(model, ids, repeats: int, chunk_size: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_ratio(model, ids, repeats: int, chunk_size: int, clock: str = "wall") -> dict:
+    now = CLOCKS[clock]
     forward(model, ids)  # warm-up
     with record_mass(chunk_size=chunk_size):
         forward(model, ids)
     plain, rec = [], []
     for _ in range(repeats):  # interleaved, so machine load drifts hit both alike
-        t0 = time.perf_counter()
+        t0 = now()
         forward(model, ids)
-        plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        plain.append(now() - t0)
+        t0 = now()
         with record_mass(chunk_size=chunk_size):
             forward(model, ids)
-        rec.append(time.perf_counter() - t0)
+        rec.append(now() - t0)
     p, r = statistics.median(plain), statistics.median(rec)
     return {"plain_s": p, "recorded_s": r, "ratio": r / p}
 
@@ -125,10 +131,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seqs", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--chunks", type=int, nargs="+", default=[32, 128, 256, 512])
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="cpu: process CPU time, robust to other load on the machine (use with --threads 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"threads": args.threads, "batch": args.batch, "load_avg_start": os.getloadavg(), "time": [],
+    results = {"threads": args.threads, "batch": args.batch, "clock": args.clock, "load_avg_start": os.getloadavg(), "time": [],
                "memory": []}
     for name, build in MODELS.items():
         model = build()
@@ -137,13 +146,13 @@ def main() -> None:
             continue
         for seq in args.seqs:
             ids = torch.randint(4, 4000, (args.batch, seq), generator=torch.Generator().manual_seed(0))
-            r = time_ratio(model, ids, args.repeats, chunk_size=256)
+            r = time_ratio(model, ids, args.repeats, chunk_size=256, clock=args.clock)
             results["time"].append({"model": name, "seq": seq, "chunk_size": 256, **r})
             print(f"{name:24s} seq {seq:4d}: plain {r['plain_s'] * 1e3:8.1f} ms  recorded "
                   f"{r['recorded_s'] * 1e3:8.1f} ms  ratio {r['ratio']:.3f}", flush=True)
         del model
         seq = max(args.seqs)
-        for chunk in args.chunks:
+        for chunk in ([] if args.no_memory else args.chunks):
             mb, analytic = extra_memory_mb(name, args.batch, seq, chunk, args.threads)
             results["memory"].append({"model": name, "seq": seq, "chunk_size": chunk, "extra_peak_mb": mb,
                                       "score_chunk_mb": analytic})
