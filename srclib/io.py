@@ -15,6 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+def _umask_mode(base: int) -> int:
+    """``base`` (0o666 files, 0o777 folders) less the process umask, as open()/mkdir() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 __all__ = ["atomic_path", "atomic_dir", "write_json", "read_json", "write_text", "sha256_file"]
 
 
@@ -26,6 +33,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _umask_mode(0o666))  # mkstemp makes 0600: give the file normal permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -40,6 +48,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():

@@ -84,3 +84,13 @@ def test_no_pickle_checkpoint_loading():
         if re.search(r"\btorch\.load\(|\bpickle\.load|use_safetensors\s*=\s*False", text):
             offenders.append(str(path.relative_to(paths.ROOT)))
     assert not offenders, offenders
+
+
+def test_atomic_writes_have_normal_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    f = io.write_json(tmp_path / "a.json", {"a": 1})
+    assert (f.stat().st_mode & 0o777) == (0o666 & ~mask)
+    with io.atomic_dir(tmp_path / "d") as d:
+        (d / "x").write_text("1")
+    assert ((tmp_path / "d").stat().st_mode & 0o777) == (0o777 & ~mask)
