@@ -138,7 +138,9 @@ def _vs_sparsity(data: pd.DataFrame, order: list[str], y: str, yerr: str, ylabel
             if log:
                 ax.set_yscale("log")
             ax.set_xlim(left=-2)
-        _sorted_legend(axes[0][-1])
+        # every panel gets its own legend: models are pruned with different method sets
+        for ax in axes[0]:
+            _sorted_legend(ax)
         fig.suptitle(title)
     return fig
 
