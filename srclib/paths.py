@@ -29,6 +29,7 @@ TRAJECTORIES = Path("trajectories")  # collect stage
 SINKS = Path("sinks")  # variance stage: per-model sink statistics used by prune
 PRUNED = Path("pruned")  # prune stage: one folder per instance
 METRICS = Path("metrics")  # every DVC metrics JSON lives below here
+TIMING = Path("timing")  # clock values of stage runs: not DVC outputs, git-ignored
 REPORTS = Path("reports")
 HTML = REPORTS / "html"
 FAILED = REPORTS / "failed"
@@ -114,8 +115,15 @@ def pruned_dir(instance: str, root: Path | None = None) -> Path:
 
 
 def prune_timing(instance: str, root: Path | None = None) -> Path:
-    """Wall/CPU time and peak memory of a prune run: beside the checkpoint, not a DVC metric."""
-    return pruned_dir(instance, root) / "timing.json"
+    """Wall/CPU time and peak memory of a prune run. Clock values vary run to run, so they live
+    outside every DVC output (timing/ is git-ignored, never a dependency): a checkpoint folder
+    with a timing file inside would change its hash on every rerun and rerun everything after it."""
+    return _r(TIMING / "prune" / f"{instance}.json", root)
+
+
+def train_timing(key: str, root: Path | None = None) -> Path:
+    """Wall/CPU seconds of training one model (outside DVC outputs, see prune_timing)."""
+    return _r(TIMING / "train" / f"{key}.json", root)
 
 
 def prune_metrics(instance: str, root: Path | None = None) -> Path:

@@ -493,7 +493,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
     """The train stage: ``run_train`` with ``cfg`` (srclib.params.TrainParams), then write
     metrics/train/<key>.json for the trained tiny models (deterministic: no clock values; the loss
     curve, perplexities and samples), metrics/train/loss_curves.csv (DVC plot: model, step, loss)
-    and models/<key>/timing.json (wall/CPU seconds). Returns {"metrics", "table", "samples",
+    and timing/train/<key>.json (wall/CPU seconds, outside the DVC outputs). Returns {"metrics", "table", "samples",
     "timing"} for display."""
     import csv
     import io as _io
@@ -522,7 +522,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
     writer.writerow(["model", "step", "loss"])
     for key, m in metrics.items():
         det, timing[key] = split_timing(m)
-        write_json(paths.model_dir(key, root) / "timing.json", timing[key])
+        write_json(paths.train_timing(key, root), timing[key])
         if key == "smollm2-135m":  # converted, not trained: its perplexity is shown, not tracked
             rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "n_params": m["n_params"]})
             continue

@@ -34,7 +34,8 @@ def test_run_stage_writes_deterministic_metrics(tmp_path):
         m = json.loads(paths.train_metrics("tiny-dlm", root).read_text())
         assert not set(m) & set(train.TIMING_KEYS)
         assert len(m["loss"]) == 3
-        assert (paths.model_dir("tiny-dlm", root) / "timing.json").is_file()
+        assert paths.train_timing("tiny-dlm", root).is_file()
+        assert not (paths.model_dir("tiny-dlm", root) / "timing.json").exists()  # outs stay deterministic
         digests.append([paths.train_metrics(k, root).read_bytes() for k in ("tiny-ar", "tiny-dlm")]
                        + [paths.train_curves(root).read_bytes()])
     assert digests[0] == digests[1]
