@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -92,21 +91,10 @@ class Calibration:
 
 # ---- windows ------------------------------------------------------------------------------------
 def read_texts(path: str | Path) -> list[str]:
-    """The ``text`` field of every line of a corpus JSON-lines file, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration corpus not found: {path} (build data/raw first)")
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError) as exc:
-                    raise ValueError(f"{path}:{n}: not a {{'text': ...}} JSON line ({exc})") from exc
-    if not texts:
-        raise ValueError(f"calibration corpus {path} has no passages")
-    return texts
+    """The ``text`` field of every line of the calibration corpus (srclib.data.read_texts)."""
+    from srclib.data import read_texts as _read
+
+    return _read(path, what="calibration corpus")
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:

@@ -63,6 +63,7 @@ __all__ = [
     "build",
     "verify",
     "read_jsonl",
+    "read_texts",
     "main",
 ]
 
@@ -204,6 +205,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file written by this module."""
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_texts(path: str | os.PathLike, what: str = "corpus file") -> list[str]:
+    """The ``text`` field of every line of a corpus JSON-lines file, in file order (the one reader
+    used by training, calibration and held-out evaluation)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path} (build data/raw first: make data)")
+    texts = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({exc})") from exc
+    if not texts:
+        raise ValueError(f"{what} {path} holds no passages")
+    return texts
 
 
 def _safe_rel(rel: str) -> PurePosixPath:

@@ -901,13 +901,9 @@ def evaluate(
 # Held-out perplexity
 # =================================================================================================
 def _read_texts(path: str | os.PathLike) -> list[str]:
-    import json
+    from srclib.data import read_texts
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} not found; build data/raw first")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh if line.strip()]
+    return read_texts(path, what="validation corpus")
 
 
 def heldout_windows(texts: Sequence[str], tokenizer, seq_len: int, n_windows: int) -> torch.Tensor:

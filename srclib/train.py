@@ -54,21 +54,10 @@ SPECIAL_TOKENS = ("[BOS]", "[EOS]", "[PAD]", "[MASK]")
 
 # ---- data ----------------------------------------------------------------------------------
 def read_passages(jsonl: str | Path) -> list[str]:
-    """The "text" field of every line of a corpus JSONL file, in file order."""
-    jsonl = Path(jsonl)
-    if not jsonl.is_file():
-        raise FileNotFoundError(f"corpus file not found: {jsonl} (build data/raw first)")
-    out = []
-    with jsonl.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError) as exc:
-                    raise ValueError(f"{jsonl}:{n}: expected a JSON object with a 'text' field ({exc})") from exc
-    if not out:
-        raise ValueError(f"corpus file {jsonl} holds no passages")
-    return out
+    """The "text" field of every line of a corpus JSONL file, in file order (srclib.data.read_texts)."""
+    from srclib.data import read_texts
+
+    return read_texts(jsonl)
 
 
 def train_tokenizer(corpus_jsonl: str | Path, vocab_size: int, out_dir: str | Path | None = None):
