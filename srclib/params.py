@@ -24,12 +24,18 @@ __all__ = [
     "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES",
 ]
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
-WEIGHTINGS = ("uniform", "sink", "stability")
-PATTERNS = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}  # N:M patterns fix sparsity N/M
+# The allowed names come from the library's registries, so a method, weighting, pattern, sink rule
+# or remasking strategy added there is accepted here without a second list to keep in sync.
+from srclib.diffusion import REMASKING as _REMASKING  # noqa: E402
+from srclib.pruning import PATTERNS as _PATTERNS, PRUNERS as _PRUNERS, WEIGHTINGS as _WEIGHTINGS  # noqa: E402
+from srclib.sinks import SINK_RULES as _SINK_RULES  # noqa: E402
+
+METHODS = tuple(_PRUNERS)
+WEIGHTINGS = tuple(_WEIGHTINGS)
+PATTERNS = {name: (None if pat.n is None else (pat.n, pat.m)) for name, pat in _PATTERNS.items()}  # N:M fixes N/M
 DTYPES = ("float32", "bfloat16", "float16")
-SINK_RULES = ("zscore", "margin")
-REMASKING = ("low_confidence", "random")
+SINK_RULES = tuple(_SINK_RULES)
+REMASKING = tuple(_REMASKING)
 
 
 class ParamsError(ValueError):
@@ -179,9 +185,9 @@ class PruneInstance:
     seed: int = _c(ge=0)
 
     def __post_init__(self) -> None:
-        if self.method == "magnitude" and self.weighting != "uniform":
+        if not _PRUNERS[self.method].needs_inputs and self.weighting != "uniform":
             raise ParamsError(
-                f"method 'magnitude' uses no activations, so weighting must be 'uniform', "
+                f"method {self.method!r} uses no activations, so weighting must be 'uniform', "
                 f"got {self.weighting!r}"
             )
         nm = PATTERNS[self.pattern]
