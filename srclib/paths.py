@@ -53,6 +53,16 @@ def _r(rel: Path, root: Path | None) -> Path:
     return (Path(root) if root is not None else ROOT) / rel
 
 
+def rel(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root when it lies inside it (metrics files never record
+    the clone's location, so two clones write the same bytes), else the path as given."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def corpus_file(split: str, root: Path | None = None) -> Path:
     if split not in CORPUS_SPLITS:
         raise ValueError(f"corpus split must be one of {CORPUS_SPLITS}, got {split!r}")

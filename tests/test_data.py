@@ -249,3 +249,38 @@ def test_repo_data_matches_data_dvc():
     status = json.loads(out or "{}")
     changes = json.dumps(status)
     assert "modified" not in changes and "deleted" not in changes, changes
+
+
+class _FakeSplit(dict):
+    """What ``datasets.load_dataset(...)[split]`` offers export_wikitext2: column access by name."""
+
+
+def test_wikitext2_export_reproduces_the_released_calibration_string(tmp_path):
+    from srclib.calibration import read_texts, tokenize_texts
+
+    lines = ["", " = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 : Unrecorded Chronicles \n"]
+    calls = []
+
+    def loader(name, config, split):
+        calls.append((name, config, split))
+        return _FakeSplit(text=lines)
+
+    out = data.export_wikitext2(tmp_path / "wikitext2" / "train.jsonl", loader=loader)
+    assert calls == [("wikitext", "wikitext-2-raw-v1", "train")]
+    texts = read_texts(out)
+    assert texts == ["\n\n".join(lines)]  # one passage: the exact string the released code tokenizes
+
+    class CharTok:  # independent re-derivation: token ids = code points of the string given
+        def __call__(self, s, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in s]}
+
+    assert tokenize_texts(CharTok(), texts) == [ord(c) for c in "\n\n".join(lines)]
+    assert list(tmp_path.joinpath("wikitext2").iterdir()) == [out]  # no temp file left behind
+
+
+def test_wikitext2_export_rejects_bad_split_and_empty_data(tmp_path):
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.export_wikitext2(tmp_path / "x.jsonl", split="dev", loader=lambda *a, **k: None)
+    with pytest.raises(data.DataError, match="empty"):
+        data.export_wikitext2(tmp_path / "x.jsonl", loader=lambda *a, **k: _FakeSplit(text=["", " "]))
+    assert not (tmp_path / "x.jsonl").exists()

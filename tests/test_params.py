@@ -55,6 +55,9 @@ BAD = [
     (f"prune.instances.{FIRST}.pattern", "3:4", "2:4"),
     (f"prune.instances.{FIRST}.pattern", "2:4", "sparsity 0.5"),  # wrong: 2:4 needs 0.5; FIRST has 0.5
     ("prune.calibration.t_grid", [0.0, 0.5], "> 0"),
+    ("prune.calibration.corpus", "/data/wiki.jsonl", "prune.calibration.corpus"),  # absolute
+    ("prune.calibration.corpus", "../outside.jsonl", "prune.calibration.corpus"),  # leaves the repo
+    ("prune.calibration.corpus", "data/raw/corpus/calibration.txt", "prune.calibration.corpus"),
     ("prune.instances.dlm-magnitude-uniform-50-s0.weighting", "sink", "must be 'uniform'"),
     ("prune.instances.tiny-ar", {"model": "tiny-ar", "method": "wanda", "weighting": "uniform",
                                  "sparsity": 0.5, "pattern": "unstructured", "seed": 0}, "named like a model"),

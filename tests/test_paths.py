@@ -121,3 +121,17 @@ def test_no_absolute_paths_in_repo_files():
             if ABS.search(text):
                 offenders.append(f)
     assert not offenders, f"absolute paths in {offenders}"
+
+
+def test_stages_depend_on_the_shared_corpus_reader_and_the_params_corpus(dvc_stages):
+    p = params.load()
+    for name, st in dvc_stages.items():
+        if name == "train" or name.split("@")[0] in ("prune", "evaluate", "evaluate_dense"):
+            assert "srclib/data.py" in st["deps"], f"{name} reads corpora through srclib.data.read_texts"
+        if name.startswith("prune@"):
+            assert p.prune.calibration.corpus in st["deps"], name
+
+
+def test_rel_never_records_the_clone_location(tmp_path):
+    assert paths.rel(paths.ROOT / "pruned" / "x") == "pruned/x"
+    assert paths.rel(tmp_path / "y") == str(tmp_path / "y")

@@ -121,7 +121,7 @@ def run_prune(
             bos_id=getattr(tok, "bos_token_id", None), windows_per_batch=windows_per_batch,
             mass_chunk_size=mass_chunk_size,
         )
-        calib_info["corpus"] = corpus.name
+        calib_info["corpus"] = paths.rel(corpus)
     if calibration is not None:
         calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
         calib_info["windows_shape"] = list(calibration.windows.shape)
