@@ -14,12 +14,16 @@ from typing import Any
 
 __all__ = ["git_commit", "versions", "provenance", "PACKAGES"]
 
+# git-tracked files that `dvc repro` writes (srclib.paths.METRICS and the lock file)
+PIPELINE_WRITES = ("dvc.lock", "metrics")
 PACKAGES = ("torch", "transformers", "lm_eval", "datasets", "safetensors", "tokenizers")
 
 
 def git_commit(root: str | Path | None = None, mark_dirty: bool = False) -> str | None:
     """HEAD's commit hash (None outside a git checkout); with ``mark_dirty``, a suffix
-    " (uncommitted changes)" when tracked files differ from HEAD."""
+    " (uncommitted changes)" when tracked files differ from HEAD, not counting what ``dvc repro``
+    itself writes into git-tracked files (dvc.lock and the metrics/ folder): a fresh clone's
+    first ``dvc repro`` rewrites those and still ran the committed code and params."""
     from srclib import paths
 
     cwd = Path(root) if root is not None else paths.ROOT
@@ -29,7 +33,9 @@ def git_commit(root: str | Path | None = None, mark_dirty: bool = False) -> str 
             return None
         commit = head.stdout.strip()
         if mark_dirty:
-            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=30)
+            outputs = [f":(exclude){p}" for p in PIPELINE_WRITES]
+            dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", *outputs],
+                                   cwd=cwd, capture_output=True, timeout=30)
             commit += " (uncommitted changes)" if dirty.returncode == 1 else ""
         return commit
     except (OSError, subprocess.SubprocessError):
