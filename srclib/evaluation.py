@@ -1044,6 +1044,7 @@ def run_evaluate(
     gen: GenSettings | Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     params: Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EvaluateResult:
     """The evaluate stage for one model instance: lm-eval tasks + held-out perplexity.
 
@@ -1051,12 +1052,15 @@ def run_evaluate(
     ``tasks`` ({task: {metrics, stderr, version, n_shot, n_samples, eval_split, settings}}),
     ``ppl`` (see heldout_perplexity; None when ``ppl`` is None) and ``provenance`` (git commit,
     package versions, checkpoint sha256, params, lm-eval task versions). Returns
-    (metrics, DataFrame of task/metric/value/stderr rows for display).
+    (metrics, DataFrame of task/metric/value/stderr rows for display). ``device`` and ``dtype``
+    (params.yaml ``models:`` entry; device "auto" = CUDA when available) are used to load the model.
     """
     from srclib.models import load
+    from srclib.models.hf_causal import resolve_device
 
     torch.manual_seed(seed)
-    model, tok, adapter = load(str(model_source))
+    device = resolve_device(device)
+    model, tok, adapter = load(str(model_source), dtype=dtype, device=device)  # None: the adapter's default
     if tok is None:
         raise ValueError(f"{model_source}: the checkpoint has no tokenizer")
     gen_s = gen if isinstance(gen, GenSettings) or gen is None else GenSettings(**gen)

@@ -316,6 +316,14 @@ class Params:
             if name not in self.prune.instances:
                 raise ParamsError(f"efficiency.instances[{i}] = {name!r}: not in prune.instances")
 
+    def model_entry(self, instance: str) -> ModelEntry:
+        """The ``models:`` entry (dtype, device) that a prune instance or a model key loads with."""
+        if instance in self.prune.instances:
+            return self.models[self.prune.instances[instance].model]
+        if instance in self.models:
+            return self.models[instance]
+        raise ParamsError(f"{instance!r} is neither a prune instance nor a key of models: {sorted(self.models)}")
+
     def eval_source(self, instance: str) -> str:
         """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key."""
         from srclib import paths

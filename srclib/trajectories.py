@@ -617,10 +617,6 @@ def _entry(entry: Any, name: str) -> Any:
     return entry[name] if isinstance(entry, Mapping) else getattr(entry, name)
 
 
-def _resolve_device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def run_collect(
     *,
     models: Sequence[str],
@@ -649,6 +645,8 @@ def run_collect(
     srclib.models.load.  Returns {"runs": per-run summary, "samples": DataFrame of prompt/output
     texts, "metrics": what was written}.
     """
+    from srclib.models.hf_causal import resolve_device
+
     if loader is None:
         from srclib.models import load as loader
     texts = read_prompts(prompts_path)
@@ -658,7 +656,7 @@ def run_collect(
         entry = model_entries[key]
         dtype = getattr(torch, _entry(entry, "dtype"))
         model, tok, adapter = loader(key, dtype=dtype)
-        model = model.to(_resolve_device(_entry(entry, "device")))
+        model = model.to(resolve_device(_entry(entry, "device")))
         targets = [(key, model, False)]
         if random_init_control:
             targets.append((random_init_name(key), random_init_twin(model, seed), True))

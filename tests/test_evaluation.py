@@ -446,3 +446,26 @@ def test_cli_runs_offline_on_a_checkpoint_folder(ckpts, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "arc_easy" in proc.stdout and "acc" in proc.stdout
     assert list((tmp_path / "out").rglob("results_*.json"))
+
+
+def test_run_evaluate_loads_with_the_params_dtype_and_device(tmp_path, monkeypatch):
+    """The evaluate stage hands params.yaml's models: entry (dtype, device) to srclib.models.load."""
+    import srclib.models
+
+    class Loaded(Exception):
+        pass
+
+    seen = {}
+
+    def spy(source, **overrides):
+        seen.update(source=source, **overrides)
+        raise Loaded
+
+    monkeypatch.setattr(srclib.models, "load", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Loaded):
+        E.run_evaluate(instance="t", model_source="pruned/x", tasks={}, ppl=None, batch_size=1, seed=0,
+                       data_root=None, corpus_validation_file=None, metrics_path=tmp_path / "m.json",
+                       dtype="bfloat16", device="auto")
+    assert seen == {"source": "pruned/x", "dtype": "bfloat16", "device": "cpu"}
+    assert not (tmp_path / "m.json").exists()

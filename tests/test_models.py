@@ -154,6 +154,20 @@ def test_bad_dtype_is_named(tmp_path):
         load(folder, dtype="float33")
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_load_honours_params_dtype_and_auto_device(key, tmp_path, monkeypatch):
+    """params.yaml's models: entry (dtype, device "auto") reaches every adapter's load."""
+    from srclib.models.hf_causal import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cuda:1") == "cuda:1" and resolve_device(None) is None
+    adapter = MODELS[key]
+    folder = save_standin(adapter, adapter.standin(), tmp_path / key)
+    loaded, _tok, _ad = load(folder, dtype="bfloat16", device="auto")
+    p = next(loaded.parameters())
+    assert p.dtype == torch.bfloat16 and p.device.type == "cpu"
+
+
 def test_tiny_load_checks_flags_against_entry(tmp_path):
     folder = save_standin(MODELS["tiny-ar"], MODELS["tiny-ar"].standin(), tmp_path / "m")
     with pytest.raises(ValueError, match="causal"):

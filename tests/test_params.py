@@ -137,3 +137,12 @@ def test_paper_scale_params_validate():
     assert "llada-8b-base" in p.collect.models
     assert {i.model for i in p.prune.instances.values()} == {"llada-8b-base", "dream-7b-base"}
     assert p.evaluate.tasks["mmlu"].mc_num == 1 and p.evaluate.tasks["arc_challenge"].cfg == 0.5
+
+
+def test_model_entry_of_instances_and_keys(raw):
+    P = params.load_dict(raw)
+    inst = next(iter(P.prune.instances))
+    assert P.model_entry(inst) is P.models[P.prune.instances[inst].model]
+    assert P.model_entry("tiny-dlm") is P.models["tiny-dlm"]
+    with pytest.raises(ParamsError, match="gpt-17"):
+        P.model_entry("gpt-17")

@@ -159,3 +159,29 @@ def test_missing_calibration():
         prune_model(model, adapter, spec(method="sparsegpt"), None)
     rep = prune_model(model, adapter, spec(method="magnitude"), None)  # magnitude needs none
     assert abs(rep.overall - 0.5) < 1e-3
+
+
+def test_run_prune_loads_with_the_params_dtype_and_device(tmp_path, monkeypatch):
+    """The prune stage hands params.yaml's models: entry (dtype, device) to srclib.models.load."""
+    import srclib.models
+
+    adapter = MODELS["tiny-dlm"]
+    torch.manual_seed(0)
+    TinyLM(test_config()).eval().save_pretrained(tmp_path / "dense", safe_serialization=True)
+    from srclib.models.base import write_marker
+
+    write_marker(tmp_path / "dense", "tiny-dlm")
+    seen = {}
+
+    def spy(source, **overrides):
+        seen.update(overrides)
+        return load(source, **overrides)
+
+    monkeypatch.setattr(srclib.models, "load", spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = run_prune(model=str(tmp_path / "dense"), spec=spec(method="magnitude"), out_dir=tmp_path / "pruned",
+                    metrics_path=tmp_path / "m.json", n_samples=1, seq_len=8, seed=0, instance="x",
+                    dtype="bfloat16", device="auto")
+    assert seen == {"dtype": "bfloat16", "device": "cpu"}  # "auto" resolved before loading
+    assert res.metrics["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert adapter.key == read_marker(tmp_path / "pruned")["key"]

@@ -33,15 +33,23 @@ LLAMA_ROLES = {
 }
 
 
+def resolve_device(device: Any) -> Any:
+    """params.yaml's ``device: auto`` -> "cuda" when CUDA is available, else "cpu"; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_options(overrides: dict[str, Any], default_dtype: str) -> tuple[torch.dtype, Any, dict[str, Any]]:
-    """Split load overrides into (torch dtype, device or None, remaining from_pretrained kwargs)."""
+    """Split load overrides into (torch dtype, device or None, remaining from_pretrained kwargs);
+    ``device="auto"`` resolves through :func:`resolve_device`."""
     rest = dict(overrides)
     dtype = rest.pop("dtype", None) or rest.pop("torch_dtype", None) or default_dtype
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype (float32, bfloat16, float16), got {dtype!r}")
         dtype = getattr(torch, dtype)
-    device = rest.pop("device", None)
+    device = resolve_device(rest.pop("device", None))
     return dtype, device, rest
 
 

@@ -88,6 +88,7 @@ def run_prune(
     timing_path: str | Path | None = None,
     device: str | torch.device | None = None,
     instance: str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> PruneRun:
     """Prune one model per ``spec`` and save model, masks, table, metrics (and timing).
 
@@ -95,21 +96,24 @@ def run_prune(
     adapter). Calibration windows come from ``calibration`` if given, else from ``corpus_path``
     (default: srclib.paths.corpus_file("calibration")) with n_samples x seq_len, ``seed``, and a
     leading BOS when the tokenizer has one. Magnitude without OWL needs no calibration data.
-    device: move the model there first (default: leave it where it is).
+    device, dtype: load the model with these (params.yaml ``models:`` entry; device "auto" = CUDA
+    when available); an in-memory model is moved to ``device`` (default: left where it is).
     """
     from srclib import paths
     from srclib.models import load
     from srclib.models.base import write_marker
+    from srclib.models.hf_causal import resolve_device
     from srclib.pruning import PRUNERS
 
+    device = resolve_device(device)
     if isinstance(model, tuple):
         net, tok, adapter = model
         source = getattr(getattr(net, "config", None), "_name_or_path", "") or "in-memory"
+        if device is not None:
+            net.to(device)
     else:
-        net, tok, adapter = load(model)
+        net, tok, adapter = load(model, dtype=dtype, device=device)  # None: the adapter's default
         source = str(model)
-    if device is not None:
-        net.to(device)
     needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
     if needs_data and calibration is None:
