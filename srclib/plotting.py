@@ -430,6 +430,22 @@ def loss_curves(train_metrics: Any, smooth: int = 20) -> Figure:
     return fig
 
 
+def _grouped_bars(ax, names: list[str], series: list[tuple[str, list[float], Any]], ylabel: str,
+                  title: str) -> None:
+    """One group of bars per pruned instance, one bar per (label, values, colour) series, and the
+    dense reference at 1."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, vals, color) in enumerate(series):
+        ax.bar(np.arange(len(names)) + (i - (len(series) - 1) / 2) * width, vals, width, label=label,
+               color=color, edgecolor="0.2", lw=0.5)
+    ax.axhline(1.0, color="0.3", ls=":", lw=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel("pruned instance")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7.5)
+
+
 def efficiency_bars(efficiency_metrics: Mapping[str, Any]) -> Figure:
     """Per instance, ratio to the dense model (1 = dense): theoretical FLOPs and weight memory
     (CSR int32 / int64, 2:4 where the masks allow it), and the measured full-step latency of the
@@ -444,34 +460,20 @@ def efficiency_bars(efficiency_metrics: Mapping[str, Any]) -> Figure:
     static = {"FLOPs": "flops_ratio", "memory CSR int32": "mem_csr_int32_ratio",
               "memory CSR int64": "mem_csr_int64_ratio", "memory 2:4": "mem_2to4_ratio"}
     first = rows.drop_duplicates("instance").set_index("instance")
+    theory = [(label, [float(first.loc[n, col]) if n in first.index and not pd.isna(first.loc[n, col]) else 0.0
+                       for n in names], _PALETTE[i]) for i, (label, col) in enumerate(static.items())]
+    keys = sorted(set(zip(rows["shape"], rows["format"])))
+    measured = []
+    for i, (shape, fmt) in enumerate(keys):
+        sub = rows[(rows["shape"] == shape) & (rows["format"] == fmt)].set_index("instance")
+        measured.append((f"{fmt}, tokens {shape}",
+                         [float(sub.loc[n, "step_sparse_over_dense"]) if n in sub.index else 0.0 for n in names],
+                         _PALETTE[(i + 4) % len(_PALETTE)]))
     with style():
         fig, axes = _figure(1, 2, w=5.2)
-        ax = axes[0][0]
-        width = 0.8 / len(static)
-        for i, (label, col) in enumerate(static.items()):
-            vals = [first.loc[n, col] if n in first.index else None for n in names]
-            vals = [float(v) if v is not None and not pd.isna(v) else 0.0 for v in vals]
-            ax.bar(np.arange(len(names)) + (i - (len(static) - 1) / 2) * width, vals, width, label=label,
-                   color=_PALETTE[i], edgecolor="0.2", lw=0.5)
-        ax.axhline(1.0, color="0.3", ls=":", lw=1)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel("pruned instance")
-        ax.set_ylabel("ratio to dense (×); 0 = not applicable")
-        ax.set_title("Compute and weight memory (theory)")
-        ax.legend(fontsize=7.5)
-        ax = axes[0][1]
-        keys = sorted(set(zip(rows["shape"], rows["format"])))
-        width = 0.8 / max(1, len(keys))
-        for i, (shape, fmt) in enumerate(keys):
-            sub = rows[(rows["shape"] == shape) & (rows["format"] == fmt)].set_index("instance")
-            vals = [float(sub.loc[n, "step_sparse_over_dense"]) if n in sub.index else 0.0 for n in names]
-            ax.bar(np.arange(len(names)) + (i - (len(keys) - 1) / 2) * width, vals, width,
-                   label=f"{fmt}, tokens {shape}", color=_PALETTE[(i + 4) % len(_PALETTE)], edgecolor="0.2", lw=0.5)
-        ax.axhline(1.0, color="0.3", ls=":", lw=1)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel("pruned instance")
-        ax.set_ylabel("step time sparse / dense (×, median)")
-        ax.set_title("Measured latency (> 1: slower)")
-        ax.legend(fontsize=7.5)
+        _grouped_bars(axes[0][0], names, theory, "ratio to dense (×); 0 = not applicable",
+                      "Compute and weight memory (theory)")
+        _grouped_bars(axes[0][1], names, measured, "step time sparse / dense (×, median)",
+                      "Measured latency (> 1: slower)")
         fig.suptitle("Efficiency of the pruned models")
     return fig
