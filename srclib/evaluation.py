@@ -58,7 +58,7 @@ import numbers
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -108,6 +108,22 @@ def _as_mapping(spec: Any, what: str) -> Mapping[str, Any]:
     raise TypeError(f"{what} must be a mapping or a dataclass, got {type(spec).__name__}")
 
 
+def _settings_of(cls: type, spec: Any, what: str) -> Any:
+    """``cls`` from an instance of itself, a mapping or a dataclass with its field names: unknown
+    names and missing required ones (fields without a default) are named in one error."""
+    if isinstance(spec, cls):
+        return spec
+    spec = _as_mapping(spec, f"{what}s")
+    known = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    extra, missing = set(spec) - known, required - set(spec)
+    problems = [f"{kind} {what}(s) {sorted(names)}" for kind, names in (("unknown", extra), ("missing", missing))
+                if names]
+    if problems:
+        raise ValueError(f"{'; '.join(problems)}; allowed: {sorted(known)}")
+    return cls(**dict(spec))
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """Per-task evaluation settings (params.yaml ``evaluate.tasks.<name>``).
@@ -135,14 +151,7 @@ class TaskSpec:
     @classmethod
     def of(cls, spec: "TaskSpec | Mapping[str, Any] | Any") -> "TaskSpec":
         """From a TaskSpec, a mapping or any dataclass with these fields (params.TaskSettings)."""
-        if isinstance(spec, cls):
-            return spec
-        spec = _as_mapping(spec, "task settings")
-        known = {f.name for f in fields(cls)}
-        extra = set(spec) - known
-        if extra:
-            raise ValueError(f"unknown task setting(s) {sorted(extra)}; allowed: {sorted(known)}")
-        return cls(**dict(spec))
+        return _settings_of(cls, spec, "task setting")
 
 
 @dataclass(frozen=True)
@@ -175,17 +184,7 @@ class PplSettings:
     @classmethod
     def of(cls, spec: "PplSettings | Mapping[str, Any] | Any") -> "PplSettings":
         """From a PplSettings, a mapping or any dataclass with these fields."""
-        if isinstance(spec, cls):
-            return spec
-        spec = _as_mapping(spec, "ppl settings")
-        need = {f.name for f in fields(cls)}
-        missing, extra = need - set(spec), set(spec) - need
-        if missing or extra:
-            raise ValueError(
-                f"ppl settings need exactly {sorted(need)}; missing {sorted(missing)}, "
-                f"unknown {sorted(extra)}"
-            )
-        return cls(**dict(spec))
+        return _settings_of(cls, spec, "ppl setting")
 
 
 # =================================================================================================
