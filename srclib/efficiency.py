@@ -57,8 +57,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-
-from srclib.provenance import git_commit
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -66,6 +64,7 @@ from tqdm.auto import tqdm
 from srclib import paths
 from srclib.io import write_json
 from srclib.models.base import Adapter
+from srclib.provenance import git_commit
 
 __all__ = [
     "DTYPES",

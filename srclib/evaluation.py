@@ -64,15 +64,15 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import lm_eval.models  # noqa: F401  lm-eval's own models enter the registry (lazily) before ours
 import torch
-
-from srclib.provenance import git_commit, versions
 import yaml
 from lm_eval.api.model import LM, TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from srclib import likelihood, paths
+from srclib.data import read_texts
 from srclib.io import sha256_file, write_json
+from srclib.provenance import git_commit, versions
 
 __all__ = [
     "TaskSpec",
@@ -899,10 +899,6 @@ def evaluate(
 # =================================================================================================
 # Held-out perplexity
 # =================================================================================================
-def _read_texts(path: str | os.PathLike) -> list[str]:
-    from srclib.data import read_texts
-
-    return read_texts(path, what="validation corpus")
 
 
 def heldout_windows(texts: Sequence[str], tokenizer, seq_len: int, n_windows: int) -> torch.Tensor:
@@ -1070,7 +1066,7 @@ def run_evaluate(
     if ppl is not None:
         if corpus_validation_file is None:
             raise ValueError("ppl settings given but corpus_validation_file is None")
-        ppl_res = heldout_perplexity(model, tok, adapter, _read_texts(corpus_validation_file),
+        ppl_res = heldout_perplexity(model, tok, adapter, read_texts(corpus_validation_file, what="validation corpus"),
                                      PplSettings.of(ppl), seed=seed, batch_size=batch_size)
     metrics = {
         "instance": instance,

@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from srclib import paths
+from srclib.data import read_texts
 from srclib.io import atomic_dir
 from srclib.models.base import write_marker
 from srclib.models.tiny import TinyConfig, TinyLM
 
 __all__ = [
-    "SPECIAL_TOKENS", "Schedule", "read_passages", "train_tokenizer", "token_stream", "eval_windows",
+    "SPECIAL_TOKENS", "Schedule", "train_tokenizer", "token_stream", "eval_windows",
     "sample_windows", "lr_at", "tiny_config", "train_ar", "dlm_from_ar", "adapt_dlm", "dlm_loss", "stratified_t",
     "unigram_perplexity", "greedy_ar", "distinct_n", "run_train",
 ]
@@ -53,13 +54,6 @@ SPECIAL_TOKENS = ("[BOS]", "[EOS]", "[PAD]", "[MASK]")
 
 
 # ---- data ----------------------------------------------------------------------------------
-def read_passages(jsonl: str | Path) -> list[str]:
-    """The "text" field of every line of a corpus JSONL file, in file order (srclib.data.read_texts)."""
-    from srclib.data import read_texts
-
-    return read_texts(jsonl)
-
-
 def train_tokenizer(corpus_jsonl: str | Path, vocab_size: int, out_dir: str | Path | None = None):
     """ByteLevel BPE trained on ``corpus_jsonl`` (the TRAIN split): ``vocab_size`` learned tokens
     (the 256 bytes included) plus the 4 special tokens at ids 0..3; adds [BOS] in front of every
@@ -69,7 +63,7 @@ def train_tokenizer(corpus_jsonl: str | Path, vocab_size: int, out_dir: str | Pa
 
     if vocab_size < 260:
         raise ValueError(f"vocab_size must be >= 260 (256 bytes + merges), got {vocab_size}")
-    texts = read_passages(corpus_jsonl)
+    texts = read_texts(corpus_jsonl)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -382,8 +376,8 @@ def run_train(
     try:
         t_start = time.perf_counter()
         tok = train_tokenizer(train_jsonl, tokenizer_vocab)
-        train_stream = token_stream(tok, read_passages(train_jsonl))
-        val_passages = read_passages(validation_jsonl)
+        train_stream = token_stream(tok, read_texts(train_jsonl))
+        val_passages = read_texts(validation_jsonl)
         val_stream = token_stream(tok, val_passages)
         bos, V = tok.bos_token_id, len(tok)
         windows = eval_windows(val_stream, eval_windows_n, seq_len, bos)  # (N, T)

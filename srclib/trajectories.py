@@ -70,14 +70,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-
-from srclib.provenance import provenance
 from tqdm.auto import tqdm
 
 from srclib.attention import record_mass
 from srclib.decoding import greedy_decode
 from srclib.diffusion import generate
 from srclib.io import atomic_path, sha256_file, write_json
+from srclib.provenance import provenance
 from srclib.sinks import (
     dominant_positions,
     dominant_share,

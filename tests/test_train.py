@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from srclib import paths
+from srclib.data import read_texts
 from srclib.models import load
 from srclib.models.tiny import TinyLM, test_config
 from srclib.train import (
     SPECIAL_TOKENS, Schedule, adapt_dlm, dlm_from_ar, distinct_n, dlm_loss, eval_windows, greedy_ar, lr_at,
-    read_passages, run_train, sample_windows, stratified_t, tiny_config, token_stream, train_ar,
+    run_train, sample_windows, stratified_t, tiny_config, token_stream, train_ar,
     train_tokenizer, unigram_perplexity,
 )
 
@@ -83,11 +84,11 @@ def test_tokenizer_errors(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(tmp_path / "x.jsonl", 10)
     with pytest.raises(FileNotFoundError, match="x.jsonl"):
-        read_passages(tmp_path / "x.jsonl")
+        read_texts(tmp_path / "x.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"txt": 1}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
-        read_passages(bad)
+        read_texts(bad)
 
 
 # ---- windows, stream, unigram -----------------------------------------------------------------
@@ -183,7 +184,7 @@ def one_thread():
 
 
 def test_a_few_steps_lower_the_loss(corpus, tok, one_thread):
-    stream = token_stream(tok, read_passages(corpus[0]))
+    stream = token_stream(tok, read_texts(corpus[0]))
     torch.manual_seed(0)
     ar = TinyLM(tiny_config(ARCH, tok, causal=True, shift=False, max_len=64))
     sched = Schedule(steps=25, lr=3e-3, warmup=5, min_lr=3e-4, weight_decay=0.1, grad_clip=1.0)
