@@ -19,14 +19,6 @@ from srclib.io import read_json, write_json
 from test_report import RUNS, TASKS, build_tree, default_accuracy  # noqa: E402  (tests/ is on sys.path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(autouse=True)
 def _close_figures():
     yield

@@ -11,14 +11,11 @@ from srclib import calibration as cal
 from srclib.models import MODELS, load
 from srclib.pruning import PruneSpec, prune_model, run_prune
 
+from prune_specs import make_spec  # tests/ is on sys.path
+
 
 def spec(**kw) -> PruneSpec:
-    base = dict(method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured", t_grid=(0.5, 1.0),
-                noise_eps=1e-3, sink_rule="zscore", sink_alpha=5.0, sink_kappa=2.0, sink_eps=0.0,
-                stability_threshold=0.5, blocksize=128, percdamp=0.01, owl=False, owl_lambda=0.08, owl_m=5.0,
-                one_shot_sink_wanda=True)
-    base.update(kw)
-    return PruneSpec(**base)
+    return make_spec(**{"weighting": "sink", "t_grid": (0.5, 1.0), **kw})
 
 
 def _calib(model, n=2, T=12):

@@ -13,20 +13,13 @@ from srclib import calibration as cal
 from srclib.models import MODELS, load
 from srclib.models.base import Adapter, read_marker
 from srclib.models.tiny import TinyLM, test_config
-from srclib.pruning import PruneSpec, load_masks, prune_model, run_prune
+from srclib.pruning import load_masks, prune_model, run_prune
+
+from prune_specs import make_spec as spec  # tests/ is on sys.path
 
 TINY = Adapter(key="t", causal=False, shift=True, blocks_path="model.transformer.blocks")
 LLAMA_AR = Adapter(key="l", causal=True, shift=False, blocks_path="model.layers")
 LLAMA_DLM = Adapter(key="ld", causal=False, shift=False, blocks_path="model.layers", mask_token_id=63)
-
-
-def spec(**kw) -> PruneSpec:
-    base = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured",
-                t_grid=(0.3, 0.7, 1.0), noise_eps=1e-3, sink_rule="zscore", sink_alpha=5.0, sink_kappa=2.0,
-                sink_eps=0.0, stability_threshold=0.5, blocksize=128, percdamp=0.01, owl=False,
-                owl_lambda=0.08, owl_m=5.0, one_shot_sink_wanda=True)
-    base.update(kw)
-    return PruneSpec(**base)
 
 
 def _model(kind):

@@ -18,16 +18,13 @@ from srclib.pruning import WEIGHTINGS, PruneSpec, prune_model, select_mask
 from srclib.pruning.core import weights_from_mass
 from srclib.pruning.weighting import stable_sinks
 
+from prune_specs import make_spec  # tests/ is on sys.path
+
 ADAPTER = Adapter(key="t", causal=False, shift=True, blocks_path="model.transformer.blocks")
 
 
 def spec(**kw) -> PruneSpec:
-    base = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured",
-                t_grid=(0.2, 0.6, 1.0), noise_eps=1e-3, sink_rule="zscore", sink_alpha=5.0, sink_kappa=2.0,
-                sink_eps=0.0, stability_threshold=0.5, blocksize=128, percdamp=0.01, owl=False,
-                owl_lambda=0.08, owl_m=5.0, one_shot_sink_wanda=True)
-    base.update(kw)
-    return PruneSpec(**base)
+    return make_spec(**{"t_grid": (0.2, 0.6, 1.0), **kw})
 
 
 def _model():

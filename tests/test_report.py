@@ -33,6 +33,12 @@ N_ITEMS = 200
 # =================================================================================================
 # a synthetic metrics tree in the real formats
 # =================================================================================================
+def _inst(method: str, weighting: str, sparsity: float, pattern: str = "unstructured", seed: int = 0,
+          model: str = "tiny-dlm") -> dict:
+    """One params.yaml prune instance."""
+    return dict(model=model, method=method, weighting=weighting, sparsity=sparsity, pattern=pattern, seed=seed)
+
+
 def synthetic_params(instances: dict | None = None, seeds=(0, 1, 2)) -> P_.Params:
     data = yaml.safe_load((paths.ROOT / "params.yaml").read_text())
     data["evaluate"]["tasks"] = {t: {"num_fewshot": 0, "cfg": 0.0, "mc_num": 4, "limit": N_ITEMS} for t in TASKS}
@@ -41,25 +47,16 @@ def synthetic_params(instances: dict | None = None, seeds=(0, 1, 2)) -> P_.Param
         instances = {}
         for seed in seeds:
             for w in ("uniform", "sink"):
-                instances[f"dlm-wanda-{w}-50-s{seed}"] = dict(model="tiny-dlm", method="wanda", weighting=w,
-                                                              sparsity=0.5, pattern="unstructured", seed=seed)
+                instances[f"dlm-wanda-{w}-50-s{seed}"] = _inst("wanda", w, 0.5, seed=seed)
         instances.update({
-            "dlm-magnitude-uniform-50-s0": dict(model="tiny-dlm", method="magnitude", weighting="uniform",
-                                                sparsity=0.5, pattern="unstructured", seed=0),
-            "dlm-wanda-stability-50-s0": dict(model="tiny-dlm", method="wanda", weighting="stability",
-                                              sparsity=0.5, pattern="unstructured", seed=0),
-            "dlm-wanda-uniform-50-2of4-s0": dict(model="tiny-dlm", method="wanda", weighting="uniform",
-                                                 sparsity=0.5, pattern="2:4", seed=0),
-            "dlm-sparsegpt-uniform-70-s0": dict(model="tiny-dlm", method="sparsegpt", weighting="uniform",
-                                                sparsity=0.7, pattern="unstructured", seed=0),
-            "dlm-sparsegpt-sink-70-s0": dict(model="tiny-dlm", method="sparsegpt", weighting="sink",
-                                             sparsity=0.7, pattern="unstructured", seed=0),
-            "dlm-wanda-uniform-30-s0": dict(model="tiny-dlm", method="wanda", weighting="uniform",
-                                            sparsity=0.3, pattern="unstructured", seed=0),
-            "smol-wanda-uniform-50-s0": dict(model="smollm2-135m", method="wanda", weighting="uniform",
-                                             sparsity=0.5, pattern="unstructured", seed=0),
-            "smol-wanda-sink-50-s0": dict(model="smollm2-135m", method="wanda", weighting="sink",
-                                          sparsity=0.5, pattern="unstructured", seed=0),
+            "dlm-magnitude-uniform-50-s0": _inst("magnitude", "uniform", 0.5),
+            "dlm-wanda-stability-50-s0": _inst("wanda", "stability", 0.5),
+            "dlm-wanda-uniform-50-2of4-s0": _inst("wanda", "uniform", 0.5, pattern="2:4"),
+            "dlm-sparsegpt-uniform-70-s0": _inst("sparsegpt", "uniform", 0.7),
+            "dlm-sparsegpt-sink-70-s0": _inst("sparsegpt", "sink", 0.7),
+            "dlm-wanda-uniform-30-s0": _inst("wanda", "uniform", 0.3),
+            "smol-wanda-uniform-50-s0": _inst("wanda", "uniform", 0.5, model="smollm2-135m"),
+            "smol-wanda-sink-50-s0": _inst("wanda", "sink", 0.5, model="smollm2-135m"),
         })
     data["prune"]["instances"] = instances
     if "efficiency" in data:
@@ -204,15 +201,6 @@ def build_tree(root: Path, params: P_.Params | None = None, *, train: bool = Tru
     if train:
         write_train_tree(root)
     return params
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensor reductions take ~20 ms each with 2 intra-op threads on a loaded 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

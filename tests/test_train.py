@@ -175,15 +175,7 @@ def test_greedy_ar_matches_uncached_greedy():
     assert torch.equal(got, ids)
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # test-size models: threads only add overhead
-    yield
-    torch.set_num_threads(old)
-
-
-def test_a_few_steps_lower_the_loss(corpus, tok, one_thread):
+def test_a_few_steps_lower_the_loss(corpus, tok):
     stream = token_stream(tok, read_texts(corpus[0]))
     torch.manual_seed(0)
     ar = TinyLM(tiny_config(ARCH, tok, causal=True, shift=False, max_len=64))
