@@ -981,14 +981,8 @@ def heldout_perplexity(model, tokenizer, adapter, texts: Sequence[str], settings
 
 
 def _rel(path: str | os.PathLike | None) -> str | None:
-    """A path relative to the repository when inside it (metrics must not depend on the checkout)."""
-    if path is None:
-        return None
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(paths.ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(p)
+    """srclib.paths.rel, passing None through (metrics must not depend on the checkout)."""
+    return None if path is None else paths.rel(path)
 
 
 def _checkpoint(model_source: str | os.PathLike, adapter) -> dict[str, Any]:

@@ -53,14 +53,15 @@ def _r(rel: Path, root: Path | None) -> Path:
     return (Path(root) if root is not None else ROOT) / rel
 
 
-def rel(path: str | os.PathLike) -> str:
-    """``path`` relative to the repository root when it lies inside it (metrics files never record
-    the clone's location, so two clones write the same bytes), else the path as given."""
-    p = Path(path)
+def rel(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``root`` (default: the repository) when it lies inside it, else its
+    absolute path: metrics files never record the clone's location, so two clones write the same
+    bytes."""
+    p = Path(path).resolve()
     try:
-        return p.resolve().relative_to(ROOT.resolve()).as_posix()
+        return p.relative_to(Path(root if root is not None else ROOT).resolve()).as_posix()
     except ValueError:
-        return str(path)
+        return str(p)
 
 
 def corpus_file(split: str, root: Path | None = None) -> Path:

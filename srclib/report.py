@@ -103,14 +103,6 @@ def _instance_configs(params) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _rel(path: Path, root: Path | None) -> str:
-    base = Path(root) if root is not None else paths.ROOT
-    try:
-        return Path(path).relative_to(base).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def primary_metrics(files: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, str]:
     """task -> the first name of PRIMARY_METRICS that every file reports for it (with a value).
 
@@ -146,7 +138,7 @@ def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
     configs = _instance_configs(params)
     tasks = list(params.evaluate.tasks)
     files = {name: paths.eval_metrics(name, root=root) for name in configs}
-    missing = [_rel(p, root) for p in files.values() if not p.is_file()]
+    missing = [paths.rel(p, root) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"evaluate metrics missing for {len(missing)} instance(s) (run the evaluate stage): "
@@ -154,7 +146,7 @@ def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
         )
     data = {name: read_json(p) for name, p in files.items()}
     for name, d in data.items():
-        where = _rel(files[name], root)
+        where = paths.rel(files[name], root)
         if not isinstance(d.get("tasks"), dict):
             raise ValueError(f"{where}: no 'tasks' mapping; not an evaluate metrics file")
         key = (d.get("model") or {}).get("key")
@@ -165,11 +157,11 @@ def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
         if absent:
             raise ValueError(f"{where}: no results for task(s) {absent} of evaluate.tasks "
                              f"(has {sorted(d['tasks'])}); rerun the evaluate stage")
-    primary = primary_metrics({_rel(files[n], root): d for n, d in data.items()}, tasks)
+    primary = primary_metrics({paths.rel(files[n], root): d for n, d in data.items()}, tasks)
     rows = []
     for name, d in data.items():
         base = {"instance": name, **configs[name], "causal": bool((d.get("model") or {}).get("causal", False)),
-                "file": _rel(files[name], root)}
+                "file": paths.rel(files[name], root)}
         for task, res in sorted(d["tasks"].items()):
             for metric, value in sorted(res["metrics"].items()):
                 err = res.get("stderr", {}).get(metric)
@@ -681,7 +673,7 @@ def load_prune_metrics(params, root: str | Path | None = None) -> dict[str, dict
     """instance -> metrics/prune/<instance>.json for every prune instance; missing files: one
     FileNotFoundError naming them all."""
     files = {name: paths.prune_metrics(name, root=root) for name in params.prune.instances}
-    missing = [_rel(p, root) for p in files.values() if not p.is_file()]
+    missing = [paths.rel(p, root) for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"prune metrics missing (run the prune stage): {', '.join(missing)}")
     return {name: read_json(p) for name, p in files.items()}
@@ -859,7 +851,7 @@ def run_plot(*, params, root: str | Path | None = None, heatmap_prompts: int = 2
     if eff_path.is_file():
         figs.save("efficiency_bars", plotting.efficiency_bars(read_json(eff_path)))
     else:
-        skipped.append(f"efficiency_bars: {_rel(eff_path, root)} not found (efficiency is not a DVC stage)")
+        skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (efficiency is not a DVC stage)")
     for s in skipped:
         log.info("skipped %s", s)
     index = build_index(root, params, git_commit(root))

@@ -135,3 +135,4 @@ def test_stages_depend_on_the_shared_corpus_reader_and_the_params_corpus(dvc_sta
 def test_rel_never_records_the_clone_location(tmp_path):
     assert paths.rel(paths.ROOT / "pruned" / "x") == "pruned/x"
     assert paths.rel(tmp_path / "y") == str(tmp_path / "y")
+    assert paths.rel(tmp_path / "a" / "b.json", root=tmp_path) == "a/b.json"
