@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srclib import efficiency as E  # noqa: E402
-from srclib.io import write_json  # noqa: E402
+from srclib.files import write_json  # noqa: E402
 
 # name -> (sparsity, pattern) of the in-process models
 SYNTHETIC = {

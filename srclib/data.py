@@ -19,7 +19,7 @@ Layout (all paths spelled in :mod:`srclib.paths`)::
 Rules that make the build reproducible byte for byte:
 
 * wheel hashes are checked before anything is extracted; the tree is built in a temporary folder
-  beside ``data/raw`` and renamed into place only when complete (:func:`srclib.io.atomic_dir`);
+  beside ``data/raw`` and renamed into place only when complete (:func:`srclib.files.atomic_dir`);
 * shipped files are copied byte for byte; derived files are UTF-8 JSON lines with sorted keys;
 * the corpus split depends only on the passage text and the seed (sha256 of ``"<seed>\\n<text>"``),
   never on dict/set order, ``PYTHONHASHSEED`` or the ``random`` module's algorithm;
@@ -52,7 +52,7 @@ from typing import Callable, Iterable, NamedTuple
 from tqdm.auto import tqdm
 
 from srclib import paths
-from srclib.io import atomic_dir, read_json, sha256_file, write_json, write_text
+from srclib.files import atomic_dir, read_json, sha256_file, write_json, write_text
 
 __all__ = [
     "WHEELS",

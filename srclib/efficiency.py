@@ -62,7 +62,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from srclib import paths
-from srclib.io import write_json
+from srclib.files import write_json
 from srclib.models.base import Adapter
 from srclib.provenance import git_commit
 

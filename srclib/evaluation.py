@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from srclib import likelihood, paths
 from srclib.data import read_texts
-from srclib.io import sha256_file, write_json
+from srclib.files import sha256_file, write_json
 from srclib.provenance import git_commit, versions
 
 __all__ = [
@@ -1037,7 +1037,7 @@ def run_evaluate(
 ) -> EvaluateResult:
     """The evaluate stage for one model instance: lm-eval tasks + held-out perplexity.
 
-    Writes ``metrics_path`` (srclib.io.write_json, atomic, deterministic: no times) with
+    Writes ``metrics_path`` (srclib.files.write_json, atomic, deterministic: no times) with
     ``tasks`` ({task: {metrics, stderr, version, n_shot, n_samples, eval_split, settings}}),
     ``ppl`` (see heldout_perplexity; None when ``ppl`` is None) and ``provenance`` (git commit,
     package versions, checkpoint sha256, params, lm-eval task versions). Returns

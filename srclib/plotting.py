@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from srclib.io import atomic_path
+from srclib.files import atomic_path
 
 __all__ = [
     "style", "save_figure", "METHOD_COLORS", "WEIGHTING_STYLES", "KIND_COLORS", "DPI",

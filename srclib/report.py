@@ -54,7 +54,7 @@ import pandas as pd
 import yaml
 
 from srclib import paths
-from srclib.io import read_json, write_text
+from srclib.files import read_json, write_text
 
 __all__ = [
     "PRIMARY_METRICS", "TASK_LABELS", "NOISE_K", "CONFIG_COLUMNS",

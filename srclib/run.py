@@ -25,7 +25,7 @@ import nbformat
 import yaml
 
 from srclib import paths
-from srclib.io import atomic_path
+from srclib.files import atomic_path
 
 __all__ = ["RunnerError", "declared_parameters", "parse_assignments", "run_stage", "main"]
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from srclib import paths
 from srclib.data import read_texts
-from srclib.io import atomic_dir
+from srclib.files import atomic_dir
 from srclib.models.base import write_marker
 from srclib.models.tiny import TinyConfig, TinyLM
 
@@ -483,7 +483,7 @@ def run_stage(cfg: Any, *, root: str | Path | None = None) -> dict[str, Any]:
 
     import pandas as pd
 
-    from srclib.io import write_json, write_text
+    from srclib.files import write_json, write_text
     from srclib.params import as_dict
     from srclib.provenance import provenance
 

@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 from srclib.attention import record_mass
 from srclib.decoding import greedy_decode
 from srclib.diffusion import generate
-from srclib.io import atomic_path, sha256_file, write_json
+from srclib.files import atomic_path, sha256_file, write_json
 from srclib.provenance import provenance
 from srclib.sinks import (
     dominant_positions,

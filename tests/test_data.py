@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from srclib import data, paths
-from srclib.io import read_json, sha256_file
+from srclib.files import read_json, sha256_file
 
 STUDY_TASKS = {"arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa",
                "sciq", "mmlu", "gsm8k"}

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from srclib import efficiency as E
-from srclib.io import read_json
+from srclib.files import read_json
 from srclib.models import get_adapter
 from srclib.models.base import Adapter, write_marker
 from srclib.models.tiny import TinyLM, test_config

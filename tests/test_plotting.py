@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from srclib import paths, plotting, report
-from srclib.io import read_json, write_json
+from srclib.files import read_json, write_json
 
 from test_report import RUNS, TASKS, build_tree, default_accuracy  # noqa: E402  (tests/ is on sys.path)
 

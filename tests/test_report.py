@@ -24,7 +24,7 @@ import yaml
 
 from srclib import params as P_
 from srclib import paths, report
-from srclib.io import read_json, write_json
+from srclib.files import read_json, write_json
 
 TASKS = {"arc_easy": True, "winogrande": False}  # task -> lm-eval reports acc_norm
 N_ITEMS = 200

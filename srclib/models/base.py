@@ -98,7 +98,7 @@ class Adapter:
 
 def write_marker(folder: str | Path, key: str, **info: Any) -> Path:
     """Record which adapter a saved checkpoint belongs to (read back by srclib.models.load)."""
-    from srclib.io import write_json
+    from srclib.files import write_json
 
     return write_json(Path(folder) / MARKER, {"key": key, **info})
 

@@ -139,7 +139,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, key: str, dtype: st
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from srclib.io import atomic_dir, sha256_file
+    from srclib.files import atomic_dir, sha256_file
 
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import csv
-import io as _io
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from srclib.provenance import provenance
 from torch import nn
 
 from srclib import calibration as cal
-from srclib.io import atomic_dir, sha256_file, write_json, write_text
+from srclib.files import atomic_dir, sha256_file, write_json, write_text
 from srclib.pruning.core import PruneReport, prune_model
 from srclib.pruning.spec import PruneSpec
 
@@ -61,7 +61,7 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def sparsity_csv(table: list[dict[str, Any]]) -> str:
-    buf = _io.StringIO()
+    buf = io.StringIO()
     cols = ["layer", "rows", "cols", "target", "sparsity", "pruned"]
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
