@@ -1,0 +1,123 @@
+"""The collect stage: one sink trajectory per model and per random-init twin (method.md 2).
+
+Reads the prompts (data/raw/prompts.jsonl), loads every model of ``cfg.models`` with its
+``models:`` entry (dtype, device), records its trajectory (srclib.trajectories.record) and, with
+``cfg.random_init_control``, that of its random-init twin (run ``<key>-randinit``); writes
+``trajectories/<run>.safetensors`` and ``metrics/collect.json`` (no paths, no clock values: the
+file is byte-stable across reruns).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+import torch
+
+from srclib import devices, paths
+from srclib.files import sha256_file, write_json
+from srclib.params import CollectParams, ModelEntry, as_dict
+from srclib.provenance import provenance
+from srclib.trajectories.record import collect_trajectory, random_init_twin, read_prompts
+from srclib.trajectories.store import Trajectory, load_trajectory, random_init_name, save_trajectory
+
+__all__ = ["CollectResult", "run"]
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[..., tuple[Any, Any, Any]]  # (key, dtype=...) -> (model, tokenizer, adapter)
+
+
+@dataclass
+class CollectResult:
+    """What the collect notebook shows.
+
+    runs: run -> summary (model, kind, random_init, n_prompts, n_steps, n_layers, seq_len,
+    has_bos, seconds, sha256, path); samples: decoded prompt/output of the first prompts of each
+    run; metrics: what metrics/collect.json holds; trajectories: run -> the trajectory as stored
+    (read back from its file); interpretation: markdown written from the metrics.
+    """
+
+    runs: dict[str, dict[str, Any]]
+    samples: pd.DataFrame
+    metrics: dict[str, Any]
+    trajectories: dict[str, Trajectory]
+    interpretation: str
+
+
+def run(
+    cfg: CollectParams,
+    models: Mapping[str, ModelEntry],
+    root: Path | None = None,
+    loader: Loader | None = None,
+) -> CollectResult:
+    """Collect every model of ``cfg.models`` (and its random-init twin); see the module docstring.
+
+    models: params.yaml's ``models:`` entries (dtype, device) by key. loader(key, dtype=...) ->
+    (model, tokenizer, adapter), default srclib.models.load (tests pass in-memory models).
+    """
+    if loader is None:
+        from srclib.models import load as loader
+    texts = read_prompts(paths.prompts_file(root))
+    runs: dict[str, Any] = {}
+    samples = []
+    for key in cfg.models:
+        entry = models[key]
+        model, tok, adapter = loader(key, dtype=getattr(torch, entry.dtype))
+        model = model.to(devices.resolve(entry.device))
+        targets = [(key, model, False)]
+        if cfg.random_init_control:
+            targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
+        for name, m, rnd in targets:
+            t0 = time.perf_counter()
+            traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
+            seconds = time.perf_counter() - t0
+            path = save_trajectory(traj, paths.trajectory_file(name, root))
+            S, L, B, T = traj.shape
+            runs[name] = dict(model=key, kind=traj.kind, random_init=rnd, n_prompts=B, n_steps=S, n_layers=L,
+                              seq_len=T, has_bos=traj.meta["has_bos"], seconds=round(seconds, 3),
+                              sha256=sha256_file(path), path=str(path))
+            log.info("collected %s: %d steps x %d layers x %d prompts in %.1f s", name, S, L, B, seconds)
+            if tok is not None:
+                P = traj.prompt_ids.shape[1]
+                for b in range(min(B, 3)):
+                    samples.append(dict(run=name, prompt=tok.decode(traj.final_ids[b, :P].tolist()),
+                                        output=tok.decode(traj.final_ids[b, P:].tolist())))
+        del model
+    settings = {k: v for k, v in as_dict(cfg).items() if k != "models"}
+    # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
+    metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
+               "provenance": provenance(params={"collect": settings})}
+    write_json(paths.collect_metrics(root), metrics)
+    trajectories = {name: load_trajectory(d["path"]) for name, d in runs.items()}
+    return CollectResult(runs=runs, samples=pd.DataFrame(samples), metrics=metrics,
+                         trajectories=trajectories, interpretation=interpretation(metrics, trajectories))
+
+
+def interpretation(metrics: Mapping[str, Any], trajectories: Mapping[str, Trajectory]) -> str:
+    """Markdown: what was collected, per run, and where the global attention mass pooled (the
+    position holding the largest share of the primary variant's global mass, averaged over steps
+    and prompts, as a multiple of the uniform share)."""
+    lines = [f"Collected {len(metrics['runs'])} runs "
+             f"({sum(not d['random_init'] for d in metrics['runs'].values())} models and their "
+             f"random-init twins):", ""]
+    for name, d in metrics["runs"].items():
+        traj = trajectories[name]
+        gm = traj.mass.sum(1).double()  # (S, B, T) global mass of the stored (primary) variant
+        share = gm / gm.sum(-1, keepdim=True).clamp_min(1e-30)  # (S, B, T)
+        mean_share = share.mean((0, 1))  # (T,)
+        top = int(mean_share.argmax())
+        uniform = float((1.0 / traj.valid_len.double()).mean())
+        lines.append(
+            f"- **{name}** ({d['kind'].upper()}{', random init' if d['random_init'] else ''}): "
+            f"{d['n_steps']} steps x {d['n_layers']} layers x {d['n_prompts']} prompts, T = {d['seq_len']}, "
+            f"BOS at position 0: {'yes' if d['has_bos'] else 'no'}; the largest mean share of global "
+            f"mass sits at position {top}, {float(mean_share[top]):.3f} of the step's mass "
+            f"({float(mean_share[top]) / uniform:.1f}x the uniform share)."
+        )
+    lines += ["", "The variance stage turns these trajectories into the sink-movement statistics."]
+    return "\n".join(lines)
