@@ -8,16 +8,22 @@ autoregressive); random-init control runs are dashed. Figures are plain ``matplo
 deterministic bytes (no software / date metadata) and the plot stage closes each figure after
 saving it.
 
-Inputs are what the stages return or write (see srclib.report for the loaders):
-* ``accuracy_vs_sparsity(df)``, ``perplexity_vs_sparsity(df)``: ``report.load_results`` frames;
-* ``sink_variance_dlm_vs_ar(variance_metrics, variance_plots)``: metrics/variance.json and the
-  ``plots`` of ``trajectories.run_variance`` (or ``report.load_variance``);
-* ``trajectory_heatmaps(trajs, n_prompts)``: run -> ``trajectories.Trajectory``;
-* ``sink_position_vs_step(variance_plots)``: as above (``dominant`` positions per step);
+Inputs are prepared data (this module imports no stage and no report module; srclib.report
+prepares what the plot stage draws):
+* ``accuracy_vs_sparsity(data, models)``, ``perplexity_vs_sparsity(data, models)``: the frames of
+  ``srclib.report.series.accuracy_errors`` / ``perplexity_series`` and the panel order
+  (``srclib.report.results.pruned_models``);
+* ``sink_variance_dlm_vs_ar(variance_metrics, variance_plots)``: metrics/variance.json and per run
+  {"variance_per_layer": (L,), optional "kind", "random_init"} (the variance stage's ``plots``);
+* ``trajectory_heatmaps(panels)``: run -> {"mass": (b, S, T), "kind", "random_init", "prompt_len"}
+  (``srclib.report.loaders.heatmap_panels``);
+* ``sink_position_vs_step(variance_plots, primary_variant)``: per run {"dominant": {variant: (B, S)}}
+  and kind -> the variant to draw (``srclib.trajectories.store.PRIMARY_VARIANT``);
 * ``layer_sparsity(prune_metrics)``: instance -> metrics/prune/<instance>.json;
 * ``loss_curves(train_metrics)``: key -> train metrics with a per-step ``loss`` list, or a frame
   with columns model, step, loss;
-* ``efficiency_bars(efficiency_metrics)``: metrics/efficiency.json.
+* ``efficiency_bars(rows)``: one row per (instance, token shape, sparse format)
+  (``srclib.report.loaders.efficiency_rows``).
 """
 
 from __future__ import annotations
@@ -151,25 +157,20 @@ def _sorted_legend(ax) -> None:
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7.5, loc="best")
 
 
-def accuracy_vs_sparsity(df: pd.DataFrame) -> Figure:
-    """Average task accuracy vs sparsity (unstructured), one panel per pruned model; each line
-    starts at the dense model; error bars: spread over seeds, else lm-eval's stderr (see
-    srclib.report). df: report.load_results frame."""
-    from srclib.report import accuracy_errors, pruned_models
-
-    data = accuracy_errors(df)
-    return _vs_sparsity(data, pruned_models(df), "accuracy", "accuracy_u", "average accuracy (%)",
+def accuracy_vs_sparsity(data: pd.DataFrame, models: list[str]) -> Figure:
+    """Average task accuracy vs sparsity (unstructured), one panel per pruned model (in the order
+    of ``models``); each line starts at the dense model; error bars: spread over seeds, else
+    lm-eval's stderr. data: columns sparsity, accuracy, accuracy_u, method, weighting, model."""
+    return _vs_sparsity(data, list(models), "accuracy", "accuracy_u", "average accuracy (%)",
                         "Accuracy vs sparsity (colour: method, line: weighting)", log=False)
 
 
-def perplexity_vs_sparsity(df: pd.DataFrame) -> Figure:
+def perplexity_vs_sparsity(data: pd.DataFrame, models: list[str]) -> Figure:
     """Held-out perplexity vs sparsity (log scale), as accuracy_vs_sparsity. DLMs: the MC-ELBO
-    upper bound; causal models: exact perplexity."""
-    from srclib.report import perplexity_series, pruned_models
-
-    data = perplexity_series(df)
+    upper bound; causal models: exact perplexity. data: columns sparsity, ppl, ppl_u, ppl_kind,
+    method, weighting, model."""
     kinds = sorted(set(data["ppl_kind"].dropna()))
-    return _vs_sparsity(data, pruned_models(df), "ppl", "ppl_u", "held-out perplexity (log scale)",
+    return _vs_sparsity(data, list(models), "ppl", "ppl_u", "held-out perplexity (log scale)",
                         f"Perplexity vs sparsity ({', '.join(kinds)})", log=True)
 
 
@@ -241,21 +242,20 @@ def sink_variance_dlm_vs_ar(variance_metrics: Mapping[str, Any], variance_plots:
     return fig
 
 
-def _primary_dominant(entry: Mapping[str, Any]) -> np.ndarray:
-    from srclib.trajectories import PRIMARY_VARIANT
-
+def _primary_dominant(entry: Mapping[str, Any], primary_variant: Mapping[str, str]) -> np.ndarray:
     dom = entry["dominant"]
-    names = [v for v in PRIMARY_VARIANT.values() if v in dom]
+    names = [v for v in primary_variant.values() if v in dom]
     if len(names) != 1:
         raise ValueError(f"dominant positions hold variants {sorted(dom)}; expected exactly one of "
-                         f"{sorted(PRIMARY_VARIANT.values())}")
+                         f"{sorted(primary_variant.values())}")
     return np.asarray(dom[names[0]])  # (B, S)
 
 
-def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], prompt: int = 0,
-                          variance_metrics: Mapping[str, Any] | None = None) -> Figure:
+def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], primary_variant: Mapping[str, str],
+                          prompt: int = 0, variance_metrics: Mapping[str, Any] | None = None) -> Figure:
     """Dominant sink position (argmax of the global attention mass) at every step, one panel per
-    run: every prompt faint, prompt ``prompt`` bold. A flat line at 0 is a BOS sink."""
+    run: every prompt faint, prompt ``prompt`` bold. A flat line at 0 is a BOS sink.
+    primary_variant: kind -> the variant drawn (srclib.trajectories.store.PRIMARY_VARIANT)."""
     runs = sorted(variance_plots)
     if not runs:
         raise ValueError("no runs to plot")
@@ -272,7 +272,7 @@ def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], promp
                     ax.set_visible(False)
                     continue
                 run = runs_k[j]
-                dom = _primary_dominant(variance_plots[run])  # (B, S)
+                dom = _primary_dominant(variance_plots[run], primary_variant)  # (B, S)
                 if not 0 <= prompt < dom.shape[0]:
                     raise ValueError(f"prompt must be in [0, {dom.shape[0]}) for run {run!r}, got {prompt}")
                 kind, rnd = kinds[run]
@@ -290,27 +290,18 @@ def sink_position_vs_step(variance_plots: Mapping[str, Mapping[str, Any]], promp
     return fig
 
 
-def trajectory_heatmaps(trajs: Mapping[str, Any], n_prompts: int = 2) -> Figure:
+def trajectory_heatmaps(panels: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Step x key-position heatmaps of the global attention mass (primary variant, summed over
     layers), each step normalised to its share x number of keys (1 = uniform; log colour scale).
-    Columns: runs (diffusion first, beside autoregressive); rows: the first n_prompts prompts.
-    AR keys that do not exist yet at a step are blank."""
-    from srclib.report import trajectory_plot_data
-
-    if not trajs:
+    Columns: runs (diffusion first, beside autoregressive); rows: the prompts of the panels.
+    AR keys that do not exist yet at a step (NaN) are blank. panels: run -> {"mass": (b, S, T),
+    "kind", "random_init", "prompt_len"} (srclib.report.loaders.heatmap_panels)."""
+    if not panels:
         raise ValueError("no trajectories to plot")
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    kinds = {r: (t.kind, bool(t.meta.get("random_init"))) for r, t in trajs.items()}
-    order = _run_order(list(trajs), kinds)
-    rows = min(n_prompts, min(int(trajs[r].shape[2]) for r in order))
-    data = {}
-    for run in order:
-        t = trajs[run]
-        norm = trajectory_plot_data(t)["global_mass_norm"][:rows]  # (b, S, T)
-        n_keys = t.valid_len.numpy().astype(float)[None, :, None]  # (1, S, 1)
-        exists = t.exists().numpy()[None]  # (1, S, T)
-        data[run] = np.where(exists, norm * n_keys, np.nan)
+    kinds = {r: (p["kind"], bool(p["random_init"])) for r, p in panels.items()}
+    order = _run_order(list(panels), kinds)
+    data = {run: np.asarray(panels[run]["mass"], dtype=float) for run in order}  # (b, S, T)
+    rows = min(d.shape[0] for d in data.values())
     vmax = max(4.0, max(float(np.nanmax(d)) for d in data.values()))
     norm_c = LogNorm(vmin=0.25, vmax=vmax, clip=True)
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.92")  # keys that do not exist yet: light grey
@@ -318,7 +309,7 @@ def trajectory_heatmaps(trajs: Mapping[str, Any], n_prompts: int = 2) -> Figure:
         fig, axes = _figure(rows, len(order), w=3.6, h=2.8)
         img = None
         for j, run in enumerate(order):
-            P = int(trajs[run].prompt_ids.shape[1])
+            P = int(panels[run]["prompt_len"])
             for b in range(rows):
                 ax = axes[b][j]
                 img = ax.imshow(data[run][b], aspect="auto", origin="lower", interpolation="nearest",
@@ -446,17 +437,14 @@ def _grouped_bars(ax, names: list[str], series: list[tuple[str, list[float], Any
     ax.legend(fontsize=7.5)
 
 
-def efficiency_bars(efficiency_metrics: Mapping[str, Any]) -> Figure:
+def efficiency_bars(rows: pd.DataFrame) -> Figure:
     """Per instance, ratio to the dense model (1 = dense): theoretical FLOPs and weight memory
     (CSR int32 / int64, 2:4 where the masks allow it), and the measured full-step latency of the
-    sparse format for every token shape (> 1: slower than dense)."""
-    from srclib.efficiency import report_rows
-
-    inst = efficiency_metrics.get("instances")
-    if not inst:
-        raise ValueError("efficiency metrics have no 'instances' (run srclib.efficiency.run_efficiency)")
-    rows = pd.DataFrame([r for name in sorted(inst) for r in report_rows(name, inst[name])])
-    names = sorted(inst)
+    sparse format for every token shape (> 1: slower than dense). rows: one per (instance, shape,
+    format) with the ratio columns (srclib.report.loaders.efficiency_rows)."""
+    if rows is None or len(rows) == 0:
+        raise ValueError("no efficiency rows (no instances in metrics/efficiency.json)")
+    names = sorted(set(rows["instance"]))
     static = {"FLOPs": "flops_ratio", "memory CSR int32": "mem_csr_int32_ratio",
               "memory CSR int64": "mem_csr_int64_ratio", "memory 2:4": "mem_2to4_ratio"}
     first = rows.drop_duplicates("instance").set_index("instance")

@@ -1,0 +1,225 @@
+"""The plot stage's numbers: evaluate metrics files read into frames, and their summaries.
+
+Inputs are the metrics files the other stages write (srclib.paths spells every path):
+``metrics/evaluate/<instance>.json`` (the evaluate stage): ``tasks`` -> {task: {"metrics": {name:
+value}, "stderr": {name: value}, ...}} and ``ppl`` -> {"kind": "elbo" | "exact", "ppl": value, ...}
+or null. Dense models are evaluated under their model key (``evaluate.dense``), pruned ones under
+their instance name (``prune.instances``).
+
+Each configuration's value is the mean over its calibration seeds (restricted to ``plot.seeds``)
++- an uncertainty u (``summarize``):
+
+* several seeds: u = sample standard deviation over seeds (ddof 1). It measures calibration
+  randomness only: every seed is scored on the same items, so the benchmark's item sampling
+  error is not in it;
+* one seed: u = lm-eval's stderr of the metric; for the average sqrt(sum_t se_t^2) / n_tasks
+  (tasks taken as independent); a single perplexity has no u.
+
+A difference counts only when it exceeds ``NOISE_K`` * sqrt(u1^2 + u2^2) (``exceeds_noise``); a
+difference inside that band, or one where an uncertainty is missing, is no difference.
+
+Primary metric per task: the first of ``PRIMARY_METRICS`` that every result file of the task
+reports: ``acc_norm`` where lm-eval gives it (ARC-E, ARC-C, PIQA, HellaSwag, SciQ, OpenBookQA),
+else ``acc`` (WinoGrande, MMLU), ``exact_match`` (strict-match, then flexible-extract) for GSM8K.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from srclib import paths
+from srclib.files import read_json
+
+__all__ = [
+    "PRIMARY_METRICS", "TASK_LABELS", "METHOD_LABELS", "WEIGHTING_LABELS", "NOISE_K", "CONFIG_COLUMNS",
+    "AVERAGE", "PPL", "instance_configs", "load_results", "primary_metrics", "pruned_models",
+    "instance_values", "summarize", "exceeds_noise",
+]
+
+log = logging.getLogger(__name__)
+
+# preference order of lm-eval metric names for a task's headline number (module docstring)
+PRIMARY_METRICS = ("acc_norm", "acc", "exact_match,strict-match", "exact_match,flexible-extract",
+                   "exact_match")
+TASK_LABELS = {
+    "arc_easy": "ARC-E", "arc_challenge": "ARC-C", "piqa": "PIQA", "hellaswag": "HellaSwag",
+    "winogrande": "WinoGrande", "openbookqa": "OBQA", "sciq": "SciQ", "mmlu": "MMLU",
+    "gsm8k": "GSM8K",
+}
+METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+WEIGHTING_LABELS = {"none": "–", "uniform": "uniform", "sink": "sink-aware", "stability": "stability"}
+NOISE_K = 2.0  # a difference counts when |diff| > NOISE_K * sqrt(u1^2 + u2^2)
+CONFIG_COLUMNS = ["model", "method", "weighting", "sparsity", "pattern"]
+AVERAGE, PPL = "average", "ppl"  # the two derived columns of the main table
+DENSE_CONFIG = {"method": "dense", "weighting": "none", "sparsity": 0.0, "pattern": "dense", "seed": 0}
+
+
+# =================================================================================================
+# loading the evaluation results
+# =================================================================================================
+def instance_configs(params) -> dict[str, dict[str, Any]]:
+    """name -> {model, method, weighting, sparsity, pattern, seed} of every evaluated instance."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in params.evaluate.dense:
+        out[key] = {"model": key, **DENSE_CONFIG}
+    for name, inst in params.prune.instances.items():
+        out[name] = {"model": inst.model, "method": inst.method, "weighting": inst.weighting,
+                     "sparsity": float(inst.sparsity), "pattern": inst.pattern, "seed": int(inst.seed)}
+    return out
+
+
+def primary_metrics(files: Mapping[str, Mapping[str, Any]], tasks: Sequence[str]) -> dict[str, str]:
+    """task -> the first name of PRIMARY_METRICS that every file reports for it (with a value).
+
+    files: file label -> evaluate metrics JSON. Raises naming the task if no candidate is common.
+    """
+    out = {}
+    for task in tasks:
+        common = None
+        for data in files.values():
+            have = {m for m, v in data["tasks"][task]["metrics"].items() if v is not None}
+            common = have if common is None else common & have
+        pick = next((m for m in PRIMARY_METRICS if m in (common or set())), None)
+        if pick is None:
+            raise ValueError(
+                f"task {task!r}: no metric among {list(PRIMARY_METRICS)} is reported (with a value) "
+                f"by every evaluate metrics file; reported in common: {sorted(common or [])}"
+            )
+        out[task] = pick
+    return out
+
+
+def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
+    """Every evaluated instance's results, one row per (instance, task, metric), with its config.
+
+    Columns: instance, model, method, weighting, sparsity, pattern, seed (dense models: method
+    "dense", weighting "none", sparsity 0, pattern "dense", seed 0), task, metric, value, stderr
+    (raw lm-eval numbers: fractions), primary (the task's primary metric of a task in
+    ``evaluate.tasks``; see PRIMARY_METRICS), causal (the file's model.causal), file. Held-out perplexity: task "ppl", metric
+    "ppl_elbo" (diffusion LMs, an upper bound) or "ppl_exact" (causal LMs), primary True.
+    Raises FileNotFoundError naming every missing metrics file, ValueError naming the file and
+    task when a configured task is absent or the file belongs to another model.
+    """
+    configs = instance_configs(params)
+    tasks = list(params.evaluate.tasks)
+    files = {name: paths.eval_metrics(name, root=root) for name in configs}
+    missing = [paths.rel(p, root) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"evaluate metrics missing for {len(missing)} instance(s) (run the evaluate stage): "
+            + ", ".join(missing)
+        )
+    data = {name: read_json(p) for name, p in files.items()}
+    for name, d in data.items():
+        where = paths.rel(files[name], root)
+        if not isinstance(d.get("tasks"), dict):
+            raise ValueError(f"{where}: no 'tasks' mapping; not an evaluate metrics file")
+        key = (d.get("model") or {}).get("key")
+        if key is not None and key != configs[name]["model"]:
+            raise ValueError(f"{where}: evaluated model {key!r}, but params say instance {name!r} "
+                             f"is model {configs[name]['model']!r} (stale file? rerun evaluate)")
+        absent = [t for t in tasks if t not in d["tasks"]]
+        if absent:
+            raise ValueError(f"{where}: no results for task(s) {absent} of evaluate.tasks "
+                             f"(has {sorted(d['tasks'])}); rerun the evaluate stage")
+    primary = primary_metrics({paths.rel(files[n], root): d for n, d in data.items()}, tasks)
+    rows = []
+    for name, d in data.items():
+        base = {"instance": name, **configs[name], "causal": bool((d.get("model") or {}).get("causal", False)),
+                "file": paths.rel(files[name], root)}
+        for task, res in sorted(d["tasks"].items()):
+            for metric, value in sorted(res["metrics"].items()):
+                err = res.get("stderr", {}).get(metric)
+                rows.append({**base, "task": task, "metric": metric,
+                             "value": float("nan") if value is None else float(value),
+                             "stderr": float("nan") if err is None else float(err),
+                             "primary": primary.get(task) == metric})
+        ppl = d.get("ppl")
+        if ppl is not None:
+            rows.append({**base, "task": PPL, "metric": f"ppl_{ppl['kind']}", "value": float(ppl["ppl"]),
+                         "stderr": float("nan"), "primary": True})
+    cols = ["instance", "model", "method", "weighting", "sparsity", "pattern", "seed", "causal", "task", "metric",
+            "value", "stderr", "primary", "file"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# =================================================================================================
+# per-instance values and per-configuration summaries
+# =================================================================================================
+def instance_values(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (instance, column): the task columns (primary metric, percent), ``average``
+    (their unweighted mean; stderr sqrt(sum se^2) / n) and ``ppl`` (stderr NaN).
+
+    Columns: instance, model, method, weighting, sparsity, pattern, seed, column, value, stderr,
+    ppl_kind (ppl rows only).
+    """
+    prim = df[df["primary"]]
+    keys = ["instance", *CONFIG_COLUMNS, "seed"]
+    acc = prim[prim["task"] != PPL]
+    rows = []
+    for key, g in acc.groupby(keys, sort=True):
+        rec = dict(zip(keys, key))
+        for _, r in g.iterrows():
+            rows.append({**rec, "column": r["task"], "value": 100.0 * r["value"],
+                         "stderr": 100.0 * r["stderr"], "ppl_kind": None})
+        se = 100.0 * g["stderr"].to_numpy()
+        rows.append({**rec, "column": AVERAGE, "value": float(np.mean(100.0 * g["value"].to_numpy())),
+                     "stderr": float(math.sqrt(np.sum(se**2)) / len(se)), "ppl_kind": None})
+    for _, r in prim[prim["task"] == PPL].iterrows():
+        rows.append({**{k: r[k] for k in keys}, "column": PPL, "value": r["value"],
+                     "stderr": float("nan"), "ppl_kind": r["metric"].removeprefix("ppl_")})
+    return pd.DataFrame(rows, columns=[*keys, "column", "value", "stderr", "ppl_kind"])
+
+
+def summarize(df: pd.DataFrame, seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Per configuration and column: mean over seeds +- u (module docstring).
+
+    df: load_results output. seeds: calibration seeds to aggregate over (dense rows are kept
+    whatever their seed); None: all. Columns: model, method, weighting, sparsity, pattern,
+    column, mean, u (NaN when unknown), n_seeds, source ("seeds" | "stderr" | "none"), seeds
+    (comma-separated), ppl_kind.
+    """
+    vals = instance_values(df)
+    if seeds is not None:
+        keep = (vals["method"] == "dense") | vals["seed"].isin(list(seeds))
+        dropped = sorted(set(vals.loc[~keep, "instance"]))
+        if dropped:
+            log.warning("ignoring %d instance(s) whose seed is not in plot.seeds %s: %s",
+                        len(dropped), list(seeds), dropped)
+        vals = vals[keep]
+    rows = []
+    for key, g in vals.groupby([*CONFIG_COLUMNS, "column"], sort=True):
+        v = g["value"].to_numpy(dtype=float)
+        n = len(v)
+        if n >= 2:
+            mean, u, source = float(np.mean(v)), float(np.std(v, ddof=1)), "seeds"
+        else:
+            se = float(g["stderr"].iloc[0])
+            mean, u, source = float(v[0]), se, ("stderr" if math.isfinite(se) else "none")
+        kinds = sorted({k for k in g["ppl_kind"] if k})
+        rows.append({**dict(zip([*CONFIG_COLUMNS, "column"], key)), "mean": mean, "u": u, "n_seeds": n,
+                     "source": source, "seeds": ",".join(str(s) for s in sorted(g["seed"])),
+                     "ppl_kind": kinds[0] if kinds else None})
+    return pd.DataFrame(rows, columns=[*CONFIG_COLUMNS, "column", "mean", "u", "n_seeds", "source", "seeds",
+                                       "ppl_kind"])
+
+
+def exceeds_noise(diff: float, u1: float | None, u2: float | None, k: float = NOISE_K) -> bool:
+    """|diff| > k * sqrt(u1^2 + u2^2); False when an uncertainty is unknown (None / NaN)."""
+    if u1 is None or u2 is None or not (math.isfinite(u1) and math.isfinite(u2)):
+        return False
+    return abs(diff) > k * math.sqrt(u1 * u1 + u2 * u2)
+
+
+def pruned_models(df: pd.DataFrame) -> list[str]:
+    """Models with pruned instances: diffusion LMs first (the study's subject), then by name."""
+    pruned = df[df["method"] != "dense"]
+    causal = pruned.groupby("model")["causal"].any() if "causal" in pruned else pd.Series(dtype=bool)
+    return sorted(set(pruned["model"]), key=lambda m: (bool(causal.get(m, False)), m))
+

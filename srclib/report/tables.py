@@ -1,0 +1,238 @@
+"""The paper-style tables as frames of display strings: main (one per pruned model), dense, sink variance.
+
+The main table (``main_table``), one per model with pruned instances:
+
+* rows: dense, then per sparsity (ascending) and pattern (unstructured, 2:4, 4:8) each method
+  (magnitude, wanda, sparsegpt) with each weighting present (uniform, sink, stability);
+* columns: every task of ``evaluate.tasks`` (primary metric, see srclib.report.results), their
+  unweighted average, held-out perplexity;
+* accuracies in percent; each cell is the mean over seeds +- u (srclib.report.results.summarize);
+* a sink-aware (or stability) cell is marked when it differs from the uniform row of the same
+  method, sparsity and pattern beyond the noise (``exceeds_noise``): "up" when it is better
+  (higher accuracy, lower perplexity), "down" when worse; unmarked otherwise.
+
+``table.attrs`` holds each table's ``caption`` and ``footnotes`` (srclib.report.render writes them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from srclib.report.results import (AVERAGE, METHOD_LABELS, NOISE_K, PPL, TASK_LABELS, WEIGHTING_LABELS,
+                                   exceeds_noise, pruned_models, summarize)
+
+__all__ = ["METHOD_ORDER", "WEIGHTING_ORDER", "PATTERN_ORDER", "main_table_cells", "main_table", "main_tables",
+           "dense_table", "sink_variance_table", "fmt_value"]
+
+log = logging.getLogger(__name__)
+
+METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt")
+WEIGHTING_ORDER = ("none", "uniform", "sink", "stability")
+PATTERN_ORDER = ("dense", "unstructured", "2:4", "4:8")
+MARK_TEXT = {1: " ↑", -1: " ↓", 0: ""}
+PPL_KIND_TEXT = {"elbo": "MC-ELBO upper bound (diffusion LM)", "exact": "exact (causal LM)"}
+
+
+def _row_order(cfg: Mapping[str, Any]) -> tuple:
+    return (cfg["method"] != "dense", float(cfg["sparsity"]), PATTERN_ORDER.index(cfg["pattern"]),
+            METHOD_ORDER.index(cfg["method"]), WEIGHTING_ORDER.index(cfg["weighting"]))
+
+
+def main_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    """The numbers behind ``main_table``: summarize() for one model, rows in table order, with
+    ``row`` (0, 1, ...), ``diff`` (minus the uniform row of the same method/sparsity/pattern,
+    NaN where there is none) and ``mark`` (+1 better / -1 worse beyond the noise, else 0)."""
+    s = summarize(df[df["model"] == model], seeds=params.plot.seeds)
+    if s.empty:
+        raise ValueError(f"no evaluate results for model {model!r}; models with results: "
+                         f"{sorted(set(df['model']))}")
+    cfgs = s[["method", "weighting", "sparsity", "pattern"]].drop_duplicates().to_dict("records")
+    cfgs.sort(key=_row_order)
+    order = {tuple(c.values()): i for i, c in enumerate(cfgs)}
+    s = s.copy()
+    s["row"] = [order[(r.method, r.weighting, r.sparsity, r.pattern)] for r in s.itertuples()]
+    ref = s[s["weighting"] == "uniform"].set_index(["method", "sparsity", "pattern", "column"])
+    diffs, marks = [], []
+    for r in s.itertuples():
+        key = (r.method, r.sparsity, r.pattern, r.column)
+        if r.weighting in ("none", "uniform") or key not in ref.index:
+            diffs.append(float("nan"))
+            marks.append(0)
+            continue
+        u0 = ref.loc[key]
+        diff = r.mean - float(u0["mean"])
+        diffs.append(diff)
+        better = -diff if r.column == PPL else diff
+        marks.append(int(np.sign(better)) if exceeds_noise(diff, r.u, float(u0["u"])) else 0)
+    s["diff"], s["mark"] = diffs, marks
+    _warn_headline_seeds(s, params, model)
+    return s.sort_values(["row", "column"]).reset_index(drop=True)
+
+
+def _warn_headline_seeds(cells: pd.DataFrame, params, model: str) -> None:
+    want = sorted(params.plot.seeds)
+    head = cells[cells["method"].isin(params.plot.headline_methods)
+                 & cells["sparsity"].isin(params.plot.headline_sparsities)
+                 & cells["weighting"].isin(["uniform", "sink"]) & (cells["pattern"] == "unstructured")]
+    for r in head.drop_duplicates(["method", "weighting", "sparsity"]).itertuples():
+        have = sorted(int(x) for x in r.seeds.split(","))
+        if have != want:
+            log.warning("%s: headline row %s/%s at %.2f has seeds %s, plot.seeds asks for %s",
+                        model, r.method, r.weighting, r.sparsity, have, want)
+
+
+def fmt_value(mean: float, u: float, mark: int = 0, digits: int = 1) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if math.isfinite(u):
+        text += f" ± {u:.{digits}f}"
+    return text + MARK_TEXT[mark]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+DERIVED_LABELS = {AVERAGE: "Avg", PPL: "PPL"}
+
+
+def _column_label(col: str) -> str:
+    return DERIVED_LABELS.get(col) or TASK_LABELS.get(col, col)
+
+
+def _task_columns(params) -> list[str]:
+    return list(params.evaluate.tasks)
+
+
+def _ppl_note(kinds: Iterable[str]) -> str:
+    kinds = sorted(set(k for k in kinds if k))
+    return ("PPL: held-out perplexity on the validation corpus windows, "
+            + "; ".join(PPL_KIND_TEXT.get(k, k) for k in kinds) + "." if kinds else
+            "PPL: not evaluated.")
+
+
+def _uncertainty_notes(k: float = NOISE_K) -> list[str]:
+    return [
+        "Seeds > 1: mean ± sample standard deviation (ddof 1) over calibration seeds. The spread "
+        "covers calibration randomness only: every seed is scored on the same items, so the "
+        "benchmark's item-sampling error is not included.",
+        "Seeds = 1: ± lm-eval's standard error; Avg ± sqrt(Σ se²)/n_tasks (tasks taken as "
+        "independent); a single perplexity has no uncertainty.",
+        f"↑ / ↓: sink-aware (or stability) better / worse than the uniform row of the same method, "
+        f"sparsity and pattern by more than {k:g}·sqrt(u₁² + u₂²) (better: higher accuracy, lower "
+        f"perplexity). Unmarked differences are inside the noise: no difference.",
+    ]
+
+
+def main_table(df: pd.DataFrame, params, model: str | None = None) -> pd.DataFrame:
+    """The paper-style table for one model as display strings (module docstring for its rules).
+
+    model: default the only model with pruned instances in ``df``. Columns: Method, Weighting,
+    Sparsity, Pattern, Seeds, one per task (TASK_LABELS), Avg, PPL. ``table.attrs`` holds
+    ``caption`` and ``footnotes`` (write_tables renders them).
+    """
+    if model is None:
+        pruned = sorted(set(df.loc[df["method"] != "dense", "model"]))
+        if len(pruned) != 1:
+            raise ValueError(f"model must be given: results hold pruned instances of {pruned}")
+        model = pruned[0]
+    cells = main_table_cells(df, params, model)
+    tasks = _task_columns(params)
+    rows = []
+    for _, g in cells.groupby("row", sort=True):
+        first = g.iloc[0]
+        by_col = {r.column: r for r in g.itertuples()}
+        row = {
+            "Method": METHOD_LABELS[first["method"]],
+            "Weighting": WEIGHTING_LABELS[first["weighting"]],
+            "Sparsity": _pct(first["sparsity"]),
+            "Pattern": "–" if first["pattern"] == "dense" else first["pattern"],
+            "Seeds": str(int(first["n_seeds"])),
+        }
+        for col in [*tasks, AVERAGE, PPL]:
+            r = by_col.get(col)
+            row[_column_label(col)] = "–" if r is None else fmt_value(r.mean, r.u, r.mark)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    prim = df[df["primary"] & (df["model"] == model) & (df["task"] != PPL)]
+    metric_of = dict(zip(prim["task"], prim["metric"]))
+    table.attrs["caption"] = (f"{model}: accuracy (%) after pruning, {len(tasks)} tasks, mean ± uncertainty; "
+                              f"rows ordered by sparsity, pattern, method, weighting.")
+    table.attrs["footnotes"] = [
+        "Metric per task: " + ", ".join(f"{TASK_LABELS.get(t, t)} {metric_of.get(t, '?')}" for t in tasks)
+        + " (acc_norm where lm-eval gives it, else acc). Avg: unweighted mean of the task columns.",
+        _ppl_note(cells.loc[cells["column"] == PPL, "ppl_kind"]),
+        *_uncertainty_notes(),
+    ]
+    return table
+
+
+def main_tables(df: pd.DataFrame, params) -> dict[str, pd.DataFrame]:
+    """``main_<model>`` -> main_table for every model with pruned instances (pruned_models order)."""
+    return {f"main_{m}": main_table(df, params, m) for m in pruned_models(df)}
+
+
+def dense_table(df: pd.DataFrame, params) -> pd.DataFrame:
+    """The dense models side by side (same columns as main_table, one row per model)."""
+    dense = df[df["method"] == "dense"]
+    s = summarize(dense)
+    tasks = _task_columns(params)
+    rows = []
+    for model in params.evaluate.dense:
+        g = s[s["model"] == model]
+        by_col = {r.column: r for r in g.itertuples()}
+        row = {"Model": model}
+        for col in [*tasks, AVERAGE, PPL]:
+            r = by_col.get(col)
+            row[_column_label(col)] = "–" if r is None else fmt_value(r.mean, r.u)
+        ppl = by_col.get(PPL)
+        row["PPL kind"] = ppl.ppl_kind if ppl is not None else "–"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["caption"] = "Dense models: accuracy (%) ± lm-eval stderr, held-out perplexity."
+    table.attrs["footnotes"] = [_ppl_note(s.loc[s["column"] == PPL, "ppl_kind"]),
+                                "Avg ± sqrt(Σ se²)/n_tasks."]
+    return table
+
+
+VARIANCE_COLUMNS = {  # variance.json run statistic -> (label, digits)
+    "variance": ("Var[p]/T²", 4), "jaccard": ("Jaccard", 3), "dominant_at_0_frac": ("p = 0 (frac.)", 3),
+    "dominant_share_x_uniform": ("top share × T", 2), "sinks_per_step": ("sinks/step", 2),
+}
+
+
+def sink_variance_table(variance_metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """metrics/variance.json -> one row per collected run: kind, random init, the global
+    statistics of its primary variant (mean ± std over prompts where the file gives a std)."""
+    runs = variance_metrics.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("variance metrics have no 'runs' (run the variance stage)")
+    rows = []
+    order = sorted(runs, key=lambda r: (not runs[r].get("kind_is_dlm"), bool(runs[r].get("random_init")), r))
+    for run in order:
+        st = runs[run]
+        row = {"Run": run, "Kind": "DLM" if st.get("kind_is_dlm") else "AR",
+               "Init": "random" if st.get("random_init") else "trained"}
+        for key, (label, digits) in VARIANCE_COLUMNS.items():
+            if key in st:
+                row[label] = fmt_value(float(st[key]), float(st.get(f"{key}_std", float("nan"))), digits=digits)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.attrs["caption"] = ("Dominant-sink statistics over the decoding / denoising trajectory "
+                              "(global attention mass, the paper's variant per kind).")
+    table.attrs["footnotes"] = [
+        "Var[p]/T²: variance over steps of the dominant key position p, over the squared sequence "
+        "length (mean ± std over prompts). Jaccard: mean overlap of consecutive sink sets. "
+        "p = 0: fraction of steps whose dominant key is position 0. top share × T: dominant key's "
+        "mass share over the uniform share 1/T.",
+        "Random-init runs are the same architectures untrained: the baseline a 'moving sink' "
+        "must beat.",
+    ]
+    return table
+

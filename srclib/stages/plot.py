@@ -1,0 +1,131 @@
+"""The plot stage: every table, figure and plot series from the metrics files, then the front page.
+
+Reads (root-relative, srclib.paths): metrics/evaluate/*, metrics/prune/*, metrics/variance.json,
+sinks/<run>.json, trajectories/<run>.safetensors; optional: metrics/train/<key>.json (loss
+curves), metrics/efficiency.json (efficiency bars and finding): skipped with a log line when absent.
+Writes reports/tables/<name>.{md,html,tex}, reports/figures/<stem>.{png,pdf},
+metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv and reports/index.html.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from srclib import paths, plotting
+from srclib.files import read_json
+from srclib.params import Params, PlotParams
+from srclib.provenance import git_commit
+from srclib.report import findings as findings_
+from srclib.report import loaders, render, results, series, tables
+from srclib.report.index import build_index
+from srclib.trajectories.store import PRIMARY_VARIANT
+
+__all__ = ["run", "PlotResult", "Gallery", "HEATMAP_PROMPTS"]
+
+log = logging.getLogger(__name__)
+
+HEATMAP_PROMPTS = 2  # prompts (rows) shown in the trajectory heatmaps
+
+
+class Gallery(dict):
+    """stem -> PNG path; shows the images inline in a notebook (base64, so the rendered HTML
+    report is self-contained)."""
+
+    def _repr_html_(self) -> str:
+        parts = []
+        for stem, png in self.items():
+            data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+            parts.append(f'<figure style="margin:0 0 1.5em 0"><img style="max-width:100%" '
+                         f'src="data:image/png;base64,{data}" alt="{html.escape(stem)}">'
+                         f"<figcaption>{html.escape(stem)}</figcaption></figure>")
+        return "\n".join(parts)
+
+
+@dataclass
+class PlotResult:
+    """What the plot notebook shows. tables: name -> table frame; markdown: every table as
+    markdown; figures: stem -> PNG (shows inline); series: name -> CSV path; index: the front page;
+    skipped: what was not drawn and why; findings: the paper's claims with the measured answers;
+    interpretation: those findings as markdown."""
+
+    results: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+    markdown: str
+    figures: Gallery
+    series: dict[str, Path]
+    index: Path
+    skipped: list[str] = field(default_factory=list)
+    findings: list[findings_.Finding] = field(default_factory=list)
+    interpretation: str = ""
+
+
+def _save(gallery: Gallery, out_dir: Path, stem: str, fig) -> None:
+    try:
+        gallery[stem] = plotting.save_figure(fig, stem, out_dir)["png"]
+    finally:
+        plt.close(fig)  # the Gallery shows the saved PNG; an open figure would show twice
+
+
+def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> PlotResult:
+    """Build every table, figure, plot series and reports/index.html (module docstring).
+
+    cfg: params.plot (seeds, headline rows); params: the whole Params (the plot stage reads every
+    stage's outputs and shows the params on the front page)."""
+    if cfg != params.plot:
+        raise ValueError("cfg must be params.plot (the plot stage's settings live there once)")
+    skipped: list[str] = []
+    df = results.load_results(params, root=root)
+    var_metrics, var_plots = loaders.load_variance(root=root)
+    trajs = loaders.load_trajectories(sorted(var_plots), root=root)
+    for run_name, traj in trajs.items():
+        var_plots[run_name].update(loaders.trajectory_plot_data(traj))
+    prune = loaders.load_prune_metrics(params, root=root)
+
+    tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params),
+            "sink_variance": tables.sink_variance_table(var_metrics)}
+    render.write_tables(tabs, paths.tables_dir(root=root))
+    markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
+
+    written = {"accuracy_vs_sparsity": series.accuracy_series(df), "variance_per_layer": series.variance_series(var_plots)}
+    series_paths = {name: series.write_series(frame, paths.plot_series(name, root=root)) for name, frame in written.items()}
+
+    gallery, out_dir = Gallery(), paths.figures_dir(root=root)
+    models = results.pruned_models(df)
+    _save(gallery, out_dir, "accuracy_vs_sparsity", plotting.accuracy_vs_sparsity(series.accuracy_errors(df), models))
+    _save(gallery, out_dir, "perplexity_vs_sparsity",
+          plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))
+    _save(gallery, out_dir, "sink_variance_dlm_vs_ar", plotting.sink_variance_dlm_vs_ar(var_metrics, var_plots))
+    trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]}
+    _save(gallery, out_dir, "trajectory_heatmaps",
+          plotting.trajectory_heatmaps(loaders.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
+    _save(gallery, out_dir, "sink_position_vs_step", plotting.sink_position_vs_step(var_plots, PRIMARY_VARIANT))
+    _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
+    train = loaders.load_train_metrics(params.models, root=root)
+    if any("loss" in m for m in train.values()):
+        _save(gallery, out_dir, "loss_curves", plotting.loss_curves(train))
+    else:
+        skipped.append("loss_curves: no metrics/train/<key>.json with a 'loss' curve")
+    eff_path = paths.efficiency_metrics(root=root)
+    eff_rows = None
+    if eff_path.is_file():
+        eff_rows = loaders.efficiency_rows(read_json(eff_path))
+        _save(gallery, out_dir, "efficiency_bars", plotting.efficiency_bars(eff_rows))
+    else:
+        skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (efficiency is not a DVC stage)")
+    for s in skipped:
+        log.info("skipped %s", s)
+
+    found = findings_.findings(df, params, var_metrics, eff_rows)
+    headline = {"sink_variance": tabs["sink_variance"], **{k: v for k, v in tabs.items() if k != "sink_variance"}}
+    index = build_index(root, params, git_commit(root, mark_dirty=True) or "unknown", findings=found,
+                        tables=headline, results=df)
+    return PlotResult(results=df, tables=tabs, markdown=markdown, figures=gallery, series=series_paths, index=index,
+                      skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found))
