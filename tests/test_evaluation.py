@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -14,8 +15,12 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 
-from srclib import evaluation as E
 from srclib import likelihood, paths
+from srclib.evaluation import common, harness, perplexity
+from srclib.evaluation import tasks as T
+from srclib.evaluation.lm import DiffusionLM
+from srclib.params import EvaluateParams, ModelEntry, PplParams, SamplerParams, TaskSettings, as_dict
+from srclib.stages import evaluate as stage
 from srclib.models import load
 from srclib.models.base import write_marker
 from srclib.models.tiny import TinyLM, test_config
@@ -65,13 +70,13 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dlm(ckpts):
-    return E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=4, batch_size=8, seed=3)
+    return DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=4, batch_size=8, seed=3)
 
 
 # ---- task configs ----------------------------------------------------------------------------------
 @needs_data
 def test_arc_config_points_at_local_arrow_and_drops_missing_splits():
-    cfg = E.build_task_configs(["arc_easy"], TASKS)
+    cfg = T.build_task_configs(["arc_easy"], TASKS)
     assert set(cfg) == {"arc_easy"}
     c = cfg["arc_easy"]
     assert c["include"].endswith(os.path.join("tasks", "arc", "arc_easy.yaml"))
@@ -87,7 +92,7 @@ def test_arc_config_points_at_local_arrow_and_drops_missing_splits():
 
 @needs_data
 def test_gsm8k_reads_jsonl_and_takes_fewshot_from_test():
-    c = E.build_task_configs(["gsm8k"], TASKS)["gsm8k"]
+    c = T.build_task_configs(["gsm8k"], TASKS)["gsm8k"]
     assert c["dataset_path"] == "json"
     assert c["dataset_kwargs"]["data_files"]["test"].endswith("gsm8k/main/test.jsonl")
     assert c["fewshot_split"] == "test" and c["training_split"] is None
@@ -95,7 +100,7 @@ def test_gsm8k_reads_jsonl_and_takes_fewshot_from_test():
 
 @needs_data
 def test_mmlu_group_expands_to_57_subjects_and_4_subgroups():
-    cfg = E.build_task_configs(["mmlu"], TASKS, overrides={"mmlu": {"num_fewshot": 5}})
+    cfg = T.build_task_configs(["mmlu"], TASKS, overrides={"mmlu": {"num_fewshot": 5}})
     leaves = [k for k, v in cfg.items() if "task" in v]
     assert len(leaves) == 57
     assert {"mmlu", "mmlu_stem", "mmlu_humanities", "mmlu_other", "mmlu_social_sciences"} <= set(cfg)
@@ -107,45 +112,38 @@ def test_mmlu_group_expands_to_57_subjects_and_4_subgroups():
 
 
 def test_hub_mode_only_includes_builtin_yaml():
-    cfg = E.build_task_configs(["piqa"], None, overrides={"piqa": {"num_fewshot": 2}})
+    cfg = T.build_task_configs(["piqa"], None, overrides={"piqa": {"num_fewshot": 2}})
     assert set(cfg["piqa"]) == {"include", "task", "num_fewshot"}
 
 
 def test_unknown_task_and_bad_overrides(monkeypatch):
-    small = E._task_index()
-    monkeypatch.setattr(E, "_task_index", lambda full=False: small)  # skip the ~20 s full index
+    small = T._task_index()
+    monkeypatch.setattr(T, "_task_index", lambda full=False: small)  # skip the ~20 s full index
     with pytest.raises(KeyError, match="no_such_task"):
-        E.build_task_configs(["no_such_task"], None)
+        T.build_task_configs(["no_such_task"], None)
     with pytest.raises(KeyError, match="overrides"):
-        E.build_task_configs(["piqa"], None, overrides={"sciq": {"num_fewshot": 1}})
+        T.build_task_configs(["piqa"], None, overrides={"sciq": {"num_fewshot": 1}})
 
 
 def test_missing_data_names_task_and_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"arc_easy.*ai2_arc/ARC-Easy"):
-        E.build_task_configs(["arc_easy"], tmp_path)
+        T.build_task_configs(["arc_easy"], tmp_path)
     (tmp_path / "ai2_arc" / "ARC-Easy" / "validation").mkdir(parents=True)  # folder, no files
     with pytest.raises(FileNotFoundError, match="arc_easy"):
-        E.build_task_configs(["arc_easy"], tmp_path)
+        T.build_task_configs(["arc_easy"], tmp_path)
     with pytest.raises(FileNotFoundError, match="data_root"):
-        E.build_task_configs(["arc_easy"], tmp_path / "nope")
+        T.build_task_configs(["arc_easy"], tmp_path / "nope")
 
 
-def test_settings_from_params_dataclasses():
-    from srclib.params import TaskSettings
-
-    spec = E.TaskSpec.of(TaskSettings(num_fewshot=0, cfg=0.5, mc_num=4, limit=200))
-    assert spec == E.TaskSpec(num_fewshot=0, cfg=0.5, mc_num=4, limit=200)
-    with pytest.raises(TypeError, match="mapping or a dataclass"):
-        E.TaskSpec.of(3)
+def _task(limit, mc_num=1, cfg=0.0, num_fewshot=0) -> TaskSettings:
+    return TaskSettings(num_fewshot=num_fewshot, cfg=cfg, mc_num=mc_num, limit=limit)
 
 
-def test_task_spec_validation():
-    with pytest.raises(ValueError, match=r"mc_num \(10\).*batch_size \(4\)"):
-        E.TaskSpec(mc_num=10, mc_batch=4)
-    with pytest.raises(ValueError, match="unknown task setting"):
-        E.TaskSpec.of({"mc_num": 4, "shots": 2})
-    with pytest.raises(ValueError, match="seq_len"):
-        E.PplSettings.of({"n_windows": 2, "mc_num": 2})
+def test_task_settings_are_recorded_with_the_estimator_group():
+    rec = harness.task_record(TaskSettings(num_fewshot=0, cfg=0.5, mc_num=4, limit=200))
+    assert rec == {"num_fewshot": 0, "cfg": 0.5, "mc_num": 4, "limit": 200, "mc_batch": None}
+    with pytest.raises(ValueError, match="no tasks"):
+        harness.evaluate_lm(_Random(), {})
 
 
 # ---- oracle / random stubs on a real task ----------------------------------------------------------
@@ -176,11 +174,11 @@ class _Random(_Stub):
 
 @needs_data
 def test_oracle_scores_1_and_random_scores_chance_on_arc_easy():
-    res = E.evaluate_lm(_Oracle(), {"arc_easy": {"limit": 20}}, data_root=TASKS)
+    res = harness.evaluate_lm(_Oracle(), {"arc_easy": _task(20)}, data_root=TASKS)
     r = res["arc_easy"]
     assert r["metrics"]["acc"] == 1.0 and r["metrics"]["acc_norm"] == 1.0
     assert r["n_samples"] == 20 and r["eval_split"] == "validation"
-    res = E.evaluate_lm(_Random(), {"arc_easy": {"limit": 300}}, data_root=TASKS)
+    res = harness.evaluate_lm(_Random(), {"arc_easy": _task(300)}, data_root=TASKS)
     acc = res["arc_easy"]["metrics"]["acc"]  # 4 choices (a few items have 3 or 5): chance ~0.25
     assert 0.17 < acc < 0.34
     assert res["arc_easy"]["stderr"]["acc"] == pytest.approx((acc * (1 - acc) / 299) ** 0.5, rel=1e-6)
@@ -200,7 +198,7 @@ def test_dlm_loglikelihood_is_the_estimator_with_bos_and_keep_first(dlm):
     t = whole[len(c):]
     want = likelihood.elbo_loglikelihood(
         likelihood.model_logits_fn(dlm.model, dlm.adapter), c, t, mask_id=3, mc_num=4,
-        batch_size=4, generator=E._request_generator(3, c, t), keep_first=True)
+        batch_size=4, generator=common.request_generator(3, c, t), keep_first=True)
     assert greedy is False
     assert ll == pytest.approx(want, abs=1e-4)
 
@@ -221,15 +219,15 @@ def test_dlm_configure_and_construction_errors(dlm, ckpts):
     with pytest.raises(ValueError, match="cfg"):
         dlm.configure(cfg=-0.5)
     with pytest.raises(ValueError, match="causal"):
-        E.DiffusionLM(pretrained=str(ckpts["tiny-ar"]))
+        DiffusionLM(pretrained=str(ckpts["tiny-ar"]))
     with pytest.raises(TypeError, match="bogus"):
-        E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), bogus=1)
+        DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), bogus=1)
     with pytest.raises(ValueError, match=r"mc_num \(5\).*batch_size \(2\)"):
-        E.DiffusionLM.create_from_arg_string(f"pretrained={ckpts['tiny-dlm']},mc_num=5,mc_batch=2")
+        DiffusionLM.create_from_arg_string(f"pretrained={ckpts['tiny-dlm']},mc_num=5,mc_batch=2")
 
 
 def test_model_args_win_over_cli_batch_size(ckpts):
-    lm = E.DiffusionLM.create_from_arg_string(
+    lm = DiffusionLM.create_from_arg_string(
         f"pretrained={ckpts['tiny-dlm']},mc_num=2,batch_size=6", {"batch_size": 1, "device": None})
     assert lm.batch_size == 6 and lm.mc_num == 2 and lm.mc_batch == 2
 
@@ -253,7 +251,7 @@ def test_loglikelihood_rolling_is_elbo_of_string_given_bos(dlm):
 
 
 def test_loglikelihood_rolling_splits_long_strings(ckpts):
-    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=9)
+    lm = DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=9)
     s = "The quick brown fox jumps over the lazy dog. Plants need water."
     toks = lm.tok_encode(s, add_special_tokens=False)
     assert len(toks) > 8
@@ -266,7 +264,7 @@ def test_loglikelihood_rolling_splits_long_strings(ckpts):
 
 
 def test_long_requests_keep_bos_and_the_end_of_the_context(ckpts):
-    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=6)
+    lm = DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, max_length=6)
     c, t = [0, 10, 11, 12, 13, 14, 15], [20, 21]
     assert lm._fit(c, t) == ([0, 13, 14, 15], t)  # 4 + 2 = max_length
     assert lm.score([(c, t)]) == pytest.approx(lm.score([([0, 13, 14, 15], t)]), abs=1e-6)
@@ -284,36 +282,65 @@ def test_generate_until_cuts_at_eos_and_first_stop_string(dlm):
         return torch.cat([prompt_ids, gen.expand(B, -1)], dim=1)
 
     dlm._generate_fn = fake_generate
+    saved = dlm.sampler
     try:
-        dlm.gen = E.GenSettings(steps=4, gen_length=64, block_length=32)
+        dlm.sampler = dataclasses.replace(saved, steps=4, gen_length=64, block_length=32)
         reqs = [Instance("generate_until", {}, ("Q", {"until": ["Question:", "\n"]}), 0),
                 Instance("generate_until", {}, ("Q", {"until": ["zzz"]}), 1),
                 Instance("generate_until", {}, ("Q", {"until": "no"}), 2)]
         out = dlm.generate_until(reqs)
     finally:
         dlm._generate_fn = None
-        dlm.gen = E.GenSettings()
+        dlm.sampler = saved
     assert out == ["yes Answer: no", "yes Answer: no\nQuestion: x", "yes Answer: "]
 
 
+def _expected_generation(lm, contexts, until, sampler):
+    """The texts srclib.diffusion.generate gives for prompts of equal length (one batch, the
+    LM's per-batch generator), cut at EOS and the first stop string, computed here independently."""
+    from srclib.diffusion import generate
+
+    tok = lm.tokenizer
+    prompts = [[0] + tok(c, add_special_tokens=False)["input_ids"] for c in contexts]  # BOS first
+    x = generate(lm.model, torch.tensor(prompts), **sampler.sampler_kwargs(), mask_id=3,
+                 adapter=lm.adapter, generator=common.request_generator(lm.seed, *prompts))
+    out = []
+    for row, p in zip(x.tolist(), prompts):
+        gen = row[len(p):]
+        assert len(gen) == sampler.gen_length
+        gen = gen[: gen.index(1)] if 1 in gen else gen  # EOS id 1
+        text = tok.decode(gen)
+        for stop in until:
+            text = text.split(stop)[0]
+        for special in SPECIALS:
+            text = text.replace(special, "")
+        out.append(text)
+    return out
+
+
 def test_generate_until_with_the_real_sampler_is_deterministic(ckpts):
-    lm = E.DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), steps=4, gen_length=8, block_length=4,
-                       batch_size=4)
+    lm = DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), steps=4, gen_length=8, block_length=4,
+                     batch_size=4)
     reqs = [Instance("generate_until", {}, ("The quick", {"until": ["\n\n"]}), i) for i in range(2)]
     reqs.append(Instance("generate_until", {}, ("Plants need water", {"until": ["."]}), 2))
     a, b = lm.generate_until(reqs), lm.generate_until(reqs)
-    assert a == b and all(isinstance(x, str) for x in a) and a[0] == a[1]
+    assert a == b and a[0] == a[1]
+    assert all(a), f"empty generation: {a}"
+    sampler = SamplerParams(gen_length=8, steps=4, block_length=4, temperature=0.0, cfg_scale=0.0,
+                            remasking="low_confidence")
+    assert a[:2] == _expected_generation(lm, ["The quick"] * 2, ["\n\n"], sampler)
+    assert a[2:] == _expected_generation(lm, ["Plants need water"], ["."], sampler)
     assert "[MASK]" not in "".join(a) and "." not in a[2]
 
 
 def test_make_lm_picks_by_adapter_causal(ckpts):
     from lm_eval.models.huggingface import HFLM
 
-    assert set(E.LM_FACTORIES) == {False, True}
+    assert set(harness.LM_FACTORIES) == {False, True}
     m, t, a = load(str(ckpts["tiny-ar"]))
-    assert isinstance(E.make_lm(m, t, a, batch_size=2), HFLM)
+    assert isinstance(harness.make_lm(m, t, a, batch_size=2), HFLM)
     m, t, a = load(str(ckpts["tiny-dlm"]))
-    assert isinstance(E.make_lm(m, t, a, batch_size=2), E.DiffusionLM)
+    assert isinstance(harness.make_lm(m, t, a, batch_size=2), DiffusionLM)
 
 
 # ---- held-out perplexity -------------------------------------------------------------------------------
@@ -322,28 +349,33 @@ def test_heldout_windows_known_answer(ckpts):
     texts = ["The quick brown fox", "Plants need water"]
     ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
     stream = ids[0] + [1] + ids[1] + [1]
-    w = E.heldout_windows(texts, tok, seq_len=4, n_windows=2)
+    w = perplexity.heldout_windows(texts, tok, seq_len=4, n_windows=2)
     assert w.tolist() == [[0] + stream[0:3], [0] + stream[3:6]]
     with pytest.raises(ValueError, match="fewer than one window"):
-        E.heldout_windows(["x"], tok, seq_len=64, n_windows=1)
+        perplexity.heldout_windows(["x"], tok, seq_len=64, n_windows=1)
 
 
 def test_heldout_perplexity_exact_for_ar_and_elbo_for_dlm(ckpts):
     texts = ["The quick brown fox jumps over the lazy dog."] * 6
-    s = E.PplSettings(n_windows=3, mc_num=2, seq_len=12)
+    s = PplParams(n_windows=3, mc_num=2, seq_len=12)
     m, t, a = load(str(ckpts["tiny-ar"]))
-    r = E.heldout_perplexity(m, t, a, texts, s)
-    w = E.heldout_windows(texts, t, 12, 3)
+    r = perplexity.heldout_perplexity(m, t, a, texts, s)
+    w = perplexity.heldout_windows(texts, t, 12, 3)
     assert r["kind"] == "exact" and r["n_tokens"] == 3 * 11 and r["mc_num"] is None
     assert r["ppl"] == pytest.approx(
         likelihood.causal_perplexity(likelihood.model_logits_fn(m, a), w), rel=1e-9)
     m, t, a = load(str(ckpts["tiny-dlm"]))
-    r = E.heldout_perplexity(m, t, a, texts, s)
+    r = perplexity.heldout_perplexity(m, t, a, texts, s)
     assert r["kind"] == "elbo" and r["n_tokens"] == 3 * 11 and r["ppl"] > 1
-    assert r == E.heldout_perplexity(m, t, a, texts, s)  # seeded
+    assert r == perplexity.heldout_perplexity(m, t, a, texts, s)  # seeded
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
+CPU = ModelEntry(dtype="float32", device="cpu")
+SMALL_SAMPLER = SamplerParams(gen_length=8, steps=4, block_length=4, temperature=0.0, cfg_scale=0.0,
+                              remasking="low_confidence")
+
+
 def _walk_keys(obj):
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -351,74 +383,96 @@ def _walk_keys(obj):
             yield from _walk_keys(v)
 
 
-def _check_provenance(m):
+def _params(tasks, ppl):
+    return EvaluateParams(batch_size=8, seed=0, dense=["tiny-dlm"], ppl=ppl, tasks=tasks)
+
+
+def _root(tmp_path, with_tasks=False):
+    """A repository root for the stage: the validation corpus written, the task data linked."""
+    root = tmp_path / "repo"
+    corpus = paths.corpus_file("validation", root)
+    corpus.parent.mkdir(parents=True)
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                              ["The quick brown fox jumps over the lazy dog."] * 8))
+    if with_tasks:
+        paths.tasks_dir(root).symlink_to(TASKS, target_is_directory=True)
+    return root
+
+
+def _check_provenance(m, cfg, root):
     prov = m["provenance"]
     assert set(prov["versions"]) >= {"torch", "transformers", "lm_eval", "srclib"}
     assert list(prov["checkpoint"]["sha256"]) == ["model.safetensors"]
-    assert prov["params"] == {"evaluate": {"x": 1}}
+    assert prov["params"] == json.loads(json.dumps(as_dict(cfg)))
+    assert prov["corpus_validation_file"] == "data/raw/corpus/validation.jsonl"
+    assert prov["data_root"] == paths.rel(paths.tasks_dir(root), root)
+    assert prov["settings"]["batch_size"] == 8 and prov["settings"]["seed"] == 0
     assert prov["git_commit"] is None or len(prov["git_commit"]) == 40
     assert not [k for k in _walk_keys(m) if "time" in k or "date" in k]
 
 
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
 def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
-    monkeypatch.setattr(E, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
-    corpus = tmp_path / "val.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in
-                              ["The quick brown fox jumps over the lazy dog."] * 8))
-    kw = dict(instance="t", model_source=ckpts[key], tasks={}, batch_size=8, seed=0,
-              ppl={"n_windows": 3, "mc_num": 2, "seq_len": 12}, data_root=None,
-              corpus_validation_file=corpus, params={"evaluate": {"x": 1}})
-    r = E.run_evaluate(metrics_path=tmp_path / "a.json", **kw)
-    E.run_evaluate(metrics_path=tmp_path / "b.json", **kw)
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
-    m = json.loads((tmp_path / "a.json").read_text())
+    monkeypatch.setattr(stage, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
+    root = _root(tmp_path)
+    cfg = _params({}, PplParams(n_windows=3, mc_num=2, seq_len=12))
+    r = stage.run(cfg, "t", ckpts[key], CPU, root=root)
+    a = paths.eval_metrics("t", root).read_bytes()
+    stage.run(cfg, "t", ckpts[key], CPU, root=root)
+    assert paths.eval_metrics("t", root).read_bytes() == a
+    m = json.loads(a)
     assert m == json.loads(json.dumps(r.metrics))
     assert m["ppl"]["kind"] == ("exact" if key == "tiny-ar" else "elbo")
     assert m["ppl"]["n_tokens"] == 33 and m["tasks"] == {}
     assert m["model"]["lm"] == ("hf" if key == "tiny-ar" else "srclib-dlm")
-    _check_provenance(m)
+    assert m["provenance"]["settings"]["gen"] == {  # the sampler of generation tasks, less cfg_scale
+        "steps": 128, "gen_length": 128, "block_length": 32, "temperature": 0.0,
+        "remasking": "low_confidence"}
+    assert m["provenance"]["settings"]["ppl"] == {"n_windows": 3, "mc_num": 2, "seq_len": 12}
+    _check_provenance(m, cfg, root)
     assert list(r.table["task"]) == ["heldout"]
+    assert f"{m['ppl']['ppl']:.2f}" in r.interpretation and "**t**" in r.interpretation
 
 
 @needs_data
-def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path):
-    tasks = {"arc_easy": {"limit": 2, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
-    r = E.run_evaluate(
-        instance="t", model_source=ckpts["tiny-dlm"], tasks=tasks, ppl=None, batch_size=8, seed=0,
-        data_root=TASKS, corpus_validation_file=None, metrics_path=tmp_path / "m.json",
-        gen={"steps": 4, "gen_length": 8, "block_length": 4}, params={"evaluate": {"x": 1}})
-    m = json.loads((tmp_path / "m.json").read_text())
+def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "SAMPLER", SMALL_SAMPLER)
+    root = _root(tmp_path, with_tasks=True)
+    cfg = _params({"arc_easy": _task(2, mc_num=2, cfg=0.5), "gsm8k": _task(1)}, None)
+    r = stage.run(cfg, "t", ckpts["tiny-dlm"], CPU, root=root)
+    m = json.loads(paths.eval_metrics("t", root).read_text())
     assert set(m["tasks"]) == {"arc_easy", "gsm8k"} and m["ppl"] is None
     a = m["tasks"]["arc_easy"]
     assert 0 <= a["metrics"]["acc"] <= 1 and a["n_samples"] == 2 and a["eval_split"] == "validation"
-    assert a["settings"]["cfg"] == 0.5 and a["settings"]["mc_num"] == 2
+    assert a["settings"] == {"num_fewshot": 0, "cfg": 0.5, "mc_num": 2, "limit": 2, "mc_batch": None}
     assert "exact_match,strict-match" in m["tasks"]["gsm8k"]["metrics"]
     assert m["tasks"]["gsm8k"]["fewshot_split"] == "test"
     assert m["provenance"]["task_versions"] == {"arc_easy": 1.0, "gsm8k": 3.0}
-    assert m["provenance"]["data_root"] == "data/raw/tasks"
-    _check_provenance(m)
+    assert m["provenance"]["settings"]["gen"]["gen_length"] == 8
+    _check_provenance(m, cfg, root)
     assert {"task", "metric", "value", "stderr"} <= set(r.table.columns) and len(r.table) == 4
+    acc, err = a["metrics"]["acc"], a["stderr"]["acc"]
+    assert f"arc_easy (2 items, 0-shot, split validation): acc {acc:.3f} ± {err:.3f}" in r.interpretation
 
 
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
 def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
-    monkeypatch.setattr(E, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
-    tasks = {"arc_easy": {"limit": 3, "mc_num": 2, "cfg": 0.5}, "gsm8k": {"limit": 1, "mc_num": 1}}
-    kw = dict(instance=f"t-{key}", model_source=ckpts[key], tasks=tasks,
-              ppl={"n_windows": 2, "mc_num": 2, "seq_len": 16}, batch_size=8, seed=0,
-              data_root=TASKS, corpus_validation_file=CORPUS_VAL,
-              gen={"steps": 4, "gen_length": 8, "block_length": 4}, params={"evaluate": {"x": 1}})
-    E.run_evaluate(metrics_path=tmp_path / "a.json", **kw)
-    E.run_evaluate(metrics_path=tmp_path / "b.json", **kw)
-    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    monkeypatch.setattr(stage, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
+    monkeypatch.setattr(stage, "SAMPLER", SMALL_SAMPLER)
+    root = _root(tmp_path, with_tasks=True)
+    cfg = _params({"arc_easy": _task(3, mc_num=2, cfg=0.5), "gsm8k": _task(1)},
+                  PplParams(n_windows=2, mc_num=2, seq_len=16))
+    stage.run(cfg, f"t-{key}", ckpts[key], CPU, root=root)
+    a = paths.eval_metrics(f"t-{key}", root).read_bytes()
+    stage.run(cfg, f"t-{key}", ckpts[key], CPU, root=root)
+    assert paths.eval_metrics(f"t-{key}", root).read_bytes() == a
 
 
 def test_ar_generation_without_generate_uses_greedy_kv_decoding(ckpts):
     m, t, a = load(str(ckpts["tiny-ar"]))
-    lm = E.make_lm(m, t, a, batch_size=2)
+    lm = harness.make_lm(m, t, a, batch_size=2)
     reqs = [Instance("generate_until", {}, ("The quick", {"until": ["zzz"], "max_gen_toks": 5}), 0),
             Instance("generate_until", {}, ("Plants need water and", {"until": ["zzz"],
                                                                      "max_gen_toks": 5}), 1)]
@@ -464,8 +518,7 @@ def test_run_evaluate_loads_with_the_params_dtype_and_device(tmp_path, monkeypat
     monkeypatch.setattr(srclib.models, "load", spy)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(Loaded):
-        E.run_evaluate(instance="t", model_source="pruned/x", tasks={}, ppl=None, batch_size=1, seed=0,
-                       data_root=None, corpus_validation_file=None, metrics_path=tmp_path / "m.json",
-                       dtype="bfloat16", device="auto")
+        stage.run(_params({}, None), "t", "pruned/x", ModelEntry(dtype="bfloat16", device="auto"),
+                  root=tmp_path)
     assert seen == {"source": "pruned/x", "dtype": "bfloat16", "device": "cpu"}
-    assert not (tmp_path / "m.json").exists()
+    assert not paths.eval_metrics("t", tmp_path).exists()

@@ -1,0 +1,360 @@
+"""``DiffusionLM``: the lm-eval ``LM`` for masked diffusion LMs, registered as ``srclib-dlm``.
+
+Built from any registered model key or srclib checkpoint folder (``srclib.models.load``).
+``loglikelihood``: LLaDA's MC-ELBO (:mod:`srclib.likelihood`), batched ACROSS requests;
+``loglikelihood_rolling``: the ELBO over lm-eval's rolling windows; ``generate_until``:
+:func:`srclib.diffusion.generate`, cut at the first stop string. Causal models are evaluated by
+lm-eval's own ``hf`` model instead (:mod:`srclib.evaluation.ar`).
+
+``model_args`` (``--model_args`` of lm-eval's CLI): ``pretrained`` (model key or checkpoint
+folder), ``mc_num`` (MC samples per request, default 128), ``mc_batch`` (stratification group of
+the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0), ``steps``,
+``gen_length``, ``block_length``, ``remasking``, ``temperature`` (generation; defaults
+:data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import lm_eval.models  # noqa: F401  lm-eval's own models enter the registry (lazily) before ours
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
+
+from srclib import devices, likelihood
+from srclib.evaluation.common import SAMPLER, SEED, model_max_length, request_generator
+from srclib.params import SamplerParams
+
+__all__ = ["DiffusionLM", "NAME", "dlm_lm", "cut_generation"]
+
+log = logging.getLogger(__name__)
+
+NAME = "srclib-dlm"  # the name lm-eval's registry knows DiffusionLM by
+
+
+# ---- construction helpers ---------------------------------------------------------------------
+def _as_bool(x: Any) -> bool | None:
+    if x is None or isinstance(x, bool):
+        return x
+    s = str(x).strip().lower()
+    if s in ("true", "1", "yes"):
+        return True
+    if s in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected a boolean, got {x!r}")
+
+
+def _loaded(pretrained, model, tokenizer, adapter) -> tuple[torch.nn.Module, Any, Any]:
+    """(model, tokenizer, adapter) from a key / folder or from loaded objects, checked."""
+    if (pretrained is None) == (model is None):
+        raise ValueError("pass exactly one of pretrained=<model key or folder> or model=<module>")
+    if pretrained is not None:
+        from srclib.models import load
+
+        model, tokenizer, adapter = load(str(pretrained))
+    if adapter is None or tokenizer is None:
+        raise ValueError("srclib-dlm needs the model's adapter and tokenizer (the checkpoint "
+                         "folder has no tokenizer.json?)")
+    if adapter.causal:
+        raise ValueError(f"model {adapter.key!r} is causal: evaluate it with lm-eval's 'hf' "
+                         f"model (srclib.evaluation.harness.make_lm picks it)")
+    return model, tokenizer, adapter
+
+
+def _add_bos(tokenizer, add_bos_token: bool | str | None) -> bool:
+    """Whether contexts start with BOS: as asked, else when the tokenizer has one."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    add = _as_bool(add_bos_token)
+    add = (bos is not None) if add is None else add
+    if add and bos is None:
+        raise ValueError("add_bos_token=True but the tokenizer has no BOS token")
+    return add
+
+
+# ---- request helpers ------------------------------------------------------------------------------
+def _longest_first_chunks(pairs: Sequence[tuple[list[int], list[int]]], per_chunk: int) -> list[list[int]]:
+    """Indices of ``pairs``, longest first, in chunks of ``per_chunk`` (similar lengths pack well)."""
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    return [order[s:s + per_chunk] for s in range(0, len(order), per_chunk)]
+
+
+def _rolling_pairs(strings: Sequence[str], encode: Callable, prefix: int,
+                   max_seq: int) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """lm-eval's disjoint rolling windows of each string: (context, target) pairs and the index
+    of the string each pair belongs to."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    pairs, owner = [], []
+    for r, string in enumerate(strings):
+        tokens = encode(string, add_special_tokens=False)
+        for w in get_rolling_token_windows(tokens, prefix_token=prefix, max_seq_len=max_seq,
+                                           context_len=1):
+            c, t = make_disjoint_window(w)
+            pairs.append((list(c), list(t)))
+            owner.append(r)
+    return pairs, owner
+
+
+def _stop_strings(request, temperature: float) -> list[str]:
+    """A generate_until request's stop strings (sampling kwargs are ignored: logged)."""
+    kwargs = dict(request.args[1] or {})
+    until = kwargs.get("until") or []
+    if kwargs.get("do_sample") or kwargs.get("temperature", 0.0):
+        log.warning("generate_until: sampling kwargs are ignored; the sampler uses "
+                    "temperature=%s", temperature)
+    return [until] if isinstance(until, str) else list(until)
+
+
+def _same_length_batches(prompts: Sequence[list[int]], rows: int) -> list[tuple[int, list[int]]]:
+    """(prompt length, indices) batches of at most ``rows`` prompts of equal length, shortest first."""
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    return [(L, idx[s:s + rows]) for L, idx in sorted(by_len.items()) for s in range(0, len(idx), rows)]
+
+
+def cut_generation(tokenizer, gen_ids: list[int], until: Sequence[str]) -> str:
+    """Generated ids -> text: cut at the first EOS token, then at the first occurrence of any stop
+    string; special tokens dropped."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and eos in gen_ids:
+        gen_ids = gen_ids[: gen_ids.index(eos)]
+    text = tokenizer.decode(list(gen_ids), skip_special_tokens=False)
+    cut = min((i for i in (text.find(s) for s in until if s) if i >= 0), default=len(text))
+    text = text[:cut]
+    for special in getattr(tokenizer, "all_special_tokens", []):
+        if special:
+            text = text.replace(special, "")
+    return text
+
+
+@register_model(NAME)
+class DiffusionLM(TemplateLM):
+    """lm-eval model for masked diffusion LMs (any registered DLM or srclib checkpoint folder).
+
+    Build from a key/folder (``DiffusionLM(pretrained="models/tiny-dlm", mc_num=8)``, what the
+    CLI does) or from loaded objects (``DiffusionLM(model=m, tokenizer=t, adapter=a)``).
+
+    batch_size: noised rows per forward pass (rows of many requests are packed together).
+    mc_num / mc_batch / cfg: the MC-ELBO (srclib.likelihood); changeable per task via
+    :meth:`configure`; ``cfg`` is also the sampler's ``cfg_scale``. Every request gets its own
+    generator seeded by (seed, its token ids).
+    add_bos_token: prepend BOS to every context (default: when the tokenizer has one; the
+    study's tiny models are trained on BOS-led windows). Shifted models (adapter.shift) never
+    mask position 0 (``keep_first``).
+    ``is_greedy`` is always False (LLaDA's default ``is_check_greedy=False``; no metric of the
+    study uses it).
+    """
+
+    backend = "causal"  # lm-eval's pair encoding: encode context + continuation, then split
+
+    def __init__(
+        self,
+        pretrained: str | os.PathLike | None = None,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        adapter: Any = None,
+        mc_num: int = 128,
+        mc_batch: int | None = None,
+        batch_size: int | str = 32,
+        cfg: float = 0.0,
+        steps: int = SAMPLER.steps,
+        gen_length: int = SAMPLER.gen_length,
+        block_length: int = SAMPLER.block_length,
+        temperature: float = SAMPLER.temperature,
+        remasking: str = SAMPLER.remasking,
+        device: str | torch.device | None = None,
+        seed: int = SEED,
+        add_bos_token: bool | str | None = None,
+        max_length: int | None = None,
+        max_batch_size: Any = None,  # lm-eval passes it; unused
+        **unused: Any,
+    ) -> None:
+        super().__init__()
+        if unused:
+            raise TypeError(f"srclib-dlm got unknown model_args {sorted(unused)}")
+        model, tokenizer, adapter = _loaded(pretrained, model, tokenizer, adapter)
+        self._device = devices.for_model(device, model)
+        self.model = model.to(self._device).eval()
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.mask_id = adapter.mask_id(model)
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = SamplerParams(gen_length=int(gen_length), steps=int(steps),
+                                     block_length=int(block_length), temperature=float(temperature),
+                                     cfg_scale=float(cfg), remasking=str(remasking))
+        self.configure(mc_num=int(mc_num), mc_batch=None if mc_batch is None else int(mc_batch),
+                       cfg=float(cfg))
+        self.add_bos_token = _add_bos(tokenizer, add_bos_token)
+        self._max_length = int(max_length) if max_length else model_max_length(model)
+        self._logits_fn = likelihood.model_logits_fn(self.model, adapter)
+        self._generate_fn: Callable | None = None  # srclib.diffusion.generate, resolved lazily
+        self._truncated = 0
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's --batch_size/--device fill in what --model_args does not set."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **dict(arg_dict)})
+
+    # ---- settings ------------------------------------------------------------------------------
+    def configure(self, *, mc_num: int | None = None, mc_batch: int | None = None,
+                  cfg: float | None = None) -> None:
+        """Change the estimator settings (the harness does this per task); ``cfg`` is also the
+        sampler's ``cfg_scale``."""
+        mc_num = self.__dict__.get("mc_num") if mc_num is None else mc_num
+        cfg = self.__dict__.get("cfg", 0.0) if cfg is None else cfg
+        likelihood._check_mc(mc_num, mc_batch or mc_num)
+        if cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {cfg}")
+        self.mc_num, self.mc_batch, self.cfg = mc_num, mc_batch or mc_num, float(cfg)
+        self.sampler = dataclasses.replace(self.sampler, cfg_scale=self.cfg)
+
+    @property
+    def keep_first(self) -> bool:
+        return bool(self.adapter.shift)
+
+    @property
+    def eot_token_id(self) -> int:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if eos is None:
+            raise ValueError("the tokenizer and the model config define no EOS token")
+        return int(eos)
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return int(bos) if bos is not None else self.eot_token_id
+
+    @property
+    def max_length(self) -> int | None:
+        return self._max_length
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", "")).replace("/", "__")
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw: Any) -> list[int]:
+        ids = list(self.tokenizer(string, add_special_tokens=False)["input_ids"])
+        add = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if add and bos is not None and (not ids or ids[0] != bos):
+            ids = [int(bos)] + ids
+        return ids
+
+    def tok_decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def _fit(self, context: list[int], target: list[int]) -> tuple[list[int], list[int]]:
+        """Left-truncate the context to max_length (keeping position 0 when keep_first)."""
+        if self._max_length is None or len(context) + len(target) <= self._max_length:
+            return context, target
+        room = self._max_length - len(target)  # context tokens that fit
+        keep = int(self.keep_first)  # position 0 stays: it is never masked
+        if room < keep:
+            raise ValueError(f"a continuation of {len(target)} tokens does not fit max_length "
+                             f"{self._max_length}")
+        self._truncated += 1
+        return context[:keep] + context[len(context) - (room - keep):], target
+
+    def _fitted(self, pairs) -> list[tuple[list[int], list[int]]]:
+        pairs = [self._fit(list(c), list(t)) for c, t in pairs]
+        if self._truncated:
+            log.warning("%d request(s) longer than max_length %s: contexts left-truncated",
+                        self._truncated, self._max_length)
+            self._truncated = 0
+        return pairs
+
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "ELBO",
+              disable_tqdm: bool = False) -> list[float]:
+        """MC-ELBO log-likelihoods of (context ids, continuation ids) pairs, batched across pairs."""
+        pairs = self._fitted(pairs)
+        out = [0.0] * len(pairs)
+        guided = 2 if self.cfg > 0 else 1  # cfg doubles the rows: conditional + unconditional
+        per_chunk = max(1, (self.batch_size * 8) // (self.mc_num * guided))  # ~8 forwards a call
+        for idx in tqdm(_longest_first_chunks(pairs, per_chunk), desc=desc,
+                        disable=disable_tqdm or None):
+            reqs = [pairs[i] for i in idx]
+            ll = likelihood.elbo_loglikelihood_batch(
+                self._logits_fn, reqs, mask_id=self.mask_id, mc_num=self.mc_num,
+                batch_size=self.mc_batch, cfg=self.cfg,
+                generator=[request_generator(self.seed, c, t) for c, t in reqs],
+                pad_id=self.mask_id, keep_first=self.keep_first,
+                forward_batch=max(1, self.batch_size // guided),
+            )
+            for i, v in zip(idx, ll):
+                out[i] = v
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw: Any):
+        scores = self.score([(c, t) for _, c, t in requests], desc="loglikelihood (MC-ELBO)",
+                            disable_tqdm=disable_tqdm)
+        res = []
+        for (args, _, _), s in zip(requests, scores):
+            self.cache_hook.add_partial("loglikelihood", args, (s, False))
+            res.append((s, False))
+        return res
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        pairs, owner = _rolling_pairs([req.args[0] for req in requests], self.tok_encode,
+                                      self.prefix_token_id, (self._max_length or 10**9) - 1)
+        scores = self.score(pairs, desc="loglikelihood_rolling (MC-ELBO)", disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for r, s in zip(owner, scores):
+            totals[r] += s
+        for req, tot in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, tot)
+        return totals
+
+    # ---- generation ----------------------------------------------------------------------------
+    def _generate(self):
+        if self._generate_fn is None:
+            from srclib.diffusion import generate
+
+            self._generate_fn = generate
+        return self._generate_fn
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        untils = [_stop_strings(req, self.sampler.temperature) for req in requests]
+        prompts = [self.tok_encode(req.args[0]) for req in requests]
+        rows = max(1, self.batch_size // (2 if self.cfg > 0 else 1))
+        out: list[str] = [""] * len(requests)
+        generate = self._generate()
+        for L, idx in tqdm(_same_length_batches(prompts, rows), desc="generate_until (diffusion)",
+                           disable=disable_tqdm or None):
+            ids = torch.tensor([prompts[i] for i in idx], dtype=torch.long, device=self._device)  # (B, L)
+            x = generate(self.model, ids, **self.sampler.sampler_kwargs(), mask_id=self.mask_id,
+                         adapter=self.adapter,
+                         generator=request_generator(self.seed, *(prompts[i] for i in idx)))
+            for row, i in enumerate(idx):  # x: (B, L + gen_length)
+                text = cut_generation(self.tokenizer, x[row, L:].tolist(), untils[i])
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                out[i] = text
+        return out
+
+
+def dlm_lm(model, tokenizer, adapter, *, batch_size: int, seed: int, sampler: SamplerParams,
+           device=None) -> DiffusionLM:
+    """DiffusionLM for a loaded model; ``sampler.cfg_scale`` is its starting ``cfg``."""
+    return DiffusionLM(model=model, tokenizer=tokenizer, adapter=adapter, batch_size=batch_size,
+                       seed=seed, device=device, cfg=sampler.cfg_scale, steps=sampler.steps,
+                       gen_length=sampler.gen_length, block_length=sampler.block_length,
+                       temperature=sampler.temperature, remasking=sampler.remasking)

@@ -1,0 +1,144 @@
+"""The evaluate stage: one model instance (a pruned folder or a dense model key) on lm-eval's tasks
+and on held-out perplexity, written as a deterministic DVC metrics JSON (no wall-clock times:
+byte-identical across runs), ``metrics/evaluate/<instance>.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from srclib import devices, paths
+from srclib.data.corpus import read_texts
+from srclib.evaluation.common import SAMPLER, sampler_record
+from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
+from srclib.evaluation.perplexity import heldout_perplexity
+from srclib.files import sha256_file, write_json
+from srclib.params import EvaluateParams, ModelEntry, as_dict
+from srclib.provenance import git_commit, versions
+
+__all__ = ["run", "EvaluateResult"]
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict[str, Any]  # what metrics/evaluate/<instance>.json holds
+    table: Any  # pandas.DataFrame: task, metric, value, stderr, n, num_fewshot, split, group
+    interpretation: str  # markdown: this instance's measured scores and perplexity
+
+
+def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: ModelEntry,
+        root: str | os.PathLike | None = None) -> EvaluateResult:
+    """Evaluate ``instance``, loaded from ``source`` with ``model``'s dtype and device (params.yaml
+    ``models:`` entry; device "auto" = CUDA when available): lm-eval tasks (``cfg.tasks``) on the
+    offline task data, held-out perplexity (``cfg.ppl``) on the validation corpus.
+
+    Writes ``metrics/evaluate/<instance>.json`` with ``tasks`` ({task: {metrics, stderr, version,
+    n_shot, n_samples, eval_split, settings}}), ``ppl`` (srclib.evaluation.perplexity; None when
+    ``cfg.ppl`` is None) and ``provenance`` (git commit, package versions, checkpoint sha256,
+    params, lm-eval task versions).
+    """
+    from srclib.models import load
+
+    root = Path(root) if root is not None else paths.ROOT
+    data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
+    torch.manual_seed(cfg.seed)
+    device = devices.resolve(model.device)
+    lm_model, tok, adapter = load(str(source), dtype=model.dtype, device=device)
+    if tok is None:
+        raise ValueError(f"{source}: the checkpoint has no tokenizer")
+    lm = make_lm(lm_model, tok, adapter, batch_size=cfg.batch_size, seed=cfg.seed, sampler=SAMPLER,
+                 device=device)
+    task_res = evaluate_lm(lm, cfg.tasks, seed=cfg.seed, data_root=data_root) if cfg.tasks else {}
+    ppl_res = None
+    if cfg.ppl is not None:
+        ppl_res = heldout_perplexity(lm_model, tok, adapter, read_texts(corpus, what="validation corpus"),
+                                     cfg.ppl, seed=cfg.seed, batch_size=cfg.batch_size)
+    metrics = {
+        "instance": instance,
+        "model": {"key": adapter.key, "causal": bool(adapter.causal), "shift": bool(adapter.shift),
+                  "lm": "hf" if adapter.causal else "srclib-dlm",
+                  "likelihood": "exact" if adapter.causal else "mc-elbo"},
+        "tasks": task_res,
+        "ppl": ppl_res,
+        "provenance": {
+            "git_commit": git_commit(root),
+            "versions": versions(),
+            "checkpoint": _checkpoint(source, adapter, root),
+            "task_versions": {k: v["version"] for k, v in sorted(task_res.items())},
+            "data_root": paths.rel(data_root, root),
+            "corpus_validation_file": paths.rel(corpus, root),
+            "settings": {
+                "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "gen": sampler_record(SAMPLER),
+                "tasks": {k: task_record(v) for k, v in cfg.tasks.items()},
+                "ppl": dataclasses.asdict(cfg.ppl) if cfg.ppl is not None else None,
+            },
+            "params": as_dict(cfg),
+        },
+    }
+    write_json(paths.eval_metrics(instance, root), metrics)
+    return EvaluateResult(metrics, _table(task_res, ppl_res), interpretation(metrics, list(cfg.tasks)))
+
+
+def _checkpoint(source: str | os.PathLike, adapter, root: Path) -> dict[str, Any]:
+    """Key, source (repo-relative), revision and safetensors sha256 of what was evaluated."""
+    src = Path(source)
+    folder = src if src.is_dir() else None
+    if folder is None and adapter.source and (root / adapter.source).is_dir():
+        folder = root / adapter.source
+    info: dict[str, Any] = {"key": adapter.key, "source": paths.rel(folder, root) if folder else str(source),
+                            "revision": adapter.revision}
+    if folder is not None:
+        info["sha256"] = {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
+    return info
+
+
+def _table(tasks: Mapping[str, Mapping[str, Any]], ppl: Mapping[str, Any] | None):
+    import pandas as pd
+
+    rows = []
+    for name, t in tasks.items():
+        for metric, value in t["metrics"].items():
+            rows.append({"task": name, "metric": metric, "value": value,
+                         "stderr": t["stderr"].get(metric), "n": t.get("n_samples"),
+                         "num_fewshot": t.get("n_shot"), "split": t.get("eval_split"),
+                         "group": t.get("is_group", False)})
+    if ppl is not None:
+        rows.append({"task": "heldout", "metric": f"ppl ({ppl['kind']})", "value": ppl["ppl"],
+                     "stderr": None, "n": ppl["n_windows"], "num_fewshot": None,
+                     "split": "corpus/validation", "group": False})
+    return pd.DataFrame(rows)
+
+
+def _score(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} ± {stderr:.3f}" if stderr is not None else f"{value:.3f} (no stderr)"
+
+
+def interpretation(metrics: Mapping[str, Any], tasks: list[str]) -> str:
+    """Markdown stating this instance's measured scores (± lm-eval's stderr) on the requested
+    tasks and its held-out perplexity, read from the metrics just written."""
+    m = metrics["model"]
+    how = "exact log-likelihoods" if m["causal"] else "MC-ELBO log-likelihoods"
+    lines = [f"**{metrics['instance']}** (model `{m['key']}`, lm-eval model `{m['lm']}`, {how}):", ""]
+    for name in tasks:
+        t = metrics["tasks"][name]
+        shots = f"{t['n_shot']}-shot" if t.get("n_shot") is not None else "shots n/a"
+        scores = ", ".join(f"{k} {_score(v, t['stderr'].get(k))}" for k, v in t["metrics"].items())
+        lines.append(f"- {name} ({t.get('n_samples')} items, {shots}, split {t.get('eval_split')}): "
+                     f"{scores or 'no metrics'}")
+    p = metrics["ppl"]
+    if p is not None:
+        kind = ("ELBO perplexity (an upper bound, %d MC samples per window)" % p["mc_num"]
+                if p["kind"] == "elbo" else "perplexity (exact)")
+        lines.append(f"- held-out {kind}: {p['ppl']:.2f} (NLL {p['nll_per_token']:.3f} per token "
+                     f"over {p['n_tokens']} tokens in {p['n_windows']} windows of {p['seq_len']})")
+    if len(lines) == 2:
+        lines.append("- no tasks and no perplexity were requested")
+    return "\n".join(lines)
