@@ -1,6 +1,9 @@
-"""Tests for srclib.decoding (greedy KV-cache decoding) and srclib.trajectories (collect + variance)."""
+"""Tests for srclib.decoding (greedy KV-cache decoding), srclib.trajectories (record, store, stats)
+and the collect and variance stages."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -84,18 +87,16 @@ import numpy as np  # noqa: E402
 from srclib.attention import record_mass  # noqa: E402
 from srclib.models.tiny_adapter import TinyAdapter  # noqa: E402
 from srclib.sinks import dominant_positions  # noqa: E402
-from srclib.trajectories import (  # noqa: E402
+from srclib import paths  # noqa: E402
+from srclib.params import CollectParams, ModelEntry, VarianceParams  # noqa: E402
+from srclib.stages import collect, variance  # noqa: E402
+from srclib.trajectories.record import collect_trajectory, prompt_batch, random_init_twin  # noqa: E402
+from srclib.trajectories.stats import sink_statistics  # noqa: E402
+from srclib.trajectories.store import (  # noqa: E402
     Trajectory,
-    collect_trajectory,
     load_trajectory,
-    prompt_batch,
     random_init_name,
-    random_init_twin,
-    run_collect,
-    run_variance,
     save_trajectory,
-    sink_statistics,
-    stability_weights,
 )
 
 MASK = 63
@@ -103,14 +104,16 @@ H = 4  # heads of test_config
 AD_DLM = TinyAdapter(key="t-dlm", causal=False, shift=True)
 AD_DLM_NOSHIFT = TinyAdapter(key="t-dlm0", causal=False, shift=False)
 AD_AR = TinyAdapter(key="t-ar", causal=True, shift=False)
-SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0, stability_threshold=0.5)
+SINK = VarianceParams(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0, stability_threshold=0.5)
 
 
-def _kw(**over):
-    kw = dict(prompt_tokens=6, gen_length=8, steps=8, block_length=4, temperature=0.0, cfg_scale=0.0,
-              remasking="low_confidence", seed=0, chunk_size=5)
+def _cfg(**over) -> CollectParams:
+    """Collect params of the tests (a (B, P) id tensor as prompts ignores models and n_prompts)."""
+    kw = dict(models=["t-dlm"], n_prompts=1, prompt_tokens=6, gen_length=8, steps=8, block_length=4,
+              temperature=0.0, cfg_scale=0.0, remasking="low_confidence", chunk_size=5,
+              random_init_control=False, seed=0)
     kw.update(over)
-    return kw
+    return CollectParams(**kw)
 
 
 def _dlm(shift=True, seed=0):
@@ -134,7 +137,7 @@ def _record(model, ids):
 def test_dlm_trajectory_pairs_each_step_with_its_forward(shift):
     model = _dlm(shift)
     prompt = _prompt(B=2, P=6)
-    traj = collect_trajectory(model, AD_DLM if shift else AD_DLM_NOSHIFT, None, prompt, **_kw())
+    traj = collect_trajectory(model, AD_DLM if shift else AD_DLM_NOSHIFT, None, prompt, _cfg())
     S, L, B, T = traj.shape
     assert (S, L, B, T) == (8, 2, 2, 14) and traj.kind == "dlm"
     # row-sum invariant: every query row sums to 1, so sum_k m_k = H * T per layer
@@ -150,17 +153,31 @@ def test_dlm_trajectory_pairs_each_step_with_its_forward(shift):
 def test_dlm_cfg_keeps_conditional_rows():
     model = _dlm()
     prompt = _prompt(B=2, P=6)
-    traj = collect_trajectory(model, AD_DLM, None, prompt, **_kw(cfg_scale=1.0))
+    traj = collect_trajectory(model, AD_DLM, None, prompt, _cfg(cfg_scale=1.0))
     assert traj.shape[2] == 2
     assert torch.allclose(traj.mass[2], _record(model, traj.step_ids[2]), atol=1e-4)
+
+
+def _commit_step(traj: Trajectory) -> torch.Tensor:
+    """(B, T) the step at which each position was committed (-1: never [MASK], i.e. the prompt)."""
+    return (traj.step_ids == MASK).sum(0) - 1
 
 
 def test_dlm_random_remasking_seeded():
     model = _dlm()
     prompt = _prompt(B=1, P=6)
-    a = collect_trajectory(model, AD_DLM, None, prompt, **_kw(remasking="random", seed=3))
-    b = collect_trajectory(model, AD_DLM, None, prompt, **_kw(remasking="random", seed=3))
+    a = collect_trajectory(model, AD_DLM, None, prompt, _cfg(remasking="random", seed=3))
+    b = collect_trajectory(model, AD_DLM, None, prompt, _cfg(remasking="random", seed=3))
+    c = collect_trajectory(model, AD_DLM, None, prompt, _cfg(remasking="random", seed=4))
+    greedy = collect_trajectory(model, AD_DLM, None, prompt, _cfg(remasking="low_confidence", seed=3))
+    # the same seed: the same commit order, ids and masses
     assert torch.equal(a.step_ids, b.step_ids) and torch.equal(a.mass, b.mass)
+    # one position committed per step, each once
+    assert sorted(_commit_step(a)[0, 6:].tolist()) == list(range(8))
+    # another seed commits in another order: the seed reaches the sampler
+    assert not torch.equal(_commit_step(a), _commit_step(c))
+    # random remasking is not low-confidence remasking: the commit order differs
+    assert not torch.equal(_commit_step(a), _commit_step(greedy))
 
 
 # ---- AR ---------------------------------------------------------------------------------------
@@ -190,7 +207,7 @@ def _plant_bos_sink(model, strength=6.0):
 def test_ar_trajectory_planted_sink_at_position_0():
     model = _plant_bos_sink(_causal_tiny())
     prompt = _prompt(B=2, P=6)
-    traj = collect_trajectory(model, AD_AR, None, prompt, **_kw())
+    traj = collect_trajectory(model, AD_AR, None, prompt, _cfg())
     S, L, B, T = traj.shape
     assert (S, L, B, T) == (8, 2, 2, 14) and traj.kind == "ar"
     assert traj.valid_len.tolist() == list(range(6, 14))
@@ -198,7 +215,7 @@ def test_ar_trajectory_planted_sink_at_position_0():
     assert torch.allclose(traj.mass.sum(-1), torch.full((S, L, B), float(H)), atol=1e-4)
     assert (traj.mass[0, :, :, 6:] == 0).all()
     assert (traj.mass[:, :, :, 0] > 0.9 * H).all()  # the planted sink holds the mass
-    st = sink_statistics(traj, **SINK)
+    st = sink_statistics(traj, SINK)
     for variant in ("newest", "prefix_raw", "prefix_norm"):
         g = st["variants"][variant]["global"]
         assert g["variance"] == 0.0 and g["dominant_at_0_frac"] == 1.0, variant
@@ -211,7 +228,7 @@ def test_ar_trajectory_planted_sink_at_position_0():
 def test_ar_prefix_mass_equals_full_prefix_forward():
     model = _causal_tiny()
     prompt = _prompt(B=2, P=5)
-    traj = collect_trajectory(model, AD_AR, None, prompt, **_kw(prompt_tokens=5, gen_length=6))
+    traj = collect_trajectory(model, AD_AR, None, prompt, _cfg(prompt_tokens=5, gen_length=6, steps=6, block_length=6))
     raw, norm = traj.prefix_mass(False), traj.prefix_mass(True)
     for s in range(6):
         n = 5 + s  # keys (and queries) of the prefix after step s
@@ -221,13 +238,13 @@ def test_ar_prefix_mass_equals_full_prefix_forward():
         count = torch.arange(n, 0, -1, dtype=torch.float32)  # queries that see key k: n - k
         assert torch.allclose(norm[s, :, :, :n], full / count, atol=1e-5)
     with pytest.raises(ValueError, match="AR"):
-        collect_trajectory(_dlm(), AD_DLM, None, prompt, **_kw(prompt_tokens=5)).prefix_mass()
+        collect_trajectory(_dlm(), AD_DLM, None, prompt, _cfg(prompt_tokens=5)).prefix_mass()
 
 
 def test_ar_hf_llama_collects():
     model = _tiny_llama()
     ad = TinyAdapter(key="llama", causal=True, shift=False)
-    traj = collect_trajectory(model, ad, None, _prompt(B=1, P=4), **_kw(prompt_tokens=4, gen_length=3))
+    traj = collect_trajectory(model, ad, None, _prompt(B=1, P=4), _cfg(prompt_tokens=4, gen_length=3, steps=3, block_length=3))
     assert traj.shape == (3, 2, 1, 7)
     assert torch.allclose(traj.mass.sum(-1), torch.full((3, 2, 1), 4.0), atol=1e-4)
 
@@ -236,9 +253,9 @@ def test_ar_hf_llama_collects():
 @pytest.mark.parametrize("kind", ["dlm", "ar"])
 def test_save_load_round_trip(tmp_path, kind):
     if kind == "dlm":
-        traj = collect_trajectory(_dlm(), AD_DLM, None, _prompt(B=2, P=6), **_kw())
+        traj = collect_trajectory(_dlm(), AD_DLM, None, _prompt(B=2, P=6), _cfg())
     else:
-        traj = collect_trajectory(_causal_tiny(), AD_AR, None, _prompt(B=2, P=6), **_kw())
+        traj = collect_trajectory(_causal_tiny(), AD_AR, None, _prompt(B=2, P=6), _cfg())
     path = save_trajectory(traj, tmp_path / "sub" / "t.safetensors")
     back = load_trajectory(path)
     assert back.meta == traj.meta and back.kind == kind
@@ -294,7 +311,7 @@ def _synthetic(positions, T=8, mask_from=None):
 
 def test_statistics_known_answers():
     traj = _synthetic([0, 2, 4, 2], mask_from=[3, 4, 5, 6])
-    st = sink_statistics(traj, **SINK)
+    st = sink_statistics(traj, SINK)
     g = st["variants"]["full"]["global"]
     assert st["variants"]["full"]["layers"][0] == g  # one layer: global = that layer
     # positions 0, 2, 4, 2: mean 2, population variance 2 -> 2 / 8^2
@@ -317,7 +334,7 @@ def test_statistics_known_answers():
 
 def test_statistics_dominant_on_mask_and_ratio():
     traj = _synthetic([7, 7, 7], mask_from=[4, 4, 4])  # the sink sits on a [MASK] key
-    g = sink_statistics(traj, **SINK)["variants"]["full"]["global"]
+    g = sink_statistics(traj, SINK)["variants"]["full"]["global"]
     assert g["dominant_on_mask_frac"] == 1.0 and g["variance"] == 0.0 and g["variance_mask"] == 0.0
     # mask keys 4..7 hold 24 of 28 mass units over 4 of 8 keys: ratio (24/28) / (4/8)
     assert g["mask_mass_ratio"] == pytest.approx((24 / 28) / 0.5)
@@ -328,10 +345,9 @@ def test_statistics_dominant_on_mask_and_ratio():
 def test_statistics_validation():
     traj = _synthetic([0, 1])
     with pytest.raises(ValueError, match="allowed rules"):
-        sink_statistics(traj, **dict(SINK, rule="nope"))
+        sink_statistics(traj, dataclasses.replace(SINK, rule="nope"))
     with pytest.raises(ValueError, match="stability_threshold"):
-        sink_statistics(traj, **dict(SINK, stability_threshold=1.5))
-    assert stability_weights is not None  # re-exported for the prune stage
+        sink_statistics(traj, dataclasses.replace(SINK, stability_threshold=1.5))
 
 
 # ---- random-init twin ---------------------------------------------------------------------------
@@ -380,8 +396,9 @@ def test_prompt_batch_without_bos():
 
 
 # ---- stages end to end --------------------------------------------------------------------------
-def test_run_collect_and_variance(tmp_path):
-    prompts = tmp_path / "prompts.jsonl"
+def test_collect_and_variance_stages(tmp_path):
+    prompts = paths.prompts_file(tmp_path)
+    prompts.parent.mkdir(parents=True)
     prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n"
                                for i, t in enumerate(_texts())))
     built = {"t-dlm": (_dlm(), AD_DLM), "t-ar": (_causal_tiny(), AD_AR)}
@@ -390,27 +407,35 @@ def test_run_collect_and_variance(tmp_path):
         model, ad = built[key]
         return model.to(dtype), _word_tokenizer(bos=True), ad
 
-    entries = {k: {"dtype": "float32", "device": "cpu"} for k in built}
-    traj_path = lambda run: tmp_path / "trajectories" / f"{run}.safetensors"  # noqa: E731
-    out = run_collect(models=["t-dlm", "t-ar"], model_entries=entries, prompts_path=prompts, n_prompts=2,
-                      prompt_tokens=6, gen_length=4, steps=4, block_length=4, temperature=0.0,
-                      cfg_scale=0.0, remasking="low_confidence", chunk_size=8, random_init_control=True,
-                      seed=0, trajectory_path=traj_path, metrics_path=tmp_path / "collect.json", loader=loader)
+    entries = {k: ModelEntry(dtype="float32", device="cpu") for k in built}
+    cfg = _cfg(models=["t-dlm", "t-ar"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
+               random_init_control=True)
+    out = collect.run(cfg, entries, root=tmp_path, loader=loader)
     runs = ["t-dlm", "t-dlm-randinit", "t-ar", "t-ar-randinit"]
-    assert sorted(out["runs"]) == sorted(runs)
-    assert all(traj_path(r).is_file() for r in runs)
-    metrics = json.loads((tmp_path / "collect.json").read_text())
+    assert sorted(out.runs) == sorted(runs) and sorted(out.trajectories) == sorted(runs)
+    assert all(paths.trajectory_file(r, tmp_path).is_file() for r in runs)
+    metrics = json.loads(paths.collect_metrics(tmp_path).read_text())
+    assert metrics == out.metrics
     assert metrics["runs"]["t-ar"]["kind"] == "ar" and metrics["runs"]["t-dlm-randinit"]["random_init"]
-    assert len(out["samples"]) == 8
-    res = run_variance(trajectory_paths={r: traj_path(r) for r in runs}, **SINK,
-                       sink_stats_path=lambda r: tmp_path / "sinks" / f"{r}.json",
-                       metrics_path=tmp_path / "variance.json")
-    assert list(res["main"]["run"]) == runs and set(res["main"]["variant"]) == {"full", "newest"}
-    assert len(res["table"]) == 2 * 3 + 2 * 3 * 3  # DLM: 1 variant x (global + 2 layers); AR: 3 variants
-    stats = json.loads((tmp_path / "sinks" / "t-ar.json").read_text())
+    assert "models" not in metrics["provenance"]["params"]["collect"]
+    assert metrics["provenance"]["params"]["collect"]["steps"] == 4
+    assert len(out.samples) == 8
+    assert "**t-dlm** (DLM" in out.interpretation and "**t-ar-randinit** (AR, random init)" in out.interpretation
+
+    res = variance.run(SINK, root=tmp_path)
+    ordered = list(paths.trajectory_runs(tmp_path))  # the stage reads trajectories/ in file order
+    assert list(res.main["run"]) == ordered and set(res.main["variant"]) == {"full", "newest"}
+    assert len(res.table) == 2 * 3 + 2 * 3 * 3  # DLM: 1 variant x (global + 2 layers); AR: 3 variants
+    stats = json.loads(paths.sink_stats("t-ar", tmp_path).read_text())
     assert set(stats["variants"]) == {"newest", "prefix_raw", "prefix_norm"}
-    v = json.loads((tmp_path / "variance.json").read_text())
+    assert stats["settings"] == dataclasses.asdict(SINK)
+    v = json.loads(paths.variance_metrics(tmp_path).read_text())
     assert set(v["runs"]) == set(runs) and "git_commit" in v["provenance"]
-    p = res["plots"]["t-dlm"]
+    assert v["provenance"]["params"]["variance"] == dataclasses.asdict(SINK)
+    p = res.plots["t-dlm"]
     assert p["global_mass_norm"].shape == (2, 4, 10) and np.allclose(p["global_mass_norm"].sum(-1), 1)
     assert p["dominant"]["full"].shape == (2, 4) and p["variance_per_layer"].shape == (2,)
+    # the interpretation quotes the metrics just written
+    g = v["runs"]["t-dlm"]
+    assert f"{g['variance']:.4f} ± {g['variance_std']:.4f}" in res.interpretation
+    assert "random-init twin t-dlm-randinit" in res.interpretation
