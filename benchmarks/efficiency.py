@@ -6,7 +6,7 @@
 
 Options: --shapes 1x192,8x192 --repeats 20 --warmup 3 --threads N --memory-dtype bfloat16
 --device cpu --clock wall|process --out results.json (the full reports; the study's own metrics come from the
-efficiency stage via srclib.efficiency.run_efficiency, not from this script).
+efficiency stage, srclib.stages.efficiency, not from this script).
 Prints one table row per (model, token shape): FLOP ratio, memory ratios, dense ms, CSR ms and
 the CSR/dense time ratio (> 1: the sparse model is slower).
 """
@@ -22,8 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srclib import efficiency as E  # noqa: E402
+from srclib.efficiency.accounting import DTYPES  # noqa: E402
+from srclib.efficiency.sparse import zero_by_magnitude_  # noqa: E402
+from srclib.efficiency.summary import report_rows  # noqa: E402
+from srclib.efficiency.timing import CLOCKS, efficiency_report  # noqa: E402
 from srclib.files import write_json  # noqa: E402
+from srclib.params import EfficiencyParams  # noqa: E402
 
 # name -> (sparsity, pattern) of the in-process models
 SYNTHETIC = {
@@ -62,7 +66,7 @@ def _models(args):
         return
     for name, (sparsity, pattern) in SYNTHETIC.items():
         model, adapter = _tiny_dlm_sized(args.seed)
-        E.zero_by_magnitude_(model, adapter, sparsity, pattern)
+        zero_by_magnitude_(model, adapter, sparsity, pattern)
         yield name, model, adapter
 
 
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--memory-dtype", default="bfloat16", choices=sorted(E.DTYPES))
+    ap.add_argument("--memory-dtype", default="bfloat16", choices=sorted(DTYPES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--clock", default="wall", choices=sorted(E.CLOCKS),
+    ap.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
                     help="wall time, or CPU seconds of this process (robust on a shared CPU)")
     ap.add_argument("--out", type=Path, default=None, help="write the full reports here (JSON)")
     args = ap.parse_args(argv)
@@ -87,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{'lin csr/dense':>14}{'lin share':>10}")
     print(header)
     for name, model, adapter in _models(args):
-        rep = E.efficiency_report(model, adapter, token_shapes=args.shapes, repeats=args.repeats,
-                                  warmup=args.warmup, device=args.device, threads=args.threads,
-                                  memory_dtype=args.memory_dtype, seed=args.seed, clock=args.clock)
+        cfg = EfficiencyParams(instances=[name], token_shapes=[list(s) for s in args.shapes], repeats=args.repeats,
+                               warmup=args.warmup, threads=args.threads or torch.get_num_threads(),
+                               clock=args.clock, memory_dtype=args.memory_dtype)
+        rep = efficiency_report(model, adapter, cfg, device=args.device, seed=args.seed)
         reports[name] = rep
-        for row, lat in zip(E.report_rows(name, rep), rep["latency"].values()):
+        for row, lat in zip(report_rows(name, rep), rep["latency"].values()):
             m24 = row["mem_2to4_ratio"]
             print(f"{name:<14}{row['shape']:>7}{row['sparsity']:>9.3f}{'y' if row['keeps_2_of_4'] else 'n':>5}"
                   f"{row['flops_ratio']:>7.3f}{row['mem_csr_int32_ratio']:>10.3f}{row['mem_csr_int64_ratio']:>10.3f}"

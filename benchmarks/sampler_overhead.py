@@ -2,7 +2,7 @@
 
 Runs srclib.diffusion.generate on a random-init TinyLM of tiny-dlm's size (4 layers, d=256,
 4 heads, vocab 4098, bidirectional, shifted logits) with and without srclib.attention.record_mass
-(the recorder reads and resets the mass in on_step, exactly as srclib.trajectories does), and
+(the recorder reads and resets the mass in on_step, exactly as srclib.trajectories.record does), and
 prints the times and their ratio.  Usage:
 
     .venv/bin/python benchmarks/sampler_overhead.py [--batch 16] [--prompt 32] [--gen 64] [--steps 64] [--threads 1]
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from srclib.attention import record_mass
+from srclib.attention import CHUNK_SIZE, record_mass
 from srclib.diffusion import generate
 from srclib.models.tiny import TinyConfig, TinyLM
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); "
                     "1 is far less noisy on a shared machine")
