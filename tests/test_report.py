@@ -3,7 +3,7 @@ plot series, the index page and the plot stage on a synthetic metrics tree.
 
 ``build_tree(root)`` writes a small tree in the real formats: evaluate metrics through
 srclib.evaluation's own lm-eval result parser, prune metrics through the real ``run_prune``,
-trajectories through ``save_trajectory`` and sink statistics through the real ``run_variance``.
+trajectories through ``save_trajectory`` and sink statistics through the real variance stage.
 test_plotting.py and test_browser.py reuse it.
 """
 
@@ -23,7 +23,9 @@ import torch
 import yaml
 
 from srclib import params as P_
-from srclib import paths, report
+from srclib import paths
+from srclib.report import findings, index, loaders, render, results, series, tables
+from srclib.stages import plot
 from srclib.files import read_json, write_json
 
 TASKS = {"arc_easy": True, "winogrande": False}  # task -> lm-eval reports acc_norm
@@ -79,7 +81,7 @@ def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float |
                       causal: bool, stderr: dict[str, float] | None = None) -> dict:
     """An evaluate metrics file as run_evaluate writes it; the task entries come from
     srclib.evaluation's own parser of lm-eval results."""
-    from srclib.evaluation import _parse_results
+    from srclib.evaluation.harness import parse_results as _parse_results
 
     results, n_samples = {}, {}
     for task, a in acc.items():
@@ -103,7 +105,7 @@ def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float |
 
 
 def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, stderr=None) -> None:
-    configs = report._instance_configs(params)
+    configs = results.instance_configs(params)
     for name, cfg in configs.items():
         causal = cfg["model"] != "tiny-dlm"
         acc = {t: accuracy(name, cfg, t) for t in params.evaluate.tasks}
@@ -114,7 +116,7 @@ def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, st
 
 def synthetic_trajectory(kind: str, run: str, random_init: bool, *, S=6, L=2, B=3, P=4, G=6, seed=0):
     """A trajectory with planted sinks: AR sinks stay on position 0, DLM sinks move with the step."""
-    from srclib.trajectories import Trajectory
+    from srclib.trajectories.store import Trajectory
 
     g = torch.Generator().manual_seed(seed)
     T = P + G
@@ -151,15 +153,13 @@ RUNS = {"tiny-dlm": ("dlm", False), "tiny-dlm-randinit": ("dlm", True),
 
 
 def write_variance_tree(root: Path, params: P_.Params) -> dict:
-    from srclib.trajectories import run_variance, save_trajectory
+    from srclib.stages import variance
+    from srclib.trajectories.store import save_trajectory
 
     for i, (run, (kind, rnd)) in enumerate(RUNS.items()):
         save_trajectory(synthetic_trajectory(kind, run, rnd, seed=i), paths.trajectory_file(run, root=root))
-    v = params.variance
-    return run_variance(trajectory_paths={r: paths.trajectory_file(r, root=root) for r in RUNS}, rule=v.rule,
-                        alpha=v.alpha, kappa=v.kappa, eps=v.eps, stability_threshold=v.stability_threshold,
-                        sink_stats_path=lambda r: paths.sink_stats(r, root=root),
-                        metrics_path=paths.variance_metrics(root=root))
+    res = variance.run(params.variance, root=root)
+    return {"metrics": res.metrics, "plots": res.plots}
 
 
 def write_prune_tree(root: Path, params: P_.Params) -> None:
@@ -167,7 +167,7 @@ def write_prune_tree(root: Path, params: P_.Params) -> None:
     metrics of each instance are that run's with the instance's spec, as run_prune writes them."""
     from srclib.models import MODELS
     from srclib.models.tiny import TinyLM, test_config
-    from srclib.pruning import run_prune
+    from srclib.pruning.checkpoint import run_prune
 
     done: dict[tuple, dict] = {}
     for name, inst in params.prune.instances.items():
@@ -215,7 +215,7 @@ def tree(tmp_path_factory):
 # =================================================================================================
 def test_load_results_rows_configs_and_primary(tree):
     root, params = tree
-    df = report.load_results(params, root=root)
+    df = results.load_results(params, root=root)
     n_inst = len(params.prune.instances) + len(params.evaluate.dense)
     assert set(df["instance"]) == set(params.prune.instances) | set(params.evaluate.dense)
     # arc_easy: acc + acc_norm, winogrande: acc, one ppl row
@@ -239,7 +239,7 @@ def test_load_results_missing_file_names_it(tree, tmp_path):
     shutil.copytree(root / "metrics", tmp_path / "metrics")
     paths.eval_metrics("dlm-wanda-sink-50-s1", root=tmp_path).unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics/evaluate/dlm-wanda-sink-50-s1\.json"):
-        report.load_results(params, root=tmp_path)
+        results.load_results(params, root=tmp_path)
 
 
 def test_load_results_missing_task_and_wrong_model(tree, tmp_path):
@@ -252,22 +252,22 @@ def test_load_results_missing_task_and_wrong_model(tree, tmp_path):
     del d["tasks"]["winogrande"]
     write_json(f, d)
     with pytest.raises(ValueError, match=r"tiny-ar\.json.*winogrande"):
-        report.load_results(params, root=tmp_path)
+        results.load_results(params, root=tmp_path)
     d["tasks"]["winogrande"] = read_json(paths.eval_metrics("tiny-dlm", root=root))["tasks"]["winogrande"]
     d["model"]["key"] = "tiny-dlm"
     write_json(f, d)
     with pytest.raises(ValueError, match="stale"):
-        report.load_results(params, root=tmp_path)
+        results.load_results(params, root=tmp_path)
 
 
 def test_primary_metric_prefers_acc_norm_and_needs_a_common_one():
     files = {"a": {"tasks": {"t": {"metrics": {"acc": 0.5, "acc_norm": 0.6}}}},
              "b": {"tasks": {"t": {"metrics": {"acc": 0.4, "acc_norm": None}}}}}
-    assert report.primary_metrics(files, ["t"]) == {"t": "acc"}  # acc_norm not valued everywhere
+    assert results.primary_metrics(files, ["t"]) == {"t": "acc"}  # acc_norm not valued everywhere
     files["b"]["tasks"]["t"]["metrics"]["acc_norm"] = 0.3
-    assert report.primary_metrics(files, ["t"]) == {"t": "acc_norm"}
+    assert results.primary_metrics(files, ["t"]) == {"t": "acc_norm"}
     with pytest.raises(ValueError, match="task 'u'"):
-        report.primary_metrics({"a": {"tasks": {"u": {"metrics": {"f1": 0.1}}}}}, ["u"])
+        results.primary_metrics({"a": {"tasks": {"u": {"metrics": {"f1": 0.1}}}}}, ["u"])
 
 
 # =================================================================================================
@@ -275,8 +275,8 @@ def test_primary_metric_prefers_acc_norm_and_needs_a_common_one():
 # =================================================================================================
 def test_summarize_seed_spread_vs_stderr(tree):
     root, params = tree
-    df = report.load_results(params, root=root)
-    s = report.summarize(df, seeds=[0, 1, 2])
+    df = results.load_results(params, root=root)
+    s = results.summarize(df, seeds=[0, 1, 2])
     pick = lambda **kw: s[np.logical_and.reduce([s[k] == v for k, v in {"model": "tiny-dlm", **kw}.items()])].iloc[0]  # noqa: E731
     # 3 seeds: mean and sample std (ddof 1) over seeds, recomputed here by hand
     vals = [100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
@@ -301,7 +301,7 @@ def test_summarize_seed_spread_vs_stderr(tree):
     r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="ppl")
     assert r["source"] == "none" and math.isnan(r["u"])
     # restricting seeds changes the aggregation
-    s1 = report.summarize(df, seeds=[0])
+    s1 = results.summarize(df, seeds=[0])
     r = s1[(s1["method"] == "wanda") & (s1["weighting"] == "uniform") & (s1["sparsity"] == 0.5)
            & (s1["pattern"] == "unstructured") & (s1["column"] == "arc_easy")].iloc[0]
     assert (r["n_seeds"], r["source"]) == (1, "stderr")
@@ -317,7 +317,7 @@ def test_summarize_seed_spread_vs_stderr(tree):
     (5.0, float("nan"), 0.5, False),
 ])
 def test_exceeds_noise(diff, u1, u2, expected):
-    assert report.exceeds_noise(diff, u1, u2) is expected
+    assert results.exceeds_noise(diff, u1, u2) is expected
 
 
 def _planted(gain_by_seed_noise):
@@ -340,8 +340,8 @@ def test_marks_planted_cases(tmp_path):
     # stderr ~3.5 points): +5 is inside 2*sqrt(2)*3.5 too; so plant +20
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (0.5, 1.0), "sparsegpt": (20.0, 0.0),
                                                          "magnitude": (0, 0)}))
-    df = report.load_results(params, root=tmp_path)
-    cells = report.main_table_cells(df, params, "tiny-dlm")
+    df = results.load_results(params, root=tmp_path)
+    cells = tables.main_table_cells(df, params, "tiny-dlm")
     w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)]
     assert (w["diff"].loc[w["column"] == "arc_easy"].iloc[0]) == pytest.approx(0.5)
     assert (w["mark"] == 0).all()
@@ -351,18 +351,18 @@ def test_marks_planted_cases(tmp_path):
     # +5 points with small noise (seed spread 0.5): marked; the table shows the arrow
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (5.0, 0.5), "sparsegpt": (0.0, 0.0),
                                                          "magnitude": (0, 0)}))
-    df = report.load_results(params, root=tmp_path)
-    cells = report.main_table_cells(df, params, "tiny-dlm")
+    df = results.load_results(params, root=tmp_path)
+    cells = tables.main_table_cells(df, params, "tiny-dlm")
     w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)
               & (cells["pattern"] == "unstructured")].set_index("column")
     assert w.loc["arc_easy", "mark"] == 1 and w.loc["arc_easy", "u"] == pytest.approx(0.5)
-    table = report.main_table(df, params, "tiny-dlm")
+    table = tables.main_table(df, params, "tiny-dlm")
     row = table[(table["Method"] == "Wanda") & (table["Weighting"] == "sink-aware")].iloc[0]
     assert row["ARC-E"].endswith("↑") and "± 0.5" in row["ARC-E"]
     # worse beyond the noise -> down arrow; lower perplexity would be "better"
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (-5.0, 0.5), "sparsegpt": (0.0, 0.0),
                                                          "magnitude": (0, 0)}))
-    cells = report.main_table_cells(report.load_results(params, root=tmp_path), params, "tiny-dlm")
+    cells = tables.main_table_cells(results.load_results(params, root=tmp_path), params, "tiny-dlm")
     w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)
               & (cells["pattern"] == "unstructured")].set_index("column")
     assert w.loc["arc_easy", "mark"] == -1
@@ -376,7 +376,7 @@ def test_ppl_lower_is_better_mark():
         for w, vals in (("uniform", (100.0, 101.0, 102.0)), ("sink", (80.0, 81.0, 82.0))) for s, v in enumerate(vals)
     ])
     params = synthetic_params()
-    cells = report.main_table_cells(df, params, "m").set_index(["weighting", "column"])
+    cells = tables.main_table_cells(df, params, "m").set_index(["weighting", "column"])
     assert cells.loc[("sink", "ppl"), "diff"] == pytest.approx(-20.0)
     assert cells.loc[("sink", "ppl"), "mark"] == 1  # 20 > 2 * sqrt(1 + 1)
 
@@ -386,8 +386,8 @@ def test_ppl_lower_is_better_mark():
 # =================================================================================================
 def test_main_table_rows_columns_order(tree):
     root, params = tree
-    df = report.load_results(params, root=root)
-    t = report.main_table(df, params, "tiny-dlm")
+    df = results.load_results(params, root=root)
+    t = tables.main_table(df, params, "tiny-dlm")
     assert list(t.columns) == ["Method", "Weighting", "Sparsity", "Pattern", "Seeds", "ARC-E", "WinoGrande",
                                "Avg", "PPL"]
     got = list(zip(t["Method"], t["Weighting"], t["Sparsity"], t["Pattern"], t["Seeds"]))
@@ -409,24 +409,24 @@ def test_main_table_rows_columns_order(tree):
     notes = " ".join(t.attrs["footnotes"])
     assert "acc_norm" in notes and "WinoGrande acc" in notes and "sample standard deviation" in notes
     assert "MC-ELBO" in notes
-    smol = report.main_table(df, params, "smollm2-135m")
+    smol = tables.main_table(df, params, "smollm2-135m")
     assert list(smol["Weighting"]) == ["–", "uniform", "sink-aware"]
     assert "exact" in " ".join(smol.attrs["footnotes"])
-    assert set(report.main_tables(df, params)) == {"main_smollm2-135m", "main_tiny-dlm"}
+    assert set(tables.main_tables(df, params)) == {"main_smollm2-135m", "main_tiny-dlm"}
     with pytest.raises(ValueError, match="model must be given"):
-        report.main_table(df, params)
+        tables.main_table(df, params)
     with pytest.raises(ValueError, match="no evaluate results for model 'nope'"):
-        report.main_table_cells(df, params, "nope")
+        tables.main_table_cells(df, params, "nope")
 
 
 def test_dense_and_variance_tables(tree):
     root, params = tree
-    df = report.load_results(params, root=root)
-    d = report.dense_table(df, params)
+    df = results.load_results(params, root=root)
+    d = tables.dense_table(df, params)
     assert list(d["Model"]) == ["tiny-dlm", "tiny-ar", "smollm2-135m"]
     assert list(d["PPL kind"]) == ["elbo", "exact", "exact"]
     vm = read_json(paths.variance_metrics(root=root))
-    v = report.sink_variance_table(vm)
+    v = tables.sink_variance_table(vm)
     assert list(v["Run"]) == ["tiny-dlm", "tiny-dlm-randinit", "tiny-ar", "tiny-ar-randinit"]
     assert list(v["Kind"]) == ["DLM", "DLM", "AR", "AR"]
     # planted: AR sink fixed at position 0 -> variance 0; DLM sink moves -> variance > 0
@@ -439,10 +439,10 @@ def test_dense_and_variance_tables(tree):
 # =================================================================================================
 def test_write_tables_formats_and_determinism(tree, tmp_path):
     root, params = tree
-    df = report.load_results(params, root=root)
-    tables = {**report.main_tables(df, params), "dense_models": report.dense_table(df, params)}
-    a = report.write_tables(tables, tmp_path / "a")
-    b = report.write_tables({k: tables[k] for k in reversed(list(tables))}, tmp_path / "b")
+    df = results.load_results(params, root=root)
+    tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params)}
+    a = render.write_tables(tabs, tmp_path / "a")
+    b = render.write_tables({k: tabs[k] for k in reversed(list(tabs))}, tmp_path / "b")
     assert [p.name for p in a] == [p.name for p in b]
     assert {p.suffix for p in a} == {".md", ".html", ".tex"} and len(a) == 9
     for pa, pb in zip(a, b):
@@ -462,7 +462,7 @@ def test_write_tables_formats_and_determinism(tree, tmp_path):
 
 
 def test_latex_escape():
-    assert report.latex_escape("a_b 50% & x±y ↑ –") == "a\\_b 50\\% \\& x$\\pm$y $\\uparrow$ --"
+    assert render.latex_escape("a_b 50% & x±y ↑ –") == "a\\_b 50\\% \\& x$\\pm$y $\\uparrow$ --"
 
 
 class _Tags(html.parser.HTMLParser):
@@ -494,8 +494,8 @@ class _Tags(html.parser.HTMLParser):
 # =================================================================================================
 def test_accuracy_series(tree, tmp_path):
     root, params = tree
-    df = report.load_results(params, root=root)
-    s = report.accuracy_series(df)
+    df = results.load_results(params, root=root)
+    s = series.accuracy_series(df)
     assert list(s.columns) == ["sparsity", "accuracy", "method", "weighting", "model"]
     assert "2:4" not in set(s.get("pattern", []))
     r = s[(s["model"] == "tiny-dlm") & (s["method"] == "wanda") & (s["weighting"] == "sink") & (s["sparsity"] == 0.5)]
@@ -507,8 +507,8 @@ def test_accuracy_series(tree, tmp_path):
     # wanda uniform at 0.5: only the unstructured row enters (2:4 excluded)
     assert len(s[(s["model"] == "tiny-dlm") & (s["method"] == "wanda") & (s["weighting"] == "uniform")
                  & (s["sparsity"] == 0.5)]) == 1
-    p1 = report.write_series(s, tmp_path / "a.csv")
-    p2 = report.write_series(report.accuracy_series(df), tmp_path / "b.csv")
+    p1 = series.write_series(s, tmp_path / "a.csv")
+    p2 = series.write_series(series.accuracy_series(df), tmp_path / "b.csv")
     assert p1.read_bytes() == p2.read_bytes()
     back = pd.read_csv(p1)
     assert list(back.columns) == list(s.columns) and np.allclose(back["accuracy"], s["accuracy"])
@@ -517,32 +517,66 @@ def test_accuracy_series(tree, tmp_path):
 def test_variance_series_and_plot_data_match_run_variance(tree):
     root, params = tree
     res = write_variance_tree(root, params)  # rerun: same files, and the in-memory plots
-    metrics, plots = report.load_variance(root=root)
+    metrics, plots = loaders.load_variance(root=root)
     assert metrics == read_json(paths.variance_metrics(root=root))
-    s = report.variance_series(plots)
+    s = series.variance_series(plots)
     assert list(s.columns) == ["layer", "variance", "model"]
     assert set(s["model"]) == set(RUNS) and len(s) == 2 * len(RUNS)
-    s2 = report.variance_series(res["plots"])
+    s2 = series.variance_series(res["plots"])
     pd.testing.assert_frame_equal(s, s2)
-    trajs = report.load_trajectories(RUNS, root=root)
+    trajs = loaders.load_trajectories(RUNS, root=root)
     for run, traj in trajs.items():
-        mine = report.trajectory_plot_data(traj)
+        mine = loaders.trajectory_plot_data(traj)
         theirs = res["plots"][run]
         np.testing.assert_allclose(mine["global_mass_norm"], theirs["global_mass_norm"], rtol=1e-6, atol=1e-7)
         variant = next(iter(mine["dominant"]))
         np.testing.assert_array_equal(mine["dominant"][variant], theirs["dominant"][variant])
     # planted sinks: AR dominant at 0 throughout; DLM dominant at (3 s) mod T
-    ar = report.trajectory_plot_data(trajs["tiny-ar"])["dominant"]["newest"]
+    ar = loaders.trajectory_plot_data(trajs["tiny-ar"])["dominant"]["newest"]
     assert (ar == 0).all()
-    dlm = report.trajectory_plot_data(trajs["tiny-dlm"])["dominant"]["full"]
+    dlm = loaders.trajectory_plot_data(trajs["tiny-dlm"])["dominant"]["full"]
     assert (dlm == np.array([(3 * s) % 10 for s in range(6)])[None, :]).all()
 
 
 # =================================================================================================
 # index page and the stage
 # =================================================================================================
-def test_build_index_links_resolve(tmp_path):
+VARIANCE = {"runs": {  # a hand-made metrics/variance.json: one DLM, one AR, the DLM's random-init twin
+    "tiny-dlm": {"kind_is_dlm": 1, "random_init": 0, "variance": 0.05, "variance_std": 0.01, "dominant_at_0_frac": 0.0},
+    "tiny-dlm-randinit": {"kind_is_dlm": 1, "random_init": 1, "variance": 0.09, "variance_std": 0.03,
+                          "dominant_at_0_frac": 0.0},
+    "tiny-ar": {"kind_is_dlm": 0, "random_init": 0, "variance": 0.0, "variance_std": 0.0, "dominant_at_0_frac": 1.0},
+}}
+
+
+def test_findings_answer_from_the_numbers(tmp_path):
+    f = findings.sink_motion(VARIANCE)
+    assert f.verdict == "holds"  # 0.05 - 0 > 2 * sqrt(0.01^2 + 0)
+    assert f.values["tiny-dlm"] == (0.05, 0.01) and f.values["tiny-ar"] == (0.0, 0.0)
+    assert "tiny-dlm 0.0500 ± 0.0100 vs tiny-ar (AR) 0.0000 ± 0.0000: higher, beyond noise" in f.lines
+    assert any("random-init twin tiny-dlm-randinit 0.0900 ± 0.0300: no difference beyond noise" in x for x in f.lines)
+    noisy = {"runs": {**VARIANCE["runs"], "tiny-dlm": {**VARIANCE["runs"]["tiny-dlm"], "variance_std": 0.03}}}
+    assert findings.sink_motion(noisy).verdict == "does not hold"  # 0.05 < 2 * 0.03
+    assert findings.bos_sinks(VARIANCE).verdict == "holds"
+    # sink-aware vs uniform: +5 points with a seed spread of 0.5 -> better; +0.5 with spread 1 -> no difference
     params = synthetic_params()
+    for planted, verdict in (((5.0, 0.5), "sink-aware better"), ((0.5, 1.0), "no difference beyond noise"),
+                             ((-5.0, 0.5), "sink-aware worse")):
+        write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": planted, "sparsegpt": (0.0, 0.0)}))
+        df = results.load_results(params, root=tmp_path)
+        f = findings.sink_vs_uniform(df, params, "tiny-dlm")
+        assert f.verdict == verdict, planted
+        uni, sink = f.values["wanda 0.5 average uniform"], f.values["wanda 0.5 average sink"]
+        assert sink[0] - uni[0] == pytest.approx(planted[0]) and sink[1] == pytest.approx(planted[1])
+    md = findings.findings_markdown([f])
+    assert md.startswith("- **Sink-aware calibration prunes the diffusion LM tiny-dlm") and "*sink-aware worse*" in md
+
+
+def test_build_index_front_page(tmp_path):
+    params = synthetic_params()
+    write_eval_tree(tmp_path, params)
+    df = results.load_results(params, root=tmp_path)
+    found = findings.findings(df, params, VARIANCE)
     (paths.figures_dir(root=tmp_path)).mkdir(parents=True)
     from PIL import Image
 
@@ -551,25 +585,37 @@ def test_build_index_links_resolve(tmp_path):
     paths.tables_dir(root=tmp_path).mkdir(parents=True)
     for ext in ("md", "html", "tex"):
         (paths.tables_dir(root=tmp_path) / f"t1.{ext}").write_text("x")
-    for stage, name in (("plot", "plot"), ("prune", "inst-a"), ("train", "train")):
+    for stage, name in (("plot", "plot"), ("prune", "dlm-wanda-sink-50-s0"), ("evaluate", "dlm-wanda-sink-50-s0"),
+                        ("train", "train")):
         p = paths.report_html(stage, name, root=tmp_path)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("<html></html>")
-    idx = report.build_index(tmp_path, params, "abc123 <dirty>")
-    text = idx.read_text()
+    build = lambda: index.build_index(tmp_path, params, "abc123 <dirty>", findings=found,  # noqa: E731
+                                      tables={"sink_variance": tables.sink_variance_table(VARIANCE)}, results=df)
+    text = build().read_text()
+    idx = paths.index_html(root=tmp_path)
     parser = _Tags()
     parser.feed(text)
     assert not parser.errors and not parser.stack
-    assert parser.counts["img"] == 1 and parser.counts["pre"] == 1
+    assert parser.counts["img"] == 1 and parser.counts["pre"] == 1 and parser.counts["details"] == 1
     assert "abc123 &lt;dirty&gt;" in text and "headline_sparsities" in text
     for link in parser.links:
         assert not link.startswith(("/", "http:", "https:")), link
         assert (idx.parent / link).is_file(), link
-    assert {"html/plot/plot.html", "html/prune/inst-a.html", "html/train/train.html", "figures/a_fig.png",
-            "figures/a_fig.pdf", "tables/t1.md", "tables/t1.html", "tables/t1.tex"} <= set(parser.links)
-    # stages in pipeline order, deterministic
-    assert text.index("html/train/") < text.index("html/prune/") < text.index("html/plot/")
-    assert report.build_index(tmp_path, params, "abc123 <dirty>").read_text() == text
+    assert {"html/plot/plot.html", "html/prune/dlm-wanda-sink-50-s0.html", "html/evaluate/dlm-wanda-sink-50-s0.html",
+            "html/train/train.html", "figures/a_fig.png", "figures/a_fig.pdf", "tables/t1.md", "tables/t1.html",
+            "tables/t1.tex"} <= set(parser.links)
+    # the front page's order: findings, tables, figures, instance grid, other reports, params (folded)
+    marks = ['id="findings"', 'id="tables"', 'id="figures"', 'id="instances"', 'id="stages"', "<details"]
+    assert [text.index(m) for m in marks] == sorted(text.index(m) for m in marks)
+    assert "higher, beyond noise" in text and "Var[p]/T²" in text
+    # a grid cell: seed, average accuracy and perplexity computed here from the planted accuracies
+    cfg = dict(method="wanda", sparsity=0.5, seed=0, weighting="sink")
+    avg = np.mean([100 * default_accuracy("", cfg, t) for t in TASKS])
+    cell = re.search(r'data-instance="dlm-wanda-sink-50-s0"><span class="score">([^<]*)</span>', text).group(1)
+    assert cell == f"s0 {avg:.1f} / {100.0 * (1 + 3 * 0.5):.1f}"
+    assert 'data-instance="dlm-wanda-sink-50-s1"' in text  # listed without links: its reports do not exist
+    assert build().read_text() == text  # deterministic
 
 
 @pytest.mark.slow  # two full plot stages: ~5 s on an idle machine, 25 s under load
@@ -578,28 +624,29 @@ def test_run_plot_end_to_end(tree):
 
     root, params = tree
     open_before = len(plt.get_fignums())
-    res = report.run_plot(params=params, root=root)
+    res = plot.run(params.plot, params, root=root)
     assert len(plt.get_fignums()) == open_before  # the stage closes every figure it saved
     figs = paths.figures_dir(root=root)
     for stem in ("accuracy_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps", "layer_sparsity",
                  "perplexity_vs_sparsity", "sink_position_vs_step", "loss_curves"):
         assert (figs / f"{stem}.png").stat().st_size > 1000, stem
         assert (figs / f"{stem}.pdf").read_bytes().startswith(b"%PDF"), stem
-    assert set(res["figures"]) >= {"accuracy_vs_sparsity", "loss_curves"}
-    assert res["skipped"] and res["skipped"][0].startswith("efficiency_bars")
+    assert set(res.figures) >= {"accuracy_vs_sparsity", "loss_curves"}
+    assert res.skipped and res.skipped[0].startswith("efficiency_bars")
     assert {p.name for p in paths.tables_dir(root=root).iterdir()} >= {
         "main_tiny-dlm.md", "main_tiny-dlm.tex", "main_tiny-dlm.html", "dense_models.md", "sink_variance.html"}
     for name in ("accuracy_vs_sparsity", "variance_per_layer"):
         assert paths.plot_series(name, root=root).is_file()
-    assert "| Method |" in res["markdown"]
-    html_repr = res["figures"]._repr_html_()
-    assert html_repr.count("data:image/png;base64,") == len(res["figures"])
-    idx = res["index"].read_text()
+    assert "| Method |" in res.markdown
+    html_repr = res.figures._repr_html_()
+    assert html_repr.count("data:image/png;base64,") == len(res.figures)
+    idx = res.index.read_text()
     assert "figures/trajectory_heatmaps.png" in idx and "html/plot/plot.html" in idx
     assert re.search(r"<code>[0-9a-f]{40}|<code>unknown", idx)
+    assert res.interpretation == findings.findings_markdown(res.findings) and "tiny-dlm" in res.interpretation
     outputs = lambda: {p: p.read_bytes() for d in (paths.tables_dir(root=root), paths.figures_dir(root=root))  # noqa: E731
-                       for p in d.iterdir()} | {p: p.read_bytes() for p in res["series"].values()}
+                       for p in d.iterdir()} | {p: p.read_bytes() for p in res.series.values()}
     before = outputs()
-    report.run_plot(params=params, root=root)
+    plot.run(params.plot, params, root=root)
     after = outputs()
     assert before == after
