@@ -452,7 +452,7 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
     _check_provenance(m, cfg, root)
     assert {"task", "metric", "value", "stderr"} <= set(r.table.columns) and len(r.table) == 4
     acc, err = a["metrics"]["acc"], a["stderr"]["acc"]
-    assert f"arc_easy (2 items, 0-shot, split validation): acc {acc:.3f} ± {err:.3f}" in r.interpretation
+    assert f"arc_easy (n=2, 0-shot, split validation): acc {acc:.3f} ± {err:.3f}" in r.interpretation
 
 
 @needs_data

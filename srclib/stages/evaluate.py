@@ -131,7 +131,7 @@ def interpretation(metrics: Mapping[str, Any], tasks: list[str]) -> str:
         t = metrics["tasks"][name]
         shots = f"{t['n_shot']}-shot" if t.get("n_shot") is not None else "shots n/a"
         scores = ", ".join(f"{k} {_score(v, t['stderr'].get(k))}" for k, v in t["metrics"].items())
-        lines.append(f"- {name} ({t.get('n_samples')} items, {shots}, split {t.get('eval_split')}): "
+        lines.append(f"- {name} (n={t.get('n_samples')}, {shots}, split {t.get('eval_split')}): "
                      f"{scores or 'no metrics'}")
     p = metrics["ppl"]
     if p is not None:
