@@ -35,7 +35,12 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MassRecord", "record_mass", "key_mass"]
+__all__ = ["CHUNK_SIZE", "MassRecord", "record_mass", "key_mass"]
+
+# Queries per chunk of the mass computation: at most CHUNK_SIZE x T scores per head are ever
+# held (never T x T). The default of every recorder, collect and calibration (params.yaml
+# collect.chunk_size sets collect's).
+CHUNK_SIZE = 256
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +92,7 @@ def key_mass(
     attn_mask: torch.Tensor | None = None,  # broadcastable to (B, H, T_q, T_k)
     is_causal: bool = False,
     scale: float | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = CHUNK_SIZE,
 ) -> torch.Tensor:
     """Column sums of the softmax attention, summed over heads and queries: (B, T_k) float32.
 
@@ -167,7 +172,7 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
 
 
 @contextlib.contextmanager
-def record_mass(chunk_size: int = 256) -> Iterator[MassRecord]:
+def record_mass(chunk_size: int = CHUNK_SIZE) -> Iterator[MassRecord]:
     """Record per-call attention key mass while the context is open.
 
     >>> with record_mass() as rec:          # doctest: +SKIP

@@ -32,6 +32,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from srclib import devices
+from srclib.data import corpus
+from srclib.attention import CHUNK_SIZE, record_mass
+from srclib.diffusion import noise
+
 __all__ = [
     "Calibration",
     "PassBatch",
@@ -72,7 +77,7 @@ class Calibration:
     windows: torch.Tensor
     seed: int
     windows_per_batch: int = 4
-    mass_chunk_size: int = 256
+    mass_chunk_size: int = CHUNK_SIZE
 
     def __post_init__(self) -> None:
         w = self.windows
@@ -91,10 +96,8 @@ class Calibration:
 
 # ---- windows ------------------------------------------------------------------------------------
 def read_texts(path: str | Path) -> list[str]:
-    """The ``text`` field of every line of the calibration corpus (srclib.data.read_texts)."""
-    from srclib.data import read_texts as _read
-
-    return _read(path, what="calibration corpus")
+    """The ``text`` field of every line of the calibration corpus (srclib.data.corpus.read_texts)."""
+    return corpus.read_texts(path, what="calibration corpus")
 
 
 def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
@@ -138,7 +141,7 @@ def build_calibration(
     seed: int,
     bos_id: int | None,
     windows_per_batch: int = 4,
-    mass_chunk_size: int = 256,
+    mass_chunk_size: int = CHUNK_SIZE,
 ) -> Calibration:
     """Read, tokenise and sample the calibration windows (see ``sample_windows``)."""
     ids = tokenize_texts(tokenizer, read_texts(corpus_path))
@@ -157,8 +160,6 @@ def noised_passes(
     keep_ends: bool = False,
 ) -> torch.Tensor:
     """Every window at every t: (N, n_t, T) int64, from ONE seeded draw (independent of batching)."""
-    from srclib.diffusion import noise
-
     N, T = windows.shape
     n_t = len(t_grid)
     if n_t < 1:
@@ -212,14 +213,8 @@ def _recording(enabled: bool, chunk_size: int) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from srclib.attention import record_mass
-
     with record_mass(chunk_size=chunk_size) as rec:
         yield rec
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @contextlib.contextmanager
@@ -249,7 +244,7 @@ def run_one_shot(
     batches: Iterable[PassBatch],
     feed: Feed,
     weight_fn: WeightFn | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = CHUNK_SIZE,
     desc: str = "calibration (one-shot)",
     forward: Forward | None = None,
 ) -> None:
@@ -259,7 +254,7 @@ def run_one_shot(
     linears' inputs are held until it ends, then fed with ``weight_fn(mass)``.
     """
     batches = list(batches)
-    dev = _model_device(model)
+    dev = devices.of(model)
     state: dict[str, Any] = {}
 
     def make_hook(name: str):
@@ -291,11 +286,11 @@ def run_one_shot(
 
 
 def record_pass_mass(
-    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = 256, forward: Forward | None = None
+    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = CHUNK_SIZE, forward: Forward | None = None
 ) -> torch.Tensor:
     """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head)."""
     with _eval(model), _stop_after(blocks[-1]), _recording(True, chunk_size) as rec:
-        _forward(model, ids.to(_model_device(model)), forward)
+        _forward(model, ids.to(devices.of(model)), forward)
     return rec.mass
 
 
@@ -312,7 +307,7 @@ def catch_block_inputs(
     blocks: nn.ModuleList,
     ids: torch.Tensor,
     record: bool = False,
-    chunk_size: int = 256,
+    chunk_size: int = CHUNK_SIZE,
     forward: Forward | None = None,
 ) -> tuple[list[Any], dict[str, Any], torch.Tensor | None]:
     """Block 0's positional args and kwargs for one forward of ``ids`` (B, T).
@@ -357,7 +352,7 @@ def run_sequential(
     start_block: Callable[[int], Callable[[str, torch.Tensor, "torch.Tensor | None"], None] | None],
     finish_block: Callable[[int], None],
     weight_fn: WeightFn | None = None,
-    chunk_size: int = 256,
+    chunk_size: int = CHUNK_SIZE,
     desc: str = "calibration (sequential)",
     forward: Forward | None = None,
 ) -> None:
@@ -367,7 +362,7 @@ def run_sequential(
     None when block i needs no statistics; finish_block(i) prunes block i.
     """
     batches = list(batches)
-    dev = _model_device(model)
+    dev = devices.of(model)
     with _eval(model):
         stored: list[_Stored] = []
         for b in tqdm(batches, desc="catch block inputs", leave=False):

@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import torch
 
+from srclib import choices
+
 __all__ = ["noise", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ REMASKING: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Generator | Non
     "low_confidence": _confidence_low,
     "random": _confidence_random,
 }
+choices.check("remasking strategies", REMASKING, choices.REMASKING)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,25 +18,23 @@ from typing import Any, Union
 
 import yaml
 
+from srclib import choices, paths
+
 __all__ = [
-    "ParamsError", "Params", "load", "load_dict", "ModelEntry", "TrainParams", "CollectParams",
-    "VarianceParams", "PruneParams", "PruneInstance", "EvaluateParams", "TaskSettings",
-    "EfficiencyParams", "PlotParams",
+    "ParamsError", "Params", "load", "load_dict", "build", "ModelEntry", "TrainParams", "SamplerParams",
+    "CollectParams", "VarianceParams", "PruneParams", "PruneInstance", "PruneOptions", "PruneSpec",
+    "EvaluateParams", "TaskSettings", "PplParams", "EfficiencyParams", "PlotParams",
     "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES",
 ]
 
-# The allowed names come from the library's registries, so a method, weighting, pattern, sink rule
-# or remasking strategy added there is accepted here without a second list to keep in sync.
-from srclib.diffusion import REMASKING as _REMASKING  # noqa: E402
-from srclib.pruning import PATTERNS as _PATTERNS, PRUNERS as _PRUNERS, WEIGHTINGS as _WEIGHTINGS  # noqa: E402
-from srclib.sinks import SINK_RULES as _SINK_RULES  # noqa: E402
-
-METHODS = tuple(_PRUNERS)
-WEIGHTINGS = tuple(_WEIGHTINGS)
-PATTERNS = {name: (None if pat.n is None else (pat.n, pat.m)) for name, pat in _PATTERNS.items()}  # N:M fixes N/M
-DTYPES = ("float32", "bfloat16", "float16")
-SINK_RULES = tuple(_SINK_RULES)
-REMASKING = tuple(_REMASKING)
+# The allowed names come from srclib.choices, which every registry checks its keys against at
+# import time: validating params.yaml imports neither torch nor any registry's code.
+METHODS = choices.METHODS
+WEIGHTINGS = choices.WEIGHTINGS
+PATTERNS = choices.PATTERNS  # name -> (N, M) or None; N:M fixes the sparsity at N/M
+DTYPES = choices.DTYPES
+SINK_RULES = choices.SINK_RULES
+REMASKING = choices.REMASKING
 
 
 class ParamsError(ValueError):
@@ -109,40 +108,60 @@ class TrainParams:
     sample_block_length: int = _c(ge=1)
 
     def __post_init__(self) -> None:
-        if self.sample_gen_length % self.sample_block_length:
-            raise ParamsError(
-                f"train.sample_gen_length ({self.sample_gen_length}) must be a multiple of "
-                f"train.sample_block_length ({self.sample_block_length})"
-            )
+        check_sampler(self.sample_gen_length, self.sample_gen_length, self.sample_block_length,
+                      names=("sample_gen_length", "sample_gen_length", "sample_block_length"))
+
+    def sampler(self) -> "SamplerParams":
+        """The sampler of train's greedy samples: one token committed per step, temperature 0."""
+        return SamplerParams(gen_length=self.sample_gen_length, steps=self.sample_gen_length,
+                             block_length=self.sample_block_length, temperature=0.0, cfg_scale=0.0,
+                             remasking="low_confidence")
+
+
+def check_sampler(gen_length: int, steps: int, block_length: int,
+                  names: tuple[str, str, str] = ("gen_length", "steps", "block_length")) -> None:
+    """The LLaDA sampler's shape rules (method.md 5): gen_length % block_length == 0 and steps a
+    multiple of the number of blocks. ``names``: how the three settings are spelled where they live."""
+    g, st, b = names
+    if gen_length % block_length:
+        raise ParamsError(f"{g} ({gen_length}) must be a multiple of {b} ({block_length})")
+    n_blocks = gen_length // block_length
+    if steps % n_blocks:
+        raise ParamsError(
+            f"{st} ({steps}) must be a multiple of the number of blocks {g}/{b} = {n_blocks}"
+        )
 
 
 @dataclass(frozen=True)
-class CollectParams:
-    models: list[str] = _c(min_len=1)
-    n_prompts: int = _c(ge=1)
-    prompt_tokens: int = _c(ge=1)
+class SamplerParams:
+    """The DLM sampler's settings (method.md 5), the one home of them: collect's trajectories,
+    train's greedy samples and generation tasks all run the sampler with one of these."""
+
     gen_length: int = _c(ge=1)
     steps: int = _c(ge=1)
     block_length: int = _c(ge=1)
     temperature: float = _c(ge=0)
     cfg_scale: float = _c(ge=0)
     remasking: str = _c(choices=REMASKING)
+
+    def __post_init__(self) -> None:
+        check_sampler(self.gen_length, self.steps, self.block_length)
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of srclib.diffusion.generate."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerParams)}
+
+
+@dataclass(frozen=True)
+class CollectParams(SamplerParams):
+    """collect: the sampler's settings (SamplerParams) plus what is collected."""
+
+    models: list[str] = _c(min_len=1)
+    n_prompts: int = _c(ge=1)
+    prompt_tokens: int = _c(ge=1)
     chunk_size: int = _c(ge=1)
     random_init_control: bool = _c()
     seed: int = _c(ge=0)
-
-    def __post_init__(self) -> None:
-        if self.gen_length % self.block_length:
-            raise ParamsError(
-                f"collect.gen_length ({self.gen_length}) must be a multiple of "
-                f"collect.block_length ({self.block_length})"
-            )
-        n_blocks = self.gen_length // self.block_length
-        if self.steps % n_blocks:
-            raise ParamsError(
-                f"collect.steps ({self.steps}) must be a multiple of the number of blocks "
-                f"gen_length/block_length = {n_blocks}"
-            )
 
 
 @dataclass(frozen=True)
@@ -177,27 +196,73 @@ class OwlParams:
     m: float = _c(gt=0)
 
 
+def check_run(method: str, weighting: str, sparsity: float, pattern: str) -> None:
+    """The rules tying one pruning run's method, weighting, sparsity and pattern (their one home)."""
+    if method in choices.ACTIVATION_FREE and weighting != "uniform":
+        raise ParamsError(
+            f"method {method!r} uses no activations, so weighting must be 'uniform', got {weighting!r}"
+        )
+    nm = PATTERNS[pattern]
+    if nm is not None and not math.isclose(sparsity, nm[0] / nm[1]):
+        raise ParamsError(
+            f"pattern {pattern!r} prunes exactly {nm[0]}/{nm[1]} = {nm[0] / nm[1]} of each "
+            f"group; sparsity {sparsity} is not allowed with it"
+        )
+
+
+# Field declarations shared by the YAML's instance and the flat run spec (one home per rule).
+def _method() -> Any:
+    return _c(choices=METHODS)
+
+
+def _weighting() -> Any:
+    return _c(choices=WEIGHTINGS)
+
+
+def _sparsity() -> Any:
+    return _c(ge=0, lt=1)
+
+
+def _pattern() -> Any:
+    return _c(choices=tuple(PATTERNS))
+
+
 @dataclass(frozen=True)
 class PruneInstance:
     model: str = _c()
-    method: str = _c(choices=METHODS)
-    weighting: str = _c(choices=WEIGHTINGS)
-    sparsity: float = _c(ge=0, lt=1)
-    pattern: str = _c(choices=tuple(PATTERNS))
+    method: str = _method()
+    weighting: str = _weighting()
+    sparsity: float = _sparsity()
+    pattern: str = _pattern()
     seed: int = _c(ge=0)
 
     def __post_init__(self) -> None:
-        if not _PRUNERS[self.method].needs_inputs and self.weighting != "uniform":
-            raise ParamsError(
-                f"method {self.method!r} uses no activations, so weighting must be 'uniform', "
-                f"got {self.weighting!r}"
-            )
-        nm = PATTERNS[self.pattern]
-        if nm is not None and not math.isclose(self.sparsity, nm[0] / nm[1]):
-            raise ParamsError(
-                f"pattern {self.pattern!r} prunes exactly {nm[0]}/{nm[1]} = {nm[0] / nm[1]} of each "
-                f"group; sparsity {self.sparsity} is not allowed with it"
-            )
+        check_run(self.method, self.weighting, self.sparsity, self.pattern)
+
+
+# What "auto" means for prune.options (the released code's choices, method.md 4).
+# calib_inputs: sink-aware Wanda on noised passes, SparseGPT's Hessian on clean windows (its sink
+# weights come from the noised passes). AR models (no mask token) always use clean windows.
+AUTO_INPUTS = {"magnitude": "clean", "wanda": "noised", "sparsegpt": "clean"}
+# wanda_accumulation: uniform = the total norm over all tokens, sink/stability = per-pass sum.
+AUTO_ACCUMULATION = {"uniform": "total", "sink": "per_pass", "stability": "per_pass"}
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Ablation switches of every pruning run (params.yaml ``prune.options``).
+
+    calib_inputs: "auto" (AUTO_INPUTS) | "noised" | "clean": what a DLM's calibration passes are.
+    wanda_accumulation: "auto" (AUTO_ACCUMULATION) | "total" | "per_pass".
+    noise_keep_ends: never mask the last position either (Dream's variant; the first position is
+        kept whenever the adapter is shifted).
+    force_one_shot: every method one-shot on the dense model (ablations and benchmarks).
+    """
+
+    calib_inputs: str = _c(choices=("auto",) + choices.CALIB_INPUTS)
+    wanda_accumulation: str = _c(choices=("auto",) + choices.ACCUMULATIONS)
+    noise_keep_ends: bool = _c()
+    force_one_shot: bool = _c()
 
 
 @dataclass(frozen=True)
@@ -207,12 +272,11 @@ class PruneParams:
     sparsegpt: SparseGPTParams = _c()
     owl: OwlParams = _c()
     one_shot_sink_wanda: bool = _c()
+    options: PruneOptions = _c()
     instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-    def spec(self, instance: str) -> Any:
-        """The srclib.pruning.PruneSpec of one instance (library defaults for the rest)."""
-        from srclib.pruning.spec import PruneSpec
-
+    def spec(self, instance: str) -> "PruneSpec":
+        """The flat PruneSpec that srclib.pruning runs for one instance."""
         inst = self.instance(instance)
         return PruneSpec(
             method=inst.method, weighting=inst.weighting, sparsity=inst.sparsity, pattern=inst.pattern,
@@ -221,13 +285,88 @@ class PruneParams:
             sink_eps=self.sink.eps, stability_threshold=self.sink.stability_threshold,
             blocksize=self.sparsegpt.blocksize, percdamp=self.sparsegpt.percdamp,
             owl=self.owl.enabled, owl_lambda=self.owl.lambda_, owl_m=self.owl.m,
-            one_shot_sink_wanda=self.one_shot_sink_wanda,
+            one_shot_sink_wanda=self.one_shot_sink_wanda, **as_dict(self.options),
         )
 
     def instance(self, name: str) -> PruneInstance:
         if name not in self.instances:
             raise ParamsError(f"instance {name!r} is not in prune.instances ({len(self.instances)} defined)")
         return self.instances[name]
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """One pruning run, flat (method.md 3-4): an instance with the prune section's settings, as
+    srclib.pruning takes it and as prune metrics record it (``to_dict``). Built by
+    ``PruneParams.spec(name)``; constructing one directly validates every field by the same
+    rules as params.yaml (ParamsError naming the field).
+
+    method, weighting, sparsity, pattern: the instance's. t_grid, noise_eps: prune.calibration.
+    sink_*: prune.sink (srclib.sinks.sink_scores arguments); stability_threshold likewise.
+    blocksize, percdamp: prune.sparsegpt. owl, owl_lambda, owl_m: prune.owl. one_shot_sink_wanda:
+    prune.one_shot_sink_wanda. calib_inputs, wanda_accumulation, noise_keep_ends, force_one_shot:
+    prune.options (PruneOptions).
+    """
+
+    method: str = _method()
+    weighting: str = _weighting()
+    sparsity: float = _sparsity()
+    pattern: str = _pattern()
+    t_grid: tuple[float, ...] = _c(min_len=1, item_gt=0, item_le=1)
+    noise_eps: float = _c(ge=0, lt=1)
+    sink_rule: str = _c(choices=SINK_RULES)
+    sink_alpha: float = _c(gt=0)
+    sink_kappa: float = _c()
+    sink_eps: float = _c(ge=0)
+    stability_threshold: float = _c(ge=0, le=1)
+    blocksize: int = _c(ge=1)
+    percdamp: float = _c(ge=0)
+    owl: bool = _c()
+    owl_lambda: float = _c(ge=0, lt=1)
+    owl_m: float = _c(gt=0)
+    one_shot_sink_wanda: bool = _c()
+    calib_inputs: str = _c(choices=("auto",) + choices.CALIB_INPUTS)
+    wanda_accumulation: str = _c(choices=("auto",) + choices.ACCUMULATIONS)
+    noise_keep_ends: bool = _c()
+    force_one_shot: bool = _c()
+
+    def __post_init__(self) -> None:
+        _validate_fields(self, "spec")
+        object.__setattr__(self, "t_grid", tuple(float(t) for t in self.t_grid))
+        check_run(self.method, self.weighting, self.sparsity, self.pattern)
+        if self.owl and PATTERNS[self.pattern] is not None:
+            raise ParamsError(f"OWL sets a sparsity per block, so pattern must be 'unstructured', got {self.pattern!r}")
+
+    # ---- resolved choices -----------------------------------------------------------------------
+    def inputs_for(self, dlm: bool) -> str:
+        """'noised' or 'clean': what the calibration passes are (AR models: always 'clean')."""
+        if not dlm:
+            return "clean"
+        return AUTO_INPUTS[self.method] if self.calib_inputs == "auto" else self.calib_inputs
+
+    @property
+    def accumulation(self) -> str:
+        if self.wanda_accumulation != "auto":
+            return self.wanda_accumulation
+        return AUTO_ACCUMULATION[self.weighting]
+
+    @property
+    def one_shot(self) -> bool:
+        if self.force_one_shot:
+            return True
+        return self.method == "wanda" and self.weighting != "uniform" and self.one_shot_sink_wanda
+
+    def pruner_options(self) -> dict[str, Any]:
+        return {"accumulation": self.accumulation, "blocksize": self.blocksize, "percdamp": self.percdamp}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["t_grid"] = list(self.t_grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PruneSpec":
+        return _build(cls, dict(d), "spec")
 
 
 @dataclass(frozen=True)
@@ -293,11 +432,8 @@ class Params:
     plot: PlotParams = _c()
 
     def __post_init__(self) -> None:
-        from srclib.models import MODELS  # registry: the allowed model keys
-
-        for key in self.models:
-            if key not in MODELS:
-                raise ParamsError(f"models.{key}: unknown model; registered models: {sorted(MODELS)}")
+        # Model keys are checked against the registry (srclib.models.MODELS) by the runner and by
+        # srclib.models.load, not here: reading params must not import every adapter.
         declared = sorted(self.models)
 
         def need(where: str, key: str) -> None:
@@ -310,7 +446,7 @@ class Params:
             need(f"evaluate.dense[{i}]", key)
         for name, inst in self.prune.instances.items():
             need(f"prune.instances.{name}.model", inst.model)
-            if name in MODELS:
+            if name in self.models:
                 raise ParamsError(f"prune.instances.{name}: an instance may not be named like a model key")
         for i, name in enumerate(self.efficiency.instances):
             if name not in self.prune.instances:
@@ -326,8 +462,6 @@ class Params:
 
     def eval_source(self, instance: str) -> str:
         """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key."""
-        from srclib import paths
-
         if instance in self.prune.instances:
             return str(paths.pruned_dir(instance))
         if instance in self.evaluate.dense:
@@ -375,6 +509,11 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         return _convert(where, value, inner, meta)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
+    if origin is tuple:  # tuple[X, ...]: validated like a list, stored as a tuple
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+        return tuple(_convert(where, list(value), list[item_tp], meta))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -389,8 +528,6 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
             raise ParamsError(f"{where} = {value!r}: must be a mapping")
         if len(value) < meta.get("min_len", 0):
             raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
-        import re
-
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
@@ -423,10 +560,7 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
             raise ParamsError(f"{where} = {value!r}: must be a string")
         if "choices" in meta and value not in meta["choices"]:
             raise ParamsError(f"{where} = {value!r}: must be one of {list(meta['choices'])}")
-        if "pattern" in meta:
-            import re
-
-            if not re.match(meta["pattern"], value):
+        if "pattern" in meta and not re.match(meta["pattern"], value):
                 raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
         return value
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
@@ -457,6 +591,19 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise
 
 
+def _validate_fields(obj: Any, where: str) -> None:
+    """Check every field of a constructed dataclass against its constraints (for dataclasses that
+    library code also builds directly, such as PruneSpec)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        _convert(f"{where}.{f.name}", getattr(obj, f.name), hints[f.name], dict(f.metadata))
+
+
+def build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Validate ``data`` into the params dataclass ``cls`` (one section, e.g. for tests)."""
+    return _build(cls, data, where)
+
+
 def load_dict(data: dict[str, Any]) -> Params:
     """Validate a params mapping (as read from params.yaml) into ``Params``."""
     return _build(Params, data, "")
@@ -464,8 +611,6 @@ def load_dict(data: dict[str, Any]) -> Params:
 
 def load(path: str | Path | None = None) -> Params:
     """Read and validate params.yaml (default: the repository's)."""
-    from srclib import paths
-
     path = Path(path) if path is not None else paths.ROOT / "params.yaml"
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")

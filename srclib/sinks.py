@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+from srclib import choices
+
 __all__ = [
     "SINK_RULES",
     "SINK_THRESHOLD",
@@ -70,6 +72,7 @@ SINK_RULES: dict[str, Callable[[torch.Tensor, float, float, float], torch.Tensor
     "zscore": _zscore,
     "margin": _margin,
 }
+choices.check("sink rules", SINK_RULES, choices.SINK_RULES)
 
 
 def _float(mass: torch.Tensor) -> torch.Tensor:

@@ -157,7 +157,7 @@ def test_bad_dtype_is_named(tmp_path):
 @pytest.mark.parametrize("key", KEYS)
 def test_load_honours_params_dtype_and_auto_device(key, tmp_path, monkeypatch):
     """params.yaml's models: entry (dtype, device "auto") reaches every adapter's load."""
-    from srclib.models.hf_causal import resolve_device
+    from srclib.devices import resolve as resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu" and resolve_device("cuda:1") == "cuda:1" and resolve_device(None) is None

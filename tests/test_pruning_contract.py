@@ -9,7 +9,9 @@ import torch
 
 from srclib import calibration as cal
 from srclib.models import MODELS, load
-from srclib.pruning import PruneSpec, prune_model, run_prune
+from srclib.params import PruneSpec
+from srclib.pruning.checkpoint import run_prune
+from srclib.pruning.core import prune_model
 
 from prune_specs import make_spec  # tests/ is on sys.path
 

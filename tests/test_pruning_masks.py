@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srclib.pruning import PATTERNS, select_mask
+from srclib.pruning.masks import PATTERNS, select_mask
 from srclib.pruning.magnitude import MagnitudePruner
 from srclib.pruning.wanda import WandaPruner
 

@@ -12,15 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from srclib.pruning import (
-    MagnitudePruner,
-    SparseGPTPruner,
-    WandaPruner,
-    magnitude_mask,
-    select_mask,
-    sparsegpt_prune,
-    wanda_score,
-)
+from srclib.pruning.magnitude import MagnitudePruner, magnitude_mask
+from srclib.pruning.masks import select_mask
+from srclib.pruning.sparsegpt import SparseGPTPruner, sparsegpt_prune
+from srclib.pruning.wanda import WandaPruner, wanda_score
 
 T, F = True, False
 W4 = torch.tensor([[0.1, -0.9, 0.04, -0.3],

@@ -14,7 +14,10 @@ from srclib import calibration as cal
 from srclib.attention import record_mass
 from srclib.models.base import Adapter
 from srclib.models.tiny import TinyLM, test_config
-from srclib.pruning import WEIGHTINGS, PruneSpec, prune_model, select_mask
+from srclib.params import PruneSpec
+from srclib.pruning.core import prune_model
+from srclib.pruning.masks import select_mask
+from srclib.pruning.weighting import WEIGHTINGS
 from srclib.pruning.core import weights_from_mass
 from srclib.pruning.weighting import stable_sinks
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from srclib import io, paths
+from srclib import files as io, paths
 
 
 def _notebook(root: Path, stage: str, body: str) -> None:

@@ -52,10 +52,34 @@ def test_success_renders_html_and_failure_keeps_notebook(tmp_path):
     text = html.read_text()
     assert "<html" in text.lower() and str(tmp_path) in text  # cwd was the root
     failed = paths.failed_notebook("variance", "variance", tmp_path)
-    with pytest.raises(Exception):
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError, match="AssertionError"):
         run.run_stage("variance", {"a": 2}, root=tmp_path)
     assert failed.is_file()
     assert "AssertionError" in failed.read_text()
     # no temp files left beside the outputs
     leftovers = [p for p in tmp_path.rglob("*.tmp")]
     assert not leftovers
+
+
+def test_params_are_validated_before_any_kernel_starts(tmp_path, monkeypatch):
+    """A params error (or an unknown instance) is raised by the runner itself: papermill never runs."""
+    import shutil
+
+    import papermill
+
+    from srclib.params import ParamsError
+
+    def no_kernel(*a, **k):
+        raise AssertionError("papermill must not start for invalid params")
+
+    monkeypatch.setattr(papermill, "execute_notebook", no_kernel)
+    make_nb(tmp_path, "prune", "params_file = 'params.yaml'\ninstance = 'x'\n", "pass")
+    shutil.copy(paths.ROOT / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="instance 'nope' is not in prune.instances"):
+        run.run_stage("prune", {"params_file": "params.yaml", "instance": "nope"}, root=tmp_path)
+    text = (tmp_path / "params.yaml").read_text().replace("  seq_len: 128\n", "  seq_len: -1\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=r"train\.seq_len = -1"):
+        run.run_stage("prune", {"params_file": "params.yaml", "instance": "x"}, root=tmp_path)

@@ -11,15 +11,16 @@ loudly at load time with the id and revision in the error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from srclib.models.base import Adapter, read_marker
 from srclib.models.dream import DreamAdapter
 from srclib.models.hf_causal import HFAdapter
 from srclib.models.llada import LLaDAAdapter
 from srclib.models.tiny_adapter import TinyAdapter
+from srclib.params import ParamsError
 
-__all__ = ["MODELS", "Adapter", "load", "get_adapter"]
+__all__ = ["MODELS", "Adapter", "load", "get_adapter", "check_keys"]
 
 MODELS: dict[str, Adapter] = {
     "tiny-dlm": TinyAdapter(key="tiny-dlm", causal=False, shift=True, source="models/tiny-dlm",
@@ -47,6 +48,14 @@ MODELS: dict[str, Adapter] = {
                                   revision="6572adb5535263e4d1a337b56942ba48b6dee2a9",
                                   description="Dream-v0-Base-7B (Qwen2 body, shifted logits)"),
 }
+
+
+def check_keys(keys: Iterable[str]) -> None:
+    """Every params.yaml ``models:`` key must be registered here (the runner calls this before a
+    notebook starts; srclib.params does not import the registry)."""
+    for key in keys:
+        if key not in MODELS:
+            raise ParamsError(f"models.{key}: unknown model; registered models: {sorted(MODELS)}")
 
 
 def get_adapter(key: str) -> Adapter:

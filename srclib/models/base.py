@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from srclib.files import write_json
+
 __all__ = ["Adapter", "MARKER", "write_marker", "read_marker"]
 
 MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
@@ -98,8 +100,6 @@ class Adapter:
 
 def write_marker(folder: str | Path, key: str, **info: Any) -> Path:
     """Record which adapter a saved checkpoint belongs to (read back by srclib.models.load)."""
-    from srclib.files import write_json
-
     return write_json(Path(folder) / MARKER, {"key": key, **info})
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from srclib import devices, paths
+from srclib.files import atomic_dir, sha256_file
 from srclib.models.base import Adapter, write_marker
 
 __all__ = ["HFAdapter", "load_options", "convert_gguf", "LLAMA_ROLES"]
@@ -33,23 +35,16 @@ LLAMA_ROLES = {
 }
 
 
-def resolve_device(device: Any) -> Any:
-    """params.yaml's ``device: auto`` -> "cuda" when CUDA is available, else "cpu"; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load_options(overrides: dict[str, Any], default_dtype: str) -> tuple[torch.dtype, Any, dict[str, Any]]:
     """Split load overrides into (torch dtype, device or None, remaining from_pretrained kwargs);
-    ``device="auto"`` resolves through :func:`resolve_device`."""
+    ``device="auto"`` resolves through :func:`srclib.devices.resolve`."""
     rest = dict(overrides)
     dtype = rest.pop("dtype", None) or rest.pop("torch_dtype", None) or default_dtype
     if isinstance(dtype, str):
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must name a torch dtype (float32, bfloat16, float16), got {dtype!r}")
         dtype = getattr(torch, dtype)
-    device = resolve_device(rest.pop("device", None))
+    device = devices.resolve(rest.pop("device", None))
     return dtype, device, rest
 
 
@@ -82,8 +77,6 @@ class HFAdapter(Adapter):
         """The hub id when the entry has one, else the srclib-built folder models/<key>."""
         if self.source:
             return self.source
-        from srclib import paths
-
         return paths.model_dir(self.key)
 
     def load(self, source: str | Path | None = None, **overrides: Any):
@@ -138,8 +131,6 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, key: str, dtype: st
     model is built from the same config without ``quantization_config`` and given the state dict.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from srclib.files import atomic_dir, sha256_file
 
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():

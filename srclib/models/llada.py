@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from srclib.models.hf_causal import HFAdapter
+from srclib.models.tiny import TinyLM, test_config
 
 __all__ = ["LLaDAAdapter", "LLADA_ROLES", "LLADA_VOCAB", "LLADA_MASK_ID"]
 
@@ -40,8 +41,6 @@ class LLaDAAdapter(HFAdapter):
 
     def standin(self, seed: int = 0, **config: Any) -> nn.Module:
         """A 2-layer TinyLM with LLaDA's module names, vocabulary size and mask id."""
-        from srclib.models.tiny import TinyLM, test_config
-
         torch.manual_seed(seed)
         kw = dict(vocab_size=LLADA_VOCAB, hidden_size=32, mlp_hidden=64, mask_token_id=self.mask_token_id,
                   bos_token_id=None, eos_token_id=None, pad_token_id=None)

@@ -9,7 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from srclib import paths
 from srclib.models.base import Adapter
+from srclib.models.hf_causal import load_options
+from srclib.models.tiny import TinyLM, test_config
 
 __all__ = ["TinyAdapter", "TINY_ROLES"]
 
@@ -30,10 +33,6 @@ class TinyAdapter(Adapter):
         Overrides: ``dtype`` (default float32), ``device``; others go to ``from_pretrained``.
         """
         from transformers import PreTrainedTokenizerFast
-
-        from srclib import paths
-        from srclib.models.hf_causal import load_options
-        from srclib.models.tiny import TinyLM
 
         dtype, device, kwargs = load_options(overrides, "float32")
         folder = Path(source) if source is not None else paths.model_dir(self.key)
@@ -61,7 +60,5 @@ class TinyAdapter(Adapter):
 
     def standin(self, seed: int = 0, **config: Any) -> nn.Module:
         """A randomly initialised test-size TinyLM with this entry's causal/shift flags."""
-        from srclib.models.tiny import TinyLM, test_config
-
         torch.manual_seed(seed)
         return TinyLM(test_config(causal=self.causal, shift=self.shift, **config)).eval()

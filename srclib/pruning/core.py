@@ -30,9 +30,11 @@ from srclib import calibration as cal
 from srclib.pruning.base import LayerPruner
 from srclib.pruning.memory import PeakMemory
 from srclib.pruning.owl import outlier_ratio, owl_sparsities
-from srclib.pruning.spec import PruneSpec
+from srclib.params import PruneSpec
+from srclib.pruning.registry import PRUNERS
 from srclib.pruning.wanda import WandaPruner
 from srclib.pruning.weighting import get_weighting
+from srclib import sinks
 
 __all__ = ["PruneReport", "prune_model", "make_batches", "weights_from_mass"]
 
@@ -93,13 +95,11 @@ def weights_from_mass(mass: torch.Tensor, n_t: int, per_pass: bool, spec: PruneS
     mass: (L, B, T) per-layer key mass, B = windows * n_t passes in window-major order.
     Returns (B, T) (per pass) or (B / n_t, T) (per clean window) float32 in [0, 1].
     """
-    from srclib.sinks import sink_scores
-
     m = mass.float().sum(dim=0)  # (B, T) global mass
     B, T = m.shape
     if B % n_t:
         raise ValueError(f"batch of {B} passes is not a whole number of windows x {n_t} noise levels")
-    s = sink_scores(m, rule=spec.sink_rule, alpha=spec.sink_alpha, kappa=spec.sink_kappa, eps=spec.sink_eps)
+    s = sinks.sink_scores(m, rule=spec.sink_rule, alpha=spec.sink_alpha, kappa=spec.sink_kappa, eps=spec.sink_eps)
     w = get_weighting(spec.weighting)(s.reshape(B // n_t, n_t, T), per_pass, spec.stability_threshold)
     return w.reshape(-1, T)
 
@@ -158,8 +158,6 @@ def prune_model(
     model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None
 ) -> PruneReport:
     """Prune every prunable linear of ``model``'s blocks in place; return a ``PruneReport``."""
-    from srclib.pruning import PRUNERS
-
     clock = _Clock()
     t_start, c_start = time.perf_counter(), time.process_time()
     pruner_cls: type[LayerPruner] = PRUNERS[spec.method]

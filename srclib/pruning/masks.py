@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from srclib import choices
+
 __all__ = ["PATTERNS", "SCOPES", "Pattern", "select_mask", "validate_sparsity", "get_pattern"]
 
 
@@ -103,10 +105,8 @@ class Pattern:
         return _lowest_k_last_dim(groups, self.n).reshape(R, C)
 
 
-PATTERNS: dict[str, Pattern] = {
-    "unstructured": Pattern("unstructured"),
-    "2:4": Pattern("2:4", 2, 4),
-    "4:8": Pattern("4:8", 4, 8),
+PATTERNS: dict[str, Pattern] = {  # srclib.choices.PATTERNS: name -> (N, M) or None
+    name: Pattern(name) if nm is None else Pattern(name, *nm) for name, nm in choices.PATTERNS.items()
 }
 
 SCOPES: dict[str, str] = {

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from srclib import choices
 from srclib.pruning.base import LayerPruner
 from srclib.pruning.masks import select_mask
 
@@ -52,6 +53,7 @@ ACCUMULATIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], None], Cal
     "total": (_total_add, torch.sqrt),
     "per_pass": (_per_pass_add, lambda stat: stat),
 }
+choices.check("Wanda accumulations", ACCUMULATIONS, choices.ACCUMULATIONS)
 
 
 class WandaPruner(LayerPruner):

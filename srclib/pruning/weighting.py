@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from srclib import sinks
+from srclib import choices, sinks
 
 __all__ = ["WEIGHTINGS", "Weighting", "stable_sinks", "get_weighting"]
 
@@ -75,6 +75,7 @@ WEIGHTINGS: dict[str, Weighting] = {
     "sink": Weighting("sink", True, _sink),
     "stability": Weighting("stability", True, _stability),
 }
+choices.check("weightings", WEIGHTINGS, choices.WEIGHTINGS)
 
 
 def get_weighting(name: str) -> Weighting:

@@ -1,4 +1,4 @@
-"""The prune stage: load a model, calibrate, prune, save everything atomically.
+"""Pruned checkpoints: ``run_prune`` loads a model, calibrates, prunes and saves atomically.
 
 ``run_prune`` writes
 * ``out_dir/``: the pruned model (``save_pretrained`` safetensors + config), the srclib marker
@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from srclib.provenance import provenance
 from torch import nn
 
 from srclib import calibration as cal
+from srclib import devices, models, paths
+from srclib.attention import CHUNK_SIZE
 from srclib.files import atomic_dir, sha256_file, write_json, write_text
+from srclib.models.base import write_marker
+from srclib.params import PruneSpec
+from srclib.provenance import provenance
 from srclib.pruning.core import PruneReport, prune_model
-from srclib.pruning.spec import PruneSpec
+from srclib.pruning.registry import PRUNERS
 
 __all__ = ["PruneRun", "run_prune", "save_masks", "load_masks", "sparsity_csv"]
 
@@ -70,8 +73,6 @@ def sparsity_csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-
-
 def run_prune(
     *,
     model: str | Path | tuple[nn.Module, Any, Any],
@@ -84,7 +85,7 @@ def run_prune(
     corpus_path: str | Path | None = None,
     calibration: cal.Calibration | None = None,
     windows_per_batch: int = 4,
-    mass_chunk_size: int = 256,
+    mass_chunk_size: int = CHUNK_SIZE,
     timing_path: str | Path | None = None,
     device: str | torch.device | None = None,
     instance: str | None = None,
@@ -94,32 +95,28 @@ def run_prune(
 
     model: a registry key / srclib checkpoint folder (srclib.models.load), or (model, tokenizer,
     adapter). Calibration windows come from ``calibration`` if given, else from ``corpus_path``
-    (default: srclib.paths.corpus_file("calibration")) with n_samples x seq_len, ``seed``, and a
+    (required when the method needs data) with n_samples x seq_len, ``seed``, and a
     leading BOS when the tokenizer has one. Magnitude without OWL needs no calibration data.
     device, dtype: load the model with these (params.yaml ``models:`` entry; device "auto" = CUDA
     when available); an in-memory model is moved to ``device`` (default: left where it is).
     """
-    from srclib import paths
-    from srclib.models import load
-    from srclib.models.base import write_marker
-    from srclib.models.hf_causal import resolve_device
-    from srclib.pruning import PRUNERS
-
-    device = resolve_device(device)
+    device = devices.resolve(device)
     if isinstance(model, tuple):
         net, tok, adapter = model
         source = getattr(getattr(net, "config", None), "_name_or_path", "") or "in-memory"
         if device is not None:
             net.to(device)
     else:
-        net, tok, adapter = load(model, dtype=dtype, device=device)  # None: the adapter's default
+        net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
         source = str(model)
     needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
     if needs_data and calibration is None:
         if tok is None:
             raise ValueError(f"model {source!r} has no tokenizer; pass calibration= windows explicitly")
-        corpus = Path(corpus_path) if corpus_path is not None else paths.corpus_file("calibration")
+        if corpus_path is None:
+            raise ValueError("method needs calibration data: pass corpus_path= or calibration=")
+        corpus = Path(corpus_path)
         calibration = cal.build_calibration(
             tok, corpus, n_samples=n_samples, seq_len=seq_len, seed=seed,
             bos_id=getattr(tok, "bos_token_id", None), windows_per_batch=windows_per_batch,

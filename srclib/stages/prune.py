@@ -1,0 +1,69 @@
+"""The prune stage: one ``prune.instances`` entry -> pruned/<instance>/ and its metrics.
+
+``run(cfg, instance, model)`` resolves the instance into its PruneSpec, loads the model with its
+``models:`` entry (dtype, device), calibrates on ``prune.calibration.corpus``, prunes and saves
+the checkpoint, the metrics (byte-stable) and the timing (not a DVC output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srclib import paths
+from srclib.params import ModelEntry, PruneParams
+from srclib.pruning.checkpoint import PruneRun, run_prune
+
+__all__ = ["PruneResult", "run", "interpretation"]
+
+
+@dataclass
+class PruneResult:
+    """What the notebook shows: the run (metrics, timing, per-layer table) and its reading."""
+
+    run: PruneRun
+    interpretation: str
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.run.metrics
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        return self.run.table
+
+    @property
+    def timing(self) -> dict[str, Any]:
+        return self.run.timing
+
+
+def run(cfg: PruneParams, instance: str, model: ModelEntry, root: Path | None = None) -> PruneResult:
+    """Prune ``instance`` of ``cfg.instances`` with the model loaded as ``model`` says."""
+    inst = cfg.instance(instance)
+    res = run_prune(
+        model=inst.model, spec=cfg.spec(instance), instance=instance,
+        out_dir=paths.pruned_dir(instance, root), metrics_path=paths.prune_metrics(instance, root),
+        n_samples=cfg.calibration.n_samples, seq_len=cfg.calibration.seq_len, seed=inst.seed,
+        corpus_path=(paths.ROOT if root is None else Path(root)) / cfg.calibration.corpus,
+        timing_path=paths.prune_timing(instance, root), dtype=model.dtype, device=model.device,
+    )
+    return PruneResult(run=res, interpretation=interpretation(res.metrics))
+
+
+def interpretation(m: dict[str, Any]) -> str:
+    """The measured outcome of one prune run, from its metrics."""
+    layers = m["layer_sparsity"]
+    lo, hi = min(layers.values()), max(layers.values())
+    spec = m["spec"]
+    if m["inputs"] == "none":
+        data = "no calibration data (magnitude scores use the weights alone)"
+    else:
+        data = (f"{m['n_passes']:,} {m['inputs']} calibration passes ({m['n_tokens']:,} tokens) "
+                f"from {m['calibration']['n_samples']} windows of {m['calibration']['seq_len']} tokens")
+    return (
+        f"**Measured.** {spec['method']} with {spec['weighting']} weighting ({spec['pattern']}) pruned "
+        f"{m['n_pruned']:,} of {m['n_prunable']:,} prunable weights of {m['model']}: overall sparsity "
+        f"{m['overall_sparsity']:.4f} for a target of {m['target_sparsity']:.4f}; per layer from "
+        f"{lo:.4f} to {hi:.4f} over {len(layers)} linears. Statistics: {data}."
+    )
