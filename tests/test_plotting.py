@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from srclib import paths, plotting, report
+from srclib import paths, plotting
+from srclib.report import loaders, results, series
+from srclib.trajectories.store import PRIMARY_VARIANT
 from srclib.files import read_json, write_json
 
 from test_report import RUNS, TASKS, build_tree, default_accuracy  # noqa: E402  (tests/ is on sys.path)
@@ -29,14 +31,15 @@ def _close_figures():
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("plot-tree")
     params = build_tree(root)
-    df = report.load_results(params, root=root)
-    vm, vp = report.load_variance(root=root)
-    trajs = report.load_trajectories(sorted(vp), root=root)
+    df = results.load_results(params, root=root)
+    vm, vp = loaders.load_variance(root=root)
+    trajs = loaders.load_trajectories(sorted(vp), root=root)
     for run, t in trajs.items():
-        vp[run].update(report.trajectory_plot_data(t))
-    return dict(root=root, params=params, df=df, vm=vm, vp=vp, trajs=trajs,
-                prune=report.load_prune_metrics(params, root=root),
-                train=report.load_train_metrics(params.models, root=root))
+        vp[run].update(loaders.trajectory_plot_data(t))
+    return dict(root=root, params=params, df=df, vm=vm, vp=vp, trajs=trajs, acc=series.accuracy_errors(df),
+                ppl=series.perplexity_series(df), models=results.pruned_models(df),
+                prune=loaders.load_prune_metrics(params, root=root),
+                train=loaders.load_train_metrics(params.models, root=root))
 
 
 def _visible_axes(fig):
@@ -80,10 +83,10 @@ def test_one_colour_per_method_one_line_style_per_weighting():
 
 
 def test_save_figure_deterministic_bytes(tree, tmp_path):
-    fig = plotting.accuracy_vs_sparsity(tree["df"])
+    fig = plotting.accuracy_vs_sparsity(tree["acc"], tree["models"])
     a = plotting.save_figure(fig, "acc", tmp_path / "a")
     b = plotting.save_figure(fig, "acc", tmp_path / "b")
-    fig2 = plotting.accuracy_vs_sparsity(tree["df"])  # built again from the same data
+    fig2 = plotting.accuracy_vs_sparsity(tree["acc"], tree["models"])  # built again from the same data
     c = plotting.save_figure(fig2, "acc", tmp_path / "c")
     for ext in ("png", "pdf"):
         assert a[ext].read_bytes() == b[ext].read_bytes() == c[ext].read_bytes(), ext
@@ -99,7 +102,7 @@ def test_save_figure_deterministic_bytes(tree, tmp_path):
 # =================================================================================================
 def test_accuracy_vs_sparsity_draws_the_series(tree):
     df = tree["df"]
-    fig = plotting.accuracy_vs_sparsity(df)
+    fig = plotting.accuracy_vs_sparsity(tree["acc"], tree["models"])
     _check_labelled(fig)
     axes = _visible_axes(fig)
     assert [ax.get_title() for ax in axes] == ["tiny-dlm", "smollm2-135m"]  # diffusion model first
@@ -122,7 +125,7 @@ def test_accuracy_vs_sparsity_draws_the_series(tree):
 
 
 def test_perplexity_vs_sparsity_log_axis(tree):
-    fig = plotting.perplexity_vs_sparsity(tree["df"])
+    fig = plotting.perplexity_vs_sparsity(tree["ppl"], tree["models"])
     _check_labelled(fig)
     ax = _visible_axes(fig)[0]
     assert ax.get_yscale() == "log"
@@ -149,19 +152,40 @@ def test_sink_variance_dlm_vs_ar(tree):
 
 
 def test_sink_variance_accepts_run_variance_plots(tree):
-    """The variance notebook passes run_variance's own plots (no kind/random_init keys)."""
+    """The variance notebook passes the variance stage's own plots (no kind/random_init keys):
+    the figures draw those numbers (per-layer variances, global variances, dominant positions)."""
     from test_report import write_variance_tree
 
     res = write_variance_tree(tree["root"], tree["params"])
-    fig = plotting.sink_variance_dlm_vs_ar(res["metrics"], res["plots"])
+    plots, metrics = res["plots"], res["metrics"]
+    assert not any("kind" in p or "random_init" in p for p in plots.values())  # the case this test is about
+    for i, p in enumerate(plots.values()):  # distinct values per run and layer: a swap or reversal shows
+        p["variance_per_layer"] = p["variance_per_layer"] + 0.01 * (i + 1) * (1 + np.arange(len(p["variance_per_layer"])))
+    fig = plotting.sink_variance_dlm_vs_ar(metrics, plots)
     _check_labelled(fig)
-    fig2 = plotting.sink_position_vs_step(res["plots"])
+    left, right = _visible_axes(fig)
+    lines = {ln.get_label(): ln for ln in left.get_lines()}
+    assert set(lines) == set(RUNS)
+    for run, ln in lines.items():
+        v = np.asarray(plots[run]["variance_per_layer"], dtype=float)  # (L,)
+        np.testing.assert_allclose(ln.get_ydata(), v)
+        np.testing.assert_allclose(ln.get_xdata(), np.arange(len(v)) / (len(v) - 1))
+        assert ln.get_linestyle() == ("--" if RUNS[run][1] else "-")  # kind and init read from the metrics
+        assert matplotlib.colors.to_rgb(ln.get_color()) == pytest.approx(plotting.KIND_COLORS[RUNS[run][0]])
+    labels = [t.get_text() for t in right.get_xticklabels()]
+    np.testing.assert_allclose([b.get_height() for b in right.patches], [metrics["runs"][r]["variance"] for r in labels])
+    fig2 = plotting.sink_position_vs_step(plots, PRIMARY_VARIANT)
     _check_labelled(fig2)
+    for ax in _visible_axes(fig2):
+        run = ax.get_title().split(" (")[0]
+        dom = plots[run]["dominant"][PRIMARY_VARIANT[RUNS[run][0]]]  # (B, S)
+        bold = max(ax.get_lines(), key=lambda ln: ln.get_linewidth())
+        np.testing.assert_array_equal(bold.get_ydata()[:-1], dom[0])  # prompt 0, each step
 
 
 def test_trajectory_heatmaps(tree):
     trajs = {r: t for r, t in tree["trajs"].items() if not RUNS[r][1]}
-    fig = plotting.trajectory_heatmaps(trajs, n_prompts=2)
+    fig = plotting.trajectory_heatmaps(loaders.heatmap_panels(trajs, n_prompts=2))
     _check_labelled(fig)
     axes = _visible_axes(fig)
     assert len(axes) == 4 and axes[0].get_title() == "tiny-dlm (DLM)" and axes[1].get_title() == "tiny-ar (AR)"
@@ -178,12 +202,12 @@ def test_trajectory_heatmaps(tree):
             gm = t.mass[s, :, b].sum(0).numpy()  # (T,) global mass, recomputed here
             np.testing.assert_allclose(row[: valid[s]], gm[: valid[s]] / gm.sum() * valid[s], rtol=1e-5)
     with pytest.raises(ValueError, match="n_prompts"):
-        plotting.trajectory_heatmaps(trajs, n_prompts=0)
+        loaders.heatmap_panels(trajs, n_prompts=0)
 
 
 def test_sink_position_vs_step(tree):
     vp = tree["vp"]
-    fig = plotting.sink_position_vs_step(vp, prompt=1, variance_metrics=tree["vm"])
+    fig = plotting.sink_position_vs_step(vp, PRIMARY_VARIANT, prompt=1, variance_metrics=tree["vm"])
     _check_labelled(fig)
     axes = _visible_axes(fig)
     assert [ax.get_title() for ax in axes] == ["tiny-dlm (DLM)", "tiny-dlm-randinit (DLM)", "tiny-ar (AR)",
@@ -194,7 +218,7 @@ def test_sink_position_vs_step(tree):
     bold_ar = max(axes[2].get_lines(), key=lambda ln: ln.get_linewidth())
     assert (np.asarray(bold_ar.get_ydata()) == 0).all()
     with pytest.raises(ValueError, match="prompt must be in"):
-        plotting.sink_position_vs_step(vp, prompt=99)
+        plotting.sink_position_vs_step(vp, PRIMARY_VARIANT, prompt=99)
 
 
 def test_layer_sparsity(tree):
@@ -243,34 +267,39 @@ def test_loss_curves_dict_and_frame_agree(tree):
 
 
 def test_efficiency_bars_from_a_real_report(tmp_path):
-    from srclib.efficiency import efficiency_report, zero_by_magnitude_
+    from srclib.efficiency.sparse import zero_by_magnitude_
+    from srclib.efficiency.timing import efficiency_report
+    from srclib.params import EfficiencyParams
     from srclib.models import MODELS
     from srclib.models.tiny import TinyLM, test_config
 
-    reports = {}
+    reports, nonzero = {}, {}
     for name, (sp, pattern) in {"a-50": (0.5, "unstructured"), "b-2of4": (0.5, "2:4")}.items():
         torch.manual_seed(0)
         m = TinyLM(test_config()).eval()
         zero_by_magnitude_(m, MODELS["tiny-dlm"], sp, pattern)
-        reports[name] = efficiency_report(m, MODELS["tiny-dlm"], token_shapes=((1, 16),), repeats=2, warmup=0)
+        cfg = EfficiencyParams(instances=[name], token_shapes=[[1, 16]], repeats=2, warmup=0, threads=1,
+                               clock="wall", memory_dtype="bfloat16")
+        reports[name] = efficiency_report(m, MODELS["tiny-dlm"], cfg)
+        ws = [mod.weight for blk in m.model.transformer.blocks for mod in blk.modules() if isinstance(mod, torch.nn.Linear)]
+        nonzero[name] = sum(int(torch.count_nonzero(w)) for w in ws) / sum(w.numel() for w in ws)
     write_json(tmp_path / "eff.json", {"instances": reports})
-    fig = plotting.efficiency_bars(read_json(tmp_path / "eff.json"))
+    fig = plotting.efficiency_bars(loaders.efficiency_rows(read_json(tmp_path / "eff.json")))
     _check_labelled(fig)
     left, right = _visible_axes(fig)
     flops = [p.get_height() for p in left.patches[:2]]  # the first bar group: FLOPs, one bar per instance
-    assert flops == pytest.approx([reports[n]["flops"]["1x16"]["ratio"] for n in ("a-50", "b-2of4")]
-                                  if "1x16" in reports["a-50"]["flops"] else flops)
+    # independent expectation: the nonzero fraction of the block linears' weights, counted here
+    assert flops == pytest.approx([nonzero[n] for n in ("a-50", "b-2of4")], rel=1e-9)
     assert flops == pytest.approx([0.5, 0.5], abs=0.02)
     assert len(right.patches) == 2
     with pytest.raises(ValueError, match="instances"):
-        plotting.efficiency_bars({})
+        loaders.efficiency_rows({})
 
 
 def test_errors_on_empty_inputs():
     with pytest.raises(ValueError, match="no pruned instances"):
-        plotting.accuracy_vs_sparsity(pd.DataFrame(
-            [dict(instance="d", model="m", method="dense", weighting="none", sparsity=0.0, pattern="dense", seed=0,
-                  causal=False, task="t", metric="acc", value=0.5, stderr=0.01, primary=True, file="")]))
+        plotting.accuracy_vs_sparsity(pd.DataFrame([dict(sparsity=0.0, accuracy=50.0, accuracy_u=1.0, n_seeds=1,
+                                                         method="dense", weighting="none", model="m")]), [])
     with pytest.raises(ValueError, match="no runs"):
         plotting.sink_variance_dlm_vs_ar({"runs": {}}, {})
     with pytest.raises(ValueError, match="no prune metrics"):
