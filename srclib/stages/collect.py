@@ -22,12 +22,15 @@ from srclib import devices, paths
 from srclib.files import sha256_file, write_json
 from srclib.params import CollectParams, ModelEntry, as_dict
 from srclib.provenance import provenance
+from srclib.report.loaders import heatmap_panels
 from srclib.trajectories.record import collect_trajectory, random_init_twin, read_prompts
 from srclib.trajectories.store import Trajectory, load_trajectory, random_init_name, save_trajectory
 
 __all__ = ["CollectResult", "run"]
 
 log = logging.getLogger(__name__)
+
+HEATMAP_PROMPTS = 2  # prompts per run drawn in the notebook's step x position heatmaps
 
 Loader = Callable[..., tuple[Any, Any, Any]]  # (key, dtype=...) -> (model, tokenizer, adapter)
 
@@ -39,13 +42,15 @@ class CollectResult:
     runs: run -> summary (model, kind, random_init, n_prompts, n_steps, n_layers, seq_len,
     has_bos, seconds, sha256, path); samples: decoded prompt/output of the first prompts of each
     run; metrics: what metrics/collect.json holds; trajectories: run -> the trajectory as stored
-    (read back from its file); interpretation: markdown written from the metrics.
+    (read back from its file); heatmaps: run -> the panel srclib.plotting.trajectory_heatmaps
+    draws (first HEATMAP_PROMPTS prompts); interpretation: markdown written from the metrics.
     """
 
     runs: dict[str, dict[str, Any]]
     samples: pd.DataFrame
     metrics: dict[str, Any]
     trajectories: dict[str, Trajectory]
+    heatmaps: dict[str, dict[str, Any]]
     interpretation: str
 
 
@@ -95,7 +100,8 @@ def run(
     write_json(paths.collect_metrics(root), metrics)
     trajectories = {name: load_trajectory(d["path"]) for name, d in runs.items()}
     return CollectResult(runs=runs, samples=pd.DataFrame(samples), metrics=metrics,
-                         trajectories=trajectories, interpretation=interpretation(metrics, trajectories))
+                         trajectories=trajectories, heatmaps=heatmap_panels(trajectories, n_prompts=HEATMAP_PROMPTS),
+                         interpretation=interpretation(metrics, trajectories))
 
 
 def interpretation(metrics: Mapping[str, Any], trajectories: Mapping[str, Trajectory]) -> str:

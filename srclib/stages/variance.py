@@ -33,7 +33,8 @@ class VarianceResult:
     layer; main: primary variant, global, one row per run; plots: run -> {"global_mass_norm":
     (B, S, T) per-step normalised global mass of the primary variant, "dominant": {variant: (B, S)
     dominant positions}, "variance_per_layer": (L,)}; metrics: what metrics/variance.json holds;
-    interpretation: markdown written from the metrics.
+    primary_variant: kind -> the paper's variant (store.PRIMARY_VARIANT); interpretation:
+    markdown written from the metrics.
     """
 
     stats: dict[str, Any]
@@ -41,6 +42,7 @@ class VarianceResult:
     main: pd.DataFrame
     plots: dict[str, dict[str, Any]]
     metrics: dict[str, Any]
+    primary_variant: dict[str, str]
     interpretation: str
 
 
@@ -65,7 +67,7 @@ def run(cfg: VarianceParams, root: Path | None = None) -> VarianceResult:
     metrics = {"runs": summary, "provenance": provenance(params={"variance": as_dict(cfg)})}
     write_json(paths.variance_metrics(root), metrics)
     return VarianceResult(stats=stats, table=table, main=main, plots=plots, metrics=metrics,
-                          interpretation=interpretation(metrics, stats))
+                          primary_variant=dict(PRIMARY_VARIANT), interpretation=interpretation(metrics, stats))
 
 
 def _fmt(g: Mapping[str, Any]) -> str:
