@@ -22,7 +22,7 @@ from torch import nn
 
 from srclib import devices, paths
 from srclib.files import atomic_dir, sha256_file
-from srclib.models.base import Adapter, write_marker
+from srclib.models.base import MARKER, Adapter, read_marker, write_marker
 
 __all__ = ["HFAdapter", "load_options", "convert_gguf", "LLAMA_ROLES"]
 
@@ -74,10 +74,19 @@ class HFAdapter(Adapter):
 
     # ---- loading ------------------------------------------------------------------------------
     def default_source(self) -> str | Path:
-        """The hub id when the entry has one, else the srclib-built folder models/<key>."""
-        if self.source:
-            return self.source
-        return paths.model_dir(self.key)
+        """models/<key> when it holds this entry's checkpoint (built by srclib, or fetched from the
+        hub at the pinned revision by ``python -m srclib.models fetch``), else the hub id."""
+        folder = paths.model_dir(self.key)
+        if not self.source:
+            return folder
+        marker = folder / MARKER
+        if marker.is_file():
+            info = read_marker(folder)
+            if info.get("source") == self.source and info.get("revision") == self.revision:
+                return folder
+            logger.warning("%s holds %s@%s, not the registry's %s@%s: loading from the hub", folder,
+                           info.get("source"), info.get("revision"), self.source, self.revision)
+        return self.source
 
     def load(self, source: str | Path | None = None, **overrides: Any):
         import transformers

@@ -1,0 +1,209 @@
+"""The import graph of srclib, read from the source (never by importing it).
+
+What a stage runs is what its notebook imports, transitively: ``stage_closure("prune")`` is the
+list of srclib files that dvc.yaml must list as the stage's deps (tests/test_dvc_deps.py checks
+it), and ``cycles()`` the import cycles (there must be none). Every import counts, also those
+inside functions, and importing ``srclib.a.b`` runs ``srclib/__init__.py`` and
+``srclib/a/__init__.py`` first, so those count too.
+
+``python -m srclib.deps`` prints each stage's closure in dvc.yaml's spelling; ``--cycles`` lists
+the cycles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from srclib import paths
+
+__all__ = ["PACKAGE", "modules", "imports_of", "graph", "closure", "notebook_imports", "stage_closure",
+           "cycles", "main"]
+
+PACKAGE = "srclib"
+
+
+def _root(root: Path | None) -> Path:
+    return Path(root) if root is not None else paths.ROOT
+
+
+@lru_cache(maxsize=None)
+def _modules(root: Path) -> dict[str, Path]:
+    out = {}
+    for f in sorted((root / PACKAGE).rglob("*.py")):
+        parts = list(f.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def modules(root: Path | None = None) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (packages by their __init__)."""
+    return dict(_modules(_root(root)))
+
+
+def _parents(name: str) -> list[str]:
+    """srclib.a.b -> [srclib, srclib.a] (the packages whose __init__ runs first)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _resolve(name: str, mods: dict[str, Path], parents: bool = True) -> list[str]:
+    """The modules that importing ``name`` executes: the module (an attribute's module) and, with
+    ``parents``, the packages above it."""
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        return []
+    while name and name not in mods:  # an attribute (srclib.x.func): its module
+        name = name.rpartition(".")[0]
+    if not name:
+        return []
+    return [*_parents(name), name] if parents else [name]
+
+
+def _is_package(name: str, mods: dict[str, Path]) -> bool:
+    return mods[name].name == "__init__.py"
+
+
+def imports_of(module: str, root: Path | None = None, parents: bool = True) -> set[str]:
+    """srclib modules that ``module`` executes when imported or when any of its functions run.
+    ``parents=False``: only what its import statements name (the packages that Python runs first
+    are left out), the edges of an import cycle."""
+    mods = _modules(_root(root))
+    tree = ast.parse(mods[module].read_text(encoding="utf-8"), filename=str(mods[module]))
+    return _imports(tree, module, mods, parents)
+
+
+def _imports(tree: ast.AST, module: str | None, mods: dict[str, Path], parents: bool = True) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                out.update(_resolve(alias.name, mods, parents))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against the importing module's package
+                if module is None:
+                    continue
+                base = module if _is_package(module, mods) else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            named = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+            if not named or parents:  # `from srclib import paths` names the module srclib.paths
+                out.update(_resolve(target, mods, parents))
+            for sub in named:
+                out.update(_resolve(sub, mods, parents))
+    if module is not None:
+        if parents:
+            out.update(_parents(module))
+        out.discard(module)
+    return out
+
+
+def graph(root: Path | None = None, parents: bool = True) -> dict[str, set[str]]:
+    """module -> the srclib modules it imports (directly); see ``imports_of`` for ``parents``."""
+    return {m: imports_of(m, root, parents) for m in _modules(_root(root))}
+
+
+def closure(starts: set[str], root: Path | None = None) -> set[str]:
+    """Every module reachable from ``starts`` (included)."""
+    g = graph(root)
+    seen: set[str] = set()
+    todo = list(starts)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(g[m] - seen)
+    return seen
+
+
+def notebook_imports(nb_path: str | Path, root: Path | None = None) -> set[str]:
+    """srclib modules imported by the code cells of a notebook."""
+    nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    mods = _modules(_root(root))
+    out: set[str] = set()
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        src = "".join(cell["source"])
+        src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
+        out |= _imports(ast.parse(src), None, mods)
+    return out
+
+
+def stage_closure(stage: str, root: Path | None = None) -> list[str]:
+    """The srclib files a stage runs (repo-relative, sorted): its notebook's import closure."""
+    r = _root(root)
+    mods = _modules(r)
+    reached = closure(notebook_imports(paths.notebook(stage, r), r), r)
+    return sorted(mods[m].relative_to(r).as_posix() for m in reached)
+
+
+def cycles(root: Path | None = None) -> list[list[str]]:
+    """Import cycles: strongly connected components (more than one module, or a self-import) of the
+    graph of import statements. A package's __init__ running before its submodules is not an
+    edge here (it is in ``closure``): a cycle is a module importing, directly or not, a module
+    that imports it back."""
+    g = graph(root, parents=False)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # Tarjan; the graph is small (tens of modules), recursion is fine
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in g[v]:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return sorted(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m srclib.deps", description=__doc__.splitlines()[0])
+    parser.add_argument("stages", nargs="*", help=f"default: all of {list(paths.STAGE_NOTEBOOKS)}")
+    parser.add_argument("--cycles", action="store_true", help="list import cycles instead")
+    args = parser.parse_args(argv)
+    if args.cycles:
+        found = cycles()
+        for comp in found:
+            sys.stdout.write(" <-> ".join(comp) + "\n")
+        return 1 if found else 0
+    for stage in args.stages or list(paths.STAGE_NOTEBOOKS):
+        sys.stdout.write(f"{stage}:\n")
+        for f in stage_closure(stage):
+            sys.stdout.write(f"  - {f}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
