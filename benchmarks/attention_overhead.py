@@ -3,7 +3,8 @@ recorder's peak extra memory as a function of chunk_size.
 
     .venv/bin/python benchmarks/attention_overhead.py [--threads 2] [--repeats 7] [--json out.json]
 
-Models: a random-init tiny-dlm-sized TinyLM (4 layers, d=256, 4 heads, vocab 4100, bidirectional)
+Models: a random-init TinyLM of tiny-dlm's config (srclib.train.config.study_config from params.yaml:
+4 layers, d=256, 4 heads, vocab 4096 + 4 special tokens, bidirectional; inputs up to train.max_len)
 and, when models/smollm2-135m exists, SmolLM2-135M (30 layers, GQA 9/3, causal). Sequence lengths
 128 and 512. Times: median over ``repeats`` interleaved plain/recorded forwards (no_grad, fp32);
 ``--clock cpu --threads 1`` measures process CPU time, which other processes on a shared machine
@@ -31,16 +32,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from srclib import paths  # noqa: E402
+from srclib import params, paths  # noqa: E402
 from srclib.attention import record_mass  # noqa: E402
-from srclib.models.tiny import TinyConfig, TinyLM  # noqa: E402
+from srclib.models.tiny import TinyLM  # noqa: E402
+from srclib.train.config import study_config  # noqa: E402
 
 
 def tiny_model() -> TinyLM:
     torch.manual_seed(0)
-    cfg = TinyConfig(vocab_size=4100, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                     max_position_embeddings=1024, causal=False, shift_logits=True, mask_token_id=3)
-    return TinyLM(cfg).eval()
+    return TinyLM(study_config(params.load().train, causal=False, shift=True)).eval()
 
 
 def smollm2_model():

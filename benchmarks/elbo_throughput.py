@@ -1,6 +1,7 @@
 """MC-ELBO evaluation throughput vs the raw batched forward of the same model (goal: >= 0.8x).
 
-Model: a random-init TinyLM of tiny-dlm's size (4 layers, d=256, 4 heads, SwiGLU 688, vocab 4098,
+Model: a random-init TinyLM of tiny-dlm's config (``srclib.train.config.study_config`` from
+params.yaml's ``train:``: 4 layers, d=256, 4 heads, SwiGLU 688, vocab 4096 + 4 special tokens,
 bidirectional, shifted logits), float32. Both sides run forward passes of ``--batch`` rows of
 ``--seq-len`` tokens:
 
@@ -24,11 +25,11 @@ import torch
 
 from srclib.likelihood import elbo_loglikelihood_batch, model_logits_fn
 from srclib.models import get_adapter
-from srclib.models.tiny import TinyConfig, TinyLM
+from srclib import params
+from srclib.models.tiny import TinyLM
+from srclib.train.config import study_config
 
-TINY_DLM = dict(vocab_size=4098, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                max_position_embeddings=1024, causal=False, shift_logits=True, mask_token_id=4097,
-                bos_token_id=0, eos_token_id=1, pad_token_id=2)
+TINY_DLM = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
 
 
 # wall: what a user waits; cpu: CPU time of this process (steadier on a shared machine)
@@ -55,7 +56,7 @@ def run(batch: int = 32, seq_len: int = 128, target_len: int = 32, mc_num: int =
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = TinyLM(TinyConfig(**TINY_DLM)).eval()
+    model = TinyLM(TINY_DLM).eval()
     adapter = get_adapter("tiny-dlm")
     fn = model_logits_fn(model, adapter)
     g = torch.Generator().manual_seed(seed)
@@ -73,7 +74,7 @@ def run(batch: int = 32, seq_len: int = 128, target_len: int = 32, mc_num: int =
 
     def elbo():
         gens = [torch.Generator().manual_seed(i) for i in range(n_requests)]
-        elbo_loglikelihood_batch(fn, reqs, mask_id=4097, mc_num=mc_num, batch_size=mc_num,
+        elbo_loglikelihood_batch(fn, reqs, mask_id=TINY_DLM.mask_token_id, mc_num=mc_num, batch_size=mc_num,
                                  generator=gens, keep_first=True, forward_batch=batch)
 
     t_raw, t_elbo = _best_interleaved([raw, elbo], repeats, CLOCKS[clock])

@@ -6,7 +6,8 @@
 2. SparseGPT: time of the pruning itself (OBS) vs its sequential calibration forward: goal <= 2x.
 3. Peak memory of calibration vs model size.
 
-Model: tiny-dlm-sized random-init TinyLM (4 layers, d=256, vocab 4098), 32 windows x 128 tokens
+Model: random-init TinyLM of tiny-dlm's config (srclib.train.config.study_config from params.yaml:
+4 layers, d=256, vocab 4096 + 4 special tokens), 32 windows x 128 tokens
 x 10 t values by default. Usage: python benchmarks/prune_bench.py [--windows 32] [--repeats 3] [--threads 1]
 Ratios are printed for process CPU time and wall time; on a shared machine read the CPU ratios
 (and prefer --threads 1: oversubscribed OpenMP threads spin and inflate both clocks).
@@ -23,10 +24,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave wit
 import torch  # noqa: E402
 
 from srclib import calibration as cal  # noqa: E402
+from srclib import params  # noqa: E402
 from srclib.models.base import Adapter
-from srclib.models.tiny import TinyConfig, TinyLM
+from srclib.models.tiny import TinyLM  # noqa: E402
 from srclib.pruning import PruneSpec, prune_model
+from srclib.train.config import study_config  # noqa: E402
 
+TINY_DLM = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
 ADAPTER = Adapter(key="bench", causal=False, shift=True, blocks_path="model.transformer.blocks")
 
 
@@ -41,9 +45,7 @@ def spec(**kw) -> PruneSpec:
 
 def make_model() -> TinyLM:
     torch.manual_seed(0)
-    cfg = TinyConfig(vocab_size=4098, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                     mask_token_id=4097, bos_token_id=4096, causal=False, shift_logits=True)
-    return TinyLM(cfg).eval()
+    return TinyLM(TINY_DLM).eval()
 
 
 def best_of(fns: dict, repeats: int) -> dict:
@@ -69,8 +71,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    windows = torch.randint(0, 4096, (args.windows, args.seq_len), generator=g)
-    windows[:, 0] = 4096
+    windows = torch.randint(4, TINY_DLM.vocab_size, (args.windows, args.seq_len), generator=g)  # no specials
+    windows[:, 0] = TINY_DLM.bos_token_id
     calib = cal.Calibration(windows=windows, seed=0, windows_per_batch=args.windows_per_batch)
     model_bytes = sum(p.numel() * p.element_size() for p in make_model().parameters())
     print(f"torch threads: {torch.get_num_threads()}; model {model_bytes / 2**20:.1f} MiB; "
