@@ -27,7 +27,7 @@ from srclib.report.results import (AVERAGE, METHOD_LABELS, NOISE_K, PPL, TASK_LA
                                    exceeds_noise, pruned_models, summarize)
 
 __all__ = ["METHOD_ORDER", "WEIGHTING_ORDER", "PATTERN_ORDER", "main_table_cells", "main_table", "main_tables",
-           "dense_table", "sink_variance_table", "fmt_value"]
+           "dense_table", "sink_variance_table", "sink_vs_uniform_table", "efficiency_table", "fmt_value"]
 
 log = logging.getLogger(__name__)
 
@@ -236,3 +236,59 @@ def sink_variance_table(variance_metrics: Mapping[str, Any]) -> pd.DataFrame:
     ]
     return table
 
+
+
+def sink_vs_uniform_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    """The headline comparison for one model: per headline sparsity and method (unstructured), the
+    dense row, then uniform vs sink-aware perplexity and average accuracy, mean ± u, marked
+    beyond the noise as in main_table."""
+    cells = main_table_cells(df, params, model)
+
+    def cell(method: str, weighting: str, sparsity: float, column: str) -> str:
+        hit = cells[(cells["method"] == method) & (cells["weighting"] == weighting) & (cells["sparsity"] == sparsity)
+                    & (cells["column"] == column) & cells["pattern"].isin(["dense", "unstructured"])]
+        return "–" if hit.empty else fmt_value(hit.iloc[0]["mean"], hit.iloc[0]["u"], int(hit.iloc[0]["mark"]))
+
+    rows = [{"Method": METHOD_LABELS["dense"], "Sparsity": "0%", "Seeds": "1",
+             "PPL uniform": cell("dense", "none", 0.0, PPL), "PPL sink-aware": "–",
+             "Avg uniform": cell("dense", "none", 0.0, AVERAGE), "Avg sink-aware": "–"}]
+    for sparsity in sorted(params.plot.headline_sparsities):
+        for method in params.plot.headline_methods:
+            pair = cells[(cells["method"] == method) & (cells["sparsity"] == sparsity)
+                         & (cells["pattern"] == "unstructured") & cells["weighting"].isin(["uniform", "sink"])]
+            if set(pair["weighting"]) != {"uniform", "sink"}:
+                continue
+            seeds = "/".join(str(n) for n in sorted(set(pair["n_seeds"].astype(int))))
+            rows.append({"Method": METHOD_LABELS[method], "Sparsity": _pct(sparsity), "Seeds": seeds,
+                         **{f"{label} {wl}": cell(method, w, sparsity, col)
+                            for label, col in (("PPL", PPL), ("Avg", AVERAGE))
+                            for w, wl in (("uniform", "uniform"), ("sink", "sink-aware"))}})
+    table = pd.DataFrame(rows)[["Method", "Sparsity", "Seeds", "PPL uniform", "PPL sink-aware", "Avg uniform",
+                                "Avg sink-aware"]]
+    kinds = cells.loc[cells["column"] == PPL, "ppl_kind"]
+    table.attrs["caption"] = f"{model}: sink-aware vs uniform calibration (unstructured), mean ± uncertainty."
+    table.attrs["footnotes"] = [_ppl_note(kinds), "Avg: average task accuracy (%).", *_uncertainty_notes()]
+    return table
+
+
+EFFICIENCY_COLUMNS = {  # efficiency row column -> (label, digits)
+    "flops_ratio": ("FLOPs ×", 3), "mem_csr_int32_ratio": ("memory CSR int32 ×", 3),
+    "mem_2to4_ratio": ("memory 2:4 ×", 4), "step_sparse_over_dense": ("step time sparse/dense ×", 2),
+}
+
+
+def efficiency_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (instance, sparse format, token shape) of srclib.report.loaders.efficiency_rows:
+    ratios to the dense model (theoretical FLOPs and weight memory, measured median step time)."""
+    out = []
+    for r in rows.itertuples():
+        rec = {"Instance": r.instance, "Format": r.format, "Tokens": r.shape}
+        for col, (label, digits) in EFFICIENCY_COLUMNS.items():
+            v = getattr(r, col)
+            rec[label] = "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
+        out.append(rec)
+    table = pd.DataFrame(out)
+    table.attrs["caption"] = "Efficiency of the pruned models relative to dense (metrics/efficiency.json)."
+    table.attrs["footnotes"] = ["FLOPs and memory: theory from the masks; step time: measured median ratio "
+                                "(> 1: slower than dense)."]
+    return table
