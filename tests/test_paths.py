@@ -127,7 +127,8 @@ def test_stages_depend_on_the_shared_corpus_reader_and_the_params_corpus(dvc_sta
     p = params.load()
     for name, st in dvc_stages.items():
         if name == "train" or name.split("@")[0] in ("prune", "evaluate", "evaluate_dense"):
-            assert "srclib/data.py" in st["deps"], f"{name} reads corpora through srclib.data.read_texts"
+            assert "srclib/data/corpus.py" in st["deps"], f"{name} reads corpora through srclib.data.corpus"
+            assert "srclib/data/build.py" not in st["deps"], f"{name} does not run the data/raw builder"
         if name.startswith("prune@"):
             assert p.prune.calibration.corpus in st["deps"], name
 
