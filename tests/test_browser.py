@@ -1,7 +1,8 @@
-"""The report index in a real browser: headless Chromium (Debian's chromium + chromium-driver)
-opens reports/index.html of a synthetic report tree; the page renders, every link resolves to a
-file, every image loads. Skipped when Chromium, its driver or selenium is missing
-(``apt-get install -y chromium chromium-driver``; selenium is in the dev extra)."""
+"""The front page in a real browser: headless Chromium (Debian's chromium + chromium-driver)
+opens reports/index.html of a synthetic report tree built from temporary metrics files; the
+findings come first and show the numbers computed from those metrics files, every link resolves
+to a file, every image loads, the params are folded. Skipped when Chromium, its driver or
+selenium is missing (``apt-get install -y chromium chromium-driver``; selenium is in the dev extra)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from srclib import paths, plotting, report
+from srclib import paths, plotting
+from srclib.files import read_json, write_json
+from srclib.report import findings, index, render, results, series, tables
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -27,27 +30,34 @@ pytestmark = pytest.mark.skipif(bool(missing), reason=f"headless browser test ne
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A rendered report tree: tables, figures, fake stage reports, then index.html."""
+    """A rendered report tree: evaluate and variance metrics, tables, figures, fake stage reports,
+    then index.html built from them."""
     import matplotlib.pyplot as plt
 
-    from test_report import synthetic_params, write_eval_tree
+    from test_report import VARIANCE, synthetic_params, write_eval_tree
 
     root = tmp_path_factory.mktemp("site")
     params = synthetic_params()
     write_eval_tree(root, params)
-    df = report.load_results(params, root=root)
-    report.write_tables({**report.main_tables(df, params), "dense_models": report.dense_table(df, params)},
-                        paths.tables_dir(root=root))
-    for stem, fig in (("accuracy_vs_sparsity", plotting.accuracy_vs_sparsity(df)),
-                      ("perplexity_vs_sparsity", plotting.perplexity_vs_sparsity(df))):
+    write_json(paths.variance_metrics(root=root), VARIANCE)
+    df = results.load_results(params, root=root)
+    tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params)}
+    render.write_tables(tabs, paths.tables_dir(root=root))
+    models = results.pruned_models(df)
+    for stem, fig in (("accuracy_vs_sparsity", plotting.accuracy_vs_sparsity(series.accuracy_errors(df), models)),
+                      ("perplexity_vs_sparsity", plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))):
         plotting.save_figure(fig, stem, paths.figures_dir(root=root))
         plt.close(fig)
-    for stage, name in (("train", "train"), ("prune", "dlm-wanda-sink-50-s0"), ("plot", "plot")):
+    for stage, name in (("train", "train"), ("prune", "dlm-wanda-sink-50-s0"), ("evaluate", "dlm-wanda-sink-50-s0"),
+                        ("plot", "plot")):
         p = paths.report_html(stage, name, root=root)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f"<!DOCTYPE html><html><head><title>{stage} {name}</title></head><body>ok</body></html>")
-    index = report.build_index(root, params, "0123abcd")
-    return root, index
+    variance = read_json(paths.variance_metrics(root=root))
+    found = findings.findings(df, params, variance)
+    page = index.build_index(root, params, "0123abcd", findings=found,
+                             tables={"sink_variance": tables.sink_variance_table(variance), **tabs}, results=df)
+    return root, page, params
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +96,12 @@ def _wait_images(drv, timeout: float = 10.0) -> list[dict]:
 
 
 def test_index_renders_links_resolve_images_load(site, driver):
-    root, index = site
-    driver.get(index.as_uri())
-    assert driver.title == "Sink-aware pruning study: report index"
+    root, page, _ = site
+    driver.get(page.as_uri())
+    assert driver.title == index.TITLE
     assert "0123abcd" in driver.find_element("tag name", "body").text
     hrefs = driver.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)")
-    assert len(hrefs) >= 3 + 9 + 4  # stage reports, 3 tables x 3 formats, 2 figures x (img link + PDF)
+    assert len(hrefs) >= 4 + 9 + 4  # stage reports, 3 tables x 3 formats, 2 figures x (img link + PDF)
     for href in hrefs:
         target = _file(href)
         assert target.is_file(), f"dangling link {href}"
@@ -103,13 +113,16 @@ def test_index_renders_links_resolve_images_load(site, driver):
     assert len(imgs) == 2
     for img in imgs:
         assert img["complete"] and img["w"] > 0, f"image did not load: {img['src']}"
-    # the params dump is on the page
-    pre = driver.find_element("tag name", "pre").text
-    assert "headline_sparsities" in pre and "instances" in pre
+    # the params are folded at the end: present, hidden until opened
+    details = driver.find_element("css selector", "details#params")
+    pre = details.find_element("tag name", "pre")
+    assert not pre.is_displayed()
+    details.find_element("tag name", "summary").click()
+    assert pre.is_displayed() and "headline_sparsities" in pre.text and "instances" in pre.text
 
 
 def test_linked_table_page_renders(site, driver):
-    root, _ = site
+    root, _, _ = site
     page = paths.tables_dir(root=root) / "main_tiny-dlm.html"
     driver.get(page.as_uri())
     assert driver.title == "main_tiny-dlm"
@@ -118,3 +131,42 @@ def test_linked_table_page_renders(site, driver):
     headers = [th.text for th in driver.find_elements("css selector", "thead th")]
     assert headers[:2] == ["Method", "Weighting"] and headers[-2:] == ["Avg", "PPL"]
     assert "±" in rows[3].text
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else float("nan")
+
+
+def test_findings_come_first_and_show_the_metrics(site, driver):
+    """The findings section is the page's first section, and the numbers it shows are the ones
+    computed here straight from the metrics files (variance.json, metrics/evaluate/*.json)."""
+    root, page, params = site
+    driver.get(page.as_uri())
+    h2 = [e.text for e in driver.find_elements("tag name", "h2")]
+    assert h2[0] == "Findings" and h2.index("Figures") > h2.index("Headline tables")
+    cards = {e.get_attribute("data-key"): e.text for e in driver.find_elements("css selector", "#findings .finding")}
+    assert list(cards)[:2] == ["sink-motion", "bos-sinks"] and "sink-vs-uniform/tiny-dlm" in cards
+    # sink motion: every run's normalised variance +- std over prompts, from metrics/variance.json
+    runs = read_json(paths.variance_metrics(root=root))["runs"]
+    for run in ("tiny-dlm", "tiny-ar", "tiny-dlm-randinit"):
+        assert f"{runs[run]['variance']:.4f} ± {runs[run]['variance_std']:.4f}" in cards["sink-motion"], run
+    assert "higher, beyond noise" in cards["sink-motion"] and "holds" in cards["sink-motion"]
+    # sink-aware vs uniform, Wanda 50% on tiny-dlm over seeds 0..2: perplexity and average accuracy
+    line = next(li.text for li in driver.find_elements("css selector", '[data-key="sink-vs-uniform/tiny-dlm"] li')
+                if li.text.startswith("Wanda at 50%"))
+    for weighting in ("uniform", "sink"):
+        files = [read_json(paths.eval_metrics(f"dlm-wanda-{weighting}-50-s{k}", root=root)) for k in params.plot.seeds]
+        ppl = _mean_sd([f["ppl"]["ppl"] for f in files])
+        avg = _mean_sd([100 * sum(f["tasks"][t]["metrics"]["acc_norm" if t == "arc_easy" else "acc"]
+                                  for t in params.evaluate.tasks) / len(params.evaluate.tasks) for f in files])
+        label = "uniform" if weighting == "uniform" else "sink-aware"
+        assert f"{label} {ppl[0]:.1f} ± {ppl[1]:.1f}" in line, (weighting, line)
+        assert f"{label} {avg[0]:.1f} ± {avg[1]:.1f}" in line, (weighting, line)
+    # the grid: the linked instance shows its score and links both of its reports
+    cell = driver.find_element("css selector", '[data-instance="dlm-wanda-sink-50-s0"]')
+    assert {a.text for a in cell.find_elements("tag name", "a")} == {"eval", "prune"}
+    # figures at readable size, each with a caption
+    for fig in driver.find_elements("css selector", "#figures figure"):
+        assert fig.find_element("tag name", "img").size["width"] >= 600
+        assert fig.find_element("tag name", "figcaption").text
