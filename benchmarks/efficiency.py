@@ -46,11 +46,12 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 def _tiny_dlm_sized(seed: int):
     from srclib.models import get_adapter
-    from srclib.models.tiny import TinyConfig, TinyLM
+    from srclib import params
+    from srclib.models.tiny import TinyLM
+    from srclib.train.config import study_config
 
     torch.manual_seed(seed)
-    cfg = TinyConfig(vocab_size=4098, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                     causal=False, shift_logits=True, mask_token_id=4097, bos_token_id=4096)
+    cfg = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
     return TinyLM(cfg).eval(), get_adapter("tiny-dlm")
 
 

@@ -148,14 +148,15 @@ class SemiLinear(nn.Module):
 def bench_tiny_step(bk: dict[str, bool], repeats: int, warmup: int) -> dict:
     try:
         from srclib.models import get_adapter
-        from srclib.models.tiny import TinyConfig, TinyLM
+        from srclib import params
+        from srclib.models.tiny import TinyLM
+        from srclib.train.config import study_config
     except Exception as exc:
         return {"skipped": f"srclib model code unavailable: {type(exc).__name__}: {exc}"}
     import copy
 
     torch.manual_seed(0)
-    cfg = TinyConfig(vocab_size=4098, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                     causal=False, shift_logits=True, mask_token_id=4097, bos_token_id=4096)
+    cfg = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
     model = TinyLM(cfg).eval().to("cuda", DTYPE)
     ad = get_adapter("tiny-dlm")
     with torch.no_grad():

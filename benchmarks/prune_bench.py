@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import dataclasses
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave with the printed ratios
@@ -25,22 +26,25 @@ import torch  # noqa: E402
 
 from srclib import calibration as cal  # noqa: E402
 from srclib import params  # noqa: E402
-from srclib.models.base import Adapter
+from srclib.models.base import Adapter  # noqa: E402
 from srclib.models.tiny import TinyLM  # noqa: E402
-from srclib.pruning import PruneSpec, prune_model
+from srclib.params import PruneSpec  # noqa: E402
+from srclib.pruning.core import prune_model  # noqa: E402
 from srclib.train.config import study_config  # noqa: E402
 
 TINY_DLM = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
 ADAPTER = Adapter(key="bench", causal=False, shift=True, blocks_path="model.transformer.blocks")
 
 
+STUDY = params.load().prune  # the study's calibration, sink, SparseGPT, OWL and options settings
+
+
 def spec(**kw) -> PruneSpec:
-    base = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured",
-                t_grid=tuple(round(0.1 * k, 1) for k in range(1, 11)), noise_eps=1e-3, sink_rule="zscore",
-                sink_alpha=5.0, sink_kappa=2.0, sink_eps=0.0, stability_threshold=0.5, blocksize=128,
-                percdamp=0.01, owl=False, owl_lambda=0.08, owl_m=5.0, one_shot_sink_wanda=True)
-    base.update(kw)
-    return PruneSpec(**base)
+    """The study's PruneSpec for one instance, with ``kw`` replacing fields (default: Wanda,
+    uniform weighting, 50% unstructured)."""
+    base = STUDY.spec(next(iter(STUDY.instances)))
+    run = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured")
+    return dataclasses.replace(base, **{**run, **kw})
 
 
 def make_model() -> TinyLM:

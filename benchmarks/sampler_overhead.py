@@ -17,13 +17,13 @@ import torch
 
 from srclib.attention import CHUNK_SIZE, record_mass
 from srclib.diffusion import generate
-from srclib.models.tiny import TinyConfig, TinyLM
+from srclib import params
+from srclib.models.tiny import TinyLM
+from srclib.train.config import study_config
 
 
 def build(seed: int = 0) -> TinyLM:
-    cfg = TinyConfig(vocab_size=4098, hidden_size=256, n_layers=4, n_heads=4, mlp_hidden=688,
-                     max_position_embeddings=512, causal=False, shift_logits=True,
-                     mask_token_id=4097, bos_token_id=4096)
+    cfg = study_config(params.load().train, causal=False, shift=True)  # the trained tiny-dlm's config
     torch.manual_seed(seed)
     return TinyLM(cfg).eval()
 

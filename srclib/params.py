@@ -170,7 +170,7 @@ class VarianceParams:
     alpha: float = _c(gt=0)
     kappa: float = _c()
     eps: float = _c(ge=0)
-    stability_threshold: float = _c(ge=0, le=1)
+    stability_threshold: float = _c(gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -318,7 +318,7 @@ class PruneSpec:
     sink_alpha: float = _c(gt=0)
     sink_kappa: float = _c()
     sink_eps: float = _c(ge=0)
-    stability_threshold: float = _c(ge=0, le=1)
+    stability_threshold: float = _c(gt=0, le=1)
     blocksize: int = _c(ge=1)
     percdamp: float = _c(ge=0)
     owl: bool = _c()

@@ -197,5 +197,10 @@ def test_stability_weights():
     assert stability_weights(s10, threshold=0.7).tolist() == [1.0]
     with pytest.raises(ValueError, match="threshold"):
         stability_weights(s, threshold=0.0)
-    # batched (B, n_t, T)
-    assert stability_weights(torch.stack([s, s]), 0.75).shape == (2, 3)
+    # batched (B, n_t, T): each row is its own (n_t, T) case, not pooled across the batch
+    s_other = torch.tensor([[0.1, 0.9, 0.9], [0.1, 0.9, 0.2], [0.1, 0.9, 0.2], [0.1, 0.9, 0.2]])
+    batched = stability_weights(torch.stack([s, s_other]), 0.75)
+    assert batched.shape == (2, 3)
+    assert batched[0].tolist() == pytest.approx([1.0, 1 - 0.35, 1 - 0.1])
+    # s_other: pos 0 never a sink, pos 1 a sink at all 4 steps (stable), pos 2 at 1 of 4 (transient)
+    assert batched[1].tolist() == pytest.approx([1 - 0.1, 1.0, 1 - 0.375])
