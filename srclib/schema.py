@@ -1,0 +1,163 @@
+"""Typed, validated dataclasses from plain data (as parsed from YAML): the machinery behind
+srclib.params.
+
+A field declares its constraints in its metadata (``constrained(ge=0)``, ``choices=...``,
+``pattern=...``, ``min_len``, ``item_*``, ``key_choices``, ``key_pattern``, ``key=`` for a YAML
+name that is a Python keyword); ``build(cls, data, where)`` converts and checks every field and
+raises ``ParamsError`` naming the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import field
+from typing import Any, Union
+
+__all__ = ["ParamsError", "constrained", "build", "validate_fields", "as_dict"]
+
+
+class ParamsError(ValueError):
+    """A params.yaml (or override) value is invalid; the message names the key and what is allowed."""
+
+
+def constrained(**constraints: Any) -> Any:
+    """A dataclass field with validation constraints and no default (params.yaml holds values)."""
+    return field(metadata=constraints)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# generic validation
+_NUM_CHECKS = {
+    "ge": (lambda v, b: v >= b, ">= {}"), "gt": (lambda v, b: v > b, "> {}"),
+    "le": (lambda v, b: v <= b, "<= {}"), "lt": (lambda v, b: v < b, "< {}"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_num(where: str, value: Any, meta: dict[str, Any], prefix: str = "") -> None:
+    for name, (ok, text) in _NUM_CHECKS.items():
+        bound = meta.get(prefix + name)
+        if bound is not None and not ok(value, bound):
+            raise ParamsError(f"{where} = {value!r}: must be {text.format(bound)}")
+
+
+def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(where, value, inner, meta)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin is tuple:  # tuple[X, ...]: validated like a list, stored as a tuple
+        (item_tp, _) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+        return tuple(_convert(where, list(value), list[item_tp], meta))
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+        if len(value) < meta.get("min_len", 0):
+            raise ParamsError(f"{where}: must have at least {meta['min_len']} item(s)")
+        item_meta = {k[5:]: v for k, v in meta.items() if k.startswith("item_")}
+        return [_convert(f"{where}[{i}]", v, item_tp, item_meta) for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where} = {value!r}: must be a mapping")
+        if len(value) < meta.get("min_len", 0):
+            raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ParamsError(f"{where}: key {k!r} must be a string")
+            if "key_choices" in meta and k not in meta["key_choices"]:
+                raise ParamsError(f"{where}.{k}: unknown key; allowed: {list(meta['key_choices'])}")
+            if "key_pattern" in meta and not re.match(meta["key_pattern"], k):
+                raise ParamsError(f"{where}.{k}: name must match {meta['key_pattern']}")
+            out[k] = _convert(f"{where}.{k}", v, val_tp, {})
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where} = {value!r}: must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where} = {value!r}: must be an integer")
+        _check_num(where, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where} = {value!r}: must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ParamsError(f"{where} = {value!r}: must be finite")
+        _check_num(where, value, meta)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where} = {value!r}: must be a string")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ParamsError(f"{where} = {value!r}: must be one of {list(meta['choices'])}")
+        if "pattern" in meta and not re.match(meta["pattern"], value):
+                raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
+        return value
+    raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
+
+
+def build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where or 'params'}: must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed keys: {sorted(fields)}"
+        )
+    missing = sorted(set(fields) - set(data))
+    if missing:
+        raise ParamsError(f"{where + '.' if where else ''}{missing[0]}: missing key")
+    kwargs = {}
+    for key, f in fields.items():
+        sub = f"{where}.{key}" if where else key
+        kwargs[f.name] = _convert(sub, data[key], hints[f.name], dict(f.metadata))
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:  # cross-field checks: prefix the section they belong to
+        if where and not str(exc).startswith(where):
+            raise ParamsError(f"{where}: {exc}") from None
+        raise
+
+
+def validate_fields(obj: Any, where: str) -> None:
+    """Check every field of a constructed dataclass against its constraints (for dataclasses that
+    library code also builds directly, such as PruneSpec)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        _convert(f"{where}.{f.name}", getattr(obj, f.name), hints[f.name], dict(f.metadata))
+
+
+
+
+def as_dict(obj: Any) -> Any:
+    """Plain JSON-able dict of a params dataclass (for provenance), with params.yaml's key names."""
+    if dataclasses.is_dataclass(obj):
+        return {f.metadata.get("key", f.name): as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [as_dict(v) for v in obj]
+    return obj
+
