@@ -20,7 +20,7 @@ prepares what the plot stage draws):
 * ``sink_variance_dlm_vs_ar(variance_metrics, variance_plots)``: metrics/variance.json and per run
   {"variance_per_layer": (L,), optional "kind", "random_init"} (the variance stage's ``plots``);
 * ``trajectory_heatmaps(panels)``: run -> {"mass": (b, S, T), "kind", "random_init", "prompt_len"}
-  (``srclib.report.loaders.heatmap_panels``);
+  (``srclib.trajectories.panels.heatmap_panels``);
 * ``sink_position_vs_step(variance_plots, primary_variant)``: per run {"dominant": {variant: (B, S)}}
   and kind -> the variant to draw (``srclib.trajectories.store.PRIMARY_VARIANT``);
 * ``layer_sparsity(prune_metrics)``: instance -> metrics/prune/<instance>.json;
@@ -299,7 +299,7 @@ def trajectory_heatmaps(panels: Mapping[str, Mapping[str, Any]]) -> Figure:
     layers), each step normalised to its share x number of keys (1 = uniform; log colour scale).
     Columns: runs (diffusion first, beside autoregressive); rows: the prompts of the panels.
     AR keys that do not exist yet at a step (NaN) are blank. panels: run -> {"mass": (b, S, T),
-    "kind", "random_init", "prompt_len"} (srclib.report.loaders.heatmap_panels)."""
+    "kind", "random_init", "prompt_len"} (srclib.trajectories.panels.heatmap_panels)."""
     if not panels:
         raise ValueError("no trajectories to plot")
     kinds = {r: (p["kind"], bool(p["random_init"])) for r, p in panels.items()}

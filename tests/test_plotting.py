@@ -15,6 +15,7 @@ import torch
 
 from srclib import paths, plotting
 from srclib.report import loaders, results, series
+from srclib.trajectories import panels
 from srclib.trajectories.store import PRIMARY_VARIANT
 from srclib.files import read_json, write_json
 
@@ -35,7 +36,7 @@ def tree(tmp_path_factory):
     vm, vp = loaders.load_variance(root=root)
     trajs = loaders.load_trajectories(sorted(vp), root=root)
     for run, t in trajs.items():
-        vp[run].update(loaders.trajectory_plot_data(t))
+        vp[run].update(panels.trajectory_plot_data(t))
     return dict(root=root, params=params, df=df, vm=vm, vp=vp, trajs=trajs, acc=series.accuracy_errors(df),
                 ppl=series.perplexity_series(df), models=results.pruned_models(df),
                 prune=loaders.load_prune_metrics(params, root=root),
@@ -185,7 +186,7 @@ def test_sink_variance_accepts_run_variance_plots(tree):
 
 def test_trajectory_heatmaps(tree):
     trajs = {r: t for r, t in tree["trajs"].items() if not RUNS[r][1]}
-    fig = plotting.trajectory_heatmaps(loaders.heatmap_panels(trajs, n_prompts=2))
+    fig = plotting.trajectory_heatmaps(panels.heatmap_panels(trajs, n_prompts=2))
     _check_labelled(fig)
     axes = _visible_axes(fig)
     assert len(axes) == 4 and axes[0].get_title() == "tiny-dlm (DLM)" and axes[1].get_title() == "tiny-ar (AR)"
@@ -202,7 +203,7 @@ def test_trajectory_heatmaps(tree):
             gm = t.mass[s, :, b].sum(0).numpy()  # (T,) global mass, recomputed here
             np.testing.assert_allclose(row[: valid[s]], gm[: valid[s]] / gm.sum() * valid[s], rtol=1e-5)
     with pytest.raises(ValueError, match="n_prompts"):
-        loaders.heatmap_panels(trajs, n_prompts=0)
+        panels.heatmap_panels(trajs, n_prompts=0)
 
 
 def test_sink_position_vs_step(tree):

@@ -26,6 +26,7 @@ from srclib import params as P_
 from srclib import paths
 from srclib.report import findings, index, loaders, render, results, series, tables
 from srclib.stages import plot
+from srclib.trajectories import panels
 from srclib.files import read_json, write_json
 
 TASKS = {"arc_easy": True, "winogrande": False}  # task -> lm-eval reports acc_norm
@@ -526,15 +527,15 @@ def test_variance_series_and_plot_data_match_run_variance(tree):
     pd.testing.assert_frame_equal(s, s2)
     trajs = loaders.load_trajectories(RUNS, root=root)
     for run, traj in trajs.items():
-        mine = loaders.trajectory_plot_data(traj)
+        mine = panels.trajectory_plot_data(traj)
         theirs = res["plots"][run]
         np.testing.assert_allclose(mine["global_mass_norm"], theirs["global_mass_norm"], rtol=1e-6, atol=1e-7)
         variant = next(iter(mine["dominant"]))
         np.testing.assert_array_equal(mine["dominant"][variant], theirs["dominant"][variant])
     # planted sinks: AR dominant at 0 throughout; DLM dominant at (3 s) mod T
-    ar = loaders.trajectory_plot_data(trajs["tiny-ar"])["dominant"]["newest"]
+    ar = panels.trajectory_plot_data(trajs["tiny-ar"])["dominant"]["newest"]
     assert (ar == 0).all()
-    dlm = loaders.trajectory_plot_data(trajs["tiny-dlm"])["dominant"]["full"]
+    dlm = panels.trajectory_plot_data(trajs["tiny-dlm"])["dominant"]["full"]
     assert (dlm == np.array([(3 * s) % 10 for s in range(6)])[None, :]).all()
 
 

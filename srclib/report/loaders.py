@@ -2,7 +2,7 @@
 
 * ``load_variance``: metrics/variance.json and, per run, the per-layer variance of its primary
   variant (sinks/<run>.json);
-* ``load_trajectories`` / ``trajectory_plot_data`` / ``heatmap_panels``: trajectories/<run>.safetensors
+* ``load_trajectories``: trajectories/<run>.safetensors (their plot data: srclib.trajectories.panels)
   and what srclib.plotting's sink figures take (prepared here, so plotting imports no stage code);
 * ``load_prune_metrics``, ``load_train_metrics``, ``efficiency_rows``: the prune, train and
   efficiency metrics files as the plotting functions take them.
@@ -15,15 +15,13 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from srclib import paths
 from srclib.efficiency.summary import report_rows
 from srclib.files import read_json
-from srclib.sinks import dominant_positions
 from srclib.trajectories.store import PRIMARY_VARIANT, load_trajectory
 
-__all__ = ["load_variance", "load_trajectories", "trajectory_plot_data", "heatmap_panels", "load_prune_metrics",
+__all__ = ["load_variance", "load_trajectories", "load_prune_metrics",
            "load_train_metrics", "efficiency_rows"]
 
 
@@ -47,41 +45,6 @@ def load_variance(root: str | Path | None = None) -> tuple[dict[str, Any], dict[
 def load_trajectories(runs: Iterable[str], root: str | Path | None = None) -> dict[str, Any]:
     """run -> srclib.trajectories.store.Trajectory from trajectories/<run>.safetensors."""
     return {run: load_trajectory(paths.trajectory_file(run, root=root)) for run in runs}
-
-
-def trajectory_plot_data(traj) -> dict[str, Any]:
-    """What the variance stage's ``plots`` hold for one trajectory, from the trajectory alone:
-    {"global_mass_norm": (B, S, T) per-step normalised global mass of the primary variant (zero at
-    keys that do not exist yet), "dominant": {primary variant: (B, S) dominant key positions over
-    the keys that exist (ties: lowest index)}, "prompt_len": P}."""
-    variant = PRIMARY_VARIANT[traj.kind]
-    gm = traj.variants()[variant].sum(1)  # (S, B, T)
-    S, B, _ = gm.shape
-    dom = torch.zeros(S, B, dtype=torch.long)
-    for s in range(S):
-        dom[s] = dominant_positions(gm[s, :, : int(traj.valid_len[s])])  # (B,)
-    norm = (gm / gm.sum(-1, keepdim=True).clamp_min(1e-30)).permute(1, 0, 2)  # (B, S, T)
-    return {"global_mass_norm": norm.numpy(), "dominant": {variant: dom.T.numpy()},
-            "prompt_len": int(traj.prompt_ids.shape[1])}
-
-
-def heatmap_panels(trajs: Mapping[str, Any], n_prompts: int = 2) -> dict[str, dict[str, Any]]:
-    """run -> what srclib.plotting.trajectory_heatmaps draws for it: {"mass": (b, S, T) mass share
-    x number of existing keys (1 = uniform; NaN at keys that do not exist yet), "kind",
-    "random_init", "prompt_len"}, b = min(n_prompts, prompts of every run)."""
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    if not trajs:
-        return {}
-    rows = min(n_prompts, min(int(t.shape[2]) for t in trajs.values()))
-    out = {}
-    for run, t in trajs.items():
-        norm = trajectory_plot_data(t)["global_mass_norm"][:rows]  # (b, S, T)
-        n_keys = t.valid_len.numpy().astype(float)[None, :, None]  # (1, S, 1)
-        exists = t.exists().numpy()[None]  # (1, S, T)
-        out[run] = {"mass": np.where(exists, norm * n_keys, np.nan), "kind": t.kind,
-                    "random_init": bool(t.meta.get("random_init")), "prompt_len": int(t.prompt_ids.shape[1])}
-    return out
 
 
 def load_prune_metrics(params, root: str | Path | None = None) -> dict[str, dict[str, Any]]:

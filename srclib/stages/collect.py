@@ -22,7 +22,7 @@ from srclib import devices, paths
 from srclib.files import sha256_file, write_json
 from srclib.params import CollectParams, ModelEntry, as_dict
 from srclib.provenance import provenance
-from srclib.report.loaders import heatmap_panels
+from srclib.trajectories.panels import heatmap_panels
 from srclib.trajectories.record import collect_trajectory, random_init_twin, read_prompts
 from srclib.trajectories.store import Trajectory, load_trajectory, random_init_name, save_trajectory
 

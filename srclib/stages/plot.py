@@ -26,6 +26,7 @@ from srclib.provenance import git_commit
 from srclib.report import findings as findings_
 from srclib.report import loaders, render, results, series, tables
 from srclib.report.index import build_index
+from srclib.trajectories import panels
 from srclib.trajectories.store import PRIMARY_VARIANT
 
 __all__ = ["run", "PlotResult", "Gallery", "HEATMAP_PROMPTS"]
@@ -86,7 +87,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     var_metrics, var_plots = loaders.load_variance(root=root)
     trajs = loaders.load_trajectories(sorted(var_plots), root=root)
     for run_name, traj in trajs.items():
-        var_plots[run_name].update(loaders.trajectory_plot_data(traj))
+        var_plots[run_name].update(panels.trajectory_plot_data(traj))
     prune = loaders.load_prune_metrics(params, root=root)
 
     tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params),
@@ -105,7 +106,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     _save(gallery, out_dir, "sink_variance_dlm_vs_ar", plotting.sink_variance_dlm_vs_ar(var_metrics, var_plots))
     trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]}
     _save(gallery, out_dir, "trajectory_heatmaps",
-          plotting.trajectory_heatmaps(loaders.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
+          plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
     _save(gallery, out_dir, "sink_position_vs_step", plotting.sink_position_vs_step(var_plots, PRIMARY_VARIANT))
     _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
     train = loaders.load_train_metrics(params.models, root=root)
