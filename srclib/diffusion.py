@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from srclib import choices
+from srclib.params import SamplerParams
 
 __all__ = ["noise", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
 
@@ -126,12 +127,6 @@ def _default_logits_fn(model, adapter, shift: bool) -> LogitsFn:
     return lambda ids: adapter.logits(model, ids)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -179,23 +174,10 @@ def generate(
     the whole call in ``srclib.attention.record_mass`` reads this step's attention mass in on_step
     and resets it: recording costs no extra forward.  Tensors passed are copies the callback may keep.
     """
-    steps = _check_positive_int("steps", steps)
-    gen_length = _check_positive_int("gen_length", gen_length)
-    block_length = _check_positive_int("block_length", block_length)
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    # the sampler's rules live in one place (srclib.params.SamplerParams); a ParamsError is a ValueError
+    SamplerParams(steps=steps, gen_length=gen_length, block_length=block_length, temperature=temperature,
+                  cfg_scale=cfg_scale, remasking=remasking)
     n_blocks = gen_length // block_length
-    if steps % n_blocks:
-        raise ValueError(
-            f"steps ({steps}) must be a multiple of the number of blocks gen_length / block_length "
-            f"= {gen_length} / {block_length} = {n_blocks}"
-        )
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {sorted(REMASKING)}, got {remasking!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be (B, P), got shape {tuple(prompt_ids.shape)}")
     if shift is None:

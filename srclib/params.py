@@ -138,6 +138,7 @@ class SamplerParams:
     remasking: str = _c(choices=REMASKING)
 
     def __post_init__(self) -> None:
+        validate_fields(self, "sampler")  # also when library code builds one directly
         check_sampler(self.gen_length, self.steps, self.block_length)
 
     def sampler_kwargs(self) -> dict[str, Any]:

@@ -319,9 +319,13 @@ def test_sampler_validation_errors():
     kw = dict(mask_id=MASK, logits_fn=lambda ids: torch.zeros(*ids.shape, 64))
     with pytest.raises(ValueError, match=r"gen_length \(10\).*block_length \(4\)"):
         generate(None, p, steps=4, gen_length=10, block_length=4, **kw)
-    with pytest.raises(ValueError, match=r"steps \(5\).*gen_length / block_length.*= 2"):
+    with pytest.raises(ValueError, match=r"steps \(5\).*gen_length/block_length = 2"):
         generate(None, p, steps=5, gen_length=8, block_length=4, **kw)
-    with pytest.raises(ValueError, match="remasking must be one of"):
+    with pytest.raises(ValueError, match=r"sampler.remasking = 'topk': must be one of \['low_confidence'"):
         generate(None, p, steps=4, gen_length=8, block_length=4, remasking="topk", **kw)
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(None, p[:, :0], steps=4, gen_length=8, block_length=4, shift=True, **kw)
+    with pytest.raises(ValueError, match=r"sampler.steps = 0: must be >= 1"):
+        generate(None, p, steps=0, gen_length=8, block_length=4, **kw)
+    with pytest.raises(ValueError, match=r"sampler.temperature = -1.0: must be >= 0"):
+        generate(None, p, steps=4, gen_length=8, block_length=4, temperature=-1.0, **kw)
