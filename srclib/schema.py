@@ -111,7 +111,7 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
         if "choices" in meta and value not in meta["choices"]:
             raise ParamsError(f"{where} = {value!r}: must be one of {list(meta['choices'])}")
         if "pattern" in meta and not re.match(meta["pattern"], value):
-                raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
+            raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
         return value
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from srclib import calibration as cal
+from srclib import devices, sinks
 from srclib.pruning.base import LayerPruner
 from srclib.pruning.memory import PeakMemory
 from srclib.pruning.owl import outlier_ratio, owl_sparsities
@@ -34,7 +35,6 @@ from srclib.params import PruneSpec
 from srclib.pruning.registry import PRUNERS
 from srclib.pruning.wanda import WandaPruner
 from srclib.pruning.weighting import get_weighting
-from srclib import sinks
 
 __all__ = ["PruneReport", "prune_model", "make_batches", "weights_from_mass"]
 
@@ -172,7 +172,7 @@ def prune_model(
     needs_data = pruner_cls.needs_inputs or spec.owl
     if needs_data and calibration is None:
         raise ValueError(f"method {spec.method!r} (owl={spec.owl}) needs calibration data; got calibration=None")
-    device = next(model.parameters()).device
+    device = devices.of(model)
     masks: dict[str, torch.Tensor] = {}
     clock.wall.update(calibration=0.0, prune=0.0)
     clock.cpu.update(calibration=0.0, prune=0.0)

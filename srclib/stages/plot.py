@@ -120,7 +120,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
         eff_rows = loaders.efficiency_rows(read_json(eff_path))
         _save(gallery, out_dir, "efficiency_bars", plotting.efficiency_bars(eff_rows))
     else:
-        skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (efficiency is not a DVC stage)")
+        skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (run the efficiency stage)")
     for s in skipped:
         log.info("skipped %s", s)
 
