@@ -8,10 +8,13 @@ implementation, or an implementation without a name, fails at once.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "ACTIVATION_FREE", "WEIGHTINGS", "PATTERNS", "SINK_RULES", "REMASKING",
+__all__ = ["METHODS", "SP_METHODS", "STRUCTURES", "BIAS_COMPENSATION", "ACTIVATION_FREE", "WEIGHTINGS", "PATTERNS", "SINK_RULES", "REMASKING",
            "ACCUMULATIONS", "CALIB_INPUTS", "DTYPES", "check"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")  # srclib.pruning.registry.PRUNERS
+SP_METHODS = ("magnitude", "wanda", "flap")  # structured scores: srclib.pruning.structured.SP_METHODS
+STRUCTURES = ("uniform", "adaptive")  # structured allocation: per block, or FLAP's global AL-AM
+BIAS_COMPENSATION = ("auto", "on", "off")  # structured only; auto = on for FLAP, off otherwise
 ACTIVATION_FREE = ("magnitude",)  # methods whose scores use no activations: weighting must be uniform
 WEIGHTINGS = ("uniform", "sink", "stability")  # srclib.pruning.weighting.WEIGHTINGS
 PATTERNS = {"unstructured": None, "2:4": (2, 4), "4:8": (4, 8)}  # name -> (N, M); N:M fixes N/M

@@ -13,6 +13,7 @@ the cycles.
 from __future__ import annotations
 
 import argparse
+import re
 import ast
 import json
 import sys
@@ -188,11 +189,59 @@ def cycles(root: Path | None = None) -> list[list[str]]:
     return sorted(out)
 
 
+DVC_NOTEBOOK_OF = {"evaluate_dense": "evaluate"}  # dvc.yaml stage -> the notebook (stage) it runs
+
+
+def sync_dvc_yaml(path: Path | None = None, root: Path | None = None) -> list[str]:
+    """Rewrite the srclib/ lines of every stage's deps in dvc.yaml to the stage's import closure
+    (text-level: comments, order and every other line are kept). Returns the changed stages."""
+    import yaml
+
+    root = _root(root)
+    path = Path(path) if path is not None else root / "dvc.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    stages = list(yaml.safe_load("".join(lines))["stages"])
+    out: list[str] = []
+    changed: list[str] = []
+    stage = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  ([A-Za-z0-9_]+):\s*$", line)
+        if m and m.group(1) in stages:
+            stage = m.group(1)
+        dep = re.match(r"^(\s+)- srclib/", line)
+        if dep and stage is not None:
+            indent = dep.group(1)
+            old = []
+            while i < len(lines) and re.match(rf"^{indent}- srclib/", lines[i]):
+                old.append(lines[i])
+                i += 1
+            new = [f"{indent}- {f}\n" for f in stage_closure(DVC_NOTEBOOK_OF.get(stage, stage), root)]
+            if new != old:
+                changed.append(stage)
+            out.extend(new)
+            continue
+        out.append(line)
+        i += 1
+    if changed:
+        from srclib.files import write_text
+
+        write_text(path, "".join(out))
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srclib.deps", description=__doc__.splitlines()[0])
     parser.add_argument("stages", nargs="*", help=f"default: all of {list(paths.STAGE_NOTEBOOKS)}")
     parser.add_argument("--cycles", action="store_true", help="list import cycles instead")
+    parser.add_argument("--sync-dvc", action="store_true",
+                        help="rewrite dvc.yaml's srclib deps to each stage's import closure")
     args = parser.parse_args(argv)
+    if args.sync_dvc:
+        changed = sync_dvc_yaml()
+        sys.stdout.write(f"dvc.yaml: srclib deps rewritten for {changed}\n" if changed else "dvc.yaml: up to date\n")
+        return 0
     if args.cycles:
         found = cycles()
         for comp in found:

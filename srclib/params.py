@@ -190,12 +190,35 @@ class OwlParams:
     m: float = _c(gt=0)
 
 
-def check_run(method: str, weighting: str, sparsity: float, pattern: str) -> None:
-    """The rules tying one pruning run's method, weighting, sparsity and pattern (their one home)."""
+def check_run(method: str, weighting: str, sparsity: float, pattern: str | None,
+              structure: str | None = None) -> None:
+    """The rules tying one pruning run's method, weighting, sparsity, pattern and structure (their
+    one home). ``structure`` None: unstructured / N:M pruning of single weights; "uniform" or
+    "adaptive": whole heads and MLP channels (method.md 9), ``sparsity`` the removed share of the
+    blocks' linear parameters."""
     if method in choices.ACTIVATION_FREE and weighting != "uniform":
         raise ParamsError(
             f"method {method!r} uses no activations, so weighting must be 'uniform', got {weighting!r}"
         )
+    if structure is not None:
+        if method not in choices.SP_METHODS:
+            raise ParamsError(
+                f"method {method!r} cannot prune structurally (structure {structure!r}); structured "
+                f"methods: {list(choices.SP_METHODS)} (magnitude-sp, Wanda-sp, FLAP)"
+            )
+        if pattern not in (None, "unstructured"):
+            raise ParamsError(
+                f"structure {structure!r} removes whole heads and channels: pattern must be left out "
+                f"(or 'unstructured'), got {pattern!r}"
+            )
+        return
+    if method not in choices.METHODS:
+        raise ParamsError(
+            f"method {method!r} prunes structurally only: add structure: one of {list(choices.STRUCTURES)} "
+            f"(unstructured methods: {list(choices.METHODS)})"
+        )
+    if pattern is None:
+        raise ParamsError(f"pattern: missing key (unstructured pruning needs one of {list(PATTERNS)})")
     nm = PATTERNS[pattern]
     if nm is not None and not math.isclose(sparsity, nm[0] / nm[1]):
         raise ParamsError(
@@ -206,7 +229,7 @@ def check_run(method: str, weighting: str, sparsity: float, pattern: str) -> Non
 
 # Field declarations shared by the YAML's instance and the flat run spec (one home per rule).
 def _method() -> Any:
-    return _c(choices=METHODS)
+    return _c(choices=tuple(dict.fromkeys(METHODS + choices.SP_METHODS)))
 
 
 def _weighting() -> Any:
@@ -218,7 +241,11 @@ def _sparsity() -> Any:
 
 
 def _pattern() -> Any:
-    return _c(choices=tuple(PATTERNS))
+    return _c(choices=tuple(PATTERNS), optional=True)
+
+
+def _structure() -> Any:
+    return _c(choices=choices.STRUCTURES, optional=True)
 
 
 @dataclass(frozen=True)
@@ -227,11 +254,14 @@ class PruneInstance:
     method: str = _method()
     weighting: str = _weighting()
     sparsity: float = _sparsity()
-    pattern: str = _pattern()
+    pattern: Union[str, None] = _pattern()  # left out for structured instances
     seed: int = _c(ge=0)
+    structure: Union[str, None] = _structure()  # None: unstructured; uniform | adaptive: heads + channels
 
     def __post_init__(self) -> None:
-        check_run(self.method, self.weighting, self.sparsity, self.pattern)
+        check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
+        if self.pattern is None:  # structured: no N:M pattern applies
+            object.__setattr__(self, "pattern", "unstructured")
 
 
 # What "auto" means for prune.options (the released code's choices, method.md 4).
@@ -251,12 +281,15 @@ class PruneOptions:
     noise_keep_ends: never mask the last position either (Dream's variant; the first position is
         kept whenever the adapter is shifted).
     force_one_shot: every method one-shot on the dense model (ablations and benchmarks).
+    bias_compensation: structured pruning only: "auto" (FLAP: on; magnitude-sp, Wanda-sp: off) |
+        "on" | "off": add W[:, removed] @ mean(x[removed]) to o_proj / down_proj (method.md 9).
     """
 
     calib_inputs: str = _c(choices=("auto",) + choices.CALIB_INPUTS)
     wanda_accumulation: str = _c(choices=("auto",) + choices.ACCUMULATIONS)
     noise_keep_ends: bool = _c()
     force_one_shot: bool = _c()
+    bias_compensation: str = _c(choices=choices.BIAS_COMPENSATION)
 
 
 @dataclass(frozen=True)
@@ -274,6 +307,7 @@ class PruneParams:
         inst = self.instance(instance)
         return PruneSpec(
             method=inst.method, weighting=inst.weighting, sparsity=inst.sparsity, pattern=inst.pattern,
+            structure=inst.structure,
             t_grid=tuple(self.calibration.t_grid), noise_eps=self.calibration.noise_eps,
             sink_rule=self.sink.rule, sink_alpha=self.sink.alpha, sink_kappa=self.sink.kappa,
             sink_eps=self.sink.eps, stability_threshold=self.sink.stability_threshold,
@@ -305,7 +339,7 @@ class PruneSpec:
     method: str = _method()
     weighting: str = _weighting()
     sparsity: float = _sparsity()
-    pattern: str = _pattern()
+    pattern: Union[str, None] = _pattern()
     t_grid: tuple[float, ...] = _c(min_len=1, item_gt=0, item_le=1)
     noise_eps: float = _c(ge=0, lt=1)
     sink_rule: str = _c(choices=SINK_RULES)
@@ -323,19 +357,28 @@ class PruneSpec:
     wanda_accumulation: str = _c(choices=("auto",) + choices.ACCUMULATIONS)
     noise_keep_ends: bool = _c()
     force_one_shot: bool = _c()
+    bias_compensation: str = _c(choices=choices.BIAS_COMPENSATION)
+    structure: Union[str, None] = _structure()
 
     def __post_init__(self) -> None:
         validate_fields(self, "spec")
         object.__setattr__(self, "t_grid", tuple(float(t) for t in self.t_grid))
-        check_run(self.method, self.weighting, self.sparsity, self.pattern)
+        check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
+        if self.pattern is None:
+            object.__setattr__(self, "pattern", "unstructured")
         if self.owl and PATTERNS[self.pattern] is not None:
             raise ParamsError(f"OWL sets a sparsity per block, so pattern must be 'unstructured', got {self.pattern!r}")
+        if self.owl and self.structure is not None:
+            raise ParamsError("OWL sets unstructured sparsities per block; it does not apply to structured "
+                              f"pruning (structure {self.structure!r}): set prune.owl.enabled: false")
 
     # ---- resolved choices -----------------------------------------------------------------------
     def inputs_for(self, dlm: bool) -> str:
         """'noised' or 'clean': what the calibration passes are (AR models: always 'clean')."""
         if not dlm:
             return "clean"
+        if self.structure is not None and self.calib_inputs == "auto":
+            return "noised"  # method.md 9: structured scores on the noised t-grid passes
         return AUTO_INPUTS[self.method] if self.calib_inputs == "auto" else self.calib_inputs
 
     @property
@@ -345,9 +388,18 @@ class PruneSpec:
         return AUTO_ACCUMULATION[self.weighting]
 
     @property
+    def compensate(self) -> bool:
+        """Structured pruning adds FLAP's bias compensation (prune.options.bias_compensation)."""
+        if self.bias_compensation == "auto":
+            return self.method == "flap"
+        return self.bias_compensation == "on"
+
+    @property
     def one_shot(self) -> bool:
         if self.force_one_shot:
             return True
+        if self.structure is not None:  # method.md 9: Wanda-sp (uniform) sequential, FLAP / adaptive on the dense model
+            return not (self.method == "wanda" and self.structure == "uniform")
         return self.method == "wanda" and self.weighting != "uniform" and self.one_shot_sink_wanda
 
     def pruner_options(self) -> dict[str, Any]:
@@ -394,6 +446,9 @@ class EvaluateParams:
 class EfficiencyParams:
     instances: list[str] = _c(min_len=1)
     token_shapes: list[list[int]] = _c(min_len=1)
+    # per model key: token shapes replacing token_shapes for that model's checkpoints (e.g. fewer
+    # tokens for a model whose forward takes seconds on the CPU); {} = token_shapes everywhere
+    model_token_shapes: dict[str, list[list[int]]] = _c()
     repeats: int = _c(ge=1)
     warmup: int = _c(ge=0)
     threads: int = _c(ge=1)
@@ -401,9 +456,20 @@ class EfficiencyParams:
     memory_dtype: str = _c(choices=DTYPES)
 
     def __post_init__(self) -> None:
-        for i, shape in enumerate(self.token_shapes):
-            if len(shape) != 2 or min(shape) < 1:
-                raise ParamsError(f"efficiency.token_shapes[{i}] = {shape}: must be [batch, tokens], both >= 1")
+        named = [("token_shapes", self.token_shapes)] + [
+            (f"model_token_shapes.{k}", v) for k, v in self.model_token_shapes.items()]
+        for where, shapes in named:
+            if not shapes:
+                raise ParamsError(f"efficiency.{where}: must list at least one [batch, tokens] shape")
+            for i, shape in enumerate(shapes):
+                if len(shape) != 2 or min(shape) < 1:
+                    raise ParamsError(f"efficiency.{where}[{i}] = {shape}: must be [batch, tokens], both >= 1")
+
+    def for_model(self, key: str) -> "EfficiencyParams":
+        """These settings with the token shapes of model ``key`` (model_token_shapes, else token_shapes)."""
+        if key not in self.model_token_shapes:
+            return self
+        return dataclasses.replace(self, token_shapes=self.model_token_shapes[key])
 
 
 @dataclass(frozen=True)
@@ -442,6 +508,8 @@ class Params:
             need(f"prune.instances.{name}.model", inst.model)
             if name in self.models:
                 raise ParamsError(f"prune.instances.{name}: an instance may not be named like a model key")
+        for key in self.efficiency.model_token_shapes:
+            need(f"efficiency.model_token_shapes.{key}", key)
         for i, name in enumerate(self.efficiency.instances):
             if name not in self.prune.instances:
                 raise ParamsError(f"efficiency.instances[{i}] = {name!r}: not in prune.instances")

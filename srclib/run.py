@@ -104,6 +104,27 @@ def validate(stage: str, parameters: dict[str, Any], root: Path) -> None:
     from srclib.models import check_keys  # the registry imports torch and the adapters: seconds
 
     check_keys(P.models)
+    check_structured(P)
+
+
+def check_structured(P: params.Params) -> None:
+    """Structured instances need a family with head metadata (all seven linear roles); the head
+    counts themselves are read from the checkpoint's config when the stage loads it."""
+    from srclib.models import MODELS
+    from srclib.models.structure import ROLES
+
+    for name, inst in P.prune.instances.items():
+        if inst.structure is None:
+            continue
+        adapter = MODELS[inst.model]
+        missing = [r for r in ROLES if r not in adapter.roles]
+        if missing:
+            raise params.ParamsError(
+                f"prune.instances.{name}.structure = {inst.structure!r}: model {inst.model!r} "
+                f"({type(adapter).__name__}) has no head metadata (linear roles {missing} are not declared), "
+                f"so whole heads and channels cannot be removed; use an unstructured pattern or a family "
+                f"with roles {list(ROLES)}"
+            )
 
 
 def render_html(nb_path: Path, html_path: Path) -> Path:

@@ -25,7 +25,11 @@ class ParamsError(ValueError):
 
 
 def constrained(**constraints: Any) -> Any:
-    """A dataclass field with validation constraints and no default (params.yaml holds values)."""
+    """A dataclass field with validation constraints and no default (params.yaml holds values).
+
+    ``optional=True``: the key may be left out of the YAML mapping; it then reads as None (the
+    field's type must admit None). Used where absence has a meaning of its own (e.g. a prune
+    instance without ``structure`` is unstructured), never to hide a default value."""
     return field(metadata=constraints)
 
 
@@ -126,13 +130,13 @@ def build(cls: type, data: Any, where: str) -> Any:
         raise ParamsError(
             f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed keys: {sorted(fields)}"
         )
-    missing = sorted(set(fields) - set(data))
+    missing = sorted(k for k in set(fields) - set(data) if not fields[k].metadata.get("optional"))
     if missing:
         raise ParamsError(f"{where + '.' if where else ''}{missing[0]}: missing key")
     kwargs = {}
     for key, f in fields.items():
         sub = f"{where}.{key}" if where else key
-        kwargs[f.name] = _convert(sub, data[key], hints[f.name], dict(f.metadata))
+        kwargs[f.name] = _convert(sub, data.get(key), hints[f.name], dict(f.metadata))
     try:
         return cls(**kwargs)
     except ParamsError as exc:  # cross-field checks: prefix the section they belong to

@@ -55,12 +55,14 @@ def test_collect_depends_on_the_models_it_collects():
 
 # ---- instance names ---------------------------------------------------------------------------
 NAME = re.compile(r"^(?P<tag>[a-z0-9]+)-(?P<method>[a-z]+)-(?P<weighting>[a-z]+)-(?P<pct>\d+)"
-                  r"(?:-(?P<n>\d+)of(?P<m>\d+))?-s(?P<seed>\d+)$")
+                  r"(?:-(?P<n>\d+)of(?P<m>\d+)|-(?P<struct>struct|adapt))?-s(?P<seed>\d+)$")
+STRUCT_TAGS = {None: None, "struct": "uniform", "adapt": "adaptive"}
 
 
 @pytest.mark.parametrize("params_file", ["params.yaml", "params-gpu.yaml"])
 def test_instance_names_agree_with_their_values(params_file):
-    """<model tag>-<method>-<weighting>-<sparsity %>[-<N>of<M>]-s<seed>, one tag per model."""
+    """<model tag>-<method>-<weighting>-<sparsity %>[-<N>of<M> | -struct | -adapt]-s<seed>, one tag per
+    model; -struct: structured, uniform per block; -adapt: structured, adaptive (FLAP's AL-AM)."""
     P = params.load(paths.ROOT / params_file)
     tags = {}
     for name, inst in P.prune.instances.items():
@@ -70,6 +72,7 @@ def test_instance_names_agree_with_their_values(params_file):
         assert int(m["pct"]) == round(inst.sparsity * 100), name
         pattern = "unstructured" if m["n"] is None else f"{m['n']}:{m['m']}"
         assert pattern == inst.pattern, name
+        assert STRUCT_TAGS[m["struct"]] == inst.structure, name
         assert tags.setdefault(m["tag"], inst.model) == inst.model, f"tag {m['tag']!r} names two models"
 
 

@@ -17,6 +17,7 @@ from srclib.models.base import Adapter, read_marker
 from srclib.models.dream import DreamAdapter
 from srclib.models.hf_causal import HFAdapter
 from srclib.models.llada import LLaDAAdapter
+from srclib.models.structure import load_structured
 from srclib.models.tiny_adapter import TinyAdapter
 from srclib.params import ParamsError
 
@@ -67,7 +68,8 @@ def get_adapter(key: str) -> Adapter:
 def load(key_or_dir: str | Path, **overrides: Any):
     """Load a registered model by key (default source) or a srclib-written checkpoint folder.
 
-    Overrides: ``dtype`` (str or torch.dtype), ``device``, and from_pretrained keyword arguments.
+    Overrides: ``dtype`` (str or torch.dtype), ``device``, and from_pretrained keyword arguments
+    (a compact structured checkpoint takes only dtype and device).
     Returns (model in eval mode, tokenizer or None, adapter).
     """
     src = Path(key_or_dir)
@@ -75,8 +77,12 @@ def load(key_or_dir: str | Path, **overrides: Any):
         adapter = MODELS[key_or_dir]
         model, tok = adapter.load(None, **overrides)
     elif src.is_dir():
-        adapter = get_adapter(read_marker(src)["key"])
-        model, tok = adapter.load(src, **overrides)
+        info = read_marker(src)
+        adapter = get_adapter(info["key"])
+        if "structure" in info:  # a structured (head / channel) pruned checkpoint: srclib.models.structure
+            model, tok = load_structured(adapter, src, info["structure"], **overrides)
+        else:
+            model, tok = adapter.load(src, **overrides)
     else:
         raise KeyError(
             f"{key_or_dir!r} is neither a registered model ({sorted(MODELS)}) nor a checkpoint folder"

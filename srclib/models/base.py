@@ -18,9 +18,10 @@ from torch import nn
 
 from srclib.files import write_json
 
-__all__ = ["Adapter", "MARKER", "write_marker", "read_marker"]
+__all__ = ["Adapter", "MARKER", "STRUCTURED_FORMS", "write_marker", "read_marker"]
 
 MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
+STRUCTURED_FORMS = ("compact", "masked")  # Adapter.structured_form values (srclib.models.structure)
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,48 @@ class Adapter:
     mask_token_id: int | None = None  # None: read from the loaded config/tokenizer
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # role (q, k, v, o, gate, up, down) -> qualified nn.Linear name inside one block; families
+    # set it (structured pruning, srclib.models.structure, needs all seven)
+    roles: dict[str, str] = field(default_factory=dict)
+    # how a structured (head / channel) pruned checkpoint of this family is saved (method.md 9):
+    # "compact" (smaller dense matrices, per-block head counts) or "masked" (full shapes, removed
+    # units zeroed, compensation biases attached at load)
+    structured_form: str = "compact"
+
+    def __post_init__(self) -> None:
+        if self.structured_form not in STRUCTURED_FORMS:
+            raise ValueError(
+                f"structured_form must be one of {list(STRUCTURED_FORMS)}, got {self.structured_form!r} "
+                f"(adapter {self.key!r})"
+            )
 
     # ---- loading ------------------------------------------------------------------------------
     def load(self, source: str | Path | None = None, **overrides: Any):
         """Return (model, tokenizer) in eval mode. Subclasses implement."""
         raise NotImplementedError(f"adapter {type(self).__name__} for {self.key!r} has no load()")
 
+    def skeleton(self, folder: str | Path, dtype: torch.dtype) -> nn.Module:
+        """A model built from the config in ``folder`` without loading its weights (the compact
+        structured checkpoints load their state dict into it). Subclasses implement."""
+        raise NotImplementedError(f"adapter {type(self).__name__} for {self.key!r} has no skeleton()")
+
+    def folder_tokenizer(self, folder: str | Path):
+        """The tokenizer saved in a local checkpoint folder, or None (default: none)."""
+        return None
+
     # ---- layout -------------------------------------------------------------------------------
+    def set_block_heads(self, block: nn.Module, n_heads: int, n_kv: int) -> None:
+        """Tell one block's forward that it now has ``n_heads`` query and ``n_kv`` KV heads (after
+        srclib.models.structure.apply_compact removed whole KV groups).
+
+        Default: nothing to do. Stock transformers Llama / Qwen2 attention reshapes q/k/v with
+        ``view(..., -1, head_dim)``, the output with ``reshape(..., -1)``, and repeats KV heads by
+        ``num_key_value_groups = n_heads / n_kv``; removing whole KV groups keeps that ratio, so the
+        smaller projections alone carry the new counts (tests/test_structured_compact.py checks
+        that compact and masked models give the same logits).
+        """
+        return None
+
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         obj: Any = model
         for part in self.blocks_path.split("."):

@@ -53,6 +53,30 @@ class DreamAdapter(HFAdapter):
         vocab_size=DREAM_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
     ))
+    # masked, not compact: Dream's remote attention (Qwen2 before transformers 4.48) builds
+    # q/k/v/o_proj from config.num_attention_heads / num_key_value_heads / hidden_size at init and
+    # reshapes with self.num_heads, self.head_dim = hidden_size // num_heads and
+    # reshape(bsz, q_len, self.hidden_size), so from_pretrained cannot hold per-block shapes and the
+    # forward does not follow smaller projections (see set_block_heads)
+    structured_form: str = "masked"
+
+    def set_block_heads(self, block: nn.Module, n_heads: int, n_kv: int) -> None:
+        """Per-block head counts: nothing to do for the stock Qwen2 stand-in (it reshapes with -1,
+        see ``Adapter.set_block_heads``); refused for Dream's remote code.
+
+        What the public Dream modeling code shows (not run here: no hub access): its attention keeps
+        ``num_heads``, ``num_key_value_heads``, ``head_dim`` and ``hidden_size`` as module attributes
+        taken from the config, views q as ``(bsz, q_len, self.num_heads, self.head_dim)``, checks
+        the output's size against them and reshapes it to ``self.hidden_size``. Rewriting those
+        attributes is untested here, so a block that has them is refused.
+        """
+        attn = block.get_submodule(self.roles["q"].rpartition(".")[0]) if "." in self.roles["q"] else block
+        if hasattr(attn, "num_heads"):  # Dream's remote attention (stock Qwen2 attention has none)
+            raise ValueError(
+                f"model {self.key!r}: Dream's remote attention reshapes with per-module head counts "
+                f"taken from the config (num_heads, hidden_size), so a block cannot be made compact; "
+                f"use structured_form='masked'"
+            )
 
     def logits(self, model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Aligned logits (B, T, V); bidirectional 4-D mask and padding-aware position ids."""

@@ -110,16 +110,41 @@ class HFAdapter(Adapter):
             model = auto.from_pretrained(src, dtype=dtype, **hub_kw, **kwargs)
         except Exception as exc:  # missing/corrupt weights, offline hub, bad config
             raise RuntimeError(f"could not load model {self.key!r} from {where}: {exc}") from exc
-        tok = None
-        if not local or _has_tokenizer(Path(src)):
-            try:
-                tok = transformers.AutoTokenizer.from_pretrained(src, **hub_kw)
-            except Exception as exc:
-                raise RuntimeError(f"could not load the tokenizer of {self.key!r} from {where}: {exc}") from exc
+        tok = self._tokenizer(src, hub_kw, where) if not local or _has_tokenizer(Path(src)) else None
         if device is not None:
             model = model.to(device)
         logger.info("loaded %s from %s (%s)", self.key, where, dtype)
         return model.eval(), tok
+
+    def _tokenizer(self, src: str | Path, hub_kw: dict[str, Any], where: str):
+        import transformers
+
+        try:
+            return transformers.AutoTokenizer.from_pretrained(src, **hub_kw)
+        except Exception as exc:
+            raise RuntimeError(f"could not load the tokenizer of {self.key!r} from {where}: {exc}") from exc
+
+    def folder_tokenizer(self, folder: str | Path):
+        """The tokenizer saved in a local checkpoint folder, or None when it holds none."""
+        folder = Path(folder)
+        if not _has_tokenizer(folder):
+            return None
+        hub_kw = {"trust_remote_code": True} if self.trust_remote_code else {}
+        return self._tokenizer(folder, hub_kw, str(folder))
+
+    def skeleton(self, folder: str | Path, dtype: torch.dtype) -> nn.Module:
+        """The model class of ``folder``'s config (the entry's ``auto_class``; remote code when the
+        entry trusts it) built with ``from_config`` in ``dtype``: randomly initialised, no weights
+        read. The entry's ``attn_implementation`` is set on the config as ``load`` passes it;
+        when it is None (remote code: LLaDA, Dream) the model's own default is kept, as in ``load``."""
+        import transformers
+
+        remote = {"trust_remote_code": True} if self.trust_remote_code else {}
+        cfg = transformers.AutoConfig.from_pretrained(folder, **remote)
+        if self.attn_implementation:
+            cfg._attn_implementation = self.attn_implementation
+        auto = getattr(transformers, self.auto_class)
+        return auto.from_config(cfg, dtype=dtype, **remote)
 
     # ---- layout / tests -----------------------------------------------------------------------
     def standin(self, seed: int = 0) -> nn.Module:

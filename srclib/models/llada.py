@@ -38,6 +38,29 @@ class LLaDAAdapter(HFAdapter):
     trust_remote_code: bool = True
     mask_token_id: int | None = LLADA_MASK_ID
     roles: dict[str, str] = field(default_factory=lambda: dict(LLADA_ROLES))
+    # masked, not compact: LLaDA's remote attention reshapes with the SHARED config's head counts
+    # (q.view(B, T, config.n_heads, C // config.n_heads), k/v with config.effective_n_kv_heads) and
+    # its blocks build q/k/v/attn_out from config.d_model at init, so one block cannot hold fewer
+    # heads than another (see set_block_heads)
+    structured_form: str = "masked"
+
+    def set_block_heads(self, block: nn.Module, n_heads: int, n_kv: int) -> None:
+        """Per-block head counts: possible for the TinyLM stand-in (its blocks read ``n_heads`` /
+        ``n_kv``), not for LLaDA's remote code.
+
+        What the public LLaDA modeling code shows (not run here: no hub access): ``attention()``
+        takes ``C = q.size(-1)`` and reshapes q to ``(B, T, config.n_heads, C // config.n_heads)``
+        and k/v to ``config.effective_n_kv_heads`` heads; ``config`` is one object shared by every
+        block, so a compacted block would reshape with the dense counts (wrong head_dim, or a shape
+        error). Structured LLaDA checkpoints are therefore saved masked (``structured_form``).
+        """
+        if hasattr(block, "n_heads") and hasattr(block, "n_kv"):  # the TinyLM stand-in
+            block.n_heads, block.n_kv = int(n_heads), int(n_kv)
+            return
+        raise ValueError(
+            f"model {self.key!r}: LLaDA's remote code reads the head counts of every block from the "
+            f"shared config, so a block cannot be made compact; use structured_form='masked'"
+        )
 
     def standin(self, seed: int = 0, **config: Any) -> nn.Module:
         """A 2-layer TinyLM with LLaDA's module names, vocabulary size and mask id."""

@@ -1,6 +1,8 @@
 """Pruned checkpoints: ``run_prune`` loads a model, calibrates, prunes and saves atomically.
 
-``run_prune`` writes
+``run_prune`` writes (structured runs, ``spec.structure`` set: ``structure.safetensors`` with the kept
+units and compensation biases and ``structure.csv`` per block instead of the masks and sparsity table;
+the model itself is compact, i.e. physically smaller, where the family can load per-block shapes)
 * ``out_dir/``: the pruned model (``save_pretrained`` safetensors + config), the srclib marker
   (``srclib.models.base.write_marker``: adapter key + the PruneSpec), the tokenizer,
   ``masks.safetensors`` (uint8, 1 = pruned, one tensor per layer) and ``sparsity.csv``;
@@ -30,6 +32,7 @@ from srclib.params import PruneSpec
 from srclib.provenance import provenance
 from srclib.pruning.core import PruneReport, prune_model
 from srclib.pruning.registry import PRUNERS
+from srclib.pruning.structured_core import StructuredReport, prune_structured
 
 __all__ = ["PruneRun", "run_prune", "save_masks", "load_masks", "sparsity_csv"]
 
@@ -47,7 +50,7 @@ class PruneRun:
     metrics: dict[str, Any]
     timing: dict[str, Any]
     table: list[dict[str, Any]]
-    report: PruneReport
+    report: PruneReport | StructuredReport
 
 
 def save_masks(masks: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -109,7 +112,10 @@ def run_prune(
     else:
         net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
         source = str(model)
-    needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
+    if spec.structure is not None:
+        needs_data = spec.method != "magnitude" or spec.compensate
+    else:
+        needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
     if needs_data and calibration is None:
         if tok is None:
@@ -127,6 +133,9 @@ def run_prune(
         calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
         calib_info["windows_shape"] = list(calibration.windows.shape)
 
+    if spec.structure is not None:
+        return _save_structured(net, tok, adapter, spec, calibration if needs_data else None, out_dir,
+                                metrics_path, timing_path, instance, source, calib_info)
     report = prune_model(net, adapter, spec, calibration if needs_data else None)
     table = report.table()
     out_dir = Path(out_dir)
@@ -168,6 +177,89 @@ def run_prune(
     log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
              spec.pattern, report.overall, out_dir)
     return PruneRun(metrics=metrics, timing=timing, table=table, report=report)
+
+
+STRUCTURE_TABLE = "structure.csv"
+
+
+def structure_csv(rows: list[dict[str, Any]]) -> str:
+    """Per block: kept / total KV groups, query heads, channels and the removed share."""
+    buf = io.StringIO()
+    cols = ["block", "kv_groups", "kv_groups_total", "query_heads", "channels", "channels_total", "removed_share"]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(float(row[k])) if k == "removed_share" else row[k]) for k in cols})
+    return buf.getvalue()
+
+
+def _layer_shares(adapter: Any, report: StructuredReport) -> dict[str, float]:
+    """Removed share of every block linear (heads for q/k/v/o, channels for gate/up/down)."""
+    out = {}
+    for b in report.blocks:
+        heads = 1.0 - b["kv_groups"] / b["kv_groups_total"]
+        chans = 1.0 - b["channels"] / b["channels_total"]
+        for role, name in sorted(adapter.roles.items()):
+            out[f"{adapter.blocks_path}.{b['block']}.{name}"] = heads if role in ("q", "k", "v", "o") else chans
+    return dict(sorted(out.items()))
+
+
+def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, metrics_path, timing_path,
+                     instance, source, calib_info) -> PruneRun:
+    """Structured pruning: prune, save the (compact or masked) checkpoint, write metrics."""
+    from srclib.models import structure as st
+
+    report = prune_structured(net, adapter, spec, calibration)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        net.save_pretrained(tmp)
+        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance, structure=report.record)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        st.save_structure(tmp, report.structure)
+        write_text(tmp / STRUCTURE_TABLE, structure_csv(report.blocks))
+        structure_sha = sha256_file(tmp / st.STRUCTURE_FILE)
+    layers = _layer_shares(adapter, report)
+    metrics = {
+        "instance": instance,
+        "model": adapter.key,
+        "spec": spec.to_dict(),
+        "calibration": calib_info,
+        "inputs": report.inputs,
+        "n_passes": report.n_passes,
+        "n_tokens": report.n_tokens,
+        "target_sparsity": float(spec.sparsity),
+        "overall_sparsity": float(report.achieved),
+        "n_prunable": report.total_params,
+        "n_pruned": report.removed_params,
+        "block_sparsity": [float(b["removed_share"]) for b in report.blocks],
+        "outlier_ratios": None,
+        "layer_sparsity": layers,
+        "structured": {
+            "structure": spec.structure,
+            "form": report.record["form"],
+            "bias_compensation": bool(spec.compensate),
+            "target_ratio": float(spec.sparsity),
+            "achieved_ratio": float(report.achieved),
+            "removed_params": report.removed_params,
+            "total_params": report.total_params,
+            "layout": {"n_heads": report.layout.n_heads, "n_kv_heads": report.layout.n_kv_heads,
+                       "head_dim": report.layout.head_dim},
+            "blocks": report.blocks,
+            "record": report.record,
+        },
+        "structure_sha256": structure_sha,
+        "provenance": provenance(model_source=source),
+    }
+    write_json(metrics_path, metrics)
+    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory,
+              "model_bytes": int(model_bytes), "instance": instance}
+    if timing_path is not None:
+        write_json(timing_path, timing)
+    log.info("pruned %s structurally (%s/%s, %s, removed %.4f of block linear params) -> %s", adapter.key,
+             spec.method, spec.weighting, spec.structure, report.achieved, out_dir)
+    return PruneRun(metrics=metrics, timing=timing, table=report.table(), report=report)
 
 
 def _tensor_digest(t: torch.Tensor) -> str:

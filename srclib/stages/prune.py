@@ -56,6 +56,8 @@ def interpretation(m: dict[str, Any]) -> str:
     layers = m["layer_sparsity"]
     lo, hi = min(layers.values()), max(layers.values())
     spec = m["spec"]
+    if spec.get("structure"):
+        return _structured_interpretation(m)
     if m["inputs"] == "none":
         data = "no calibration data (magnitude scores use the weights alone)"
     else:
@@ -66,4 +68,26 @@ def interpretation(m: dict[str, Any]) -> str:
         f"{m['n_pruned']:,} of {m['n_prunable']:,} prunable weights of {m['model']}: overall sparsity "
         f"{m['overall_sparsity']:.4f} for a target of {m['target_sparsity']:.4f}; per layer from "
         f"{lo:.4f} to {hi:.4f} over {len(layers)} linears. Statistics: {data}."
+    )
+
+
+def _data(m: dict[str, Any]) -> str:
+    if m["inputs"] == "none":
+        return "no calibration data (magnitude scores use the weights alone)"
+    return (f"{m['n_passes']:,} {m['inputs']} calibration passes ({m['n_tokens']:,} tokens) "
+            f"from {m['calibration']['n_samples']} windows of {m['calibration']['seq_len']} tokens")
+
+
+def _structured_interpretation(m: dict[str, Any]) -> str:
+    s, spec = m["structured"], m["spec"]
+    blocks = s["blocks"]
+    heads = ", ".join(f"{b['kv_groups']}/{b['kv_groups_total']}" for b in blocks)
+    chans = ", ".join(f"{b['channels']}/{b['channels_total']}" for b in blocks)
+    label = {"magnitude": "magnitude-sp", "wanda": "Wanda-sp", "flap": "FLAP"}[spec["method"]]
+    return (
+        f"**Measured.** {label} with {spec['weighting']} weighting ({s['structure']} structure, bias "
+        f"compensation {'on' if s['bias_compensation'] else 'off'}) removed {s['removed_params']:,} of "
+        f"{s['total_params']:,} block linear parameters of {m['model']}: ratio {s['achieved_ratio']:.4f} for a "
+        f"target of {s['target_ratio']:.4f}. KV groups kept per block: {heads}; MLP channels kept per block: "
+        f"{chans}. Saved in the {s['form']} form. Statistics: {_data(m)}."
     )
