@@ -1,6 +1,6 @@
 """Figures: pure functions data -> matplotlib Figure, one visual style; ``save_figure``.
 
-(About 470 lines, over the house limit of 400 on purpose: the one visual style and the eight
+(About 560 lines, over the house limit of 400 on purpose: the one visual style and the eight
 figures that share it stay in one module, so every notebook imports one name and a style change
 has one home.)
 
@@ -27,7 +27,9 @@ prepares what the plot stage draws):
 * ``loss_curves(train_metrics)``: key -> train metrics with a per-step ``loss`` list, or a frame
   with columns model, step, loss;
 * ``efficiency_bars(rows)``: one row per (instance, token shape, sparse format)
-  (``srclib.report.loaders.efficiency_rows``).
+  (``srclib.report.loaders.efficiency_rows``);
+* ``quality_vs_speedup(data)``: one row per instance and dense model with measured speedup,
+  perplexity and accuracy (``srclib.report.series.tradeoff_series``).
 """
 
 from __future__ import annotations
@@ -45,21 +47,23 @@ import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from srclib.files import atomic_path
 
 __all__ = [
     "style", "save_figure", "METHOD_COLORS", "WEIGHTING_STYLES", "KIND_COLORS", "DPI",
     "accuracy_vs_sparsity", "perplexity_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps",
-    "sink_position_vs_step", "layer_sparsity", "loss_curves", "efficiency_bars",
+    "sink_position_vs_step", "layer_sparsity", "loss_curves", "efficiency_bars", "quality_vs_speedup",
+    "SPEEDUP_KIND_STYLES",
 ]
 
 DPI = 150
 _PALETTE = sns.color_palette("colorblind")
 METHOD_COLORS = {"dense": (0.35, 0.35, 0.35), "magnitude": _PALETTE[2], "wanda": _PALETTE[0],
-                 "sparsegpt": _PALETTE[1]}
-METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+                 "sparsegpt": _PALETTE[1], "flap": _PALETTE[4]}
+METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
+                 "flap": "FLAP"}
 WEIGHTING_STYLES = {"none": ":", "uniform": "-", "sink": "--", "stability": "-."}
 WEIGHTING_LABELS = {"none": "", "uniform": "uniform", "sink": "sink-aware", "stability": "stability"}
 WEIGHTING_MARKERS = {"none": "s", "uniform": "o", "sink": "^", "stability": "D"}
@@ -350,15 +354,20 @@ def _block_index(layer: str) -> int:
 def layer_sparsity(prune_metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Actual sparsity of every prunable linear (dots) and its block mean (line) vs block index,
     one panel per model; the lowest seed of each configuration. OWL shows as non-flat lines;
-    without OWL every line sits on its target."""
+    without OWL every line sits on its target. Structured instances (a "structured" entry or
+    spec.structure) are left out."""
     if not prune_metrics:
         raise ValueError("no prune metrics to plot")
     recs = []
     for name, m in prune_metrics.items():
         spec = m["spec"]
+        if m.get("structured") or spec.get("structure"):
+            continue  # structured pruning removes whole units: no per-linear mask sparsity to draw
         recs.append({"name": name, "model": m["model"], "method": spec["method"], "weighting": spec["weighting"],
                      "sparsity": float(spec["sparsity"]), "pattern": spec["pattern"],
                      "seed": int(m.get("calibration", {}).get("seed", 0)), "metrics": m})
+    if not recs:
+        raise ValueError("no unstructured prune metrics to plot (every instance is structured)")
     frame = pd.DataFrame(recs).sort_values(["model", "method", "weighting", "sparsity", "pattern", "seed", "name"])
     frame = frame.drop_duplicates(["model", "method", "weighting", "sparsity", "pattern"], keep="first")
     models = sorted(set(frame["model"]))
@@ -378,7 +387,8 @@ def layer_sparsity(prune_metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax.set_xlabel("transformer block")
             ax.set_ylabel("fraction of weights pruned")
             ax.set_ylim(0, 1)
-        handles = [Line2D([], [], color=c, lw=2, label=METHOD_LABELS[k]) for k, c in METHOD_COLORS.items() if k != "dense"]
+        handles = [Line2D([], [], color=METHOD_COLORS[k], lw=2, label=METHOD_LABELS[k])
+                   for k in sorted(set(frame["method"]), key=list(METHOD_COLORS).index)]
         handles += [Line2D([], [], color="0.3", ls=WEIGHTING_STYLES[w], marker=WEIGHTING_MARKERS[w], label=WEIGHTING_LABELS[w])
                     for w in ("uniform", "sink", "stability")]
         axes[0][-1].legend(handles=handles, fontsize=7.5, loc="lower right")
@@ -468,4 +478,97 @@ def efficiency_bars(rows: pd.DataFrame) -> Figure:
         _grouped_bars(axes[0][1], names, measured, "step time sparse / dense (×, median)",
                       "Measured latency (> 1: slower)")
         fig.suptitle("Efficiency of the pruned models")
+    return fig
+
+
+# =================================================================================================
+# quality vs speedup (structured vs unstructured pruning)
+# =================================================================================================
+# point kind -> (colour, marker, label); weighting: uniform hollow, sink-aware filled
+SPEEDUP_KIND_STYLES = {
+    "unstructured": (_PALETTE[0], "o", "unstructured (CSR)"),
+    "2:4": (_PALETTE[1], "s", "2:4 (CSR)"),
+    "4:8": (_PALETTE[5], "D", "4:8 (CSR)"),
+    "structured": (_PALETTE[2], "^", "structured (compact)"),
+}
+_FILLED = {"uniform": False, "sink": True, "stability": True}
+_DENSE_STAR = {"color": "0.1", "marker": "*", "s": 140}
+
+
+def _kind_style(kind: str) -> tuple[Any, str, str]:
+    if kind not in SPEEDUP_KIND_STYLES:
+        raise ValueError(f"kind must be 'dense' or one of {sorted(SPEEDUP_KIND_STYLES)}, got {kind!r}")
+    return SPEEDUP_KIND_STYLES[kind]
+
+
+def quality_vs_speedup(data: pd.DataFrame) -> Figure:
+    """Quality against measured speedup over the dense model, one row of two panels per model.
+
+    x: measured speedup (dense step time / pruned step time, log2 axis; 1 = dense speed, dotted
+    vertical line); left panel y: held-out perplexity (log scale, lower is better; DLMs: the
+    MC-ELBO bound); right panel y: average task accuracy (%). Colour and marker: point kind
+    (unstructured, 2:4, 4:8: CSR kernels; structured: the compact dense model); fill: weighting
+    (uniform hollow, sink-aware filled, stability filled light); the dense model: a black star at
+    1. Structured points also show their FLOP-proportional ideal speedup as a small x at the
+    same height. One scatter collection per (kind, weighting) group (gid "points"), one for the
+    dense star (gid "dense") and one for the ideal marks (gid "ideal"); NaN values are not drawn.
+    data: columns model, kind, weighting, measured_speedup, ideal_speedup, ppl, average
+    (srclib.report.series.tradeoff_series)."""
+    need = {"model", "kind", "weighting", "measured_speedup", "ideal_speedup", "ppl", "average"}
+    missing = sorted(need - set(data.columns))
+    if missing:
+        raise ValueError(f"data needs columns {sorted(need)}; missing {missing}")
+    if not (data["kind"] != "dense").any():
+        raise ValueError("no pruned instances with a measured speedup: nothing to plot")
+    models = sorted(set(data.loc[data["kind"] != "dense", "model"]))
+    panels = (("ppl", "held-out perplexity (log; lower: better)", True),
+              ("average", "average accuracy (%)", False))
+    with style():
+        fig, axes = _figure(len(models), 2, w=4.6, h=3.4)
+        for row, model in zip(axes, models):
+            d = data[data["model"] == model]
+            for ax, (col, ylabel, log) in zip(row, panels):
+                ax.axvline(1.0, color="0.4", ls=":", lw=1.0, label="dense speed")
+                for (kind, weighting), g in d[d["kind"] != "dense"].groupby(["kind", "weighting"], sort=True):
+                    color, marker, _ = _kind_style(kind)
+                    g = g[np.isfinite(g["measured_speedup"].astype(float)) & np.isfinite(g[col].astype(float))]
+                    if g.empty:
+                        continue
+                    filled = _FILLED.get(weighting, True)
+                    ax.scatter(g["measured_speedup"].astype(float), g[col].astype(float), s=36, marker=marker,
+                               edgecolors=[color], linewidths=1.3, zorder=3, gid="points",
+                               facecolors=[color] if filled else "none",
+                               alpha=0.55 if weighting == "stability" else 1.0)
+                st = d[(d["kind"] == "structured") & np.isfinite(d["ideal_speedup"].astype(float))
+                       & np.isfinite(d[col].astype(float))]
+                if len(st):
+                    ax.scatter(st["ideal_speedup"].astype(float), st[col].astype(float), marker="x", s=16,
+                               color=SPEEDUP_KIND_STYLES["structured"][0], linewidths=0.9, zorder=2, gid="ideal")
+                dense = d[(d["kind"] == "dense") & np.isfinite(d[col].astype(float))]
+                if len(dense):
+                    ax.scatter(dense["measured_speedup"].astype(float), dense[col].astype(float), zorder=4,
+                               gid="dense", **_DENSE_STAR)
+                ax.set_xscale("log", base=2)
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                ax.margins(x=0.12, y=0.1)
+                if log:
+                    ax.set_yscale("log")
+                    for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                        axis_set(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+                ax.set_xlabel("measured speedup over dense (×, log₂ axis)")
+                ax.set_ylabel(ylabel)
+                ax.set_title(model)
+        handles = [Line2D([], [], ls="", **{k: v for k, v in _DENSE_STAR.items() if k != "s"}, ms=11, label="dense")]
+        present = set(data["kind"])
+        handles += [Line2D([], [], ls="", color=c, marker=m, ms=7, label=label)
+                    for k, (c, m, label) in SPEEDUP_KIND_STYLES.items() if k in present]
+        handles += [Line2D([], [], ls="", marker="o", ms=7, color="0.3", markerfacecolor="none",
+                           label="uniform calibration"),
+                    Line2D([], [], ls="", marker="o", ms=7, color="0.3", label="sink-aware calibration")]
+        if "structured" in present:
+            handles.append(Line2D([], [], ls="", marker="x", ms=5, color=SPEEDUP_KIND_STYLES["structured"][0],
+                                  label="structured: ideal (FLOPs) speedup"))
+        handles.append(Line2D([], [], color="0.4", ls=":", lw=1.0, label="dense speed"))
+        axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+        fig.suptitle("Quality vs measured speedup (structured vs unstructured pruning)")
     return fig

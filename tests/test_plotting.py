@@ -279,7 +279,7 @@ def test_efficiency_bars_from_a_real_report(tmp_path):
         torch.manual_seed(0)
         m = TinyLM(test_config()).eval()
         zero_by_magnitude_(m, MODELS["tiny-dlm"], sp, pattern)
-        cfg = EfficiencyParams(instances=[name], token_shapes=[[1, 16]], repeats=2, warmup=0, threads=1,
+        cfg = EfficiencyParams(instances=[name], token_shapes=[[1, 16]], model_token_shapes={}, repeats=2, warmup=0, threads=1,
                                clock="wall", memory_dtype="bfloat16")
         reports[name] = efficiency_report(m, MODELS["tiny-dlm"], cfg)
         ws = [mod.weight for blk in m.model.transformer.blocks for mod in blk.modules() if isinstance(mod, torch.nn.Linear)]

@@ -38,6 +38,8 @@ FIGURE_CAPTIONS = {  # stem -> one-line caption (figures without one are caption
     "layer_sparsity": "Actual sparsity of every pruned linear, per transformer block.",
     "loss_curves": "Training loss of the tiny models.",
     "efficiency_bars": "FLOPs, weight memory and measured step latency relative to dense.",
+    "quality_vs_speedup": "Quality vs measured speedup over dense: unstructured and 2:4 (CSR) and structured "
+                          "(compact) checkpoints; x = each structured point's FLOP-proportional ideal.",
 }
 STYLE = (
     "body{font-family:sans-serif;margin:2em auto;max-width:78em;color:#222;line-height:1.45;padding:0 1em}"

@@ -64,11 +64,15 @@ def block(root: Path | None = None) -> str:
            "**Do sinks move?** (`reports/tables/sink_variance.md`)", "",
            table_markdown(tables.sink_variance_table(variance)),
            f"![Dominant-sink variance, DLM vs AR]({FIGURE.as_posix()})", ""]
-    for model in pruned_models(df):
+    for model in pruned_models(df, structured=False):
         out += [f"**Does sink-aware calibration prune {model} better?** (`reports/tables/main_{model}.md` has every row)",
                 "", table_markdown(tables.sink_vs_uniform_table(df, params, model))]
+    for name, table in tables.structured_tables(df, params).items():
+        out += [f"**Structured pruning: baseline vs sink-aware** (`reports/tables/{name}.md`)", "",
+                table_markdown(table)]
     if eff is not None:
-        out += ["**Does sparsity buy speed?** (`metrics/efficiency.json`)", "", table_markdown(tables.efficiency_table(eff))]
+        out += ["**Does pruning buy speed?** (`metrics/efficiency.json`; `reports/figures/quality_vs_speedup.png` "
+                "puts quality beside it)", "", table_markdown(tables.efficiency_table(eff))]
     out.append(END)
     return "\n".join(out) + "\n"
 

@@ -18,6 +18,12 @@ Each configuration's value is the mean over its calibration seeds (restricted to
 A difference counts only when it exceeds ``NOISE_K`` * sqrt(u1^2 + u2^2) (``exceeds_noise``); a
 difference inside that band, or one where an uncertainty is missing, is no difference.
 
+Structured pruning (method.md 9): an instance with ``structure`` (uniform | adaptive) gets pattern
+``structured-<structure>`` here, so every grouping by CONFIG_COLUMNS keeps it apart from the
+unstructured rows of the same method, weighting and sparsity (its sparsity is the target ratio:
+the removed share of the blocks' linear parameters). ``is_structured`` tells the patterns apart;
+``method_label`` names the structured methods as the literature does (Magnitude-sp, Wanda-sp, FLAP).
+
 Primary metric per task: the first of ``PRIMARY_METRICS`` that every result file of the task
 reports: ``acc_norm`` where lm-eval gives it (ARC-E, ARC-C, PIQA, HellaSwag, SciQ, OpenBookQA),
 else ``acc`` (WinoGrande, MMLU), ``exact_match`` (strict-match, then flexible-extract) for GSM8K.
@@ -38,7 +44,8 @@ from srclib.files import read_json
 
 __all__ = [
     "PRIMARY_METRICS", "TASK_LABELS", "METHOD_LABELS", "WEIGHTING_LABELS", "NOISE_K", "CONFIG_COLUMNS",
-    "AVERAGE", "PPL", "instance_configs", "load_results", "primary_metrics", "pruned_models",
+    "AVERAGE", "PPL", "STRUCTURED_PREFIX", "STRUCTURED_METHOD_LABELS", "is_structured", "method_label",
+    "instance_configs", "load_results", "primary_metrics", "pruned_models",
     "instance_values", "summarize", "exceeds_noise",
 ]
 
@@ -52,7 +59,11 @@ TASK_LABELS = {
     "winogrande": "WinoGrande", "openbookqa": "OBQA", "sciq": "SciQ", "mmlu": "MMLU",
     "gsm8k": "GSM8K",
 }
-METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}
+METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
+                 "flap": "FLAP"}
+# structured pruning's methods as the literature names them (FLAP: An et al., AAAI 2024)
+STRUCTURED_METHOD_LABELS = {"magnitude": "Magnitude-sp", "wanda": "Wanda-sp", "flap": "FLAP"}
+STRUCTURED_PREFIX = "structured-"  # pattern of a structured instance: "structured-<structure>"
 WEIGHTING_LABELS = {"none": "–", "uniform": "uniform", "sink": "sink-aware", "stability": "stability"}
 NOISE_K = 2.0  # a difference counts when |diff| > NOISE_K * sqrt(u1^2 + u2^2)
 CONFIG_COLUMNS = ["model", "method", "weighting", "sparsity", "pattern"]
@@ -60,17 +71,37 @@ AVERAGE, PPL = "average", "ppl"  # the two derived columns of the main table
 DENSE_CONFIG = {"method": "dense", "weighting": "none", "sparsity": 0.0, "pattern": "dense", "seed": 0}
 
 
+def is_structured(pattern: str) -> bool:
+    """Whether a results pattern is a structured instance's ("structured-uniform", ...)."""
+    return isinstance(pattern, str) and pattern.startswith(STRUCTURED_PREFIX)
+
+
+def method_label(method: str, pattern: str) -> str:
+    """The display name of a method: METHOD_LABELS, or STRUCTURED_METHOD_LABELS for a structured
+    pattern (is_structured). Raises ValueError naming the allowed methods."""
+    labels = STRUCTURED_METHOD_LABELS if is_structured(pattern) else METHOD_LABELS
+    if method not in labels:
+        kind = "structured" if is_structured(pattern) else "unstructured"
+        raise ValueError(f"method must be one of {sorted(labels)} for {kind} pattern {pattern!r}, got {method!r}")
+    return labels[method]
+
+
 # =================================================================================================
 # loading the evaluation results
 # =================================================================================================
 def instance_configs(params) -> dict[str, dict[str, Any]]:
-    """name -> {model, method, weighting, sparsity, pattern, seed} of every evaluated instance."""
+    """name -> {model, method, weighting, sparsity, pattern, seed} of every evaluated instance.
+
+    A structured instance (``structure`` set) gets pattern ``structured-<structure>`` (its own
+    pattern is ignored by structured pruning); sparsity is its target ratio."""
     out: dict[str, dict[str, Any]] = {}
     for key in params.evaluate.dense:
         out[key] = {"model": key, **DENSE_CONFIG}
     for name, inst in params.prune.instances.items():
+        structure = getattr(inst, "structure", None)
+        pattern = f"{STRUCTURED_PREFIX}{structure}" if structure else inst.pattern
         out[name] = {"model": inst.model, "method": inst.method, "weighting": inst.weighting,
-                     "sparsity": float(inst.sparsity), "pattern": inst.pattern, "seed": int(inst.seed)}
+                     "sparsity": float(inst.sparsity), "pattern": pattern, "seed": int(inst.seed)}
     return out
 
 
@@ -217,9 +248,14 @@ def exceeds_noise(diff: float, u1: float | None, u2: float | None, k: float = NO
     return abs(diff) > k * math.sqrt(u1 * u1 + u2 * u2)
 
 
-def pruned_models(df: pd.DataFrame) -> list[str]:
-    """Models with pruned instances: diffusion LMs first (the study's subject), then by name."""
+def pruned_models(df: pd.DataFrame, structured: bool | None = None) -> list[str]:
+    """Models with pruned instances: diffusion LMs first (the study's subject), then by name.
+
+    structured: None: any pruned instance; False: only models with unstructured (incl. N:M)
+    instances; True: only models with structured ones (is_structured)."""
     pruned = df[df["method"] != "dense"]
+    if structured is not None:
+        pruned = pruned[pruned["pattern"].map(is_structured) == structured]
     causal = pruned.groupby("model")["causal"].any() if "causal" in pruned else pd.Series(dtype=bool)
     return sorted(set(pruned["model"]), key=lambda m: (bool(causal.get(m, False)), m))
 

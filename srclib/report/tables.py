@@ -1,4 +1,5 @@
-"""The paper-style tables as frames of display strings: main (one per pruned model), dense, sink variance.
+"""The paper-style tables as frames of display strings: main and structured (one per pruned model), dense,
+sink variance.
 
 The main table (``main_table``), one per model with pruned instances:
 
@@ -10,6 +11,11 @@ The main table (``main_table``), one per model with pruned instances:
 * a sink-aware (or stability) cell is marked when it differs from the uniform row of the same
   method, sparsity and pattern beyond the noise (``exceeds_noise``): "up" when it is better
   (higher accuracy, lower perplexity), "down" when worse; unmarked otherwise.
+
+Structured instances (pattern ``structured-<structure>``, srclib.report.results.is_structured) are
+left out of the main and sink-vs-uniform tables; ``structured_table`` is theirs, in the layout of
+the paper's structured table (released README): rows per ratio, method and structure, and for
+every task the Baseline (uniform calibration) and sink-aware cells side by side.
 
 ``table.attrs`` holds each table's ``caption`` and ``footnotes`` (srclib.report.render writes them).
 """
@@ -23,17 +29,22 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from srclib.report.results import (AVERAGE, METHOD_LABELS, NOISE_K, PPL, TASK_LABELS, WEIGHTING_LABELS,
-                                   exceeds_noise, pruned_models, summarize)
+from srclib.choices import STRUCTURES
+from srclib.report.results import (AVERAGE, METHOD_LABELS, NOISE_K, PPL, STRUCTURED_PREFIX, TASK_LABELS,
+                                   WEIGHTING_LABELS, exceeds_noise, is_structured, method_label, pruned_models,
+                                   summarize)
 
-__all__ = ["METHOD_ORDER", "WEIGHTING_ORDER", "PATTERN_ORDER", "main_table_cells", "main_table", "main_tables",
-           "dense_table", "sink_variance_table", "sink_vs_uniform_table", "efficiency_table", "fmt_value"]
+__all__ = ["METHOD_ORDER", "WEIGHTING_ORDER", "PATTERN_ORDER", "STRUCTURE_ORDER", "main_table_cells", "main_table",
+           "main_tables", "structured_table_cells", "structured_table", "structured_tables", "dense_table",
+           "sink_variance_table", "sink_vs_uniform_table", "efficiency_table", "fmt_value"]
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt")
+METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "flap")
 WEIGHTING_ORDER = ("none", "uniform", "sink", "stability")
-PATTERN_ORDER = ("dense", "unstructured", "2:4", "4:8")
+STRUCTURE_ORDER = STRUCTURES  # structured pruning's allocation: per block, or FLAP's global (method.md 9)
+# structured patterns last: the main tables leave them out, the index grid sorts its columns by this
+PATTERN_ORDER = ("dense", "unstructured", "2:4", "4:8", *(f"{STRUCTURED_PREFIX}{x}" for x in STRUCTURE_ORDER))
 MARK_TEXT = {1: " ↑", -1: " ↓", 0: ""}
 PPL_KIND_TEXT = {"elbo": "MC-ELBO upper bound (diffusion LM)", "exact": "exact (causal LM)"}
 
@@ -46,16 +57,32 @@ def _row_order(cfg: Mapping[str, Any]) -> tuple:
 def main_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
     """The numbers behind ``main_table``: summarize() for one model, rows in table order, with
     ``row`` (0, 1, ...), ``diff`` (minus the uniform row of the same method/sparsity/pattern,
-    NaN where there is none) and ``mark`` (+1 better / -1 worse beyond the noise, else 0)."""
-    s = summarize(df[df["model"] == model], seeds=params.plot.seeds)
-    if s.empty:
-        raise ValueError(f"no evaluate results for model {model!r}; models with results: "
-                         f"{sorted(set(df['model']))}")
+    NaN where there is none) and ``mark`` (+1 better / -1 worse beyond the noise, else 0).
+    Structured instances are left out (structured_table_cells has them)."""
+    s = _model_summary(df, params, model)
+    s = s[~s["pattern"].map(is_structured)]
     cfgs = s[["method", "weighting", "sparsity", "pattern"]].drop_duplicates().to_dict("records")
     cfgs.sort(key=_row_order)
     order = {tuple(c.values()): i for i, c in enumerate(cfgs)}
     s = s.copy()
     s["row"] = [order[(r.method, r.weighting, r.sparsity, r.pattern)] for r in s.itertuples()]
+    s = _with_marks(s)
+    _warn_headline_seeds(s, params, model)
+    return s.sort_values(["row", "column"]).reset_index(drop=True)
+
+
+def _model_summary(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    s = summarize(df[df["model"] == model], seeds=params.plot.seeds)
+    if s.empty:
+        raise ValueError(f"no evaluate results for model {model!r}; models with results: "
+                         f"{sorted(set(df['model']))}")
+    return s
+
+
+def _with_marks(s: pd.DataFrame) -> pd.DataFrame:
+    """s (summarize rows) with ``diff`` (minus the uniform row of the same method, sparsity,
+    pattern and column; NaN where there is none, and for the uniform / dense rows themselves)
+    and ``mark`` (+1 better / -1 worse beyond the noise, else 0; lower perplexity is better)."""
     ref = s[s["weighting"] == "uniform"].set_index(["method", "sparsity", "pattern", "column"])
     diffs, marks = [], []
     for r in s.itertuples():
@@ -69,9 +96,9 @@ def main_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
         diffs.append(diff)
         better = -diff if r.column == PPL else diff
         marks.append(int(np.sign(better)) if exceeds_noise(diff, r.u, float(u0["u"])) else 0)
+    s = s.copy()
     s["diff"], s["mark"] = diffs, marks
-    _warn_headline_seeds(s, params, model)
-    return s.sort_values(["row", "column"]).reset_index(drop=True)
+    return s
 
 
 def _warn_headline_seeds(cells: pd.DataFrame, params, model: str) -> None:
@@ -138,7 +165,7 @@ def main_table(df: pd.DataFrame, params, model: str | None = None) -> pd.DataFra
     ``caption`` and ``footnotes`` (write_tables renders them).
     """
     if model is None:
-        pruned = sorted(set(df.loc[df["method"] != "dense", "model"]))
+        pruned = sorted(pruned_models(df, structured=False))
         if len(pruned) != 1:
             raise ValueError(f"model must be given: results hold pruned instances of {pruned}")
         model = pruned[0]
@@ -174,8 +201,100 @@ def main_table(df: pd.DataFrame, params, model: str | None = None) -> pd.DataFra
 
 
 def main_tables(df: pd.DataFrame, params) -> dict[str, pd.DataFrame]:
-    """``main_<model>`` -> main_table for every model with pruned instances (pruned_models order)."""
-    return {f"main_{m}": main_table(df, params, m) for m in pruned_models(df)}
+    """``main_<model>`` -> main_table for every model with unstructured (incl. N:M) pruned
+    instances (pruned_models order); structured instances have structured_tables."""
+    return {f"main_{m}": main_table(df, params, m) for m in pruned_models(df, structured=False)}
+
+
+# =================================================================================================
+# structured pruning (method.md 9): the paper's second table
+# =================================================================================================
+STRUCTURED_WEIGHTINGS = {"uniform": "base", "sink": "sink", "stability": "stability"}  # weighting -> header
+
+
+def structured_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    """The numbers behind ``structured_table``: summarize() (seeds: params.plot.seeds) of the
+    model's dense row and structured instances, with ``structure`` (uniform | adaptive; None for
+    dense), ``row`` (0 = dense, then per ratio ascending, method in METHOD_ORDER, structure in
+    STRUCTURE_ORDER), ``diff`` (minus the uniform-calibration cell of the same method, ratio and
+    structure) and ``mark`` (+1 better / -1 worse beyond the noise, else 0)."""
+    s = _model_summary(df, params, model)
+    s = s[s["pattern"].map(is_structured) | (s["method"] == "dense")].copy()
+    s["structure"] = [p.removeprefix(STRUCTURED_PREFIX) if is_structured(p) else None for p in s["pattern"]]
+    for col, order in (("method", METHOD_ORDER), ("weighting", WEIGHTING_ORDER)):
+        bad = sorted(set(s[col]) - set(order))
+        if bad:
+            raise ValueError(f"{model}: structured {col} {bad} not among {list(order)}")
+    bad = sorted(set(s["structure"].dropna()) - set(STRUCTURE_ORDER))
+    if bad:
+        raise ValueError(f"{model}: structure {bad} not among {list(STRUCTURE_ORDER)}")
+    def key(r) -> tuple:
+        return (r.method != "dense", r.sparsity, METHOD_ORDER.index(r.method),
+                STRUCTURE_ORDER.index(r.structure) if is_structured(r.pattern) else -1)
+
+    order = {k: i for i, k in enumerate(sorted({key(r) for r in s.itertuples()}))}
+    s["row"] = [order[key(r)] for r in s.itertuples()]
+    s = _with_marks(s)
+    return s.sort_values(["row", "column", "weighting"]).reset_index(drop=True)
+
+
+def structured_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    """The paper's structured-pruning table for one model, as display strings.
+
+    Rows: the dense model, then per ratio (ascending), method (Magnitude-sp, Wanda-sp, FLAP) and
+    structure (uniform, adaptive). Columns: Method, Structure, Ratio, Seeds, then for every task
+    of ``evaluate.tasks``, Avg and PPL: "<col> base" (uniform calibration, the paper's Baseline)
+    and "<col> sink" (sink-aware), plus "<col> stability" when a stability row exists. Cells:
+    mean ± u over seeds (results.summarize); a sink / stability cell is marked ↑ / ↓ beyond the
+    noise against the base cell of its row (as in main_table). The dense row fills the base cells.
+    """
+    cells = structured_table_cells(df, params, model)
+    if not (cells["method"] != "dense").any():
+        raise ValueError(f"model {model!r} has no structured instances with evaluate results")
+    weightings = [w for w in STRUCTURED_WEIGHTINGS if w in set(cells["weighting"]) or w in ("uniform", "sink")]
+    cols = [*_task_columns(params), AVERAGE, PPL]
+    rows = []
+    for _, g in cells.groupby("row", sort=True):
+        first = g.iloc[0]
+        dense = first["method"] == "dense"
+        row = {"Method": METHOD_LABELS["dense"] if dense else method_label(first["method"], first["pattern"]),
+               "Structure": "–" if dense else first["structure"], "Ratio": _pct(first["sparsity"]),
+               "Seeds": "/".join(str(n) for n in sorted(set(g["n_seeds"].astype(int))))}
+        by_cell = {(r.weighting, r.column): r for r in g.itertuples()}
+        for col in cols:
+            for w in weightings:
+                r = by_cell.get(("none" if dense and w == "uniform" else w, col))
+                row[f"{_column_label(col)} {STRUCTURED_WEIGHTINGS[w]}"] = (
+                    "–" if r is None else fmt_value(r.mean, r.u, int(r.mark)))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    prim = df[df["primary"] & (df["model"] == model) & (df["task"] != PPL)]
+    metric_of = dict(zip(prim["task"], prim["metric"]))
+    table.attrs["caption"] = (f"{model}: structured pruning (attention heads / KV groups and MLP channels "
+                              f"removed), accuracy (%) per task, Baseline (uniform calibration) vs sink-aware, "
+                              f"mean ± uncertainty.")
+    table.attrs["footnotes"] = [
+        "Ratio: the target share of the blocks' linear-layer parameters removed (embeddings and LM head "
+        "excluded); the achieved ratios are in metrics/prune/<instance>.json (structured.achieved_ratio).",
+        "Magnitude-sp: column norms; Wanda-sp: mean |W| × the input's weighted norm; FLAP: fluctuation "
+        "× squared column norm, bias-compensated by default (An et al., AAAI 2024). Structure uniform: every "
+        "block removes the same fraction of its heads and channels; adaptive: FLAP's global ranking of "
+        "standardised scores.",
+        "base: uniform token weights in calibration (the paper's Baseline); sink: sink-aware weights.",
+        "Metric per task: " + ", ".join(f"{TASK_LABELS.get(t, t)} {metric_of.get(t, '?')}"
+                                        for t in _task_columns(params))
+        + ". Avg: unweighted mean of the task columns.",
+        _ppl_note(cells.loc[cells["column"] == PPL, "ppl_kind"]),
+        *_uncertainty_notes()[:2],
+        f"↑ / ↓: sink-aware (or stability) better / worse than the base cell of the same row by more than "
+        f"{NOISE_K:g}·sqrt(u₁² + u₂²) (better: higher accuracy, lower perplexity); unmarked: no difference.",
+    ]
+    return table
+
+
+def structured_tables(df: pd.DataFrame, params) -> dict[str, pd.DataFrame]:
+    """``structured_<model>`` -> structured_table for every model with structured instances."""
+    return {f"structured_{m}": structured_table(df, params, m) for m in pruned_models(df, structured=True)}
 
 
 def dense_table(df: pd.DataFrame, params) -> pd.DataFrame:
@@ -273,7 +392,9 @@ def sink_vs_uniform_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
 
 EFFICIENCY_COLUMNS = {  # efficiency row column -> (label, digits)
     "flops_ratio": ("FLOPs ×", 3), "mem_csr_int32_ratio": ("memory CSR int32 ×", 3),
-    "mem_2to4_ratio": ("memory 2:4 ×", 4), "step_sparse_over_dense": ("step time sparse/dense ×", 2),
+    "mem_2to4_ratio": ("memory 2:4 ×", 4), "mem_compact_ratio": ("memory compact ×", 3),
+    "step_sparse_over_dense": ("step time pruned/dense ×", 2), "measured_speedup": ("speedup measured", 2),
+    "ideal_speedup": ("speedup ideal", 2), "measured_over_ideal": ("measured/ideal", 2),
 }
 
 
@@ -284,11 +405,13 @@ def efficiency_table(rows: pd.DataFrame) -> pd.DataFrame:
     for r in rows.itertuples():
         rec = {"Instance": r.instance, "Format": r.format, "Tokens": r.shape}
         for col, (label, digits) in EFFICIENCY_COLUMNS.items():
-            v = getattr(r, col)
+            v = getattr(r, col, None)
             rec[label] = "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
         out.append(rec)
     table = pd.DataFrame(out)
     table.attrs["caption"] = "Efficiency of the pruned models relative to dense (metrics/efficiency.json)."
-    table.attrs["footnotes"] = ["FLOPs and memory: theory from the masks; step time: measured median ratio "
-                                "(> 1: slower than dense)."]
+    table.attrs["footnotes"] = ["FLOPs and memory: theory from the masks (unstructured, 2:4: csr format) or "
+                                "the compact shapes (structured: compact format); step time: measured median "
+                                "ratio (> 1: slower than dense); ideal speedup: dense / pruned FLOPs of one "
+                                "full forward (structured only)."]
     return table

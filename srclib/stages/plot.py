@@ -2,9 +2,12 @@
 
 Reads (root-relative, srclib.paths): metrics/evaluate/*, metrics/prune/*, metrics/variance.json,
 sinks/<run>.json, trajectories/<run>.safetensors; optional: metrics/train/<key>.json (loss
-curves), metrics/efficiency.json (efficiency bars and finding): skipped with a log line when absent.
-Writes reports/tables/<name>.{md,html,tex}, reports/figures/<stem>.{png,pdf},
-metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv and reports/index.html.
+curves), metrics/efficiency.json (efficiency bars and finding; with structured instances the
+quality-vs-speedup figure and series): skipped with a log line when absent.
+Writes reports/tables/<name>.{md,html,tex} (main_<model>, structured_<model> for models with
+structured instances, dense_models, sink_variance), reports/figures/<stem>.{png,pdf},
+metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv (and quality_vs_speedup.csv with
+structured instances and efficiency metrics) and reports/index.html.
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
         var_plots[run_name].update(panels.trajectory_plot_data(traj))
     prune = loaders.load_prune_metrics(params, root=root)
 
-    tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params),
-            "sink_variance": tables.sink_variance_table(var_metrics)}
+    tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
+            "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics)}
     render.write_tables(tabs, paths.tables_dir(root=root))
     markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
 
@@ -108,7 +111,10 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     _save(gallery, out_dir, "trajectory_heatmaps",
           plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
     _save(gallery, out_dir, "sink_position_vs_step", plotting.sink_position_vs_step(var_plots, PRIMARY_VARIANT))
-    _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
+    if any(not (m.get("structured") or m["spec"].get("structure")) for m in prune.values()):
+        _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
+    else:
+        skipped.append("layer_sparsity: every prune instance is structured (no per-linear mask sparsity)")
     train = loaders.load_train_metrics(params.models, root=root)
     if any("loss" in m for m in train.values()):
         _save(gallery, out_dir, "loss_curves", plotting.loss_curves(train))
@@ -121,6 +127,22 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
         _save(gallery, out_dir, "efficiency_bars", plotting.efficiency_bars(eff_rows))
     else:
         skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (run the efficiency stage)")
+    has_structured = bool(df["pattern"].map(results.is_structured).any())
+    if eff_rows is None:
+        skipped.append(f"quality_vs_speedup: {paths.rel(eff_path, root)} not found (run the efficiency stage)")
+    elif not has_structured:
+        skipped.append("quality_vs_speedup: no structured prune instance")
+    else:
+        tradeoff = series.tradeoff_series(df, eff_rows, params)
+        if (tradeoff["kind"] != "dense").any():
+            series_paths["quality_vs_speedup"] = series.write_series(
+                tradeoff, paths.plot_series("quality_vs_speedup", root=root))
+            _save(gallery, out_dir, "quality_vs_speedup", plotting.quality_vs_speedup(tradeoff))
+        else:
+            skipped.append("quality_vs_speedup: no evaluated instance in metrics/efficiency.json")
+    if "quality_vs_speedup" not in series_paths:  # dvc.yaml declares the series: write it (header only)
+        series_paths["quality_vs_speedup"] = series.write_series(
+            pd.DataFrame(columns=series.TRADEOFF_COLUMNS), paths.plot_series("quality_vs_speedup", root=root))
     for s in skipped:
         log.info("skipped %s", s)
 
