@@ -22,7 +22,8 @@ def _umask_mode(base: int) -> int:
     return base & ~mask
 
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "read_json", "write_text", "sha256_file"]
+__all__ = ["atomic_path", "atomic_dir", "atomic_outputs", "Outputs", "write_json", "read_json", "write_text",
+           "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -62,6 +63,111 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Outputs:
+    """The outputs of one stage run, each built at a temporary path beside its target and swapped
+    in together by :func:`atomic_outputs` (see there). ``dir(target)`` / ``file(target)`` return the
+    temporary path to build ``target`` at."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path, bool]] = []  # (target, temporary path, is a folder)
+
+    def _check_new(self, target: Path) -> None:
+        for old, _, _ in self._staged:
+            if old == target or old in target.parents or target in old.parents:
+                raise ValueError(f"output {target} overlaps output {old} already staged in this run")
+
+    def dir(self, target: str | os.PathLike) -> Path:
+        """A new empty folder beside ``target``; it replaces the folder ``target`` on commit."""
+        target = Path(target).absolute()
+        self._check_new(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700
+        self._staged.append((target, tmp, True))
+        return tmp
+
+    def file(self, target: str | os.PathLike) -> Path:
+        """A temporary file path beside ``target`` (not created: write it, e.g. with write_json);
+        it replaces ``target`` on commit. Committing fails if it was never written."""
+        target = Path(target).absolute()
+        self._check_new(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(tmp)  # the unique name is reserved by its random part; the writer creates the file
+        self._staged.append((target, Path(tmp), False))
+        return Path(tmp)
+
+    def discard(self) -> None:
+        """Remove every temporary output (the targets are untouched)."""
+        for _, tmp, is_dir in self._staged:
+            if is_dir:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Swap every staged output into place; on any failure put every old target back."""
+        unwritten = [str(t) for t, tmp, is_dir in self._staged if not (tmp.is_dir() if is_dir else tmp.is_file())]
+        if unwritten:
+            self.discard()
+            raise RuntimeError(f"stage outputs staged but never written: {unwritten}; nothing was replaced")
+        moved: list[tuple[Path, Path | None]] = []  # (target now holding the new output, backup of the old)
+        try:
+            for target, tmp, _ in self._staged:
+                backup = None
+                if target.exists() or target.is_symlink():
+                    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+                    backup = backup / target.name
+                    os.replace(target, backup)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    if backup is not None:
+                        os.replace(backup, target)
+                        shutil.rmtree(backup.parent, ignore_errors=True)
+                    raise
+                moved.append((target, backup))
+        except BaseException:
+            for target, backup in reversed(moved):  # roll back: the new outputs go, the old come back
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+                if backup is not None:
+                    os.replace(backup, target)
+                    shutil.rmtree(backup.parent, ignore_errors=True)
+            self.discard()
+            raise
+        for _, backup in moved:
+            if backup is not None:
+                shutil.rmtree(backup.parent, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[Outputs]:
+    """All-or-nothing stage outputs: build every output (folders and files) at the temporary
+    paths ``Outputs.dir`` / ``Outputs.file`` give, beside their targets; when the block succeeds
+    they replace the targets one rename each, all after everything is built; when it raises,
+    the temporary paths are removed and no target is touched. A failed rename puts back every
+    target already replaced. (Only a kill inside the commit's few renames can leave some outputs
+    new and others old.)
+
+    Example::
+
+        with atomic_outputs() as out:
+            write_json(out.dir(sinks) / "run.json", stats)
+            write_json(out.file(metrics), summary)
+    """
+    out = Outputs()
+    try:
+        yield out
+    except BaseException:
+        out.discard()
+        raise
+    out.commit()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -16,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from srclib import choices, paths
-from srclib.schema import ParamsError, as_dict, build, validate_fields
+from srclib.schema import ParamsError, as_dict, build, load_yaml_text, validate_fields
 from srclib.schema import constrained as _c
 
 __all__ = [
     "ParamsError", "Params", "load", "load_dict", "build", "ModelEntry", "TrainParams", "SamplerParams",
     "CollectParams", "VarianceParams", "PruneParams", "PruneInstance", "PruneOptions", "PruneSpec",
     "EvaluateParams", "TaskSettings", "PplParams", "EfficiencyParams", "PlotParams",
-    "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES",
+    "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES", "TINY_MODELS",
 ]
 
 # The allowed names come from srclib.choices, which every registry checks its keys against at
@@ -37,6 +35,10 @@ PATTERNS = choices.PATTERNS  # name -> (N, M) or None; N:M fixes the sparsity at
 DTYPES = choices.DTYPES
 SINK_RULES = choices.SINK_RULES
 REMASKING = choices.REMASKING
+
+# The model keys the train stage builds from the ``train:`` section (srclib.train.twins.TWINS): the
+# longest sequence they accept is train.max_len (the runner checks the other settings against it).
+TINY_MODELS = ("tiny-ar", "tiny-dlm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +103,11 @@ class TrainParams:
     sample_block_length: int = _c(ge=1)
 
     def __post_init__(self) -> None:
+        if self.seq_len > self.max_len:
+            raise ParamsError(
+                f"train.seq_len = {self.seq_len}: must be <= train.max_len ({self.max_len}), the longest "
+                f"sequence the tiny models accept (raise train.max_len or lower train.seq_len)"
+            )
         check_sampler(self.sample_gen_length, self.sample_gen_length, self.sample_block_length,
                       names=("sample_gen_length", "sample_gen_length", "sample_block_length"))
 
@@ -301,6 +308,13 @@ class PruneParams:
     one_shot_sink_wanda: bool = _c()
     options: PruneOptions = _c()
     instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    def __post_init__(self) -> None:
+        if not self.instances:
+            raise ParamsError(
+                "prune.instances: must define at least one instance (name: {model, method, weighting, "
+                "sparsity, pattern or structure, seed}); each one is a DVC prune stage"
+            )
 
     def spec(self, instance: str) -> "PruneSpec":
         """The flat PruneSpec that srclib.pruning runs for one instance."""
@@ -540,13 +554,14 @@ def load_dict(data: dict[str, Any]) -> Params:
 
 
 def load(path: str | Path | None = None) -> Params:
-    """Read and validate params.yaml (default: the repository's)."""
+    """Read and validate params.yaml (default: the repository's). A YAML syntax error or a key given
+    twice in one mapping (at any depth) is a ParamsError naming the file and the line(s)."""
     path = Path(path) if path is not None else paths.ROOT / "params.yaml"
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    return load_dict(data)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{paths.rel(path)}: not UTF-8 text ({exc})") from None
+    return load_dict(load_yaml_text(text, paths.rel(path)))
 

@@ -3,30 +3,33 @@
 1. Reads the stage's notebook and the names assigned in its cell tagged ``parameters``.
 2. Fails (exit 2) if an injected name is not declared there, or a declared one is not injected
    (papermill itself only warns on unknown names), or if ``params_file`` does not validate
-   (srclib.params, then the model registry) or names no such ``instance``: before any kernel starts.
+   (srclib.params; the checks that read files: the calibration corpus, each model's maximum length;
+   then the model registry) or names no such ``instance``: before any kernel starts. A params error
+   is reported before nbformat, papermill or torch are imported (well under 3 s).
 3. Executes the notebook with papermill in a fresh kernel, cwd = repository root.
 4. Renders the executed notebook to HTML with nbconvert under reports/html/<stage>/<name>.html
    (name = the ``instance`` parameter for fanned-out stages, else the stage name).
 5. On failure keeps the annotated notebook under reports/failed/<stage>/<name>.ipynb and exits 1.
-Every write is atomic (temporary file, then rename).
+Every write is atomic (temporary file, then rename). Error messages are logged whole (a YAML error's
+line, source excerpt and caret; a failed cell's traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import logging
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import yaml
-
 from srclib import params, paths
 from srclib.files import atomic_path
+from srclib.schema import load_yaml_text
 
 __all__ = ["RunnerError", "declared_parameters", "parse_assignments", "run_stage", "main"]
 
@@ -38,12 +41,21 @@ class RunnerError(ValueError):
 
 
 def declared_parameters(nb_path: str | Path) -> dict[str, Any]:
-    """Names and default values assigned in the notebook's cell tagged ``parameters``."""
-    nb = nbformat.read(str(nb_path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    """Names and default values assigned in the notebook's cell tagged ``parameters``.
+
+    Reads the notebook's JSON (nbformat 4) directly: importing nbformat costs a second, which a
+    params error should not wait for."""
+    try:
+        nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunnerError(f"{nb_path}: not a notebook (not valid JSON: {exc})") from None
+    if not isinstance(nb, dict) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise RunnerError(f"{nb_path}: not an nbformat 4 notebook (no 'nbformat': 4 and 'cells' list)")
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise RunnerError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    tree = ast.parse(cells[0].source)
+    source = cells[0].get("source", "")
+    tree = ast.parse(source if isinstance(source, str) else "".join(source))
     out: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -68,7 +80,10 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
             raise RunnerError(f"parameter name {key!r} is not a valid Python identifier")
         if key in out:
             raise RunnerError(f"parameter {key!r} given twice")
-        out[key] = yaml.safe_load(value) if value != "" else ""
+        try:
+            out[key] = load_yaml_text(value, f"argument {item}") if value != "" else ""
+        except params.ParamsError as exc:  # the whole message: line, excerpt, caret, what was expected
+            raise RunnerError(str(exc)) from None
     return out
 
 
@@ -101,10 +116,84 @@ def validate(stage: str, parameters: dict[str, Any], root: Path) -> None:
     P = params.load(root / str(parameters["params_file"]))
     if "instance" in parameters and stage in INSTANCE_CHECKS:
         INSTANCE_CHECKS[stage](P, str(parameters["instance"]))
+    if stage in FILE_CHECKS:
+        FILE_CHECKS[stage](P, root)
+    check_lengths(P, root)
     from srclib.models import check_keys  # the registry imports torch and the adapters: seconds
 
     check_keys(P.models)
     check_structured(P)
+
+
+def check_calibration_corpus(P: params.Params, root: Path) -> None:
+    """prune.calibration.corpus names a file under the repository root (the prune stage reads it)."""
+    corpus = P.prune.calibration.corpus
+    if not (root / corpus).is_file():
+        raise params.ParamsError(
+            f"prune.calibration.corpus = {corpus!r}: no such file {root / corpus} (relative to the "
+            f"repository root {root}); name a JSONL corpus there, e.g. one under {paths.rel(paths.raw_dir(root), root)}/"
+        )
+
+
+# stage -> checks of the files its params name (only the stage that reads a file requires it)
+FILE_CHECKS = {"prune": check_calibration_corpus}
+
+# The config keys that declare a model's context length, in the order
+# srclib.evaluation.common.model_max_length reads them (a test keeps the two in step).
+MAX_LENGTH_KEYS = ("max_position_embeddings", "max_sequence_length", "n_positions")
+
+
+def model_max_length(P: params.Params, key: str, root: Path) -> tuple[int, str] | None:
+    """(the longest sequence model ``key`` accepts, where that number comes from), or None when it is
+    not known before loading: the tiny models accept train.max_len; another model the length its
+    models/<key>/config.json declares, when that file exists. Reads JSON only (no torch)."""
+    if key in params.TINY_MODELS:
+        return P.train.max_len, "train.max_len"
+    cfg = paths.model_dir(key, root) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunnerError(
+            f"{paths.rel(cfg, root)}: not valid JSON ({exc}); rebuild model {key!r} "
+            f"(`dvc repro train` for a built model, `python -m srclib.models fetch {key}` for a hub model)"
+        ) from None
+    for name in MAX_LENGTH_KEYS:
+        value = data.get(name) if isinstance(data, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"{name} in {paths.rel(cfg, root)}"
+    return None
+
+
+def check_lengths(P: params.Params, root: Path) -> None:
+    """The sequences each stage feeds a model fit its maximum length: prune.calibration.seq_len for
+    every prune instance's model, collect.prompt_tokens + collect.gen_length for every collect model."""
+    limits: dict[str, tuple[int, str] | None] = {}
+
+    def limit(key: str) -> tuple[int, str] | None:
+        if key not in limits:
+            limits[key] = model_max_length(P, key, root)
+        return limits[key]
+
+    seq_len = P.prune.calibration.seq_len
+    for name, inst in P.prune.instances.items():
+        lim = limit(inst.model)
+        if lim is not None and seq_len > lim[0]:
+            raise params.ParamsError(
+                f"prune.calibration.seq_len = {seq_len}: above the maximum length {lim[0]} of model "
+                f"{inst.model!r} ({lim[1]}), which prune.instances.{name}.model uses; must be <= {lim[0]}"
+            )
+    c = P.collect
+    total = c.prompt_tokens + c.gen_length
+    for i, key in enumerate(c.models):
+        lim = limit(key)
+        if lim is not None and total > lim[0]:
+            raise params.ParamsError(
+                f"collect.gen_length = {c.gen_length} (+ collect.prompt_tokens = {c.prompt_tokens}: "
+                f"{total} tokens): above the maximum length {lim[0]} of model {key!r} ({lim[1]}) in "
+                f"collect.models[{i}]; collect.prompt_tokens + collect.gen_length must be <= {lim[0]}"
+            )
 
 
 def check_structured(P: params.Params) -> None:
@@ -128,6 +217,7 @@ def check_structured(P: params.Params) -> None:
 
 
 def render_html(nb_path: Path, html_path: Path) -> Path:
+    import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(nb_path), as_version=4)
@@ -139,14 +229,13 @@ def render_html(nb_path: Path, html_path: Path) -> Path:
 
 def run_stage(stage: str, parameters: dict[str, Any], root: Path | None = None) -> Path:
     """Execute one stage notebook; return the HTML report path. Raises on failure."""
-    import papermill as pm
-
     root = Path(root) if root is not None else paths.ROOT
     nb_in = paths.notebook(stage, root)
     if not nb_in.is_file():
         raise RunnerError(f"notebook for stage {stage!r} not found: {nb_in}")
     check_parameters(stage, declared_parameters(nb_in), parameters)
     validate(stage, parameters, root)
+    import papermill as pm  # after validation: a params error does not wait for its import
     name = str(parameters.get("instance", stage))
     html = paths.report_html(stage, name, root)
     failed = paths.failed_notebook(stage, name, root)
@@ -172,6 +261,15 @@ def run_stage(stage: str, parameters: dict[str, Any], root: Path | None = None) 
     return html
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the colour codes of a kernel's traceback
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's whole message (every line, colour codes removed), or its type when it has none."""
+    text = _ANSI.sub("", str(exc)).strip()
+    return text or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srclib.run", description=__doc__.splitlines()[0])
     parser.add_argument("stage", help=f"one of {list(paths.STAGE_NOTEBOOKS)}")
@@ -185,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunnerError, params.ParamsError) as exc:
         log.error("%s", exc)
         return 2
-    except Exception as exc:  # the notebook failed: papermill's error names the cell
-        log.error("stage %s failed: %s", args.stage, str(exc).strip().splitlines()[-1] if str(exc) else exc)
+    except Exception as exc:  # the notebook failed: papermill's error holds the cell's traceback
+        log.error("stage %s failed: %s", args.stage, error_text(exc))
         return 1
     return 0
 

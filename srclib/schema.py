@@ -5,6 +5,9 @@ A field declares its constraints in its metadata (``constrained(ge=0)``, ``choic
 ``pattern=...``, ``min_len``, ``item_*``, ``key_choices``, ``key_pattern``, ``key=`` for a YAML
 name that is a Python keyword); ``build(cls, data, where)`` converts and checks every field and
 raises ``ParamsError`` naming the dotted key, the value and what is allowed.
+
+``load_yaml_text(text, where)`` is the YAML reader behind it: PyYAML's safe loader, refusing a
+mapping key given twice at any depth (block or flow style; plain PyYAML keeps the last one).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import typing
 from dataclasses import field
 from typing import Any, Union
 
-__all__ = ["ParamsError", "constrained", "build", "validate_fields", "as_dict"]
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+__all__ = ["ParamsError", "constrained", "build", "validate_fields", "as_dict", "load_yaml_text"]
 
 
 class ParamsError(ValueError):
@@ -32,6 +38,82 @@ def constrained(**constraints: Any) -> Any:
     instance without ``structure`` is unstructured), never to hide a default value."""
     return field(metadata=constraints)
 
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+_MERGE_TAG = "tag:yaml.org,2002:merge"  # ``<<: *anchor``: merged keys may be overridden, by design
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse one YAML document with the safe loader; refuse a mapping key given twice.
+
+    ``where`` names the source in every message (a file, or ``argument instance``). Raises
+    ``ParamsError``: on a syntax error (the whole of PyYAML's message, with line and column), or on
+    a duplicate key, naming its dotted path and both lines (PyYAML would silently keep the last).
+    """
+    loader = yaml.SafeLoader(text)
+    loader.name = where  # PyYAML's marks then say `in "<where>", line L` instead of "<unicode string>"
+    try:
+        node = loader.get_single_node()
+        if node is None:  # an empty document
+            return None
+        _check_unique_keys(loader, node, "", set(), where)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{where}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _key_id(loader: yaml.SafeLoader, node: Node) -> Any:
+    """What makes two keys equal: the constructed scalar (``1`` and ``0x1`` are one key), else the
+    node's tag and source text."""
+    if isinstance(node, ScalarNode):
+        try:
+            value = loader.construct_object(node)
+            hash(value)
+            return (type(value).__name__, value)
+        except (yaml.YAMLError, TypeError):
+            pass
+    return (node.tag, repr(getattr(node, "value", None)))
+
+
+def _key_text(node: Node) -> str:
+    return str(node.value) if isinstance(node, ScalarNode) else f"<{node.tag.rsplit(':', 1)[-1]} key>"
+
+
+def _lines(a: Node, b: Node) -> str:
+    (la, ca), (lb, cb) = (a.start_mark.line + 1, a.start_mark.column + 1), (b.start_mark.line + 1, b.start_mark.column + 1)
+    if la == lb:
+        return f"line {la}, columns {ca} and {cb}"
+    return f"lines {la} and {lb}"
+
+
+def _check_unique_keys(loader: yaml.SafeLoader, node: Node, path: str, seen: set[int], where: str) -> None:
+    """Walk the composed node tree (aliases visited once) and raise on a key repeated in a mapping."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        first: dict[Any, Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # merged mappings are checked where they are defined
+                _check_unique_keys(loader, value_node, path, seen, where)
+                continue
+            key = _key_text(key_node)
+            sub = f"{path}.{key}" if path else key
+            kid = _key_id(loader, key_node)
+            if kid in first:
+                raise ParamsError(
+                    f"{where}: duplicate key {sub} ({_lines(first[kid], key_node)}); a key may appear "
+                    f"only once in a mapping (YAML readers would silently keep the last value): remove "
+                    f"or rename one of them"
+                )
+            first[kid] = key_node
+            _check_unique_keys(loader, value_node, sub, seen, where)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(loader, item, f"{path}[{i}]", seen, where)
 
 
 # ---------------------------------------------------------------------------------------------

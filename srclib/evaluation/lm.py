@@ -10,15 +10,22 @@ lm-eval's own ``hf`` model instead (:mod:`srclib.evaluation.ar`).
 folder), ``mc_num`` (MC samples per request, default 128), ``mc_batch`` (stratification group of
 the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0), ``steps``,
 ``gen_length``, ``block_length``, ``remasking``, ``temperature`` (generation; defaults
-:data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``.
+:data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``, ``device``,
+``batch_size``. :func:`check_model_args` checks names, types and ranges without loading anything
+(``python -m srclib.evaluation`` runs it before lm-eval indexes its tasks; ``create_from_arg_obj``
+runs it too), :func:`check_pretrained` the model key or checkpoint folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import logging
 import os
-from typing import Any, Callable, Sequence
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import lm_eval.models  # noqa: F401  lm-eval's own models enter the registry (lazily) before ours
 import torch
@@ -26,11 +33,13 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from srclib import devices, likelihood
+from srclib import devices, likelihood, paths
 from srclib.evaluation.common import SAMPLER, SEED, model_max_length, request_generator
-from srclib.params import SamplerParams
+from srclib.params import REMASKING, SamplerParams
+from srclib.schema import ParamsError, build
 
-__all__ = ["DiffusionLM", "NAME", "dlm_lm", "cut_generation"]
+__all__ = ["DiffusionLM", "NAME", "dlm_lm", "cut_generation", "MODEL_ARGS", "ModelArgsError",
+           "check_model_args", "check_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,161 @@ def _add_bos(tokenizer, add_bos_token: bool | str | None) -> bool:
     if add and bos is None:
         raise ValueError("add_bos_token=True but the tokenizer has no BOS token")
     return add
+
+
+# ---- model_args: names, types and ranges, checked before anything loads ------------------------
+class ModelArgsError(ValueError):
+    """A srclib-dlm model_arg is unknown, ill-typed, out of range or names no usable checkpoint;
+    the message names the argument, the value and what is allowed."""
+
+
+# DiffusionLM's model_args (its keyword arguments other than loaded objects): name -> (type,
+# what is allowed, starting with the type's word: the message of a wrong type). The ranges are checked by each rule's one home: SamplerParams (steps,
+# gen_length, block_length, temperature, remasking; cfg as cfg_scale), likelihood._check_mc
+# (mc_num, mc_batch), _at_least_one (batch_size, max_length), devices.resolve + torch.device
+# (device), _as_bool (add_bos_token); the defaults are DiffusionLM.__init__'s.
+MODEL_ARGS: dict[str, tuple[type, str]] = {
+    "pretrained": (str, "a registered model key or a srclib checkpoint folder"),
+    "mc_num": (int, "an integer >= 1 (MC samples per request)"),
+    "mc_batch": (int, "an integer >= 1 dividing mc_num (default: mc_num)"),
+    "batch_size": (int, "an integer >= 1 (noised rows per forward pass)"),
+    "cfg": (float, "a number >= 0"),
+    "steps": (int, "an integer >= 1, a multiple of gen_length / block_length"),
+    "gen_length": (int, "an integer >= 1, a multiple of block_length"),
+    "block_length": (int, "an integer >= 1"),
+    "temperature": (float, "a number >= 0"),
+    "remasking": (str, f"one of {', '.join(REMASKING)}"),
+    "device": (str, "cpu, cuda, cuda:<n>, mps or auto"),
+    "seed": (int, "an integer"),
+    "add_bos_token": (bool, "true or false"),
+    "max_length": (int, "an integer >= 1 (default: the model's context length)"),
+    "max_batch_size": (object, "anything (lm-eval passes it; unused)"),
+}
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _at_least_one(where: str, value: int) -> None:
+    if value < 1:
+        raise ModelArgsError(f"{where}={value!r}: must be >= 1")
+
+
+def _typed(name: str, value: Any, where: str) -> Any:
+    """``value`` as MODEL_ARGS[name]'s type. lm-eval's parsers give "-1" as -1.0, "abc" as a
+    string and its --batch_size as a string: an integral float or an integer string becomes an
+    int, an int or a number string a float; anything else is refused."""
+    tp, allowed = MODEL_ARGS[name]
+    if value is None or tp is object:
+        return value
+    if tp is bool:
+        with contextlib.suppress(ValueError):
+            return _as_bool(value)
+    elif tp is int and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+            return int(value)
+    elif tp is float and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return float(value)
+    elif tp is str and isinstance(value, (str, os.PathLike)):
+        return str(value)
+    raise ModelArgsError(f"{where}={value!r}: must be {allowed}")
+
+
+def check_model_args(args: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """srclib-dlm's model_args checked and typed before anything loads: an unknown name, a wrong
+    type or an out-of-range value raises ModelArgsError naming the argument ("model_args X", or
+    "--X" for a value that came from ``defaults``), the value and what is allowed.
+
+    ``defaults`` (lm-eval's --batch_size / --device / --max_batch_size) fill in what ``args``
+    does not set, as lm-eval hands them to ``create_from_arg_obj``. ``pretrained`` is required;
+    what it names is :func:`check_pretrained`'s. Returns {name: typed value}.
+    """
+    given = {k: v for k, v in (defaults or {}).items() if v is not None}
+    merged = {**given, **dict(args)}
+
+    def where(name: str) -> str:
+        return f"model_args {name}" if name in args else f"--{name}"
+
+    unknown = sorted(set(merged) - set(MODEL_ARGS))
+    if unknown:
+        raise ModelArgsError(f"{where(unknown[0])}: unknown argument of {NAME}; allowed: "
+                             f"{', '.join(sorted(MODEL_ARGS))}")
+    if merged.get("pretrained") in (None, ""):
+        raise ModelArgsError(f"model_args pretrained: missing; {NAME} needs "
+                             f"pretrained=<{MODEL_ARGS['pretrained'][1]}>")
+    out = {k: _typed(k, v, where(k)) for k, v in merged.items()}
+    init = inspect.signature(DiffusionLM.__init__).parameters  # the defaults
+
+    def value(name: str) -> Any:
+        return out[name] if out.get(name) is not None else init[name].default
+
+    sampler = {k: value(k) for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
+    try:
+        build(SamplerParams, {**sampler, "cfg_scale": value("cfg")}, "model_args")
+    except ParamsError as exc:
+        raise ModelArgsError(str(exc).replace("model_args.cfg_scale", "model_args.cfg")
+                             .replace("model_args.", "model_args ")) from None
+    mc_num = value("mc_num")
+    mc_batch = out.get("mc_batch") or mc_num
+    try:
+        likelihood._check_mc(mc_num, mc_batch)
+    except ValueError as exc:
+        raise ModelArgsError(f"model_args mc_num={mc_num!r}, mc_batch={mc_batch!r}: {exc} "
+                             f"(mc_batch is the estimator's batch_size)") from None
+    for name in ("batch_size", "max_length"):
+        if out.get(name) is not None:
+            _at_least_one(where(name), out[name])
+    if out.get("device") is not None:
+        try:
+            torch.device(devices.resolve(out["device"]))
+        except (RuntimeError, ValueError):
+            raise ModelArgsError(f"{where('device')}={out['device']!r}: not a torch device; "
+                                 f"allowed: {MODEL_ARGS['device'][1]}") from None
+    return out
+
+
+def check_pretrained(pretrained: str, root: str | os.PathLike | None = None) -> None:
+    """Refuse, naming ``pretrained``, what srclib-dlm cannot load: a path that does not exist, a
+    folder without a readable srclib marker or whose marker names an unregistered model, an
+    unregistered key, a causal model, a registered local-only model (no hub source) whose
+    models/<key> folder is not built. A path that does not exist is refused before the model
+    registry (and so transformers) is imported."""
+    src = Path(pretrained).expanduser()
+    if ("/" in pretrained or os.sep in pretrained or pretrained.startswith((".", "~"))) \
+            and not src.is_dir():
+        what = "is a file, not a checkpoint folder" if src.exists() else "does not exist"
+        raise ModelArgsError(f"model_args pretrained={pretrained!r}: {what}; allowed: "
+                             f"{MODEL_ARGS['pretrained'][1]}")
+    from srclib.models import MODELS
+    from srclib.models.base import read_marker
+
+    if src.is_dir():
+        try:
+            key = read_marker(src).get("key")
+        except (OSError, ValueError) as exc:  # no marker, or a marker that is not JSON
+            raise ModelArgsError(f"model_args pretrained={pretrained!r}: {exc}") from None
+        if key not in MODELS:
+            raise ModelArgsError(f"model_args pretrained={pretrained!r}: its marker names model "
+                                 f"{key!r}, which is not registered; registered: {sorted(MODELS)}")
+    elif pretrained in MODELS:
+        key = pretrained
+        folder = paths.model_dir(key, None if root is None else Path(root))
+        local_only = not MODELS[key].source or Path(MODELS[key].source) == paths.MODELS / key
+        if local_only and not folder.is_dir():
+            raise ModelArgsError(f"model_args pretrained={pretrained!r}: its checkpoint {folder} is "
+                                 f"not built yet (`dvc repro` builds it)")
+    else:
+        raise ModelArgsError(f"model_args pretrained={pretrained!r}: neither a folder nor a "
+                             f"registered model; allowed: a checkpoint folder or one of {sorted(MODELS)}")
+    if MODELS[key].causal:
+        raise ModelArgsError(f"model_args pretrained={pretrained!r}: model {key!r} is causal; {NAME} "
+                             f"evaluates diffusion LMs (use lm-eval's 'hf' model)")
 
 
 # ---- request helpers ------------------------------------------------------------------------------
@@ -187,8 +351,7 @@ class DiffusionLM(TemplateLM):
         self.mask_id = adapter.mask_id(model)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _at_least_one("batch_size", self.batch_size)
         self.sampler = SamplerParams(gen_length=int(gen_length), steps=int(steps),
                                      block_length=int(block_length), temperature=float(temperature),
                                      cfg_scale=float(cfg), remasking=str(remasking))
@@ -208,9 +371,9 @@ class DiffusionLM(TemplateLM):
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
-        """lm-eval's --batch_size/--device fill in what --model_args does not set."""
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
-        return cls(**{**extra, **dict(arg_dict)})
+        """lm-eval's --batch_size/--device fill in what --model_args does not set; every value is
+        checked (:func:`check_model_args`) before the model loads."""
+        return cls(**check_model_args(arg_dict, additional_config))
 
     # ---- settings ------------------------------------------------------------------------------
     def configure(self, *, mc_num: int | None = None, mc_batch: int | None = None,

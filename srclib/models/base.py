@@ -140,10 +140,25 @@ def write_marker(folder: str | Path, key: str, **info: Any) -> Path:
 
 
 def read_marker(folder: str | Path) -> dict[str, Any]:
+    """The marker of a srclib checkpoint folder (a JSON object). A missing marker is a
+    FileNotFoundError; an unreadable one a ValueError naming the file: rebuild the checkpoint."""
     path = Path(folder) / MARKER
     if not path.is_file():
         raise FileNotFoundError(
             f"{folder} is not a srclib checkpoint (no {MARKER}); pass a model key from params.yaml "
             f"or a folder written by srclib"
         )
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}): {exc.msg}; rebuild the "
+            f"checkpoint (rerun the stage that wrote {folder})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc}); rebuild the checkpoint (rerun the stage that "
+                         f"wrote {folder})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: must hold a JSON object (the checkpoint's key and build record), got "
+                         f"{type(info).__name__}; rebuild the checkpoint (rerun the stage that wrote {folder})")
+    return info

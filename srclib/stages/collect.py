@@ -5,6 +5,11 @@ Reads the prompts (data/raw/prompts.jsonl), loads every model of ``cfg.models`` 
 ``cfg.random_init_control``, that of its random-init twin (run ``<key>-randinit``); writes
 ``trajectories/<run>.safetensors`` and ``metrics/collect.json`` (no paths, no clock values: the
 file is byte-stable across reruns).
+
+All or nothing: the trajectories are written into a temporary folder beside ``trajectories/``
+and swapped in, together with the metrics file, only after every run is collected
+(srclib.files.atomic_outputs); a failure on any model leaves the previous outputs as they were.
+The prompts file is checked against data/raw's manifest first (srclib.data.manifest).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import pandas as pd
 import torch
 
 from srclib import devices, paths
-from srclib.files import sha256_file, write_json
+from srclib.data.manifest import check_raw_file
+from srclib.files import atomic_outputs, sha256_file, write_json
 from srclib.params import CollectParams, ModelEntry, as_dict
 from srclib.provenance import provenance
 from srclib.trajectories.panels import heatmap_panels
@@ -67,7 +73,29 @@ def run(
     """
     if loader is None:
         from srclib.models import load as loader
-    texts = read_prompts(paths.prompts_file(root))
+    prompts = paths.prompts_file(root)
+    if prompts.is_file():  # a missing file is reported by read_prompts
+        check_raw_file(prompts)
+    texts = read_prompts(prompts)
+    base = paths.ROOT if root is None else Path(root)
+    with atomic_outputs() as out:
+        staged = out.dir(base / paths.TRAJECTORIES)
+        runs, samples = _collect_all(cfg, models, loader, texts, staged, root)
+        settings = {k: v for k, v in as_dict(cfg).items() if k != "models"}
+        # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
+        metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
+                   "provenance": provenance(params={"collect": settings})}
+        write_json(out.file(paths.collect_metrics(root)), metrics)
+    trajectories = {name: load_trajectory(d["path"]) for name, d in runs.items()}
+    return CollectResult(runs=runs, samples=pd.DataFrame(samples), metrics=metrics,
+                         trajectories=trajectories, heatmaps=heatmap_panels(trajectories, n_prompts=HEATMAP_PROMPTS),
+                         interpretation=interpretation(metrics, trajectories))
+
+
+def _collect_all(cfg: CollectParams, models: Mapping[str, ModelEntry], loader: Loader, texts: list[str],
+                 staged: Path, root: Path | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Collect every run into the folder ``staged`` (swapped onto trajectories/ by the caller);
+    each run's summary records its final path (paths.trajectory_file)."""
     runs: dict[str, Any] = {}
     samples = []
     for key in cfg.models:
@@ -81,11 +109,12 @@ def run(
             t0 = time.perf_counter()
             traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
             seconds = time.perf_counter() - t0
-            path = save_trajectory(traj, paths.trajectory_file(name, root))
+            final = paths.trajectory_file(name, root)
+            written = save_trajectory(traj, staged / final.name)
             S, L, B, T = traj.shape
             runs[name] = dict(model=key, kind=traj.kind, random_init=rnd, n_prompts=B, n_steps=S, n_layers=L,
                               seq_len=T, has_bos=traj.meta["has_bos"], seconds=round(seconds, 3),
-                              sha256=sha256_file(path), path=str(path))
+                              sha256=sha256_file(written), path=str(final))
             log.info("collected %s: %d steps x %d layers x %d prompts in %.1f s", name, S, L, B, seconds)
             if tok is not None:
                 P = traj.prompt_ids.shape[1]
@@ -93,15 +122,7 @@ def run(
                     samples.append(dict(run=name, prompt=tok.decode(traj.final_ids[b, :P].tolist()),
                                         output=tok.decode(traj.final_ids[b, P:].tolist())))
         del model
-    settings = {k: v for k, v in as_dict(cfg).items() if k != "models"}
-    # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
-    metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
-               "provenance": provenance(params={"collect": settings})}
-    write_json(paths.collect_metrics(root), metrics)
-    trajectories = {name: load_trajectory(d["path"]) for name, d in runs.items()}
-    return CollectResult(runs=runs, samples=pd.DataFrame(samples), metrics=metrics,
-                         trajectories=trajectories, heatmaps=heatmap_panels(trajectories, n_prompts=HEATMAP_PROMPTS),
-                         interpretation=interpretation(metrics, trajectories))
+    return runs, samples
 
 
 def interpretation(metrics: Mapping[str, Any], trajectories: Mapping[str, Trajectory]) -> str:

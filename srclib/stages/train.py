@@ -5,6 +5,11 @@ converts the SmolLM2 GGUF when data/raw holds one, and writes models/<key>/ (ato
 metrics/train/<key>.json for the trained tiny models (deterministic: the loss curve, perplexities
 and samples, no clock values), metrics/train/loss_curves.csv (DVC plot: model, step, loss) and
 timing/train/<key>.json (wall/CPU seconds, outside the DVC outputs).
+
+All or nothing: the model folders, metrics files and loss curves are built beside their targets
+and swapped in together once every model is trained (srclib.files.atomic_outputs), so a failure
+while training tiny-dlm or converting the GGUF leaves every previous output as it was. The
+corpus files and the GGUF are checked against data/raw's manifest before use.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 
 from srclib import paths
 from srclib.data.corpus import read_texts
-from srclib.files import write_json, write_text
+from srclib.data.manifest import check_raw_file
+from srclib.files import Outputs, atomic_outputs, write_json, write_text
 from srclib.params import TrainParams, as_dict
 from srclib.provenance import provenance
 from srclib.train import smollm2
@@ -53,17 +59,20 @@ def split_timing(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return det, {k: v for k, v in metrics.items() if k in TIMING_KEYS}
 
 
-def _train(cfg: TrainParams, root: Path) -> dict[str, dict[str, Any]]:
+def _train(cfg: TrainParams, root: Path, out: Outputs) -> dict[str, dict[str, Any]]:
+    """Train (and convert) every model into the staged folders of ``out``."""
     train_texts = read_texts(paths.corpus_file("train", root))
     val_texts = read_texts(paths.corpus_file("validation", root))
     gguf = next(iter(sorted(paths.gguf_dir(root).glob("*.gguf"))), None)
+    if gguf is not None:
+        check_raw_file(gguf)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        metrics = train_twins(cfg, train_texts, val_texts, {k: paths.model_dir(k, root=root) for k in TWINS})
+        metrics = train_twins(cfg, train_texts, val_texts, {k: out.dir(paths.model_dir(k, root=root)) for k in TWINS})
         if gguf is not None:
             metrics[smollm2.KEY] = smollm2.convert_smollm2(
-                gguf, paths.model_dir(smollm2.KEY, root=root), val_texts, cfg.eval_windows, cfg.seq_len)
+                gguf, out.dir(paths.model_dir(smollm2.KEY, root=root)), val_texts, cfg.eval_windows, cfg.seq_len)
         return metrics
     finally:
         torch.set_num_threads(old_threads)
@@ -72,26 +81,29 @@ def _train(cfg: TrainParams, root: Path) -> dict[str, dict[str, Any]]:
 def run(cfg: TrainParams, root: Path | None = None) -> TrainResult:
     """Train and write everything the stage outputs (module docstring); return what to show."""
     root = Path(root) if root is not None else paths.ROOT
-    metrics = _train(cfg, root)
     timing: dict[str, dict[str, Any]] = {}
     rows, samples = [], []
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["model", "step", "loss"])
-    for key, m in metrics.items():
-        det, timing[key] = split_timing(m)
-        write_json(paths.train_timing(key, root), timing[key])
-        if key == smollm2.KEY:  # converted, not trained: its perplexity is shown, not tracked
-            rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "n_params": m["n_params"]})
-            continue
-        write_json(paths.train_metrics(key, root), {**det, "provenance": provenance(params={"train": as_dict(cfg)})})
-        for step, loss in enumerate(m["loss"], start=1):
-            writer.writerow([key, step, f"{loss:.6g}"])
-        rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "unigram_ppl": m["unigram_ppl"],
-                     "ppl_over_unigram": m["ppl_over_unigram"], "distinct_2": m["distinct_2"],
-                     "n_params": m["n_params"], **timing[key]})
-        samples.extend({"model": key, **s} for s in m["samples"])
-    write_text(paths.train_curves(root), buf.getvalue())
+    with atomic_outputs() as out:
+        metrics = _train(cfg, root, out)
+        for key, m in metrics.items():
+            det, timing[key] = split_timing(m)
+            if key == smollm2.KEY:  # converted, not trained: its perplexity is shown, not tracked
+                rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "n_params": m["n_params"]})
+                continue
+            write_json(out.file(paths.train_metrics(key, root)),
+                       {**det, "provenance": provenance(params={"train": as_dict(cfg)})})
+            for step, loss in enumerate(m["loss"], start=1):
+                writer.writerow([key, step, f"{loss:.6g}"])
+            rows.append({"model": key, "ppl": m["ppl"], "ppl_kind": m["ppl_kind"], "unigram_ppl": m["unigram_ppl"],
+                         "ppl_over_unigram": m["ppl_over_unigram"], "distinct_2": m["distinct_2"],
+                         "n_params": m["n_params"], **timing[key]})
+            samples.extend({"model": key, **s} for s in m["samples"])
+        write_text(out.file(paths.train_curves(root)), buf.getvalue())
+    for key, t in timing.items():  # clocks: outside the DVC outputs, written once those are in place
+        write_json(paths.train_timing(key, root), t)
     return TrainResult(metrics=metrics, table=pd.DataFrame(rows).set_index("model"),
                        curves=pd.read_csv(io.StringIO(buf.getvalue())), samples=pd.DataFrame(samples),
                        timing=timing,

@@ -4,6 +4,11 @@ Reads every ``trajectories/<run>.safetensors`` (sorted by run name), computes th
 srclib.trajectories.stats with the sink rule of ``cfg``, writes ``sinks/<run>.json`` (the full
 nested statistics, incl. stable sinks, for the prune stage) and ``metrics/variance.json`` (the
 primary variant's global numbers per run, DVC metrics).
+
+All or nothing: every trajectory is read and its statistics computed before anything is written;
+then ``sinks/`` (exactly one file per run read) and the metrics file are built beside their
+targets and swapped in together (srclib.files.atomic_outputs). A corrupt trajectory file stops
+the stage naming the file, with ``sinks/`` and the metrics untouched.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from srclib import paths
-from srclib.files import write_json
+from srclib.files import atomic_outputs, write_json
 from srclib.params import VarianceParams, as_dict
 from srclib.provenance import provenance
 from srclib.trajectories.stats import sink_statistics, statistics_table
-from srclib.trajectories.store import PRIMARY_VARIANT, load_trajectory
+from srclib.trajectories.store import PRIMARY_VARIANT, check_trajectory_file, load_trajectory
 
 __all__ = ["VarianceResult", "run"]
 
@@ -48,16 +53,18 @@ class VarianceResult:
 
 def run(cfg: VarianceParams, root: Path | None = None) -> VarianceResult:
     """Sink statistics of every collected run; see the module docstring."""
+    runs = paths.trajectory_runs(root)
+    for path in runs.values():  # headers first: a corrupt file is named in milliseconds, not after the stats
+        check_trajectory_file(path)
     stats, plots, summary = {}, {}, {}
-    for name, path in paths.trajectory_runs(root).items():
-        traj = load_trajectory(path)
+    for name, path in runs.items():
+        traj = load_trajectory(path)  # raises naming the file, before anything is written
         st, arrays = sink_statistics(traj, cfg, with_arrays=True)
         primary = PRIMARY_VARIANT[traj.kind]
         plots[name] = {
             **arrays,
             "variance_per_layer": np.array([s["variance"] for s in st["variants"][primary]["layers"]]),
         }
-        write_json(paths.sink_stats(name, root), st)
         stats[name] = st
         g = st["variants"][primary]["global"]
         summary[name] = {k: v for k, v in g.items() if not isinstance(v, list)}
@@ -65,7 +72,12 @@ def run(cfg: VarianceParams, root: Path | None = None) -> VarianceResult:
     table = statistics_table(stats)
     main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if stats else table
     metrics = {"runs": summary, "provenance": provenance(params={"variance": as_dict(cfg)})}
-    write_json(paths.variance_metrics(root), metrics)
+    base = paths.ROOT if root is None else Path(root)
+    with atomic_outputs() as out:
+        sinks = out.dir(base / paths.SINKS)
+        for name, st in stats.items():
+            write_json(sinks / paths.sink_stats(name, base).name, st)
+        write_json(out.file(paths.variance_metrics(root)), metrics)
     return VarianceResult(stats=stats, table=table, main=main, plots=plots, metrics=metrics,
                           primary_variant=dict(PRIMARY_VARIANT), interpretation=interpretation(metrics, stats))
 

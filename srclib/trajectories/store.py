@@ -10,6 +10,9 @@ round trip.  (float32 is used instead if a deviation would overflow float16.)  T
 ``prompt_ids`` (B, P), ``final_ids`` (B, T); DLM: ``step_ids`` (S, B, T); AR: ``prefill_dev``
 (L, B, T), ``prefill_mean`` (L, B).  Metadata key ``srclib_trajectory`` (``META_KEY``): JSON with
 the model key, run name, kind, causal, shift, has_bos, bos/mask ids, random_init and the settings.
+``load_trajectory`` / ``check_trajectory_file`` (header only, cheap) refuse a file that is not
+one (truncated, overwritten, metadata or a tensor missing or misshapen) with
+``TrajectoryFileError`` naming it.
 
 AR full-prefix mass (``Trajectory.prefix_mass``): attention is causal, so earlier queries' rows
 never change and the full-prefix column mass after step tau equals the prefill mass (queries
@@ -33,6 +36,8 @@ __all__ = [
     "Trajectory",
     "save_trajectory",
     "load_trajectory",
+    "TrajectoryFileError",
+    "check_trajectory_file",
     "random_init_name",
     "META_KEY",
     "FORMAT_VERSION",
@@ -160,21 +165,92 @@ def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
     return path
 
 
-def load_trajectory(path: str | Path) -> Trajectory:
-    """Read a trajectory written by ``save_trajectory``."""
-    from safetensors import safe_open
+class TrajectoryFileError(ValueError):
+    """A trajectory file is unreadable or not what ``save_trajectory`` writes (named in the message)."""
 
-    path = Path(path)
+
+def _corrupt(path: Path, what: str) -> TrajectoryFileError:
+    return TrajectoryFileError(
+        f"corrupt trajectory file {path}: {what}; delete it and rerun the collect stage "
+        f"(dvc repro -f collect), or restore it (dvc checkout trajectories)")
+
+
+def _check_shapes(path: Path, shapes: dict[str, tuple[int, ...]], kind: str) -> None:
+    """Every tensor's shape agrees with ``mass_dev`` (S, L, B, T); else name the tensor."""
+    for key in ("mass_dev", "mass_mean", "valid_len", "prompt_ids", "final_ids"):
+        if key not in shapes:
+            raise _corrupt(path, f"tensor {key!r} is missing (has {sorted(shapes)})")
+    if len(shapes["mass_dev"]) != 4:
+        raise _corrupt(path, f"mass_dev must be (S, L, B, T), got shape {shapes['mass_dev']}")
+    S, L, B, T = shapes["mass_dev"]
+    want = {"mass_mean": (S, L, B), "valid_len": (S,), "final_ids": (B, T)}
+    if kind == "dlm":
+        want["step_ids"] = (S, B, T)
+    if "prefill_dev" in shapes:
+        want.update(prefill_dev=(L, B, T), prefill_mean=(L, B))
+    for key, shape in want.items():
+        if shapes.get(key) != shape:
+            raise _corrupt(path, f"tensor {key!r} has shape {shapes.get(key)}, expected {shape} from "
+                                 f"mass_dev {(S, L, B, T)}")
+    pr = shapes["prompt_ids"]
+    if len(pr) != 2 or pr[0] != B or not 0 < pr[1] <= T:
+        raise _corrupt(path, f"tensor 'prompt_ids' has shape {pr}, expected ({B}, P) with 0 < P <= {T}")
+
+
+def _meta(path: Path, md: dict[str, str] | None) -> dict[str, Any]:
+    md = md or {}
+    if META_KEY not in md:
+        raise TrajectoryFileError(f"{path} is not a srclib trajectory (no {META_KEY!r} metadata); "
+                                  f"delete it and rerun the collect stage (dvc repro -f collect)")
+    try:
+        meta = json.loads(md[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise _corrupt(path, f"metadata {META_KEY!r} is not JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("kind") not in PRIMARY_VARIANT:
+        kind = meta.get("kind") if isinstance(meta, dict) else meta
+        raise _corrupt(path, f"metadata {META_KEY!r} kind = {kind!r}, expected one of {sorted(PRIMARY_VARIANT)}")
+    return meta
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, {name: tensor}) or, without ``tensors``, (meta, {name: shape}) from the header alone."""
+    from safetensors import SafetensorError, safe_open
+
     if not path.is_file():
         raise FileNotFoundError(f"trajectory file not found: {path} (run the collect stage)")
-    with safe_open(str(path), framework="pt") as fh:
-        md = fh.metadata() or {}
-        if META_KEY not in md:
-            raise ValueError(f"{path} is not a srclib trajectory (no {META_KEY!r} metadata)")
-        meta = json.loads(md[META_KEY])
-        t = {k: fh.get_tensor(k) for k in fh.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = _meta(path, fh.metadata())
+            if tensors:
+                out = {k: fh.get_tensor(k) for k in fh.keys()}
+            else:
+                out = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except SafetensorError as exc:  # truncated, empty, overwritten: the header does not parse
+        raise _corrupt(path, f"not a readable safetensors file ({exc})") from exc
+    except (OSError, RuntimeError) as exc:
+        raise _corrupt(path, f"cannot read its tensors ({type(exc).__name__}: {exc})") from exc
+    shapes = {k: tuple(v.shape) for k, v in out.items()} if tensors else out
+    _check_shapes(path, shapes, meta["kind"])
+    return meta, out
+
+
+def check_trajectory_file(path: str | Path) -> None:
+    """Cheap check of a trajectory file (header only: metadata and tensor shapes; safetensors
+    also checks that the header covers the whole file, so a truncated file fails here). Raises
+    FileNotFoundError or TrajectoryFileError naming the file."""
+    _read(Path(path), tensors=False)
+
+
+def load_trajectory(path: str | Path) -> Trajectory:
+    """Read a trajectory written by ``save_trajectory``; a file that is not one (truncated,
+    overwritten, a tensor or the metadata missing or misshapen) raises TrajectoryFileError
+    naming it."""
+    path = Path(path)
+    meta, t = _read(path, tensors=True)
     S, L, B, T = t["mass_dev"].shape
     valid_len = t["valid_len"]
+    if valid_len.numel() and (int(valid_len.min()) < 1 or int(valid_len.max()) > T):
+        raise _corrupt(path, f"valid_len must lie in [1, {T}], got [{int(valid_len.min())}, {int(valid_len.max())}]")
     ex = (torch.arange(T)[None, :] < valid_len[:, None])[:, None, None, :].expand(S, L, B, T)
     mass = _decode(t["mass_dev"], t["mass_mean"], ex)
     prefill = None
