@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{'lin csr/dense':>14}{'lin share':>10}")
     print(header)
     for name, model, adapter in _models(args):
-        cfg = EfficiencyParams(instances=[name], token_shapes=[list(s) for s in args.shapes], repeats=args.repeats,
+        cfg = EfficiencyParams(instances=[name], token_shapes=[list(s) for s in args.shapes], model_token_shapes={},
+                               repeats=args.repeats,
                                warmup=args.warmup, threads=args.threads or torch.get_num_threads(),
                                clock=args.clock, memory_dtype=args.memory_dtype)
         rep = efficiency_report(model, adapter, cfg, device=args.device, seed=args.seed)

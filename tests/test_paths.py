@@ -48,7 +48,8 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
         "efficiency": [r(paths.report_html, "efficiency", "efficiency"), r(paths.efficiency_metrics)],
         "plot": [str(paths.TABLES), str(paths.FIGURES), r(paths.index_html), r(paths.report_html, "plot", "plot"),
                  str(paths.METRICS / "plots" / "accuracy_vs_sparsity.csv"),
-                 str(paths.METRICS / "plots" / "variance_per_layer.csv")],
+                 str(paths.METRICS / "plots" / "variance_per_layer.csv"),
+                 str(paths.METRICS / "plots" / "quality_vs_speedup.csv")],
     }
     for name in p.prune.instances:
         exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]

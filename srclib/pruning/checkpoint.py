@@ -26,7 +26,7 @@ from torch import nn
 from srclib import calibration as cal
 from srclib import devices, models, paths
 from srclib.attention import CHUNK_SIZE
-from srclib.files import atomic_dir, sha256_file, write_json, write_text
+from srclib.files import atomic_outputs, sha256_file, write_json, write_text
 from srclib.models.base import write_marker
 from srclib.params import PruneSpec
 from srclib.provenance import provenance
@@ -139,7 +139,8 @@ def run_prune(
     report = prune_model(net, adapter, spec, calibration if needs_data else None)
     table = report.table()
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_outputs() as out:  # checkpoint and metrics together, or neither
+        tmp = out.dir(out_dir)
         net.save_pretrained(tmp)
         write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance)
         if tok is not None:
@@ -148,27 +149,27 @@ def run_prune(
         write_text(tmp / SPARSITY_FILE, sparsity_csv(table))
         masks_sha = sha256_file(tmp / MASKS_FILE)
 
-    n_total = sum(int(m.numel()) for m in report.masks.values())
-    n_pruned = sum(int(m.sum()) for m in report.masks.values())
-    metrics = {
-        "instance": instance,
-        "model": adapter.key,
-        "spec": spec.to_dict(),
-        "calibration": calib_info,
-        "inputs": report.inputs,
-        "n_passes": report.n_passes,
-        "n_tokens": report.n_tokens,
-        "target_sparsity": float(spec.sparsity),
-        "overall_sparsity": float(report.overall),
-        "n_prunable": n_total,
-        "n_pruned": n_pruned,
-        "block_sparsity": report.block_sparsity,
-        "outlier_ratios": report.outlier_ratios,
-        "layer_sparsity": {k: float(v) for k, v in sorted(report.sparsity.items())},
-        "masks_sha256": masks_sha,
-        "provenance": provenance(model_source=source),
-    }
-    write_json(metrics_path, metrics)
+        n_total = sum(int(m.numel()) for m in report.masks.values())
+        n_pruned = sum(int(m.sum()) for m in report.masks.values())
+        metrics = {
+            "instance": instance,
+            "model": adapter.key,
+            "spec": spec.to_dict(),
+            "calibration": calib_info,
+            "inputs": report.inputs,
+            "n_passes": report.n_passes,
+            "n_tokens": report.n_tokens,
+            "target_sparsity": float(spec.sparsity),
+            "overall_sparsity": float(report.overall),
+            "n_prunable": n_total,
+            "n_pruned": n_pruned,
+            "block_sparsity": report.block_sparsity,
+            "outlier_ratios": report.outlier_ratios,
+            "layer_sparsity": {k: float(v) for k, v in sorted(report.sparsity.items())},
+            "masks_sha256": masks_sha,
+            "provenance": provenance(model_source=source),
+        }
+        write_json(out.file(metrics_path), metrics)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory, "model_bytes": int(model_bytes),
               "instance": instance}
@@ -211,7 +212,8 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
 
     report = prune_structured(net, adapter, spec, calibration)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_outputs() as out:  # checkpoint and metrics together, or neither
+        tmp = out.dir(out_dir)
         net.save_pretrained(tmp)
         write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance, structure=report.record)
         if tok is not None:
@@ -219,39 +221,39 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
         st.save_structure(tmp, report.structure)
         write_text(tmp / STRUCTURE_TABLE, structure_csv(report.blocks))
         structure_sha = sha256_file(tmp / st.STRUCTURE_FILE)
-    layers = _layer_shares(adapter, report)
-    metrics = {
-        "instance": instance,
-        "model": adapter.key,
-        "spec": spec.to_dict(),
-        "calibration": calib_info,
-        "inputs": report.inputs,
-        "n_passes": report.n_passes,
-        "n_tokens": report.n_tokens,
-        "target_sparsity": float(spec.sparsity),
-        "overall_sparsity": float(report.achieved),
-        "n_prunable": report.total_params,
-        "n_pruned": report.removed_params,
-        "block_sparsity": [float(b["removed_share"]) for b in report.blocks],
-        "outlier_ratios": None,
-        "layer_sparsity": layers,
-        "structured": {
-            "structure": spec.structure,
-            "form": report.record["form"],
-            "bias_compensation": bool(spec.compensate),
-            "target_ratio": float(spec.sparsity),
-            "achieved_ratio": float(report.achieved),
-            "removed_params": report.removed_params,
-            "total_params": report.total_params,
-            "layout": {"n_heads": report.layout.n_heads, "n_kv_heads": report.layout.n_kv_heads,
-                       "head_dim": report.layout.head_dim},
-            "blocks": report.blocks,
-            "record": report.record,
-        },
-        "structure_sha256": structure_sha,
-        "provenance": provenance(model_source=source),
-    }
-    write_json(metrics_path, metrics)
+        layers = _layer_shares(adapter, report)
+        metrics = {
+            "instance": instance,
+            "model": adapter.key,
+            "spec": spec.to_dict(),
+            "calibration": calib_info,
+            "inputs": report.inputs,
+            "n_passes": report.n_passes,
+            "n_tokens": report.n_tokens,
+            "target_sparsity": float(spec.sparsity),
+            "overall_sparsity": float(report.achieved),
+            "n_prunable": report.total_params,
+            "n_pruned": report.removed_params,
+            "block_sparsity": [float(b["removed_share"]) for b in report.blocks],
+            "outlier_ratios": None,
+            "layer_sparsity": layers,
+            "structured": {
+                "structure": spec.structure,
+                "form": report.record["form"],
+                "bias_compensation": bool(spec.compensate),
+                "target_ratio": float(spec.sparsity),
+                "achieved_ratio": float(report.achieved),
+                "removed_params": report.removed_params,
+                "total_params": report.total_params,
+                "layout": {"n_heads": report.layout.n_heads, "n_kv_heads": report.layout.n_kv_heads,
+                           "head_dim": report.layout.head_dim},
+                "blocks": report.blocks,
+                "record": report.record,
+            },
+            "structure_sha256": structure_sha,
+            "provenance": provenance(model_source=source),
+        }
+        write_json(out.file(metrics_path), metrics)
     model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
     timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory,
               "model_bytes": int(model_bytes), "instance": instance}

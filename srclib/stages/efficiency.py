@@ -34,7 +34,8 @@ from srclib.efficiency.timing import efficiency_report
 from srclib.files import write_json
 from srclib.models import load
 from srclib.models.base import read_marker
-from srclib.params import EfficiencyParams
+from srclib.params import EfficiencyParams, as_dict
+from srclib.provenance import provenance
 
 __all__ = ["EfficiencyResult", "run"]
 
@@ -82,7 +83,7 @@ def run(cfg: EfficiencyParams, root: Path | None = None) -> EfficiencyResult:
         reports[name] = rep
         rows.extend(report_rows(name, rep))
         del model
-    metrics = {"instances": reports}
+    metrics = {"instances": reports, "provenance": provenance(params={"efficiency": as_dict(cfg)})}
     write_json(paths.efficiency_metrics(root), metrics)
     return EfficiencyResult(table=pd.DataFrame(rows), metrics=metrics, interpretation=interpretation(metrics))
 

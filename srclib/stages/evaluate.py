@@ -42,10 +42,13 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     ``cfg.ppl`` is None) and ``provenance`` (git commit, package versions, checkpoint sha256,
     params, lm-eval task versions).
     """
+    from srclib.data.manifest import check_raw_file
     from srclib.models import load
 
     root = Path(root) if root is not None else paths.ROOT
     data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
+    if cfg.ppl is not None:  # a tampered validation corpus is refused before minutes of lm-eval, not after
+        check_raw_file(corpus)
     torch.manual_seed(cfg.seed)
     device = devices.resolve(model.device)
     lm_model, tok, adapter = load(str(source), dtype=model.dtype, device=device)
