@@ -229,7 +229,7 @@ def test_tiny_config_from_arch_and_the_study_config():
     # max_len bounds the inputs: training windows, greedy samples and params' max_len
     assert max_len(cfg) == 64 and max_len(_cfg(max_len=8, seq_len=8)) == 12  # prompt 4 + gen 8 wins
     assert max_len(_cfg(max_len=8, seq_len=8, sample_prompt_tokens=30)) == 38
-    assert study_config(_cfg(max_len=8), causal=True, shift=False).max_position_embeddings == 32
+    assert study_config(_cfg(max_len=8, seq_len=8), causal=True, shift=False).max_position_embeddings == 12
 
 
 def test_the_repository_study_config_is_the_trained_models_size():
