@@ -109,9 +109,9 @@ DUPLICATES = [
     ("quoted and plain spelling of one key", "  seed: 0\n  threads: 2\n", "  seed: 0\n  threads: 2\n  'threads': 3\n",
      "train.threads", "lines 15 and 16"),
     ("key inside a flow mapping",
-     "{model: tiny-dlm, method: magnitude, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0}",
-     "{model: tiny-dlm, method: magnitude, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0, sparsity: 0.5}",
-     "prune.instances.dlm-magnitude-uniform-30-s0.sparsity", "columns"),
+     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0}",
+     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0, sparsity: 0.5}",
+     "prune.instances.dlm-wanda-uniform-30-s0.sparsity", "columns"),
     ("instance defined twice (sink, then uniform)",
      "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n",
      "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n"
@@ -167,7 +167,7 @@ def test_train_seq_len_above_max_len(tmp_path):
 
 
 def test_empty_prune_instances_named_directly(tmp_path):
-    start = REPO_PARAMS.index("  instances:                 # one DVC")
+    start = REPO_PARAMS.index("\n  instances:") + 1
     end = REPO_PARAMS.index("\nevaluate:")
     f = write_params(tmp_path, REPO_PARAMS[:start] + "  instances: {}\n" + REPO_PARAMS[end:])
     with pytest.raises(ParamsError) as err:
