@@ -294,6 +294,12 @@ def test_tradeoff_series_values(setup, tmp_path):
         series.tradeoff_series(df, _eff_rows(), params, shape="8x192")
     back = pd.read_csv(series.write_series(s, tmp_path / "t.csv"))
     assert list(back.columns) == list(s.columns) and np.allclose(back["measured_speedup"], s["measured_speedup"])
+    # an instance timed at the small shape only (efficiency.model_token_shapes) keeps its point by default
+    rows = _eff_rows()
+    rows = rows[~((rows["instance"] == "dlm-flap-sink-30-adapt-s0") & (rows["shape"] == "16x192"))]
+    per = series.tradeoff_series(df, rows, params).set_index("instance")
+    assert per.loc["dlm-flap-sink-30-adapt-s0", "measured_speedup"] == pytest.approx(1.05)  # its 1x192 value
+    assert per.loc["dlm-flap-uniform-30-adapt-s0", "measured_speedup"] == pytest.approx(1.25)  # still 16x192
 
 
 def _offsets(ax, gid):

@@ -123,7 +123,8 @@ def tradeoff_series(df: pd.DataFrame, eff_rows: pd.DataFrame, params, shape: str
     df: load_results output; eff_rows: srclib.report.loaders.efficiency_rows (columns instance,
     shape, format, step_sparse_over_dense, and measured_speedup / ideal_speedup for structured
     instances); params: unused but for symmetry with the tables (kept for the stage's call);
-    shape: the token shape key "BxT" to read; default the one with the largest B * T.
+    shape: the token shape key "BxT" to read; default, per instance, the largest B * T it was
+    measured at (efficiency.model_token_shapes may time a large model at fewer tokens).
     measured_speedup: dense time / pruned time of a full denoising step (structured: the compact
     model's ``measured``; unstructured and N:M: 1 / the CSR step-time ratio); ideal_speedup: the
     FLOP-proportional speedup of a structured instance, NaN otherwise. ppl: the instance's
@@ -134,10 +135,13 @@ def tradeoff_series(df: pd.DataFrame, eff_rows: pd.DataFrame, params, shape: str
         raise ValueError("no efficiency rows (no instances in metrics/efficiency.json)")
     shapes = sorted(set(eff_rows["shape"]), key=lambda k: (_shape_tokens(k), str(k)))
     if shape is None:
-        shape = shapes[-1]
+        largest = {name: max(g["shape"], key=lambda k: (_shape_tokens(k), str(k)))
+                   for name, g in eff_rows.groupby("instance", sort=True)}
+        at = eff_rows[[largest[n] == k for n, k in zip(eff_rows["instance"], eff_rows["shape"])]]
     elif shape not in shapes:
         raise ValueError(f"shape must be one of the measured token shapes {shapes}, got {shape!r}")
-    at = eff_rows[eff_rows["shape"] == shape]
+    else:
+        at = eff_rows[eff_rows["shape"] == shape]
     vals = instance_values(df)
     score = {(r.instance, r.column): float(r.value) for r in vals.itertuples()}
     configs = vals.drop_duplicates("instance").set_index("instance")
