@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,9 @@ from torch import nn
 
 from srclib.attention import record_mass
 from srclib.models import MODELS, get_adapter, load
-from srclib.models.base import write_marker
 from srclib.models.dream import dream_attention_inputs
+
+from standins import save_standin  # tests/ is on sys.path
 
 ROLES = {"q", "k", "v", "o", "gate", "up", "down"}
 KEYS = sorted(MODELS)
@@ -27,26 +27,6 @@ def _ids(model, B=2, T=7, seed=0):
     return torch.randint(3, min(_vocab(model), 60), (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def save_standin(adapter, model, folder: Path) -> Path:
-    """Save a stand-in as the real checkpoint would be laid out: remote-code entries get a
-    modeling file and an ``auto_map`` (loaded with trust_remote_code, fully offline)."""
-    model.save_pretrained(folder, safe_serialization=True)
-    if adapter.trust_remote_code:
-        cls, cfg_cls = type(model), type(model.config)
-        # subclasses, so that transformers' auto-class registration never touches the real classes
-        (folder / "modeling_standin.py").write_text(
-            f"from {cls.__module__} import {cls.__name__} as _Model\n"
-            f"from {cfg_cls.__module__} import {cfg_cls.__name__} as _Config\n\n\n"
-            "class StandInConfig(_Config):\n    pass\n\n\n"
-            "class StandInModel(_Model):\n    config_class = StandInConfig\n"
-        )
-        cfg_path = folder / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["auto_map"] = {"AutoConfig": "modeling_standin.StandInConfig",
-                           adapter.auto_class: "modeling_standin.StandInModel"}
-        cfg_path.write_text(json.dumps(cfg))
-    write_marker(folder, adapter.key, standin=True)
-    return folder
 
 
 # ---- contract: every registry entry ----------------------------------------------------------

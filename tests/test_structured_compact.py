@@ -28,6 +28,8 @@ from srclib.models.structure import (
     load_structure, save_structure, structure_record,
 )
 
+from standins import save_standin  # tests/ is on sys.path
+
 # name -> (registry key, adapter, stand-in builder, expected (n_heads, n_kv, head_dim))
 LLAMA93 = dataclasses.replace(MODELS["smollm2-135m"], standin_config=dict(
     vocab_size=64, hidden_size=72, intermediate_size=40, num_hidden_layers=2, num_attention_heads=9,
@@ -87,23 +89,9 @@ def _n_params(model: nn.Module) -> int:
 
 
 def _save(adapter, key: str, model, structure: Structure, layout: HeadLayout, form: str, folder: Path) -> Path:
-    """As a pruning stage would: save_pretrained, marker with the structure record, the structure
-    file; remote-code entries also get a modeling file and auto_map (as tests/test_models.py)."""
-    model.save_pretrained(folder, safe_serialization=True)
-    if adapter.trust_remote_code:
-        cls, cfg_cls = type(model), type(model.config)
-        (folder / "modeling_standin.py").write_text(
-            f"from {cls.__module__} import {cls.__name__} as _Model\n"
-            f"from {cfg_cls.__module__} import {cfg_cls.__name__} as _Config\n\n\n"
-            "class StandInConfig(_Config):\n    pass\n\n\n"
-            "class StandInModel(_Model):\n    config_class = StandInConfig\n"
-        )
-        cfg_path = folder / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["auto_map"] = {"AutoConfig": "modeling_standin.StandInConfig",
-                           adapter.auto_class: "modeling_standin.StandInModel"}
-        cfg_path.write_text(json.dumps(cfg))
-    write_marker(folder, key=key, structure=structure_record(structure, layout, form))
+    """As a pruning stage would: the stand-in checkpoint (tests/standins.py) with the structure
+    record in its marker, and the structure file."""
+    save_standin(adapter, model, folder, key=key, structure=structure_record(structure, layout, form))
     save_structure(folder, structure)
     return folder
 
