@@ -151,33 +151,50 @@ def run_prune(
 
         n_total = sum(int(m.numel()) for m in report.masks.values())
         n_pruned = sum(int(m.sum()) for m in report.masks.values())
-        metrics = {
-            "instance": instance,
-            "model": adapter.key,
-            "spec": spec.to_dict(),
-            "calibration": calib_info,
-            "inputs": report.inputs,
-            "n_passes": report.n_passes,
-            "n_tokens": report.n_tokens,
-            "target_sparsity": float(spec.sparsity),
-            "overall_sparsity": float(report.overall),
-            "n_prunable": n_total,
-            "n_pruned": n_pruned,
-            "block_sparsity": report.block_sparsity,
-            "outlier_ratios": report.outlier_ratios,
-            "layer_sparsity": {k: float(v) for k, v in sorted(report.sparsity.items())},
-            "masks_sha256": masks_sha,
-            "provenance": provenance(model_source=source),
-        }
+        metrics = _metrics(
+            instance, adapter, spec, calib_info, report, source, overall=report.overall, n_prunable=n_total,
+            n_pruned=n_pruned, block_sparsity=report.block_sparsity, outlier_ratios=report.outlier_ratios,
+            layer_sparsity={k: float(v) for k, v in sorted(report.sparsity.items())}, masks_sha256=masks_sha)
         write_json(out.file(metrics_path), metrics)
-    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory, "model_bytes": int(model_bytes),
-              "instance": instance}
-    if timing_path is not None:
-        write_json(timing_path, timing)
+    timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
              spec.pattern, report.overall, out_dir)
     return PruneRun(metrics=metrics, timing=timing, table=table, report=report)
+
+
+def _metrics(instance, adapter, spec: PruneSpec, calib_info: dict[str, Any], report: PruneReport | StructuredReport,
+             source: str, *, overall: float, n_prunable: int, n_pruned: int, block_sparsity: list[float],
+             outlier_ratios: list[float] | None, layer_sparsity: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """The prune metrics both kinds of run write (deterministic: no clock values); ``extra`` adds the
+    run kind's own keys (masks or structure hash, the structured record)."""
+    return {
+        "instance": instance,
+        "model": adapter.key,
+        "spec": spec.to_dict(),
+        "calibration": calib_info,
+        "inputs": report.inputs,
+        "n_passes": report.n_passes,
+        "n_tokens": report.n_tokens,
+        "target_sparsity": float(spec.sparsity),
+        "overall_sparsity": float(overall),
+        "n_prunable": n_prunable,
+        "n_pruned": n_pruned,
+        "block_sparsity": block_sparsity,
+        "outlier_ratios": outlier_ratios,
+        "layer_sparsity": layer_sparsity,
+        **extra,
+        "provenance": provenance(model_source=source),
+    }
+
+
+def _timing(net: nn.Module, report: PruneReport | StructuredReport, instance, timing_path) -> dict[str, Any]:
+    """Seconds per phase, peak memory and model bytes (not a DVC output); written when a path is given."""
+    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory,
+              "model_bytes": int(model_bytes), "instance": instance}
+    if timing_path is not None:
+        write_json(timing_path, timing)
+    return timing
 
 
 STRUCTURE_TABLE = "structure.csv"
@@ -222,22 +239,11 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
         write_text(tmp / STRUCTURE_TABLE, structure_csv(report.blocks))
         structure_sha = sha256_file(tmp / st.STRUCTURE_FILE)
         layers = _layer_shares(adapter, report)
-        metrics = {
-            "instance": instance,
-            "model": adapter.key,
-            "spec": spec.to_dict(),
-            "calibration": calib_info,
-            "inputs": report.inputs,
-            "n_passes": report.n_passes,
-            "n_tokens": report.n_tokens,
-            "target_sparsity": float(spec.sparsity),
-            "overall_sparsity": float(report.achieved),
-            "n_prunable": report.total_params,
-            "n_pruned": report.removed_params,
-            "block_sparsity": [float(b["removed_share"]) for b in report.blocks],
-            "outlier_ratios": None,
-            "layer_sparsity": layers,
-            "structured": {
+        metrics = _metrics(
+            instance, adapter, spec, calib_info, report, source, overall=report.achieved,
+            n_prunable=report.total_params, n_pruned=report.removed_params,
+            block_sparsity=[float(b["removed_share"]) for b in report.blocks], outlier_ratios=None,
+            layer_sparsity=layers, structure_sha256=structure_sha, structured={
                 "structure": spec.structure,
                 "form": report.record["form"],
                 "bias_compensation": bool(spec.compensate),
@@ -249,16 +255,9 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
                            "head_dim": report.layout.head_dim},
                 "blocks": report.blocks,
                 "record": report.record,
-            },
-            "structure_sha256": structure_sha,
-            "provenance": provenance(model_source=source),
-        }
+            })
         write_json(out.file(metrics_path), metrics)
-    model_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    timing = {"seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "memory": report.memory,
-              "model_bytes": int(model_bytes), "instance": instance}
-    if timing_path is not None:
-        write_json(timing_path, timing)
+    timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s structurally (%s/%s, %s, removed %.4f of block linear params) -> %s", adapter.key,
              spec.method, spec.weighting, spec.structure, report.achieved, out_dir)
     return PruneRun(metrics=metrics, timing=timing, table=report.table(), report=report)
