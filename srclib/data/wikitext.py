@@ -15,21 +15,25 @@ from srclib.data.corpus import jsonl_line
 from srclib.data.errors import DataError
 from srclib.files import write_text
 
-__all__ = ["WIKITEXT2", "SPLITS", "export_wikitext2"]
+__all__ = ["WIKITEXT2", "SPLITS", "JOINS", "export_wikitext2"]
 
 log = logging.getLogger(__name__)
 
 WIKITEXT2 = ("wikitext", "wikitext-2-raw-v1")  # the released Wanda/SparseGPT calibration source
 SPLITS = ("train", "validation", "test")
+# how the released lib/data.py joins a split's lines: " " for the calibration (train) text, "\n\n" for test
+JOINS = {"train": " ", "validation": "\n\n", "test": "\n\n"}
 
 
 def export_wikitext2(out: str | os.PathLike, split: str = "train", loader: Callable | None = None) -> Path:
     """Write WikiText-2 (raw) ``split`` as a calibration corpus for ``prune.calibration.corpus``.
 
-    The released code tokenizes ``"\n\n".join(dataset["text"])`` and samples windows from it; this
-    writes that joined string as ONE ``{"source", "text"}`` line, so that
-    :func:`srclib.calibration.tokenize_texts` (which joins passages with a space) sees exactly
-    the released string. ``loader`` defaults to ``datasets.load_dataset`` (network or HF cache).
+    The released loader (lib/data.py ``get_wikitext2``) tokenizes ``" ".join(train["text"])`` for
+    the calibration windows and ``"\n\n".join(test["text"])`` for its test perplexity; this joins
+    the lines the same way (``JOINS``: train with a space, validation / test with a blank line) and
+    writes the joined string as ONE ``{"source", "text"}`` line, so that
+    :func:`srclib.calibration.tokenize_texts` tokenizes exactly the released string.
+    ``loader`` defaults to ``datasets.load_dataset`` (network or HF cache).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -39,7 +43,7 @@ def export_wikitext2(out: str | os.PathLike, split: str = "train", loader: Calla
     texts = list(ds["text"])
     if not texts or not any(t.strip() for t in texts):
         raise DataError(f"WikiText-2 {split} split is empty")
-    row = {"source": f"{WIKITEXT2[0]}/{WIKITEXT2[1]}/{split}", "text": "\n\n".join(texts)}
+    row = {"source": f"{WIKITEXT2[0]}/{WIKITEXT2[1]}/{split}", "text": JOINS[split].join(texts)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, jsonl_line(row))
