@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from srclib.paths import check_fork_write  # a forked notebook never writes over a stage's outputs
+
 def _umask_mode(base: int) -> int:
     """``base`` (0o666 files, 0o777 folders) less the process umask, as open()/mkdir() would give."""
     mask = os.umask(0)
@@ -23,13 +25,14 @@ def _umask_mode(base: int) -> int:
 
 
 __all__ = ["atomic_path", "atomic_dir", "atomic_outputs", "Outputs", "write_json", "read_json", "write_text",
-           "sha256_file"]
+           "sha256_file", "sha256_folder"]
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
+    check_fork_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
@@ -47,6 +50,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
     path = Path(path)
+    check_fork_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700
@@ -74,6 +78,7 @@ class Outputs:
         self._staged: list[tuple[Path, Path, bool]] = []  # (target, temporary path, is a folder)
 
     def _check_new(self, target: Path) -> None:
+        check_fork_write(target)
         for old, _, _ in self._staged:
             if old == target or old in target.parents or target in old.parents:
                 raise ValueError(f"output {target} overlaps output {old} already staged in this run")
@@ -197,4 +202,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def sha256_folder(folder: str | os.PathLike) -> str:
+    """sha256 of a folder's files: for every file below it, in the order of their sorted relative
+    POSIX paths, the line ``<relative path>\0<sha256 of its bytes>\n``, hashed together. Names and
+    contents count, the folder's own location and the files' times do not."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder: {folder}")
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for rel, p in files:
+        h.update(f"{rel}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()

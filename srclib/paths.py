@@ -8,6 +8,7 @@ optional ``root`` so tests can build a tree in a temporary folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 ROOT = Path(os.environ.get("SRCLIB_ROOT", Path(__file__).resolve().parents[1]))
@@ -49,8 +50,64 @@ STAGE_NOTEBOOKS = {
 }
 
 
+# ---- forked notebooks ------------------------------------------------------------------------
+FORKS = Path("forks")  # forks/<name>/<a stage output's path>: what a forked notebook writes (git-ignored)
+FORK_ENV = "SRCLIB_FORK"  # set by srclib.run for a fork's kernel: the fork's name
+FORK_STAGE_ENV = "SRCLIB_FORK_STAGE"  # ... and its base stage (the srclib.stages module it imports)
+FORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# stage -> every path (file or folder) its run writes besides its HTML report (written by srclib.run):
+# dvc.yaml's outs of the stage (tests/test_forks.py checks the two agree) and the git-ignored timing.
+# Inside a fork's kernel these paths, and everything below them, resolve under forks/<name>/ (``_r``).
+STAGE_OUTPUTS = {
+    "train": (MODELS, METRICS / "train", TIMING / "train"),
+    "collect": (TRAJECTORIES, METRICS / "collect"),
+    "variance": (SINKS, METRICS / "variance.json"),
+    "prune": (PRUNED, METRICS / "prune", TIMING / "prune"),
+    "evaluate": (METRICS / "evaluate",),
+    "efficiency": (METRICS / "efficiency.json",),
+    "plot": (TABLES, FIGURES, INDEX, METRICS / "plots"),
+}
+
+
+def active_fork() -> tuple[str, str] | None:
+    """(fork name, base stage) when this process runs a forked notebook (``SRCLIB_FORK`` and
+    ``SRCLIB_FORK_STAGE``, set by srclib.run for the kernel), else None."""
+    name = os.environ.get(FORK_ENV)
+    if not name:
+        return None
+    stage = os.environ.get(FORK_STAGE_ENV, "")
+    if stage not in STAGE_OUTPUTS:
+        raise ValueError(f"{FORK_ENV}={name!r} needs {FORK_STAGE_ENV} = one of {list(STAGE_OUTPUTS)}, got {stage!r}")
+    if not FORK_NAME.match(name):
+        raise ValueError(f"{FORK_ENV}={name!r}: a fork name is letters, digits, '_', '.', '-' (not first)")
+    return name, stage
+
+
+def _under(rel: Path, prefixes) -> bool:
+    return any(rel == p or p in rel.parents for p in prefixes)
+
+
 def _r(rel: Path, root: Path | None) -> Path:
-    return (Path(root) if root is not None else ROOT) / rel
+    base = Path(root) if root is not None else ROOT
+    fork = active_fork()
+    if fork is not None and _under(Path(rel), STAGE_OUTPUTS[fork[1]]):  # a fork writes under its own name
+        return base / FORKS / fork[0] / rel
+    return base / rel
+
+
+def check_fork_write(path: str | os.PathLike) -> None:
+    """Inside a fork's kernel, refuse a write to a tracked output of its base stage (a path spelled
+    without srclib.paths, which would otherwise overwrite the stage's outputs). srclib.files calls it."""
+    fork = active_fork()
+    if fork is None:
+        return
+    p = Path(os.path.abspath(path))
+    for out in STAGE_OUTPUTS[fork[1]]:
+        if p == ROOT / out or ROOT / out in p.parents:
+            raise RuntimeError(
+                f"fork {fork[0]!r} would write {rel(p)}, an output of stage {fork[1]!r}: forks write under "
+                f"{(FORKS / fork[0]).as_posix()}/ (spell the path with a srclib.paths function)")
 
 
 def rel(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
@@ -113,6 +170,11 @@ def collect_metrics(root: Path | None = None) -> Path:
     return _r(METRICS / "collect.json", root)
 
 
+def sinks_dir(root: Path | None = None) -> Path:
+    """sinks/: the variance stage's folder of per-run statistics."""
+    return _r(SINKS, root)
+
+
 def sink_stats(model: str, root: Path | None = None) -> Path:
     return _r(SINKS / f"{model}.json", root)
 
@@ -155,9 +217,35 @@ def efficiency_metrics(root: Path | None = None) -> Path:
 
 
 def notebook(stage: str, root: Path | None = None) -> Path:
+    """A stage's notebook, or a forked notebook's (notebooks/<name>.ipynb, ``fork_notebooks``)."""
     if stage not in STAGE_NOTEBOOKS:
-        raise ValueError(f"stage must be one of {tuple(STAGE_NOTEBOOKS)}, got {stage!r}")
+        forks = fork_notebooks(root)
+        if stage in forks:
+            return forks[stage]
+        raise ValueError(f"stage must be one of {tuple(STAGE_NOTEBOOKS)} (or a forked notebook: "
+                         f"{tuple(forks)}), got {stage!r}")
     return _r(NOTEBOOKS / STAGE_NOTEBOOKS[stage], root)
+
+
+def fork_notebooks(root: Path | None = None) -> dict[str, Path]:
+    """Forked notebooks by name: every notebooks/<name>.ipynb that is not a stage's notebook."""
+    stage_files = set(STAGE_NOTEBOOKS.values())
+    folder = _r(NOTEBOOKS, root)
+    return {p.stem: p for p in sorted(folder.glob("*.ipynb")) if p.name not in stage_files}
+
+
+def fork_dir(name: str, root: Path | None = None) -> Path:
+    """forks/<name>/: a forked notebook's outputs, each at its base stage's output path below it."""
+    return _r(FORKS / name, root)
+
+
+def fork_html(name: str, root: Path | None = None) -> Path:
+    """A forked notebook's rendered report: reports/html/forks/<name>.html (beside the stages')."""
+    return _r(HTML / "forks" / f"{name}.html", root)
+
+
+def fork_html_dir(root: Path | None = None) -> Path:
+    return _r(HTML / "forks", root)
 
 
 def report_html(stage: str, name: str, root: Path | None = None) -> Path:

@@ -74,7 +74,7 @@ def run(cfg: VarianceParams, root: Path | None = None) -> VarianceResult:
     metrics = {"runs": summary, "provenance": provenance(params={"variance": as_dict(cfg)})}
     base = paths.ROOT if root is None else Path(root)
     with atomic_outputs() as out:
-        sinks = out.dir(base / paths.SINKS)
+        sinks = out.dir(paths.sinks_dir(root))
         for name, st in stats.items():
             write_json(sinks / paths.sink_stats(name, base).name, st)
         write_json(out.file(paths.variance_metrics(root)), metrics)
