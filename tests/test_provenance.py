@@ -171,3 +171,44 @@ def test_folder_hash_known_answer_and_one_byte(tmp_path):
     assert files.sha256_folder(f) != h
     with pytest.raises(NotADirectoryError, match="not a folder"):
         files.sha256_folder(tmp_path / "missing")
+
+
+# ---- prune metrics name the checkpoint they pruned -------------------------------------------------
+def test_prune_metrics_carry_the_input_checkpoint_hash(tmp_path):
+    import torch
+
+    from srclib.models.base import write_marker
+    from srclib.models.tiny import TinyLM, test_config
+    from srclib.pruning.checkpoint import run_prune
+
+    from prune_specs import make_spec  # tests/ is on sys.path
+
+    torch.manual_seed(0)
+    dense = tmp_path / "dense"
+    TinyLM(test_config()).eval().save_pretrained(dense, safe_serialization=True)
+    write_marker(dense, "tiny-dlm")
+    expected = _independent_folder_hash(dense)
+    res = run_prune(model=str(dense), spec=make_spec(method="magnitude"), out_dir=tmp_path / "pruned",
+                    metrics_path=tmp_path / "m.json", n_samples=1, seq_len=8, seed=0, instance="x")
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["provenance"]["input_checkpoint"] == {"source": paths.rel(dense), "sha256": expected}
+    assert res.metrics["provenance"]["input_checkpoint"]["sha256"] == expected
+    assert _independent_folder_hash(dense) == expected  # the input is read, never written
+    assert "git" in written["provenance"] and "git_commit" in written["provenance"]
+
+
+def test_input_checkpoint_of_a_registry_key(tmp_path, monkeypatch):
+    """A key resolves as models.load resolves it: models/<key> on disk (hashed), else the hub id at
+    its pinned revision."""
+    from srclib.models import MODELS
+    from srclib.pruning.checkpoint import input_checkpoint
+
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    folder = tmp_path / "models" / "tiny-dlm"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert input_checkpoint("tiny-dlm", MODELS["tiny-dlm"]) == {"source": "models/tiny-dlm",
+                                                               "sha256": _independent_folder_hash(folder)}
+    hub = MODELS["llada-8b-base"]
+    assert input_checkpoint("llada-8b-base", hub) == {"source": f"GSAI-ML/LLaDA-8B-Base@{hub.revision}",
+                                                     "sha256": None}

@@ -26,7 +26,7 @@ from torch import nn
 from srclib import calibration as cal
 from srclib import devices, models, paths
 from srclib.attention import CHUNK_SIZE
-from srclib.files import atomic_outputs, sha256_file, write_json, write_text
+from srclib.files import atomic_outputs, sha256_file, sha256_folder, write_json, write_text
 from srclib.models.base import write_marker
 from srclib.params import PruneSpec
 from srclib.provenance import provenance
@@ -112,6 +112,7 @@ def run_prune(
     else:
         net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
         source = str(model)
+    checkpoint = None if isinstance(model, tuple) else input_checkpoint(model, adapter)  # what was loaded
     if spec.structure is not None:
         needs_data = spec.method != "magnitude" or spec.compensate
     else:
@@ -135,7 +136,7 @@ def run_prune(
 
     if spec.structure is not None:
         return _save_structured(net, tok, adapter, spec, calibration if needs_data else None, out_dir,
-                                metrics_path, timing_path, instance, source, calib_info)
+                                metrics_path, timing_path, instance, source, calib_info, checkpoint)
     report = prune_model(net, adapter, spec, calibration if needs_data else None)
     table = report.table()
     out_dir = Path(out_dir)
@@ -154,7 +155,8 @@ def run_prune(
         metrics = _metrics(
             instance, adapter, spec, calib_info, report, source, overall=report.overall, n_prunable=n_total,
             n_pruned=n_pruned, block_sparsity=report.block_sparsity, outlier_ratios=report.outlier_ratios,
-            layer_sparsity={k: float(v) for k, v in sorted(report.sparsity.items())}, masks_sha256=masks_sha)
+            layer_sparsity={k: float(v) for k, v in sorted(report.sparsity.items())}, masks_sha256=masks_sha,
+            checkpoint=checkpoint)
         write_json(out.file(metrics_path), metrics)
     timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
@@ -164,7 +166,8 @@ def run_prune(
 
 def _metrics(instance, adapter, spec: PruneSpec, calib_info: dict[str, Any], report: PruneReport | StructuredReport,
              source: str, *, overall: float, n_prunable: int, n_pruned: int, block_sparsity: list[float],
-             outlier_ratios: list[float] | None, layer_sparsity: dict[str, float], **extra: Any) -> dict[str, Any]:
+             outlier_ratios: list[float] | None, layer_sparsity: dict[str, float], checkpoint: dict[str, Any] | None = None,
+             **extra: Any) -> dict[str, Any]:
     """The prune metrics both kinds of run write (deterministic: no clock values); ``extra`` adds the
     run kind's own keys (masks or structure hash, the structured record)."""
     return {
@@ -183,7 +186,7 @@ def _metrics(instance, adapter, spec: PruneSpec, calib_info: dict[str, Any], rep
         "outlier_ratios": outlier_ratios,
         "layer_sparsity": layer_sparsity,
         **extra,
-        "provenance": provenance(model_source=source),
+        "provenance": provenance(model_source=source, input_checkpoint=checkpoint),
     }
 
 
@@ -223,7 +226,7 @@ def _layer_shares(adapter: Any, report: StructuredReport) -> dict[str, float]:
 
 
 def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, metrics_path, timing_path,
-                     instance, source, calib_info) -> PruneRun:
+                     instance, source, calib_info, checkpoint=None) -> PruneRun:
     """Structured pruning: prune, save the (compact or masked) checkpoint, write metrics."""
     from srclib.models import structure as st
 
@@ -243,7 +246,7 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
             instance, adapter, spec, calib_info, report, source, overall=report.achieved,
             n_prunable=report.total_params, n_pruned=report.removed_params,
             block_sparsity=[float(b["removed_share"]) for b in report.blocks], outlier_ratios=None,
-            layer_sparsity=layers, structure_sha256=structure_sha, structured={
+            layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, structured={
                 "structure": spec.structure,
                 "form": report.record["form"],
                 "bias_compensation": bool(spec.compensate),
@@ -267,3 +270,18 @@ def _tensor_digest(t: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+def input_checkpoint(model: str | Path, adapter: Any) -> dict[str, Any]:
+    """The checkpoint ``models.load(model)`` read, for the prune metrics' provenance: a folder
+    (``model`` itself, or the registry entry's default: models/<key>, or the folder an HF entry was
+    fetched into) -> {"source": its repository-relative path, "sha256": srclib.files.sha256_folder};
+    a hub model not on disk -> {"source": "<hub id>@<revision>", "sha256": None}."""
+    if isinstance(model, str) and model in models.MODELS:  # as models.load resolves a key
+        default = getattr(adapter, "default_source", None)  # HF entries: models/<key> once fetched, else the hub id
+        where = default() if default is not None else paths.model_dir(adapter.key)
+        folder = where if isinstance(where, Path) else None
+    else:
+        folder = Path(model)
+    if folder is not None and folder.is_dir():
+        return {"source": paths.rel(folder), "sha256": sha256_folder(folder)}
+    return {"source": f"{adapter.source}@{adapter.revision or 'main'}", "sha256": None}
