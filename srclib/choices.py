@@ -9,7 +9,7 @@ implementation, or an implementation without a name, fails at once.
 from __future__ import annotations
 
 __all__ = ["METHODS", "SP_METHODS", "STRUCTURES", "BIAS_COMPENSATION", "ACTIVATION_FREE", "WEIGHTINGS", "PATTERNS", "SINK_RULES", "REMASKING",
-           "ACCUMULATIONS", "CALIB_INPUTS", "DTYPES", "check"]
+           "ACCUMULATIONS", "CALIB_INPUTS", "NOISES", "FIDELITY", "DTYPES", "check"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")  # srclib.pruning.registry.PRUNERS
 SP_METHODS = ("magnitude", "wanda", "flap")  # structured scores: srclib.pruning.structured.SP_METHODS
@@ -22,7 +22,10 @@ SINK_RULES = ("zscore", "margin")  # srclib.sinks.SINK_RULES
 REMASKING = ("low_confidence", "random")  # srclib.diffusion.REMASKING
 ACCUMULATIONS = ("total", "per_pass")  # srclib.pruning.wanda.ACCUMULATIONS
 CALIB_INPUTS = ("noised", "clean")  # what a DLM's calibration passes are
+NOISES = ("grid", "stratified")  # calibration noise of a DLM: srclib.calibration.NOISES
+FIDELITY = ("released", "corrected")  # prune.fidelity: the released code's choices, or srclib's
 DTYPES = ("float32", "bfloat16", "float16")
+MODEL_FAMILIES = ("tiny", "hf_causal", "llada", "dream")  # srclib.models.FAMILIES (adapter classes)
 
 
 def check(what: str, registry: object, names: object) -> None:

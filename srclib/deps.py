@@ -192,9 +192,53 @@ def cycles(root: Path | None = None) -> list[list[str]]:
 DVC_NOTEBOOK_OF = {"evaluate_dense": "evaluate"}  # dvc.yaml stage -> the notebook (stage) it runs
 
 
+def efficiency_data(params_file: Path) -> tuple[list[str], list[str]]:
+    """The efficiency stage's data deps and model params, from ``efficiency.instances``: each timed
+    instance's ``pruned/<name>`` and, for structured ones, the dense ``models/<key>`` (and
+    ``models.<key>``) it is timed against -- so a prune instance the stage does not time never
+    makes it stale (DVC cannot template a list of deps from params)."""
+    from srclib import params
+
+    P = params.load(params_file)
+    instances = [(n, P.prune.instances[n]) for n in P.efficiency.instances]
+    pruned = [f"pruned/{n}" for n, _ in instances]
+    dense = sorted({i.model for _, i in instances if i.structure is not None})
+    return pruned + [f"models/{k}" for k in dense], [f"models.{k}" for k in dense]
+
+
+def _sync_efficiency(lines: list[str], params_file: Path) -> tuple[list[str], bool]:
+    """Rewrite the efficiency stage's ``pruned/`` and ``models/`` deps and ``models.`` params."""
+    data, model_params = efficiency_data(params_file)
+    out: list[str] = []
+    stage = None
+    changed = False
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^  ([A-Za-z0-9_]+):\s*$", line)
+        if m:
+            stage = m.group(1)
+        hit = re.match(r"^(\s+)- (pruned/|models/|models\.)", line) if stage == "efficiency" else None
+        if hit:
+            indent, kind = hit.group(1), hit.group(2)
+            pattern = r"- (pruned/|models/)" if kind != "models." else r"- models\."
+            old = []
+            while i < len(lines) and re.match(rf"^{indent}{pattern}", lines[i]):
+                old.append(lines[i])
+                i += 1
+            new = [f"{indent}- {d}\n" for d in (data if kind != "models." else model_params)]
+            changed |= new != old
+            out.extend(new)
+            continue
+        out.append(line)
+        i += 1
+    return out, changed
+
+
 def sync_dvc_yaml(path: Path | None = None, root: Path | None = None) -> list[str]:
-    """Rewrite the srclib/ lines of every stage's deps in dvc.yaml to the stage's import closure
-    (text-level: comments, order and every other line are kept). Returns the changed stages."""
+    """Rewrite the srclib/ lines of every stage's deps in dvc.yaml to the stage's import closure and
+    the efficiency stage's data deps to the instances it times (``efficiency_data``; text-level:
+    comments, order and every other line are kept). Returns the changed stages."""
     import yaml
 
     root = _root(root)
@@ -224,6 +268,11 @@ def sync_dvc_yaml(path: Path | None = None, root: Path | None = None) -> list[st
             continue
         out.append(line)
         i += 1
+    params_file = root / "params.yaml"
+    if "efficiency" in stages and params_file.is_file():
+        out, eff_changed = _sync_efficiency(out, params_file)
+        if eff_changed and "efficiency" not in changed:
+            changed.append("efficiency")
     if changed:
         from srclib.files import write_text
 

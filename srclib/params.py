@@ -44,8 +44,37 @@ TINY_MODELS = ("tiny-ar", "tiny-dlm")
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelEntry:
+    """One ``models:`` entry: how a model is loaded (dtype, device) and, for a model that is not in
+    the built-in registry (srclib.models.MODELS), its definition -- so a new model is one params.yaml
+    entry and makes stale only the stages that use it (each stage depends on ``models.<key>``).
+
+    family: the adapter family (``tiny``, ``hf_causal``, ``llada``, ``dream``); set it to define a
+    model here. source: a hub id ``org/name`` or a folder; a folder is spelled relative to the
+    repository root (or absolute) and resolved against it from any working directory; ``models/<key>``
+    (the default when left out) is where the pipeline's stages find it and what their DVC deps track.
+    revision: the hub commit to pin (hub ids only). trust_remote_code: hub remote code (LLaDA, Dream).
+    options: further adapter fields (e.g. ``blocks_path``, ``mask_token_id``, ``standin_config``);
+    srclib.models checks their names against the family's adapter.
+    """
+
     dtype: str = _c(choices=DTYPES)
     device: str = _c(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")
+    # optional: absent = a built-in registry entry (defaults let tests build entries in code)
+    family: str | None = dataclasses.field(default=None, metadata=dict(optional=True, choices=choices.MODEL_FAMILIES))
+    source: str | None = dataclasses.field(default=None, metadata=dict(optional=True, pattern=r"^\S+$"))
+    revision: str | None = dataclasses.field(default=None, metadata=dict(optional=True,
+                                                                         pattern=r"^[A-Za-z0-9._/-]+$"))
+    trust_remote_code: bool | None = dataclasses.field(default=None, metadata=dict(optional=True))
+    options: dict[str, Any] | None = dataclasses.field(default=None, metadata=dict(optional=True))
+
+    def definition(self) -> dict[str, Any] | None:
+        """The model definition this entry carries (family, source, ...), or None when the key is a
+        built-in registry entry."""
+        if self.family is None:
+            return None
+        d = {"family": self.family, "source": self.source, "revision": self.revision,
+             "trust_remote_code": self.trust_remote_code, "options": self.options}
+        return {k: v for k, v in d.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -180,6 +209,12 @@ class CalibrationParams:
     seq_len: int = _c(ge=2)
     t_grid: list[float] = _c(min_len=1, item_gt=0, item_le=1)
     noise_eps: float = _c(ge=0, lt=1)
+    # how a DLM's calibration windows are noised (srclib.calibration.noised_passes), one pass per t of
+    # t_grid: "grid" masks with p = (1 - eps) t + eps at the grid's t; "stratified" is the released
+    # Dream forward process (t = (u0 + i/B) mod 1, u0 ~ U(0, 1) per pass: the grid's values are
+    # ignored, only its length counts; first and last position never masked); "auto" = the released
+    # code's choice for the model: stratified for shifted (Dream-style) DLMs, grid for LLaDA-style.
+    noise: str = _c(choices=("auto",) + choices.NOISES)
     # JSONL corpus ({"text": ...} per line), relative to the repository root; dvc.yaml depends on it.
     corpus: str = _c(pattern=r"^(?!/)(?!.*\.\.)[A-Za-z0-9_./-]+\.jsonl$")
 
@@ -279,6 +314,18 @@ AUTO_INPUTS = {"magnitude": "clean", "wanda": "noised", "sparsegpt": "clean"}
 AUTO_ACCUMULATION = {"uniform": "total", "sink": "per_pass", "stability": "per_pass"}
 
 
+def check_noise(noise: str, keep_ends: bool) -> None:
+    """The calibration-noise rule (its one home): the stratified noise is the released Dream forward
+    process, which never masks the first or last position, so it cannot run with ends maskable."""
+    if noise == "stratified" and not keep_ends:
+        raise ParamsError(
+            "prune.calibration.noise = 'stratified' is the released Dream forward process, which never "
+            "masks the first or last position; prune.options.noise_keep_ends = false contradicts it: set "
+            "prune.options.noise_keep_ends: true, or use noise 'grid' (or 'auto': the released choice "
+            "per model family, ends included)"
+        )
+
+
 @dataclass(frozen=True)
 class PruneOptions:
     """Ablation switches of every pruning run (params.yaml ``prune.options``).
@@ -286,7 +333,8 @@ class PruneOptions:
     calib_inputs: "auto" (AUTO_INPUTS) | "noised" | "clean": what a DLM's calibration passes are.
     wanda_accumulation: "auto" (AUTO_ACCUMULATION) | "total" | "per_pass".
     noise_keep_ends: never mask the last position either (Dream's variant; the first position is
-        kept whenever the adapter is shifted).
+        kept whenever the adapter is shifted). Only DLM runs on noised passes use it (params refuse it
+        when no instance draws noise); noise "stratified" requires it (check_noise).
     force_one_shot: every method one-shot on the dense model (ablations and benchmarks).
     bias_compensation: structured pruning only: "auto" (FLAP: on; magnitude-sp, Wanda-sp: off) |
         "on" | "off": add W[:, removed] @ mean(x[removed]) to o_proj / down_proj (method.md 9).
@@ -307,6 +355,10 @@ class PruneParams:
     owl: OwlParams = _c()
     one_shot_sink_wanda: bool = _c()
     options: PruneOptions = _c()
+    # "corrected" (srclib's choices) | "released": every choice where the released code differs
+    # from its description is set as the released code makes it (PruneSpec.released; README,
+    # "Differences from the released code"); it overrides the options it governs.
+    fidelity: str = _c(choices=choices.FIDELITY)
     instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
     def __post_init__(self) -> None:
@@ -314,6 +366,16 @@ class PruneParams:
             raise ParamsError(
                 "prune.instances: must define at least one instance (name: {model, method, weighting, "
                 "sparsity, pattern or structure, seed}); each one is a DVC prune stage"
+            )
+        check_noise(self.calibration.noise, self.options.noise_keep_ends)
+        noise_set = {"prune.options.noise_keep_ends = true": self.options.noise_keep_ends,
+                     "prune.calibration.noise = 'stratified'": self.calibration.noise == "stratified"}
+        if any(noise_set.values()) and not any(self.spec(n).draws_noise for n in self.instances):
+            raise ParamsError(
+                f"{' and '.join(k for k, v in noise_set.items() if v)}: only a DLM run on noised passes "
+                f"uses it, and no instance of prune.instances draws noise (magnitude without OWL, or clean "
+                f"calibration windows with uniform weighting): remove it (set noise_keep_ends: false, "
+                f"noise: grid)"
             )
 
     def spec(self, instance: str) -> "PruneSpec":
@@ -328,6 +390,7 @@ class PruneParams:
             blocksize=self.sparsegpt.blocksize, percdamp=self.sparsegpt.percdamp,
             owl=self.owl.enabled, owl_lambda=self.owl.lambda_, owl_m=self.owl.m,
             one_shot_sink_wanda=self.one_shot_sink_wanda, **as_dict(self.options),
+            fidelity=self.fidelity, noise=self.calibration.noise,
         )
 
     def instance(self, name: str) -> PruneInstance:
@@ -347,7 +410,16 @@ class PruneSpec:
     sink_*: prune.sink (srclib.sinks.sink_scores arguments); stability_threshold likewise.
     blocksize, percdamp: prune.sparsegpt. owl, owl_lambda, owl_m: prune.owl. one_shot_sink_wanda:
     prune.one_shot_sink_wanda. calib_inputs, wanda_accumulation, noise_keep_ends, force_one_shot:
-    prune.options (PruneOptions).
+    prune.options (PruneOptions). fidelity: prune.fidelity. noise: prune.calibration.noise.
+
+    ``fidelity = "released"`` sets, for this run, every choice where the released code differs from
+    its description (method.md 10), overriding the options it governs: calibration windows drawn as
+    the released loader draws them (``windows``); the released noise per model family (``noise_options``:
+    stratified with both ends kept for shifted / Dream-style DLMs, the t-grid with no position kept
+    for LLaDA-style ones); uniform Wanda on clean windows (``inputs_for``); sink-aware Wanda per-row
+    unstructured whatever the pattern, and magnitude's / SparseGPT's ``<=`` thresholds
+    (``pruner_options``). Structured runs take the windows and the noise only (the released code has
+    no structured pruning). ``effective`` lists the resolved choices (prune metrics record them).
     """
 
     method: str = _method()
@@ -373,9 +445,12 @@ class PruneSpec:
     force_one_shot: bool = _c()
     bias_compensation: str = _c(choices=choices.BIAS_COMPENSATION)
     structure: Union[str, None] = _structure()
+    fidelity: str = _c(choices=choices.FIDELITY)
+    noise: str = _c(choices=("auto",) + choices.NOISES)
 
     def __post_init__(self) -> None:
         validate_fields(self, "spec")
+        check_noise(self.noise, self.noise_keep_ends)
         object.__setattr__(self, "t_grid", tuple(float(t) for t in self.t_grid))
         check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
         if self.pattern is None:
@@ -387,13 +462,69 @@ class PruneSpec:
                               f"pruning (structure {self.structure!r}): set prune.owl.enabled: false")
 
     # ---- resolved choices -----------------------------------------------------------------------
+    @property
+    def released(self) -> bool:
+        """prune.fidelity = released: the released code's choices (see the class docstring)."""
+        return self.fidelity == "released"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the run calibrates at all (magnitude without OWL or bias compensation does not)."""
+        if self.structure is not None:
+            return self.method != "magnitude" or self.compensate
+        return self.method not in choices.ACTIVATION_FREE or self.owl
+
+    @property
+    def draws_noise(self) -> bool:
+        """Whether a DLM run of this spec noises its windows (noised passes, or the noised mass
+        pre-pass that gives sink / stability weights to clean windows)."""
+        return self.needs_data and (self.inputs_for(True) == "noised" or self.weighting != "uniform")
+
     def inputs_for(self, dlm: bool) -> str:
         """'noised' or 'clean': what the calibration passes are (AR models: always 'clean')."""
         if not dlm:
             return "clean"
         if self.structure is not None and self.calib_inputs == "auto":
             return "noised"  # method.md 9: structured scores on the noised t-grid passes
+        if self.released and self.structure is None:  # overrides calib_inputs
+            return "clean" if (self.method, self.weighting) == ("wanda", "uniform") else AUTO_INPUTS[self.method]
         return AUTO_INPUTS[self.method] if self.calib_inputs == "auto" else self.calib_inputs
+
+    def noise_options(self, shift: bool) -> dict[str, Any]:
+        """How a DLM's windows are noised (srclib.calibration.noised_passes keywords): ``noise``
+        ("grid" | "stratified") and ``keep_ends``. ``shift``: the adapter's (Dream-style) flag,
+        which picks the released choice under noise "auto" and fidelity "released" (which overrides
+        noise and noise_keep_ends: the released LLaDA noise keeps no position)."""
+        if self.released or self.noise == "auto":
+            noise = "stratified" if shift else "grid"
+        else:
+            noise = self.noise
+        if noise == "stratified":
+            keep_ends = True
+        else:
+            keep_ends = False if self.released else self.noise_keep_ends
+        return {"noise": noise, "keep_ends": keep_ends}
+
+    @property
+    def mask_pattern(self) -> str:
+        """The pattern the masks follow: released sink-aware Wanda ignores N:M (per-row unstructured)."""
+        return "unstructured" if self.pruner_options()["ignore_pattern"] else self.pattern
+
+    def effective(self, dlm: bool, shift: bool) -> dict[str, Any]:
+        """The resolved choices of a run of this spec on a model (``dlm``: has a mask token;
+        ``shift``: the adapter's flag), as the prune metrics record them."""
+        opts = self.pruner_options()
+        noised = dlm and self.draws_noise
+        return {
+            "fidelity": self.fidelity,
+            "windows": "released" if self.released else "corrected",
+            "inputs": self.inputs_for(dlm) if self.needs_data else "none",
+            "noise": self.noise_options(shift)["noise"] if noised else None,
+            "noise_keep_ends": self.noise_options(shift)["keep_ends"] if noised else None,
+            "mask_pattern": self.mask_pattern if self.structure is None else None,
+            "threshold": ("inclusive" if opts["inclusive"] and self.method in ("magnitude", "sparsegpt")
+                          and self.pattern == "unstructured" else "exact") if self.structure is None else None,
+        }
 
     @property
     def accumulation(self) -> str:
@@ -417,7 +548,13 @@ class PruneSpec:
         return self.method == "wanda" and self.weighting != "uniform" and self.one_shot_sink_wanda
 
     def pruner_options(self) -> dict[str, Any]:
-        return {"accumulation": self.accumulation, "blocksize": self.blocksize, "percdamp": self.percdamp}
+        """Keyword options of every unstructured pruner. ``inclusive``: the released ``<=`` threshold
+        (magnitude over the matrix, SparseGPT per column block; unstructured only); ``ignore_pattern``:
+        released sink-aware Wanda prunes per row, unstructured, whatever the N:M pattern."""
+        released = self.released and self.structure is None
+        return {"accumulation": self.accumulation, "blocksize": self.blocksize, "percdamp": self.percdamp,
+                "inclusive": released,
+                "ignore_pattern": released and (self.method, self.weighting) == ("wanda", "sink")}
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -514,8 +651,20 @@ class Params:
             if key not in self.models:
                 raise ParamsError(f"{where} = {key!r}: not declared under models: (declared: {declared})")
 
+        for key, entry in self.models.items():
+            if entry.family is None:
+                for name in ("source", "revision", "trust_remote_code", "options"):
+                    if getattr(entry, name) is not None:
+                        raise ParamsError(
+                            f"models.{key}.{name}: only a model defined here takes {name}; set "
+                            f"models.{key}.family (one of {list(choices.MODEL_FAMILIES)}) or remove it")
+            elif entry.revision is not None and entry.source is None:
+                raise ParamsError(f"models.{key}.revision: needs models.{key}.source (a hub id org/name)")
         for i, key in enumerate(self.collect.models):
             need(f"collect.models[{i}]", key)
+        if len(set(self.collect.models)) != len(self.collect.models):
+            raise ParamsError(f"collect.models = {self.collect.models}: a model is listed twice "
+                              f"(one collect stage instance per model)")
         for i, key in enumerate(self.evaluate.dense):
             need(f"evaluate.dense[{i}]", key)
         for name, inst in self.prune.instances.items():
@@ -527,6 +676,12 @@ class Params:
         for i, name in enumerate(self.efficiency.instances):
             if name not in self.prune.instances:
                 raise ParamsError(f"efficiency.instances[{i}] = {name!r}: not in prune.instances")
+
+    def collect_model(self, name: str) -> str:
+        """A collect instance (a key of collect.models); a ParamsError naming the allowed ones."""
+        if name not in self.collect.models:
+            raise ParamsError(f"collect instance {name!r}: not in collect.models {self.collect.models}")
+        return name
 
     def model_entry(self, instance: str) -> ModelEntry:
         """The ``models:`` entry (dtype, device) that a prune instance or a model key loads with."""

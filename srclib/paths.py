@@ -156,18 +156,39 @@ def train_curves(root: Path | None = None) -> Path:
     return _r(METRICS / "train" / "loss_curves.csv", root)
 
 
-def trajectory_file(model: str, root: Path | None = None) -> Path:
-    return _r(TRAJECTORIES / f"{model}.safetensors", root)
+RANDOM_SUFFIX = "-randinit"  # run name of a model's random-init twin: <key>-randinit (trajectories.store)
+
+
+def run_model(run: str) -> str:
+    """The model key a collected run belongs to (a random-init twin's run is <key>-randinit)."""
+    return run[: -len(RANDOM_SUFFIX)] if run.endswith(RANDOM_SUFFIX) else run
+
+
+def trajectory_dir(model: str, root: Path | None = None) -> Path:
+    """One collect instance's folder (its model's run and the random-init twin's)."""
+    return _r(TRAJECTORIES / model, root)
+
+
+def trajectory_file(run: str, root: Path | None = None) -> Path:
+    """trajectories/<model>/<run>.safetensors (the model of a random-init twin: ``run_model``)."""
+    return _r(TRAJECTORIES / run_model(run) / f"{run}.safetensors", root)
 
 
 def trajectory_runs(root: Path | None = None) -> dict[str, Path]:
-    """Every collected run (model or random-init twin) -> its trajectory file, sorted by name."""
+    """Every collected run (model or random-init twin) -> its trajectory file, sorted by run name
+    (every collect instance's folder: the variance and plot stages aggregate them)."""
     folder = _r(TRAJECTORIES, root)
-    return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
+    found = {p.stem: p for p in folder.glob("*/*.safetensors") if p.parent.name == run_model(p.stem)}
+    return dict(sorted(found.items()))
 
 
-def collect_metrics(root: Path | None = None) -> Path:
-    return _r(METRICS / "collect.json", root)
+def collect_metrics(model: str, root: Path | None = None) -> Path:
+    """metrics/collect/<model>.json: one collect instance's runs (the model and its twin)."""
+    return _r(METRICS / "collect" / f"{model}.json", root)
+
+
+def collect_metrics_dir(root: Path | None = None) -> Path:
+    return _r(METRICS / "collect", root)
 
 
 def sinks_dir(root: Path | None = None) -> Path:

@@ -105,6 +105,7 @@ def check_parameters(stage: str, declared: dict[str, Any], injected: dict[str, A
 INSTANCE_CHECKS = {
     "prune": lambda P, name: P.prune.instance(name),
     "evaluate": lambda P, name: P.eval_source(name),
+    "collect": lambda P, name: P.collect_model(name) if name else None,  # "": every model
 }
 
 
@@ -236,7 +237,7 @@ def run_stage(stage: str, parameters: dict[str, Any], root: Path | None = None) 
     check_parameters(stage, declared_parameters(nb_in), parameters)
     validate(stage, parameters, root)
     import papermill as pm  # after validation: a params error does not wait for its import
-    name = str(parameters.get("instance", stage))
+    name = str(parameters.get("instance") or stage)
     html = paths.report_html(stage, name, root)
     failed = paths.failed_notebook(stage, name, root)
     t0 = time.perf_counter()

@@ -136,6 +136,8 @@ def _check_num(where: str, value: Any, meta: dict[str, Any], prefix: str = "") -
 
 
 def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
+    if tp is Any:  # free-form YAML (e.g. adapter options): checked by its consumer, which names the key
+        return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)

@@ -3,6 +3,7 @@ through imports (derived from the source by srclib.deps), each prune / evaluate 
 its own model folder and models: entry, instance names agree with their values, and srclib has
 no import cycle."""
 
+import dataclasses
 import re
 import textwrap
 
@@ -46,11 +47,31 @@ def test_instances_depend_on_their_own_model():
     assert "models" not in dense["deps"] and "models" not in dense["params"]
 
 
-def test_collect_depends_on_the_models_it_collects():
-    P = params.load()
+def test_collect_instance_depends_on_its_model_only():
     body = _body("collect")
-    assert sorted(d for d in body["deps"] if d.startswith("models/")) == sorted(f"models/{k}" for k in P.collect.models)
-    assert sorted(p for p in body["params"] if p.startswith("models")) == sorted(f"models.{k}" for k in P.collect.models)
+    assert DVC["collect"]["foreach"] == "${collect.models}"
+    assert [d for d in body["deps"] if d.startswith("models")] == ["models/${item}"]
+    assert [p for p in body["params"] if p.startswith("models")] == ["models.${item}"]
+    # every collect setting except the list of instances: adding a model leaves the others fresh
+    fields = {f.name for f in dataclasses.fields(params.CollectParams)} - {"models"}
+    assert {p.split(".", 1)[1] for p in body["params"] if p.startswith("collect.")} == fields
+    assert "collect" not in body["params"]
+
+
+def test_evaluate_does_not_depend_on_the_dense_list():
+    fields = {f.name for f in dataclasses.fields(params.EvaluateParams)} - {"dense"}
+    for name in ("evaluate", "evaluate_dense"):
+        listed = _body(name)["params"]
+        assert "evaluate" not in listed and "evaluate.dense" not in listed
+        assert {p.split(".", 1)[1] for p in listed if p.startswith("evaluate.")} == fields, name
+
+
+def test_efficiency_depends_on_the_instances_it_times():
+    body = _body("efficiency")
+    data, model_params = deps.efficiency_data(paths.ROOT / "params.yaml")
+    assert [d for d in body["deps"] if d.startswith(("pruned", "models"))] == data
+    assert [p for p in body["params"] if p.startswith("models")] == model_params
+    assert "pruned" not in body["deps"]
 
 
 # ---- instance names ---------------------------------------------------------------------------

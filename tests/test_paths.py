@@ -43,7 +43,6 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
         + [r(paths.report_html, "train", "train")]
         + [r(paths.train_metrics, k) for k in ("tiny-ar", "tiny-dlm")]
         + [str(paths.METRICS / "train" / "loss_curves.csv")],
-        "collect": [str(paths.TRAJECTORIES), r(paths.report_html, "collect", "collect"), r(paths.collect_metrics)],
         "variance": [str(paths.SINKS), r(paths.report_html, "variance", "variance"), r(paths.variance_metrics)],
         "efficiency": [r(paths.report_html, "efficiency", "efficiency"), r(paths.efficiency_metrics)],
         "plot": [str(paths.TABLES), str(paths.FIGURES), r(paths.index_html), r(paths.report_html, "plot", "plot"),
@@ -51,6 +50,9 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
                  str(paths.METRICS / "plots" / "variance_per_layer.csv"),
                  str(paths.METRICS / "plots" / "quality_vs_speedup.csv")],
     }
+    for key in p.collect.models:  # one collect instance per model
+        exp[f"collect@{key}"] = [r(paths.trajectory_dir, key), r(paths.report_html, "collect", key),
+                                 r(paths.collect_metrics, key)]
     for name in p.prune.instances:
         exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]
         exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name)]

@@ -414,11 +414,16 @@ def test_collect_and_variance_stages(tmp_path):
     runs = ["t-dlm", "t-dlm-randinit", "t-ar", "t-ar-randinit"]
     assert sorted(out.runs) == sorted(runs) and sorted(out.trajectories) == sorted(runs)
     assert all(paths.trajectory_file(r, tmp_path).is_file() for r in runs)
-    metrics = json.loads(paths.collect_metrics(tmp_path).read_text())
-    assert metrics == out.metrics
-    assert metrics["runs"]["t-ar"]["kind"] == "ar" and metrics["runs"]["t-dlm-randinit"]["random_init"]
+    # one folder and one metrics file per model (DVC: one collect instance per model)
+    assert paths.trajectory_file("t-dlm-randinit", tmp_path).parent == tmp_path / "trajectories" / "t-dlm"
+    by_model = {k: json.loads(paths.collect_metrics(k, tmp_path).read_text()) for k in ("t-dlm", "t-ar")}
+    assert by_model == out.metrics
+    assert sorted(by_model["t-ar"]["runs"]) == ["t-ar", "t-ar-randinit"]
+    metrics = by_model["t-ar"]
+    assert metrics["runs"]["t-ar"]["kind"] == "ar" and metrics["runs"]["t-ar-randinit"]["random_init"]
     assert "models" not in metrics["provenance"]["params"]["collect"]
     assert metrics["provenance"]["params"]["collect"]["steps"] == 4
+    assert metrics["provenance"]["params"]["models.t-ar"]["dtype"] == "float32"
     assert len(out.samples) == 8
     assert "**t-dlm** (DLM" in out.interpretation and "**t-ar-randinit** (AR, random init)" in out.interpretation
 

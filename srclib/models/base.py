@@ -18,10 +18,32 @@ from torch import nn
 
 from srclib.files import write_json
 
-__all__ = ["Adapter", "MARKER", "STRUCTURED_FORMS", "write_marker", "read_marker"]
+__all__ = ["Adapter", "MARKER", "STRUCTURED_FORMS", "WEIGHTS", "write_marker", "read_marker", "local_source",
+           "marker_labels"]
 
 MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
 STRUCTURED_FORMS = ("compact", "masked")  # Adapter.structured_form values (srclib.models.structure)
+WEIGHTS = ("trained", "random")  # the marker's optional ``weights`` label (absent: trained)
+LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")  # a source spelled like this is a folder, never a hub id
+
+
+def local_source(source: str | Path, root: str | Path | None = None) -> Path | None:
+    """The local folder a registry ``source`` names, or None when it is a hub id.
+
+    A source is a folder when it is absolute, starts with ``models/``, ``./``, ``../`` or ``~``, or
+    names an existing folder relative to the repository root; folders are resolved against the
+    repository root (``srclib.paths.ROOT``), never against the working directory, so a key loads the
+    same checkpoint from anywhere. Anything else (``org/name``) is a Hugging Face hub id."""
+    from srclib import paths
+
+    base = Path(root) if root is not None else paths.ROOT
+    text = str(source)
+    if text.startswith("~"):
+        return Path(text).expanduser()
+    candidate = Path(text) if Path(text).is_absolute() else base / text
+    if text.startswith(LOCAL_PREFIXES) or Path(text).is_absolute() or candidate.is_dir():
+        return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -135,8 +157,32 @@ class Adapter:
 
 
 def write_marker(folder: str | Path, key: str, **info: Any) -> Path:
-    """Record which adapter a saved checkpoint belongs to (read back by srclib.models.load)."""
+    """Record which adapter a saved checkpoint belongs to (read back by srclib.models.load).
+
+    Optional labels the reports read (``marker_labels``): ``weights`` ("trained" | "random": a
+    checkpoint never trained, e.g. built from a config) and ``kind`` ("dlm" | "ar"); ``adapter``: the
+    params.yaml definition of a model that is not in the built-in registry (family, source, ...), so
+    the folder loads in any process."""
+    if "weights" in info and info["weights"] not in WEIGHTS:
+        raise ValueError(f"marker weights = {info['weights']!r}: must be one of {list(WEIGHTS)}")
+    if "kind" in info and info["kind"] not in ("dlm", "ar"):
+        raise ValueError(f"marker kind = {info['kind']!r}: must be 'dlm' or 'ar'")
     return write_json(Path(folder) / MARKER, {"key": key, **info})
+
+
+def marker_labels(folder: str | Path | None, causal: bool) -> dict[str, Any]:
+    """{"kind": "dlm" | "ar", "random_init": bool} of a checkpoint, from its own marker: ``kind``
+    (checked against the adapter's ``causal``, which decides how it samples), ``random_init`` =
+    ``weights == "random"``. A
+    folder without a marker (a hub id not fetched) is labelled from the adapter: trained."""
+    info: dict[str, Any] = {}
+    if folder is not None and (Path(folder) / MARKER).is_file():
+        info = read_marker(folder)
+    kind = "ar" if causal else "dlm"
+    if info.get("kind", kind) != kind:
+        raise ValueError(f"{Path(folder) / MARKER}: kind {info['kind']!r} disagrees with its adapter "
+                         f"(causal={causal}: {kind!r}); fix the marker or the models: entry")
+    return {"kind": kind, "random_init": info.get("weights", "trained") == "random"}
 
 
 def read_marker(folder: str | Path) -> dict[str, Any]:

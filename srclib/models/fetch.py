@@ -13,6 +13,7 @@ from pathlib import Path
 
 from srclib import paths
 from srclib.files import atomic_dir
+from srclib.models import definition  # the params definition of a model defined in params.yaml
 from srclib.models.base import Adapter, write_marker
 
 __all__ = ["fetch"]
@@ -31,5 +32,6 @@ def fetch(adapter: Adapter, root: Path | None = None) -> Path:
     log.info("fetching %s@%s into %s", adapter.source, adapter.revision, out)
     with atomic_dir(out) as tmp:
         snapshot_download(repo_id=adapter.source, revision=adapter.revision, local_dir=str(tmp))
-        write_marker(tmp, adapter.key, source=adapter.source, revision=adapter.revision, fetched=True)
+        extra = {"adapter": definition(adapter.key)} if definition(adapter.key) else {}
+        write_marker(tmp, adapter.key, source=adapter.source, revision=adapter.revision, fetched=True, **extra)
     return out

@@ -22,9 +22,9 @@ from torch import nn
 
 from srclib import devices, paths
 from srclib.files import atomic_dir, sha256_file
-from srclib.models.base import MARKER, Adapter, read_marker, write_marker
+from srclib.models.base import MARKER, Adapter, local_source, read_marker, write_marker
 
-__all__ = ["HFAdapter", "load_options", "convert_gguf", "LLAMA_ROLES"]
+__all__ = ["HFAdapter", "load_options", "convert_gguf", "LLAMA_ROLES", "shrink_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class HFAdapter(Adapter):
         folder = paths.model_dir(self.key)
         if not self.source:
             return folder
+        local = local_source(self.source)
+        if local is not None:  # a folder (relative to the repository root): never the hub
+            return local
         marker = folder / MARKER
         if marker.is_file():
             info = read_marker(folder)
@@ -94,6 +97,11 @@ class HFAdapter(Adapter):
         dtype, device, kwargs = load_options(overrides, self.dtype)
         src = self.default_source() if source is None else source
         local = Path(src).is_dir()
+        if not local and source is None and self.source and local_source(self.source) is not None:
+            raise FileNotFoundError(
+                f"no checkpoint folder for {self.key!r} at {src} (its source {self.source!r} names a folder, "
+                f"relative to the repository root; a hub id is spelled org/name)"
+            )
         if not local and not self.source:  # a local-only entry (no hub id)
             raise FileNotFoundError(
                 f"no checkpoint folder for {self.key!r} at {src} (run `dvc repro train` to build it)"
@@ -152,9 +160,54 @@ class HFAdapter(Adapter):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         torch.manual_seed(seed)
-        cfg = AutoConfig.for_model(self.standin_model_type, **self.standin_config)
+        if self.standin_config:
+            cfg = AutoConfig.for_model(self.standin_model_type, **self.standin_config)
+        else:  # derived from the model's own config (models/<key> or a local source), at test size
+            own = self.own_config()
+            model_type = own.pop("model_type", None) or self.standin_model_type
+            cfg = AutoConfig.for_model(model_type, **shrink_config(own or
+                                                                      AutoConfig.for_model(model_type).to_dict()))
         cfg._attn_implementation = self.attn_implementation or "sdpa"
         return AutoModelForCausalLM.from_config(cfg).eval()
+
+    def own_config(self) -> dict[str, Any]:
+        """The model's config.json as a dict, from its local folder (models/<key>, or a local
+        ``source``); {} when there is none on disk (a hub id not fetched)."""
+        import json
+
+        folder = local_source(self.source) if self.source else None
+        for candidate in (folder, paths.model_dir(self.key)):
+            if candidate is not None and (candidate / "config.json").is_file():
+                return json.loads((candidate / "config.json").read_text(encoding="utf-8"))
+        return {}
+
+
+STANDIN_HEAD_DIM = 8  # test-size stand-ins: 8-dim heads, 2 blocks, at most 2 KV heads
+_CONFIG_DROP = ("model_type", "architectures", "auto_map", "_name_or_path", "torch_dtype", "dtype", "transformers_version",
+                "quantization_config", "rope_scaling")
+
+
+def shrink_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A model config shrunk to test size with the same layout: 2 blocks, at most 2 KV heads with the
+    same query-per-KV ratio (up to 3), 8-dim heads, MLP twice the hidden size, the same vocabulary
+    (real token ids stay valid) and at most 256 positions. Keys not about size are kept."""
+    cfg = {k: v for k, v in config.items() if k not in _CONFIG_DROP}
+    n_layers = cfg.get("num_hidden_layers")
+    for k, v in list(cfg.items()):  # per-layer lists (e.g. layer_types) follow the 2 blocks
+        if isinstance(v, list) and n_layers and len(v) == n_layers:
+            cfg[k] = v[:2]
+    heads = int(cfg.get("num_attention_heads") or 4)
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    rep = max(1, heads // max(kv, 1))
+    kv_small = min(kv, 2)
+    heads_small = kv_small * min(rep, 3)
+    hidden = heads_small * STANDIN_HEAD_DIM
+    cfg.update(num_hidden_layers=2, num_attention_heads=heads_small, num_key_value_heads=kv_small,
+               hidden_size=hidden, intermediate_size=2 * hidden,
+               max_position_embeddings=min(int(cfg.get("max_position_embeddings") or 256), 256))
+    if "head_dim" in cfg:
+        cfg["head_dim"] = STANDIN_HEAD_DIM
+    return cfg
 
 
 def convert_gguf(gguf_file: str | Path, out_dir: str | Path, key: str, dtype: str = "float32") -> Path:

@@ -127,23 +127,26 @@ def run_prune(
         calibration = cal.build_calibration(
             tok, corpus, n_samples=n_samples, seq_len=seq_len, seed=seed,
             bos_id=getattr(tok, "bos_token_id", None), windows_per_batch=windows_per_batch,
-            mass_chunk_size=mass_chunk_size,
+            mass_chunk_size=mass_chunk_size, released=spec.released,
         )
         calib_info["corpus"] = paths.rel(corpus)
     if calibration is not None:
         calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
         calib_info["windows_shape"] = list(calibration.windows.shape)
+    # the choices this run resolved to (prune.fidelity, calibration noise, mask rule): in the metrics
+    effective = spec.effective(dlm=adapter.mask_id(net) is not None, shift=bool(adapter.shift))
 
     if spec.structure is not None:
         return _save_structured(net, tok, adapter, spec, calibration if needs_data else None, out_dir,
-                                metrics_path, timing_path, instance, source, calib_info, checkpoint)
+                                metrics_path, timing_path, instance, source, calib_info, effective, checkpoint)
     report = prune_model(net, adapter, spec, calibration if needs_data else None)
     table = report.table()
     out_dir = Path(out_dir)
     with atomic_outputs() as out:  # checkpoint and metrics together, or neither
         tmp = out.dir(out_dir)
         net.save_pretrained(tmp)
-        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance)
+        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance,
+                     **models.inherited_marker(adapter.key))
         if tok is not None:
             tok.save_pretrained(tmp)
         save_masks(report.masks, tmp / MASKS_FILE)
@@ -156,7 +159,8 @@ def run_prune(
             instance, adapter, spec, calib_info, report, source, overall=report.overall, n_prunable=n_total,
             n_pruned=n_pruned, block_sparsity=report.block_sparsity, outlier_ratios=report.outlier_ratios,
             layer_sparsity={k: float(v) for k, v in sorted(report.sparsity.items())}, masks_sha256=masks_sha,
-            checkpoint=checkpoint)
+            checkpoint=checkpoint,
+            effective=effective)
         write_json(out.file(metrics_path), metrics)
     timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
@@ -226,7 +230,7 @@ def _layer_shares(adapter: Any, report: StructuredReport) -> dict[str, float]:
 
 
 def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, metrics_path, timing_path,
-                     instance, source, calib_info, checkpoint=None) -> PruneRun:
+                     instance, source, calib_info, effective, checkpoint=None) -> PruneRun:
     """Structured pruning: prune, save the (compact or masked) checkpoint, write metrics."""
     from srclib.models import structure as st
 
@@ -235,7 +239,8 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
     with atomic_outputs() as out:  # checkpoint and metrics together, or neither
         tmp = out.dir(out_dir)
         net.save_pretrained(tmp)
-        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance, structure=report.record)
+        write_marker(tmp, key=adapter.key, pruned=spec.to_dict(), instance=instance, structure=report.record,
+                     **models.inherited_marker(adapter.key))
         if tok is not None:
             tok.save_pretrained(tmp)
         st.save_structure(tmp, report.structure)
@@ -246,7 +251,7 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
             instance, adapter, spec, calib_info, report, source, overall=report.achieved,
             n_prunable=report.total_params, n_pruned=report.removed_params,
             block_sparsity=[float(b["removed_share"]) for b in report.blocks], outlier_ratios=None,
-            layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, structured={
+            layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, effective=effective, structured={
                 "structure": spec.structure,
                 "form": report.record["form"],
                 "bias_compensation": bool(spec.compensate),
@@ -270,6 +275,7 @@ def _tensor_digest(t: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
 
 def input_checkpoint(model: str | Path, adapter: Any) -> dict[str, Any]:
     """The checkpoint ``models.load(model)`` read, for the prune metrics' provenance: a folder

@@ -1,15 +1,17 @@
 """The collect stage: one sink trajectory per model and per random-init twin (method.md 2).
 
-Reads the prompts (data/raw/prompts.jsonl), loads every model of ``cfg.models`` with its
-``models:`` entry (dtype, device), records its trajectory (srclib.trajectories.record) and, with
-``cfg.random_init_control``, that of its random-init twin (run ``<key>-randinit``); writes
-``trajectories/<run>.safetensors`` and ``metrics/collect.json`` (no paths, no clock values: the
-file is byte-stable across reruns).
+One DVC stage instance per model (``collect@<key>``, dvc.yaml foreach over ``collect.models``):
+reads the prompts (data/raw/prompts.jsonl), loads the model with its ``models:`` entry (dtype,
+device), records its trajectory (srclib.trajectories.record) and, with ``cfg.random_init_control``,
+that of its random-init twin (run ``<key>-randinit``); writes ``trajectories/<key>/<run>.safetensors``
+and ``metrics/collect/<key>.json`` (no paths, no clock values: the file is byte-stable across
+reruns). The variance and plot stages aggregate every model's folder. The run's labels (DLM / AR,
+trained / random init) come from the checkpoint's own marker (srclib.models.labels), not its name.
 
-All or nothing: the trajectories are written into a temporary folder beside ``trajectories/``
-and swapped in, together with the metrics file, only after every run is collected
-(srclib.files.atomic_outputs); a failure on any model leaves the previous outputs as they were.
-The prompts file is checked against data/raw's manifest first (srclib.data.manifest).
+All or nothing: the trajectories are written into a temporary folder beside their target and swapped
+in, together with the metrics file, only after every requested model is collected
+(srclib.files.atomic_outputs); a failure leaves the previous outputs as they were. The prompts file
+is checked against data/raw's manifest first (srclib.data.manifest).
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ class CollectResult:
 
     runs: run -> summary (model, kind, random_init, n_prompts, n_steps, n_layers, seq_len,
     has_bos, seconds, sha256, path); samples: decoded prompt/output of the first prompts of each
-    run; metrics: what metrics/collect.json holds; trajectories: run -> the trajectory as stored
+    run; metrics: model -> what metrics/collect/<model>.json holds; trajectories: run -> the trajectory as stored
     (read back from its file); heatmaps: run -> the panel srclib.plotting.trajectory_heatmaps
     draws (first HEATMAP_PROMPTS prompts); interpretation: markdown written from the metrics.
     """
 
     runs: dict[str, dict[str, Any]]
     samples: pd.DataFrame
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # model -> what metrics/collect/<model>.json holds
     trajectories: dict[str, Trajectory]
     heatmaps: dict[str, dict[str, Any]]
     interpretation: str
@@ -65,63 +67,83 @@ def run(
     models: Mapping[str, ModelEntry],
     root: Path | None = None,
     loader: Loader | None = None,
+    model: str | None = None,
 ) -> CollectResult:
-    """Collect every model of ``cfg.models`` (and its random-init twin); see the module docstring.
+    """Collect ``model`` (one collect instance; None: every model of ``cfg.models``) and its
+    random-init twin; see the module docstring.
 
-    models: params.yaml's ``models:`` entries (dtype, device) by key. loader(key, dtype=...) ->
-    (model, tokenizer, adapter), default srclib.models.load (tests pass in-memory models).
+    models: params.yaml's ``models:`` entries by key (models defined there are registered with
+    srclib.models). loader(key, dtype=...) -> (model, tokenizer, adapter), default
+    srclib.models.load (tests pass in-memory models; then labels come from the adapter, or from
+    ``labeller(key, adapter)`` when the loader has that attribute).
     """
+    if model is not None and model not in cfg.models:
+        raise ValueError(f"collect instance {model!r}: not in collect.models {list(cfg.models)}")
+    keys = [model] if model is not None else list(cfg.models)
     if loader is None:
-        from srclib.models import load as loader
+        from srclib.models import labels, load, register
+
+        register({k: models[k] for k in keys})
+        loader = load
+        labeller = lambda key, adapter: labels(key, paths.model_dir(key, root))  # noqa: E731
+    else:
+        labeller = getattr(loader, "labeller", None) or (lambda key, adapter: {"random_init": False})
     prompts = paths.prompts_file(root)
     if prompts.is_file():  # a missing file is reported by read_prompts
         check_raw_file(prompts)
     texts = read_prompts(prompts)
-    base = paths.ROOT if root is None else Path(root)
+    settings = {k: v for k, v in as_dict(cfg).items() if k != "models"}
+    all_runs: dict[str, Any] = {}
+    samples: list[dict[str, str]] = []
+    metrics_by_model: dict[str, Any] = {}
     with atomic_outputs() as out:
-        staged = out.dir(base / paths.TRAJECTORIES)
-        runs, samples = _collect_all(cfg, models, loader, texts, staged, root)
-        settings = {k: v for k, v in as_dict(cfg).items() if k != "models"}
-        # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
-        metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")} for r, d in runs.items()},
-                   "provenance": provenance(params={"collect": settings})}
-        write_json(out.file(paths.collect_metrics(root)), metrics)
-    trajectories = {name: load_trajectory(d["path"]) for name, d in runs.items()}
-    return CollectResult(runs=runs, samples=pd.DataFrame(samples), metrics=metrics,
+        for key in keys:
+            staged = out.dir(paths.trajectory_dir(key, root))
+            runs, smp = _collect_model(cfg, key, models[key], loader, labeller, texts, staged, root)
+            # DVC metrics must be byte-identical across runs: no paths, no wall-clock seconds
+            metrics = {"runs": {r: {k: v for k, v in d.items() if k not in ("path", "seconds")}
+                                for r, d in runs.items()},
+                       "provenance": provenance(params={"collect": settings, f"models.{key}": as_dict(models[key])})}
+            write_json(out.file(paths.collect_metrics(key, root)), metrics)
+            all_runs.update(runs)
+            samples += smp
+            metrics_by_model[key] = metrics
+    trajectories = {name: load_trajectory(d["path"]) for name, d in all_runs.items()}
+    merged = {"runs": {r: d for m in metrics_by_model.values() for r, d in m["runs"].items()}}
+    return CollectResult(runs=all_runs, samples=pd.DataFrame(samples), metrics=metrics_by_model,
                          trajectories=trajectories, heatmaps=heatmap_panels(trajectories, n_prompts=HEATMAP_PROMPTS),
-                         interpretation=interpretation(metrics, trajectories))
+                         interpretation=interpretation(merged, trajectories))
 
 
-def _collect_all(cfg: CollectParams, models: Mapping[str, ModelEntry], loader: Loader, texts: list[str],
-                 staged: Path, root: Path | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Collect every run into the folder ``staged`` (swapped onto trajectories/ by the caller);
-    each run's summary records its final path (paths.trajectory_file)."""
+def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Loader, labeller: Callable,
+                   texts: list[str], staged: Path, root: Path | None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Collect one model (and its random-init twin) into the folder ``staged`` (swapped onto
+    trajectories/<key>/ by the caller); each run's summary records its final path."""
     runs: dict[str, Any] = {}
     samples = []
-    for key in cfg.models:
-        entry = models[key]
-        model, tok, adapter = loader(key, dtype=getattr(torch, entry.dtype))
-        model = model.to(devices.resolve(entry.device))
-        targets = [(key, model, False)]
-        if cfg.random_init_control:
-            targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
-        for name, m, rnd in targets:
-            t0 = time.perf_counter()
-            traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
-            seconds = time.perf_counter() - t0
-            final = paths.trajectory_file(name, root)
-            written = save_trajectory(traj, staged / final.name)
-            S, L, B, T = traj.shape
-            runs[name] = dict(model=key, kind=traj.kind, random_init=rnd, n_prompts=B, n_steps=S, n_layers=L,
-                              seq_len=T, has_bos=traj.meta["has_bos"], seconds=round(seconds, 3),
-                              sha256=sha256_file(written), path=str(final))
-            log.info("collected %s: %d steps x %d layers x %d prompts in %.1f s", name, S, L, B, seconds)
-            if tok is not None:
-                P = traj.prompt_ids.shape[1]
-                for b in range(min(B, 3)):
-                    samples.append(dict(run=name, prompt=tok.decode(traj.final_ids[b, :P].tolist()),
-                                        output=tok.decode(traj.final_ids[b, P:].tolist())))
-        del model
+    model, tok, adapter = loader(key, dtype=getattr(torch, entry.dtype))
+    model = model.to(devices.resolve(entry.device))
+    label = labeller(key, adapter)
+    targets = [(key, model, bool(label["random_init"]))]
+    if cfg.random_init_control:
+        targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
+    for name, m, rnd in targets:
+        t0 = time.perf_counter()
+        traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
+        seconds = time.perf_counter() - t0
+        final = paths.trajectory_file(name, root)
+        written = save_trajectory(traj, staged / final.name)
+        S, L, B, T = traj.shape
+        runs[name] = dict(model=key, kind=traj.kind, random_init=rnd, n_prompts=B, n_steps=S, n_layers=L,
+                          seq_len=T, has_bos=traj.meta["has_bos"], seconds=round(seconds, 3),
+                          sha256=sha256_file(written), path=str(final))
+        log.info("collected %s: %d steps x %d layers x %d prompts in %.1f s", name, S, L, B, seconds)
+        if tok is not None:
+            P = traj.prompt_ids.shape[1]
+            for b in range(min(B, 3)):
+                samples.append(dict(run=name, prompt=tok.decode(traj.final_ids[b, :P].tolist()),
+                                    output=tok.decode(traj.final_ids[b, P:].tolist())))
+    del model
     return runs, samples
 
 

@@ -19,7 +19,7 @@ from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
 from srclib.evaluation.perplexity import heldout_perplexity
 from srclib.files import sha256_file, write_json
 from srclib.params import EvaluateParams, ModelEntry, as_dict
-from srclib.provenance import git_commit, versions
+from srclib.provenance import git_commit, git_state, versions
 
 __all__ = ["run", "EvaluateResult"]
 
@@ -43,9 +43,11 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     params, lm-eval task versions).
     """
     from srclib.data.manifest import check_raw_file
-    from srclib.models import load
+    from srclib.models import MODELS, load, register
 
     root = Path(root) if root is not None else paths.ROOT
+    if not Path(str(source)).is_dir() and (str(source) not in MODELS or model.family is not None):
+        register({str(source): model})  # a dense model defined in params.yaml (a folder's marker names its own)
     data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
     if cfg.ppl is not None:  # a tampered validation corpus is refused before minutes of lm-eval, not after
         check_raw_file(corpus)
@@ -70,6 +72,7 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
         "ppl": ppl_res,
         "provenance": {
             "git_commit": git_commit(root),
+            "git": git_state(root),  # dirty flag and hash of the uncommitted difference
             "versions": versions(),
             "checkpoint": _checkpoint(source, adapter, root),
             "task_versions": {k: v["version"] for k, v in sorted(task_res.items())},

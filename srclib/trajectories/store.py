@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from srclib.files import atomic_path
+from srclib.paths import RANDOM_SUFFIX  # one home for the run-name convention
 
 __all__ = [
     "Trajectory",
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 META_KEY = "srclib_trajectory"
 FORMAT_VERSION = 1
-RANDOM_SUFFIX = "-randinit"
 PRIMARY_VARIANT = {"dlm": "full", "ar": "newest"}  # the paper's statistic for each kind
 
 
