@@ -4,9 +4,14 @@
   (passages joined by a space, as the released code joins WikiText), window starts drawn with
   ``random.Random(seed).randint(0, n_tokens - L - 1)`` like the released ``get_loaders``;
   optionally each window starts with BOS (then L = seq_len - 1 corpus tokens follow it).
-* Passes: a "pass" is one calibration sequence. A DLM calibrated with noise sees every window at
-  every t of the grid (``noised_passes``: srclib.diffusion.noise, seeded torch.Generator, position 0
-  kept when the adapter is shifted); a clean pass is the window itself.
+  ``released=True`` draws them exactly as the released lib/data.py does: the text tokenized with
+  the tokenizer's special tokens (``tokenizer(text)``), ``random.seed(seed)`` then one
+  ``randint(0, n_tokens - seq_len - 1)`` per window in a loop, windows the plain slices (no BOS).
+* Passes: a "pass" is one calibration sequence. A DLM calibrated with noise sees every window
+  n_t = len(t_grid) times (``noised_passes``, seeded torch.Generator, position 0 kept when the
+  adapter is shifted; ``NOISES``): "grid" at every t of the grid (srclib.diffusion.noise);
+  "stratified" as the released Dream code (srclib.diffusion.noise_stratified: t drawn per pass,
+  both ends kept). A clean pass is the window itself.
 * Loops (model-agnostic: the adapter gives the blocks and their prunable linears):
   - ``run_one_shot``: every pass through the DENSE model; forward hooks on every prunable linear
     feed ``feed(name, x, w)``. When token weights come from the attention mass of the same
@@ -35,7 +40,8 @@ from tqdm.auto import tqdm
 from srclib import devices
 from srclib.data import corpus
 from srclib.attention import CHUNK_SIZE, record_mass
-from srclib.diffusion import noise
+from srclib import choices
+from srclib.diffusion import noise, noise_stratified
 
 __all__ = [
     "Calibration",
@@ -46,6 +52,7 @@ __all__ = [
     "sample_windows",
     "build_calibration",
     "noised_passes",
+    "NOISES",
     "run_one_shot",
     "run_sequential",
     "catch_block_inputs",
@@ -100,9 +107,12 @@ def read_texts(path: str | Path) -> list[str]:
     return corpus.read_texts(path, what="calibration corpus")
 
 
-def tokenize_texts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
-    """Token ids of the passages joined by a single space, without special tokens."""
-    return list(tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"])
+def tokenize_texts(tokenizer: Any, texts: Sequence[str], special_tokens: bool = False) -> list[int]:
+    """Token ids of the passages joined by a single space; ``special_tokens``: as the tokenizer adds
+    them by default (the released ``tokenizer(" ".join(...))``), else none."""
+    text = " ".join(texts)
+    enc = tokenizer(text) if special_tokens else tokenizer(text, add_special_tokens=False)
+    return list(enc["input_ids"])
 
 
 def sample_windows(
@@ -142,12 +152,44 @@ def build_calibration(
     bos_id: int | None,
     windows_per_batch: int = 4,
     mass_chunk_size: int = CHUNK_SIZE,
+    released: bool = False,
 ) -> Calibration:
-    """Read, tokenise and sample the calibration windows (see ``sample_windows``)."""
-    ids = tokenize_texts(tokenizer, read_texts(corpus_path))
-    windows = sample_windows(ids, n_samples, seq_len, seed, bos_id)
+    """Read, tokenise and sample the calibration windows (see ``sample_windows``).
+
+    released: the released loader's windows (module docstring): special tokens as the tokenizer adds
+    them, no BOS prepended (``bos_id`` ignored), seq_len corpus tokens per window."""
+    ids = tokenize_texts(tokenizer, read_texts(corpus_path), special_tokens=released)
+    windows = sample_windows(ids, n_samples, seq_len, seed, None if released else bos_id)
     return Calibration(windows=windows, seed=seed, windows_per_batch=windows_per_batch,
                        mass_chunk_size=mass_chunk_size)
+
+
+def _grid_passes(windows, t_grid, mask_id, eps, gen, keep_first, keep_ends, rows_per_draw):
+    """Every window at every t of the grid, from ONE draw (independent of batching)."""
+    N, T = windows.shape
+    n_t = len(t_grid)
+    x0 = windows.repeat_interleave(n_t, dim=0)  # (N * n_t, T): window-major, t-minor
+    t = torch.tensor(list(t_grid), dtype=torch.float32).repeat(N)  # (N * n_t,)
+    noisy, _ = noise(x0, t, mask_id, eps=eps, generator=gen, keep_ends=keep_ends, keep_first=keep_first)
+    return noisy.reshape(N, n_t, T)
+
+
+def _stratified_passes(windows, t_grid, mask_id, eps, gen, keep_first, keep_ends, rows_per_draw):
+    """The released Dream loop: for each group of ``rows_per_draw`` windows (its --batch_size), for
+    each of the n_t passes, one ``noise_stratified`` call (u0, then the (B, T) uniforms)."""
+    if not keep_ends:
+        raise ValueError("the stratified noise never masks the first or last position: keep_ends must be True")
+    N, T = windows.shape
+    out = torch.empty((N, len(t_grid), T), dtype=windows.dtype, device=windows.device)
+    for j in range(0, N, rows_per_draw):
+        for k in range(len(t_grid)):
+            out[j:j + rows_per_draw, k], _, _ = noise_stratified(windows[j:j + rows_per_draw], mask_id, eps, gen)
+    return out
+
+
+# noise name -> passes (N, n_t, T) of the windows (srclib.choices.NOISES; params: prune.calibration.noise)
+NOISES: dict[str, Callable[..., torch.Tensor]] = {"grid": _grid_passes, "stratified": _stratified_passes}
+choices.check("calibration noises", NOISES, choices.NOISES)
 
 
 def noised_passes(
@@ -158,17 +200,24 @@ def noised_passes(
     seed: int,
     keep_first: bool,
     keep_ends: bool = False,
+    noise: str = "grid",
+    rows_per_draw: int = 1,
 ) -> torch.Tensor:
-    """Every window at every t: (N, n_t, T) int64, from ONE seeded draw (independent of batching)."""
-    N, T = windows.shape
-    n_t = len(t_grid)
-    if n_t < 1:
+    """Every window n_t = len(t_grid) times, noised: (N, n_t, T) int64 (window-major, pass-minor),
+    drawn from ONE generator seeded with ``seed``, independent of the calibration batching.
+
+    noise: "grid" (pass k at t_grid[k]) | "stratified" (the released Dream forward process: the
+    grid's values are ignored, t = (u0 + i / B) mod 1 per pass over the B = ``rows_per_draw``
+    windows of one draw, the released --batch_size, 1 by default; ``keep_ends`` must be True).
+    """
+    if noise not in NOISES:
+        raise ValueError(f"unknown calibration noise {noise!r}; allowed: {sorted(NOISES)}")
+    if len(t_grid) < 1:
         raise ValueError("t_grid must hold at least one t")
-    x0 = windows.repeat_interleave(n_t, dim=0)  # (N * n_t, T): window-major, t-minor
-    t = torch.tensor(list(t_grid), dtype=torch.float32).repeat(N)  # (N * n_t,)
+    if rows_per_draw < 1:
+        raise ValueError(f"rows_per_draw must be >= 1, got {rows_per_draw}")
     gen = torch.Generator(device=windows.device).manual_seed(int(seed))
-    noisy, _ = noise(x0, t, mask_id, eps=eps, generator=gen, keep_ends=keep_ends, keep_first=keep_first)
-    return noisy.reshape(N, n_t, T)
+    return NOISES[noise](windows, t_grid, mask_id, eps, gen, keep_first, keep_ends, rows_per_draw)
 
 
 # ---- batches ------------------------------------------------------------------------------------

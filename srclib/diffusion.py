@@ -1,7 +1,9 @@
 """Masked-diffusion forward noising (method.md 3) and the LLaDA sampler (method.md 5).
 
 ``noise`` implements q(x_t | x_0): every position is independently replaced by the mask token
-with probability p = (1 - eps) * t + eps.  ``generate`` is LLaDA's semi-autoregressive
+with probability p = (1 - eps) * t + eps.  ``noise_stratified`` is the released Dream forward process
+(lib/prune_dream.py ``_forward_diffusion``): one u0 ~ U(0, 1) per call, t_i = (u0 + i / B) mod 1 for
+row i of the B rows, the same masking, first and last position never masked.  ``generate`` is LLaDA's semi-autoregressive
 low-confidence-remasking sampler, batched, with classifier-free guidance and an ``on_step`` hook
 through which the trajectory recorder observes each denoising step at no extra forward cost.
 """
@@ -16,7 +18,7 @@ import torch
 from srclib import choices
 from srclib.params import SamplerParams
 
-__all__ = ["noise", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
+__all__ = ["noise", "noise_stratified", "stratified_times", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,29 @@ def noise(
         mask[:, -1] = False
     noisy = torch.where(mask, torch.full_like(x0, int(mask_id)), x0)
     return noisy, mask
+
+
+def stratified_times(batch: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """t_i = (u0 + i / B) mod 1 for i = 0 .. B-1 from ONE draw u0 ~ U(0, 1): (B,) float32 in [0, 1)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    u0 = torch.rand(1, generator=generator, device=device, dtype=torch.float32)  # (1,)
+    i = torch.arange(batch, device=device, dtype=torch.float32)  # (B,)
+    return (u0 + i / batch) % 1
+
+
+def noise_stratified(
+    x0: torch.Tensor, mask_id: int, eps: float = 1e-3, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The released Dream forward process on x0 (B, T): t from ``stratified_times`` (u0 drawn first),
+    then every position masked with p = (1 - eps) t_i + eps from a (B, T) uniform draw, positions 0
+    and T-1 never. Returns (noisy_ids (B, T), mask (B, T) bool, t (B,))."""
+    if x0.dim() != 2:
+        raise ValueError(f"x0 must be (B, T) token ids, got shape {tuple(x0.shape)}")
+    t = stratified_times(x0.shape[0], generator, x0.device)
+    noisy, mask = noise(x0, t, mask_id, eps=eps, generator=generator, keep_ends=True)
+    return noisy, mask, t
 
 
 # ---------------------------------------------------------------------------------------------

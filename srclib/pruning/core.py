@@ -125,7 +125,7 @@ def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, b
     noised = None
     if dlm and (inputs == "noised" or get_weighting(spec.weighting).needs_mass):
         noised = cal.noised_passes(windows, spec.t_grid, mask_id, spec.noise_eps, calib.seed,
-                                   keep_first=adapter.shift, keep_ends=spec.noise_keep_ends)  # (N, n_t, T)
+                                   keep_first=adapter.shift, **spec.noise_options(adapter.shift))  # (N, n_t, T)
     passes = noised if inputs == "noised" else windows[:, None, :]  # (N, n_t | 1, T)
     batches = make_batches(passes, calib.windows_per_batch)
     weight_fn = None

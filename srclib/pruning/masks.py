@@ -11,6 +11,10 @@ Patterns (a registry, ``PATTERNS``):
 Ties are broken deterministically, as a STABLE ascending sort over a fixed flattening order
 (row-major) would: among equal scores the lower index is pruned first (computed with kthvalue and
 a cumulative count of ties, 3x faster than sorting).
+
+``select_mask_inclusive`` is the released code's unstructured threshold (prune.fidelity: released):
+``score <= sorted(score)[int(n * s)]`` prunes floor(n * s) + 1 entries (more on ties at the
+threshold); magnitude applies it to the whole matrix, SparseGPT to each column block.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 
 from srclib import choices
 
-__all__ = ["PATTERNS", "SCOPES", "Pattern", "select_mask", "validate_sparsity", "get_pattern"]
+__all__ = ["PATTERNS", "SCOPES", "Pattern", "select_mask", "select_mask_inclusive", "validate_sparsity",
+           "get_pattern"]
 
 
 def validate_sparsity(sparsity: float, what: str = "sparsity") -> float:
@@ -128,3 +133,22 @@ def select_mask(score: torch.Tensor, sparsity: float, pattern: str = "unstructur
     (N:M patterns are always per row). Ties: the lower (row-major) index is pruned first.
     """
     return get_pattern(pattern).select(score, sparsity, scope)
+
+
+def select_mask_inclusive(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The released ``<=`` threshold over the whole score (True = pruned): every entry at or below the
+    value at index floor(n * s) of the ascending sort, i.e. floor(n * s) + 1 entries plus any ties
+    at that value. Sparsity 0 prunes nothing (the released main skips pruning at 0).
+
+    score: (R, C), LOW = unimportant."""
+    s = validate_sparsity(sparsity)
+    if score.dim() != 2:
+        raise ValueError(f"score must be a 2-D (C_out, C_in) tensor, got shape {tuple(score.shape)}")
+    if not bool(torch.isfinite(score).all()):
+        raise ValueError("score contains NaN or inf; cannot rank weights")
+    if s == 0.0:
+        return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
+    flat = score.reshape(-1)
+    k = int(flat.numel() * s)  # index into the ascending sort, as the released code (< n since s < 1)
+    thresh = torch.kthvalue(flat, k + 1).values  # sorted(flat)[k]
+    return score <= thresh

@@ -17,7 +17,8 @@ Algorithm (``sparsegpt_prune``), all in float32:
 One deliberate difference from the reference: the reference's unstructured block threshold is
 ``score <= sorted[int(numel * s)]``, which prunes int(numel * s) + 1 entries per block (more on
 ties); here exactly floor(numel * s) per block are pruned (stable tie-break by index), so the
-layer sparsity is exactly the target wherever blocksize * C_out * s is an integer.
+layer sparsity is exactly the target wherever blocksize * C_out * s is an integer. ``inclusive=True``
+(prune.fidelity: released) restores the reference's rule (srclib.pruning.masks.select_mask_inclusive).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from srclib.pruning.base import LayerPruner
-from srclib.pruning.masks import get_pattern, select_mask
+from srclib.pruning.masks import get_pattern, select_mask, select_mask_inclusive
 
 __all__ = ["SparseGPTPruner", "sparsegpt_prune"]
 
@@ -63,8 +64,12 @@ def sparsegpt_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     name: str = "",
+    inclusive: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` (C_out, C_in) given the layer Hessian (C_in, C_in).
+
+    inclusive: unstructured blocks use the reference's ``score <= sorted[int(numel * s)]`` (one entry
+    more per block, more on ties) instead of exactly floor(numel * s).
 
     Returns (new_weight float32 (C_out, C_in), mask bool (C_out, C_in), True = pruned).
     Pruned entries of new_weight are exactly 0; kept entries carry the OBS update.
@@ -103,6 +108,8 @@ def sparsegpt_prune(
         d1 = torch.diag(Hinv1)  # (count,)
         if pat.structured:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        elif inclusive:
+            mask1 = select_mask_inclusive(W1 ** 2 / d1[None, :] ** 2, s)
         else:
             mask1 = select_mask(W1 ** 2 / d1[None, :] ** 2, s, "unstructured", scope="matrix")
         # err_i = (w_i - q_i) / d_i = w_i * pruned_i / d_i: one multiplier per entry
@@ -126,10 +133,12 @@ def sparsegpt_prune(
 
 
 class SparseGPTPruner(LayerPruner):
-    def __init__(self, layer: nn.Linear, name: str = "", blocksize: int = 128, percdamp: float = 0.01, **options: Any):
+    def __init__(self, layer: nn.Linear, name: str = "", blocksize: int = 128, percdamp: float = 0.01,
+                 inclusive: bool = False, **options: Any):
         super().__init__(layer, name)
         self.blocksize = blocksize
         self.percdamp = percdamp
+        self.inclusive = bool(inclusive)
         # running sum of X^T diag(w^2) X, float32 (method.md 4; the reference keeps H in float32)
         self.xtx = torch.zeros(self.columns, self.columns, dtype=torch.float32, device=layer.weight.device)
 
@@ -148,7 +157,7 @@ class SparseGPTPruner(LayerPruner):
     def prune(self, sparsity: float, pattern: str = "unstructured") -> torch.Tensor:
         new_w, mask = sparsegpt_prune(
             self.layer.weight, self.hessian(), sparsity, pattern,
-            blocksize=self.blocksize, percdamp=self.percdamp, name=self.name,
+            blocksize=self.blocksize, percdamp=self.percdamp, name=self.name, inclusive=self.inclusive,
         )
         return self._apply(new_w, mask)
 

@@ -11,6 +11,9 @@ sequence: one window, or one window noised at one t), a registry ``ACCUMULATIONS
 With all token weights 1 the two differ in general (sum of norms >= norm of the concatenation);
 each accumulation with weights 1 is bit-identical to itself without weights.
 Statistics are accumulated in float64 (order-robust); scores are float32.
+
+``ignore_pattern`` (prune.fidelity: released, sink-aware Wanda): the released ``prune_sink`` prunes
+the floor(C_in * s) lowest of every row whatever the N:M pattern asked for.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 
 from srclib import choices
 from srclib.pruning.base import LayerPruner
-from srclib.pruning.masks import select_mask
+from srclib.pruning.masks import get_pattern, select_mask
 
 __all__ = ["ACCUMULATIONS", "WandaPruner", "wanda_score", "pass_sumsq"]
 
@@ -57,8 +60,10 @@ choices.check("Wanda accumulations", ACCUMULATIONS, choices.ACCUMULATIONS)
 
 
 class WandaPruner(LayerPruner):
-    def __init__(self, layer: nn.Linear, name: str = "", accumulation: str = "total", **options: Any):
+    def __init__(self, layer: nn.Linear, name: str = "", accumulation: str = "total",
+                 ignore_pattern: bool = False, **options: Any):
         super().__init__(layer, name)
+        self.ignore_pattern = bool(ignore_pattern)
         if accumulation not in ACCUMULATIONS:
             raise ValueError(
                 f"unknown Wanda accumulation {accumulation!r}; allowed: {sorted(ACCUMULATIONS)}"
@@ -82,6 +87,9 @@ class WandaPruner(LayerPruner):
         return wanda_score(self.layer.weight, self.col_norm())
 
     def prune(self, sparsity: float, pattern: str = "unstructured") -> torch.Tensor:
+        if self.ignore_pattern:
+            get_pattern(pattern).check(sparsity)  # the run's pattern is still a valid one
+            pattern = "unstructured"
         mask = select_mask(self.score(), sparsity, pattern, scope="row")
         return self._apply(None, mask)
 
