@@ -21,6 +21,8 @@ prepares what the plot stage draws):
   {"variance_per_layer": (L,), optional "kind", "random_init"} (the variance stage's ``plots``);
 * ``trajectory_heatmaps(panels)``: run -> {"mass": (b, S, T), "kind", "random_init", "prompt_len"}
   (``srclib.trajectories.panels.heatmap_panels``);
+* ``sink_dynamics_animation(panels)`` (an animation, one frame per step; ``save_animation``
+  writes it as GIF and HTML): run -> ``srclib.trajectories.panels.sink_dynamics_panels`` entry;
 * ``sink_position_vs_step(variance_plots, primary_variant)``: per run {"dominant": {variant: (B, S)}}
   and kind -> the variant to draw (``srclib.trajectories.store.PRIMARY_VARIANT``);
 * ``layer_sparsity(prune_metrics)``: instance -> metrics/prune/<instance>.json;
@@ -55,7 +57,7 @@ __all__ = [
     "style", "save_figure", "METHOD_COLORS", "WEIGHTING_STYLES", "KIND_COLORS", "DPI",
     "accuracy_vs_sparsity", "perplexity_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps",
     "sink_position_vs_step", "layer_sparsity", "loss_curves", "efficiency_bars", "quality_vs_speedup",
-    "SPEEDUP_KIND_STYLES",
+    "SPEEDUP_KIND_STYLES", "sink_dynamics_animation", "save_animation", "ANIMATION_FPS", "ANIMATION_DPI",
 ]
 
 DPI = 150
@@ -336,6 +338,176 @@ def trajectory_heatmaps(panels: Mapping[str, Mapping[str, Any]]) -> Figure:
         fig.supylabel("step (denoising / decoding)")
         fig.suptitle("Global attention mass per step (dashed: end of prompt)")
     return fig
+
+
+# =================================================================================================
+# sink dynamics: one frame per denoising / decoding step (an animation)
+# =================================================================================================
+ANIMATION_FPS = 5  # frames (steps) per second (GIF frame times are whole centiseconds: 200 ms)
+ANIMATION_DPI = 72  # GIF and HTML frames: 64 steps of a 3-model figure stay under ~3 MB
+ANIMATION_ID = "sink_dynamics"  # the HTML player's element id (matplotlib draws a random one)
+_MASKED_COLOR = "0.78"  # DLM keys still [MASK] at the step
+
+
+def _animation_cells(panels: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[bool], dict]:
+    """(columns: models, DLMs first; rows: trained then random-init, those present; (row, col) -> run)."""
+    kinds = {r: (p["kind"], bool(p["random_init"])) for r, p in panels.items()}
+    models: dict[str, str] = {}
+    cells: dict[tuple[bool, str], str] = {}
+    for run in sorted(panels):
+        model, rnd = str(panels[run]["model"]), kinds[run][1]
+        if (rnd, model) in cells:
+            raise ValueError(f"runs {cells[(rnd, model)]!r} and {run!r} are both the "
+                             f"{'random-init' if rnd else 'trained'} run of model {model!r}")
+        cells[(rnd, model)] = run
+        models.setdefault(model, kinds[run][0])
+    cols = sorted(models, key=lambda m: (models[m] != "dlm", m))
+    rows = [rnd for rnd in (False, True) if any(k[0] == rnd for k in cells)]
+    return cols, rows, {(i, j): cells[(rnd, m)] for i, rnd in enumerate(rows) for j, m in enumerate(cols)
+                        if (rnd, m) in cells}
+
+
+def sink_dynamics_animation(panels: Mapping[str, Mapping[str, Any]], fps: float = ANIMATION_FPS):
+    """The sink dynamics across steps as a ``matplotlib.animation.FuncAnimation``, one frame per
+    step (save it with ``save_animation``). Columns: models, diffusion LMs first beside the
+    autoregressive contrasts at the matching step; rows: trained runs, then their random-init
+    controls (if any). Each run: a layer x key-position heatmap of the attention mass (share x
+    number of keys, 1 = uniform, log colour; blank: keys that do not exist yet) above the global
+    mass share per key position (bars; light grey: keys still [MASK]) with the sink set marked
+    (triangles) and the dominant position (red star); dashed: end of the prompt, dotted: the
+    uniform share. panels: run -> srclib.trajectories.panels.sink_dynamics_panels entry."""
+    from matplotlib.animation import FuncAnimation
+
+    if not panels:
+        raise ValueError("no trajectories to animate")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    n_frames = {len(p["steps"]) for p in panels.values()}
+    if len(n_frames) != 1:
+        raise ValueError(f"every run needs the same number of frames, got {sorted(n_frames)}")
+    F = n_frames.pop()
+    cols, rows, cells = _animation_cells(panels)
+    vmax = max(4.0, max(float(np.nanmax(p["layers"])) for p in panels.values()))
+    norm_c = LogNorm(vmin=0.25, vmax=vmax, clip=True)
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.92")
+    updates = []
+    with style():
+        fig = Figure(figsize=(3.7 * len(cols), 4.3 * len(rows) + 0.4))
+        axes = fig.subplots(2 * len(rows), len(cols), squeeze=False,
+                            gridspec_kw={"height_ratios": [1.0, 0.9] * len(rows)})
+        img = None
+        for (i, j), run in sorted(cells.items()):
+            p = panels[run]
+            ax_h, ax_b = axes[2 * i][j], axes[2 * i + 1][j]
+            layers = np.asarray(p["layers"], dtype=float)  # (F, L, T)
+            share = 100.0 * np.nan_to_num(np.asarray(p["share"], dtype=float))  # (F, T) %
+            masked = np.asarray(p["masked"], dtype=bool)
+            sinks, dom = np.asarray(p["sinks"], dtype=bool), np.asarray(p["dominant"])
+            steps, n_keys = np.asarray(p["steps"]), np.asarray(p["n_keys"])
+            _, L, T = layers.shape
+            edges = np.arange(T + 1) - 0.5
+            P = int(p["prompt_len"])
+            img = ax_h.imshow(layers[0], aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
+                              norm=norm_c, extent=(-0.5, T - 0.5, -0.5, L - 0.5))
+            ax_h.grid(False)
+            ax_h.set_ylabel("layer")
+            ax_h.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax_h.tick_params(labelbottom=False)
+            color = KIND_COLORS[p["kind"]]
+            done = ax_b.stairs(np.where(masked[0], 0.0, share[0]), edges, fill=True, color=color, lw=0)
+            todo = ax_b.stairs(np.where(masked[0], share[0], 0.0), edges, fill=True, color=_MASKED_COLOR, lw=0)
+            top = 1.25 * max(float(share.max()), 1e-9)
+            uniform = ax_b.axhline(100.0 / n_keys[0], color="0.3", ls=":", lw=0.9)
+            sink_pts = ax_b.scatter([], [], marker="v", s=16, color="0.1", zorder=3, clip_on=False)
+            dom_pt = ax_b.scatter([], [], marker="*", s=60, color="#d62728", edgecolors="0.1", linewidths=0.4,
+                                  zorder=4, clip_on=False)
+            for ax in (ax_h, ax_b):
+                ax.axvline(P - 0.5, color="white" if ax is ax_h else "0.4", lw=0.8, ls="--")
+                ax.set_xlim(-0.5, T - 0.5)
+            ax_b.set_ylim(0, top)
+            ax_b.set_xlabel("key position (token index)")
+            ax_b.set_ylabel("share of mass (%)")
+            ax_b.grid(axis="x", visible=False)
+            label = f"{run} ({p['kind'].upper()}{', random init' if p['random_init'] else ''})"
+            title = ax_h.set_title(label)
+
+            def update(f, *, layers=layers, share=share, masked=masked, sinks=sinks, dom=dom, steps=steps,
+                       n_keys=n_keys, im=img, done=done, todo=todo, uniform=uniform, sink_pts=sink_pts,
+                       dom_pt=dom_pt, title=title, label=label, top=top, n_steps=int(p["n_steps"])):
+                im.set_data(layers[f])
+                done.set_data(np.where(masked[f], 0.0, share[f]))
+                todo.set_data(np.where(masked[f], share[f], 0.0))
+                uniform.set_ydata([100.0 / n_keys[f]] * 2)
+                ks = np.flatnonzero(sinks[f])
+                sink_pts.set_offsets(np.column_stack([ks, share[f, ks] + 0.05 * top]) if len(ks)
+                                     else np.empty((0, 2)))
+                dom_pt.set_offsets([[dom[f], share[f, dom[f]] + 0.13 * top]])
+                title.set_text(f"{label}\nstep {int(steps[f]) + 1} of {n_steps}")
+
+            updates.append(update)
+            update(0)
+        for (i, j) in np.ndindex(len(rows), len(cols)):
+            if (i, j) not in cells:
+                axes[2 * i][j].set_visible(False)
+                axes[2 * i + 1][j].set_visible(False)
+        fig.colorbar(img, ax=axes[0::2].ravel().tolist(), shrink=0.9, format="%g", pad=0.01,
+                     ticks=[t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128) if t <= vmax],
+                     label="mass share × keys\n(1 = uniform, log)").ax.minorticks_off()
+        fig.suptitle("Where the attention mass sits at each step: diffusion vs autoregressive\n"
+                     "(▼ sinks, ★ dominant key; bars: all layers, grey: still [MASK]; dashed: end of prompt; "
+                     "dotted: uniform share)", fontsize=9.5)
+        fig.draw_without_rendering()  # lay out once (constrained), then freeze: frames do not jitter
+        fig.set_layout_engine("none")
+
+    def frame(f):
+        for u in updates:
+            u(f)
+        return []
+
+    return FuncAnimation(fig, frame, frames=F, init_func=lambda: frame(0), interval=1000.0 / fps,
+                         repeat=True, blit=False)
+
+
+def _gif_writer():
+    from matplotlib.animation import PillowWriter
+
+    class GifWriter(PillowWriter):
+        """PillowWriter that names the format (the atomic temporary file has no .gif suffix)."""
+
+        def finish(self):
+            self._frames[0].save(self.outfile, format="GIF", save_all=True, append_images=self._frames[1:],
+                                 duration=int(1000 / self.fps), loop=0)
+
+    return GifWriter
+
+
+def save_animation(anim, stem: str, out_dir: str | Path, fps: float = ANIMATION_FPS,
+                   dpi: int = ANIMATION_DPI) -> dict[str, Path]:
+    """Write ``<stem>.gif`` (Pillow, looping) and ``<stem>.html`` (matplotlib's self-contained
+    JavaScript player: play, pause, step, slider) into out_dir, atomically, one frame per frame
+    of ``anim``. Deterministic bytes: the GIF holds no timestamps, the HTML frames are PNGs
+    without dates and the player's element id is fixed (``ANIMATION_ID``), so saving the same
+    animation twice gives identical files."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stem):
+        raise ValueError(f"stem must be a plain file stem (letters, digits, _ . -), got {stem!r}")
+    out_dir = Path(out_dir)
+    written = {}
+    with style(), matplotlib.rc_context({"savefig.dpi": dpi}):
+        path = out_dir / f"{stem}.gif"
+        with atomic_path(path) as tmp:
+            anim.save(str(tmp), writer=_gif_writer()(fps=fps), dpi=dpi)
+        written["gif"] = path
+        player = anim.to_jshtml(fps=fps, default_mode="loop")
+        found = re.search(r'id="_anim_img([0-9a-f]{32})"', player)
+        if found is None:
+            raise RuntimeError("matplotlib's HTML player changed: no _anim_img<uuid> element found")
+        player = player.replace(found.group(1), ANIMATION_ID)
+        path = out_dir / f"{stem}.html"
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                                 f"<title>{stem}</title>\n</head>\n<body>\n{player}\n</body>\n</html>\n")
+        written["html"] = path
+    return written
 
 
 # =================================================================================================

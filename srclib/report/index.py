@@ -1,7 +1,8 @@
 """reports/index.html: the study's front page.
 
 In order: the findings (each claim of the paper with its measured answer, srclib.report.findings),
-the headline tables inline, the figures at readable size with a one-line caption each, the prune
+the headline tables inline, the figures at readable size with a one-line caption each (animations,
+GIF with a link to their HTML player, first), the prune
 and evaluate reports as a grid (model x method x weighting, one column per sparsity and pattern,
 each instance linking its reports and showing its score), the other stage reports and table
 files, and the params folded at the end. Relative links only (a link is written only where its
@@ -11,6 +12,7 @@ file exists), sorted listings, no timestamps; written atomically.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +27,7 @@ from srclib.report.render import html_table
 from srclib.report.results import AVERAGE, METHOD_LABELS, PPL, WEIGHTING_LABELS, instance_values
 from srclib.report.tables import METHOD_ORDER, PATTERN_ORDER, WEIGHTING_ORDER
 
-__all__ = ["build_index", "FIGURE_CAPTIONS", "TITLE"]
+__all__ = ["build_index", "FIGURE_CAPTIONS", "TITLE", "forks_html", "refresh_forks"]
 
 TITLE = "Sink-aware pruning study: results"
 FIGURE_CAPTIONS = {  # stem -> one-line caption (figures without one are captioned by their stem)
@@ -33,6 +35,8 @@ FIGURE_CAPTIONS = {  # stem -> one-line caption (figures without one are caption
                                "autoregressive runs, random-init controls hatched / dashed.",
     "sink_position_vs_step": "Where the dominant sink sits at every denoising / decoding step.",
     "trajectory_heatmaps": "Global attention mass per step and key position (1 = uniform share).",
+    "sink_dynamics": "Sink dynamics: where the attention mass sits at each denoising / decoding step, diffusion "
+                     "LMs beside their autoregressive contrasts (animation of one prompt; sinks marked).",
     "accuracy_vs_sparsity": "Average task accuracy vs sparsity, per method (colour) and weighting (line).",
     "perplexity_vs_sparsity": "Held-out perplexity vs sparsity (log scale).",
     "layer_sparsity": "Actual sparsity of every pruned linear, per transformer block.",
@@ -121,6 +125,48 @@ def _grid_html(results: pd.DataFrame, stage_link) -> list[str]:
     return out
 
 
+FORKS_BEGIN, FORKS_END = "<!-- forked notebooks -->", "<!-- /forked notebooks -->"
+
+
+def forks_html(root: str | Path | None) -> list[str]:
+    """The "Forked notebooks" section: every rendered fork (reports/html/forks/<name>.html, sorted)
+    with a link to its report and where its outputs are. Between two comment markers, so that
+    ``refresh_forks`` can rewrite it alone after a fork runs."""
+    e = html.escape
+    base = paths.index_html(root=root).parent
+    found = sorted(paths.fork_html_dir(root=root).glob("*.html")) if paths.fork_html_dir(root=root).is_dir() else []
+    out = [FORKS_BEGIN, '<section id="forks"><h2>Forked notebooks</h2>']
+    if not found:
+        out.append("<p>None yet. Copy a stage notebook to <code>notebooks/&lt;name&gt;.ipynb</code>, edit it and run "
+                   "<code>python -m srclib.run &lt;name&gt; params_file=params.yaml</code> (README, Extending the "
+                   "study): its report is listed here, its outputs land in <code>forks/&lt;name&gt;/</code>.</p>")
+    else:
+        out.append("<p>Notebooks forked from a stage's, run with <code>python -m srclib.run &lt;name&gt;</code>; "
+                   "each writes its stage's outputs under <code>forks/&lt;name&gt;/</code>.</p><ul>")
+        for p in found:
+            href = os.path.relpath(p, base).replace(os.sep, "/")
+            out.append(f'<li data-fork="{e(p.stem)}"><a href="{e(href)}">{e(p.stem)}</a>: outputs in '
+                       f"<code>{e((paths.FORKS / p.stem).as_posix())}/</code></li>")
+        out.append("</ul>")
+    out += ["</section>", FORKS_END]
+    return out
+
+
+def refresh_forks(root: str | Path | None = None) -> Path | None:
+    """Rewrite the "Forked notebooks" section of an existing reports/index.html from the forks
+    folder (what the plot stage writes there, so the page equals a fresh build); None when there is
+    no index yet or it has no such section (the plot stage's next run writes one)."""
+    index = paths.index_html(root=root)
+    if not index.is_file():
+        return None
+    text = index.read_text(encoding="utf-8")
+    start, end = text.find(FORKS_BEGIN), text.find(FORKS_END)
+    if start < 0 or end < start:
+        return None
+    new = text[:start] + "\n".join(forks_html(root)) + text[end + len(FORKS_END):]
+    return write_text(index, new) if new != text else index
+
+
 def build_index(root: str | Path | None, params, commit: str, *, findings: Sequence[Finding],
                 tables: Mapping[str, pd.DataFrame], results: pd.DataFrame | None = None) -> Path:
     """Write reports/index.html (module docstring). tables: name -> table frame shown inline (in
@@ -151,6 +197,11 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
     out += [html_table(t) for t in tables.values()]
     out.append("</section>")
     out.append('<section id="figures"><h2>Figures</h2>')
+    for p in sorted(paths.figures_dir(root=root).glob("*.gif")):  # animations first: the headline figure
+        player = p.with_suffix(".html")
+        extra = f' (<a href="{e(link(player))}">interactive player</a>)' if link(player) else ""
+        out.append(f'<figure id="fig-{e(p.stem)}"><a href="{e(link(p))}"><img src="{e(link(p))}" alt="{e(p.stem)}"></a>'
+                   f"<figcaption>{e(FIGURE_CAPTIONS.get(p.stem, p.stem))}{extra}</figcaption></figure>")
     for p in figures:
         pdf = p.with_suffix(".pdf")
         extra = f' (<a href="{e(link(pdf))}">PDF</a>)' if link(pdf) else ""
@@ -160,9 +211,12 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
     out.append("</section>")
     if results is not None:
         out += _grid_html(results, stage_link)
+    out += forks_html(root)
     out += ['<section id="stages"><h2>Other stage reports and table files</h2>', "<ul>"]
     by_stage: dict[str, list[Path]] = {}
     for p in sorted(notebooks):
+        if p.parent == paths.fork_html_dir(root=root):  # listed in their own section
+            continue
         if p.parent.name not in ("prune", "evaluate") or results is None:
             by_stage.setdefault(p.parent.name, []).append(p)
     if "plot" not in by_stage:  # rendered after the plot notebook that writes this page

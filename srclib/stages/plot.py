@@ -7,7 +7,9 @@ quality-vs-speedup figure and series): skipped with a log line when absent.
 Writes reports/tables/<name>.{md,html,tex} (main_<model>, structured_<model> for models with
 structured instances, dense_models, sink_variance), reports/figures/<stem>.{png,pdf},
 metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv (and quality_vs_speedup.csv with
-structured instances and efficiency metrics) and reports/index.html.
+structured instances and efficiency metrics) and reports/index.html; the sink dynamics across
+steps as an animation, reports/figures/sink_dynamics.{gif,html} (one frame per step, trained runs,
+DLMs beside their AR contrasts; the static trajectory_heatmaps figure stays for print).
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from srclib.report.index import build_index
 from srclib.trajectories import panels
 from srclib.trajectories.store import PRIMARY_VARIANT
 
-__all__ = ["run", "PlotResult", "Gallery", "HEATMAP_PROMPTS"]
+__all__ = ["run", "PlotResult", "Gallery", "Animation", "HEATMAP_PROMPTS", "ANIMATION_STEM", "ANIMATION_PROMPT",
+           "ANIMATION_FRAMES"]
 
 log = logging.getLogger(__name__)
 
 HEATMAP_PROMPTS = 2  # prompts (rows) shown in the trajectory heatmaps
+ANIMATION_STEM = "sink_dynamics"  # reports/figures/<stem>.gif and .html
+ANIMATION_PROMPT = 0  # the prompt whose trajectory the animation shows
+ANIMATION_FRAMES = 64  # at most this many frames (steps; longer trajectories are subsampled)
 
 
 class Gallery(dict):
@@ -53,12 +59,26 @@ class Gallery(dict):
         return "\n".join(parts)
 
 
+class Animation:
+    """The sink-dynamics animation: shows the GIF inline in a notebook (base64, so the rendered
+    HTML report is self-contained); ``gif`` and ``html`` are the written files."""
+
+    def __init__(self, gif: Path, html: Path) -> None:
+        self.gif, self.html = Path(gif), Path(html)
+
+    def _repr_html_(self) -> str:
+        data = base64.b64encode(self.gif.read_bytes()).decode("ascii")
+        return (f'<figure style="margin:0 0 1.5em 0"><img style="max-width:100%" src="data:image/gif;base64,{data}" '
+                f'alt="{html.escape(self.gif.stem)}"><figcaption>{html.escape(self.gif.name)} (interactive player: '
+                f"{html.escape(self.html.name)})</figcaption></figure>")
+
+
 @dataclass
 class PlotResult:
     """What the plot notebook shows. tables: name -> table frame; markdown: every table as
     markdown; figures: stem -> PNG (shows inline); series: name -> CSV path; index: the front page;
     skipped: what was not drawn and why; findings: the paper's claims with the measured answers;
-    interpretation: those findings as markdown."""
+    interpretation: those findings as markdown; animation: the sink dynamics (shows the GIF inline)."""
 
     results: pd.DataFrame
     tables: dict[str, pd.DataFrame]
@@ -69,6 +89,7 @@ class PlotResult:
     skipped: list[str] = field(default_factory=list)
     findings: list[findings_.Finding] = field(default_factory=list)
     interpretation: str = ""
+    animation: Animation | None = None
 
 
 def _save(gallery: Gallery, out_dir: Path, stem: str, fig) -> None:
@@ -110,6 +131,11 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]}
     _save(gallery, out_dir, "trajectory_heatmaps",
           plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
+    sink = params.variance  # the variance stage's sink rule marks the sinks in every frame
+    dynamics = panels.sink_dynamics_panels(trained, rule=sink.rule, alpha=sink.alpha, kappa=sink.kappa, eps=sink.eps,
+                                           prompt=ANIMATION_PROMPT, max_frames=ANIMATION_FRAMES)
+    animation = Animation(**plotting.save_animation(plotting.sink_dynamics_animation(dynamics), ANIMATION_STEM,
+                                                    out_dir))
     _save(gallery, out_dir, "sink_position_vs_step", plotting.sink_position_vs_step(var_plots, PRIMARY_VARIANT))
     if any(not (m.get("structured") or m["spec"].get("structure")) for m in prune.values()):
         _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
@@ -151,4 +177,5 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     index = build_index(root, params, git_commit(root, mark_dirty=True) or "unknown", findings=found,
                         tables=headline, results=df)
     return PlotResult(results=df, tables=tabs, markdown=markdown, figures=gallery, series=series_paths, index=index,
-                      skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found))
+                      skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found),
+                      animation=animation)
