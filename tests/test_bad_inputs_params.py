@@ -176,6 +176,25 @@ def test_empty_prune_instances_named_directly(tmp_path):
     assert "efficiency" not in str(err.value)
 
 
+FIDELITY_CASES = [
+    # (old, new, message start): prune.fidelity and the calibration noise (README, "Differences from
+    # the released code"), refused by the runner before any kernel starts
+    ("  fidelity: corrected\n", "  fidelity: relased\n",
+     "prune.fidelity = 'relased': must be one of ['released', 'corrected']"),
+    ("noise_eps: 1.0e-3, noise: grid,", "noise_eps: 1.0e-3, noise: dream,",
+     "prune.calibration.noise = 'dream': must be one of ['auto', 'grid', 'stratified']"),
+    ("noise_eps: 1.0e-3, noise: grid,", "noise_eps: 1.0e-3, noise: stratified,",
+     "prune.calibration.noise = 'stratified' is the released Dream forward process"),
+]
+
+
+@pytest.mark.parametrize("old,new,start", FIDELITY_CASES, ids=["fidelity", "noise", "stratified-ends"])
+def test_fidelity_and_noise_refused_through_the_runner(root, caplog, old, new, start):
+    write_params(root, edit(REPO_PARAMS, old, new))
+    msg = refused(root, caplog, prune_argv())
+    assert msg.startswith(start), msg
+
+
 CALIB = "n_samples: 32, seq_len: 128,"
 
 

@@ -67,6 +67,9 @@ BAD = [
     ("evaluate.tasks.arc_easy.mc_num", 0, ">= 1"),
     ("models.tiny-dlm.dtype", "fp8", "float32"),
     ("models.tiny-dlm.device", "gpu0", "device"),
+    ("prune.fidelity", "release", "prune.fidelity = 'release': must be one of ['released', 'corrected']"),
+    ("prune.calibration.noise", "uniform", "prune.calibration.noise"),
+    ("prune.calibration.noise", "stratified", "prune.options.noise_keep_ends"),
 ]
 
 
