@@ -347,6 +347,11 @@ ANIMATION_FPS = 5  # frames (steps) per second (GIF frame times are whole centis
 ANIMATION_DPI = 72  # GIF and HTML frames: 64 steps of a 3-model figure stay under ~3 MB
 ANIMATION_ID = "sink_dynamics"  # the HTML player's element id (matplotlib draws a random one)
 _MASKED_COLOR = "0.78"  # DLM keys still [MASK] at the step
+# the HTML player's buttons: matplotlib draws them with Font Awesome icons from a CDN; these glyphs
+# (DejaVu / system fonts) keep the page self-contained and working offline
+_PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "|&#9664;&#9664;", "fa-step-backward": "|&#9664;",
+                 "fa-play fa-flip-horizontal": "&#9664;", "fa-pause": "&#10074;&#10074;", "fa-play": "&#9654;",
+                 "fa-step-forward": "&#9654;|", "fa-fast-forward": "&#9654;&#9654;|", "fa-plus": "+"}
 
 
 def _animation_cells(panels: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[bool], dict]:
@@ -483,11 +488,12 @@ def _gif_writer():
 
 def save_animation(anim, stem: str, out_dir: str | Path, fps: float = ANIMATION_FPS,
                    dpi: int = ANIMATION_DPI) -> dict[str, Path]:
-    """Write ``<stem>.gif`` (Pillow, looping) and ``<stem>.html`` (matplotlib's self-contained
-    JavaScript player: play, pause, step, slider) into out_dir, atomically, one frame per frame
-    of ``anim``. Deterministic bytes: the GIF holds no timestamps, the HTML frames are PNGs
-    without dates and the player's element id is fixed (``ANIMATION_ID``), so saving the same
-    animation twice gives identical files."""
+    """Write ``<stem>.gif`` (Pillow, looping) and ``<stem>.html`` (matplotlib's JavaScript player:
+    play, pause, step, slider; its CDN icon font replaced by plain glyphs, so the page is
+    self-contained) into out_dir, atomically, one frame per frame of ``anim``. Deterministic
+    bytes: the GIF holds no timestamps, the HTML frames are PNGs without dates and the player's
+    element id is fixed (``ANIMATION_ID``), so saving the same animation twice gives identical
+    files."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", stem):
         raise ValueError(f"stem must be a plain file stem (letters, digits, _ . -), got {stem!r}")
     out_dir = Path(out_dir)
@@ -502,6 +508,8 @@ def save_animation(anim, stem: str, out_dir: str | Path, fps: float = ANIMATION_
         if found is None:
             raise RuntimeError("matplotlib's HTML player changed: no _anim_img<uuid> element found")
         player = player.replace(found.group(1), ANIMATION_ID)
+        player = re.sub(r'<link rel="stylesheet"\s*href="[^"]*font-awesome[^"]*">\s*', "", player)
+        player = re.sub(r'<i class="fa ([a-z -]+)"></i>', lambda m: _PLAYER_ICONS.get(m.group(1), m.group(0)), player)
         path = out_dir / f"{stem}.html"
         with atomic_path(path) as tmp:
             Path(tmp).write_text(f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

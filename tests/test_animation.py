@@ -192,6 +192,7 @@ def test_gif_has_one_frame_per_step_and_bytes_are_deterministic(four_runs, tmp_p
     assert text.startswith("<!DOCTYPE html>") and text.count("data:image/png;base64,") == 3
     assert f"anim{plotting.ANIMATION_ID} = new Animation" in text.replace("var ", "")
     assert not re.search(r"[0-9a-f]{32}", text.split("data:image")[0])  # no random element id
+    assert "http" not in text and "fa fa-" not in text  # self-contained: no CDN icon font
     for ext in ("gif", "html"):
         assert first[ext].read_bytes() == second[ext].read_bytes(), ext
     assert not list((tmp_path / "a").glob(".*"))  # atomic writes leave no temporary file
@@ -235,3 +236,46 @@ def test_plot_stage_writes_the_animation_and_the_index_links_it(tmp_path):
     assert '<img src="figures/sink_dynamics.gif"' in fig_html and 'href="figures/sink_dynamics.html"' in fig_html
     assert text.index('id="fig-sink_dynamics"') < text.index('id="fig-trajectory_heatmaps"')  # headline first
     assert (figs / "trajectory_heatmaps.png").is_file()  # the static version stays for print
+
+
+def test_html_player_works_offline_in_a_browser(four_runs, tmp_path):
+    """Headless Chromium (skipped without it, as tests/test_browser.py): the player shows a frame,
+    the slider spans every frame and the step buttons move it."""
+    from pathlib import Path
+
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install -y chromium chromium-driver)")
+    import time
+
+    from test_browser import CHROMEDRIVER, CHROMIUM, FLAGS
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    two = panels.sink_dynamics_panels({"d": _traj("dlm", "d", S=3, seed=7), "a": _traj("ar", "a", S=3, seed=8)}, **SINK)
+    page = plotting.save_animation(plotting.sink_dynamics_animation(two), "dyn", tmp_path, dpi=30)["html"]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        opts.add_argument(flag)
+    drv = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
+    try:
+        drv.get(page.as_uri())
+        ident = plotting.ANIMATION_ID
+        slider = drv.find_element("id", f"_anim_slider{ident}")
+        img = drv.find_element("id", f"_anim_img{ident}")
+        deadline = time.monotonic() + 10
+        while not drv.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img):
+            assert time.monotonic() < deadline, "the player's first frame did not load"
+            time.sleep(0.1)
+        assert slider.get_attribute("max") == "2"
+        drv.find_element("css selector", "button[title='Pause']").click()
+        drv.find_element("css selector", "button[title='First frame']").click()
+        assert slider.get_attribute("value") == "0"
+        drv.find_element("css selector", "button[title='Next frame']").click()
+        assert slider.get_attribute("value") == "1"
+        assert drv.find_element("css selector", "button[title='Play']").text == "\u25b6"
+        requests = drv.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert not [r for r in requests if not r.startswith(("file:", "data:"))], requests
+    finally:
+        drv.quit()
