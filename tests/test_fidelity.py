@@ -28,6 +28,7 @@ from srclib.models.tiny import TinyLM, test_config
 from srclib.params import ParamsError
 from srclib.pruning.checkpoint import run_prune
 from srclib.pruning.core import prune_model
+from srclib.stages.prune import interpretation
 
 from prune_specs import make_spec  # tests/ is on sys.path
 
@@ -314,6 +315,11 @@ def test_released_overrides_explicit_options_and_metrics_record_the_effective_ch
                               "noise": "stratified", "noise_keep_ends": True, "mask_pattern": "unstructured",
                               "threshold": "exact"}  # what ran: calib_inputs clean overridden for sink Wanda
     assert m["inputs"] == "noised" and run.metrics == m
+    text = interpretation(m)  # the notebook's reading names what ran
+    assert "Fidelity released: released calibration windows; stratified noise (first and last position kept); " \
+           "unstructured masks for the 2:4 instance." in text
+    assert "Fidelity" not in interpretation({**m, "effective": {**m["effective"], "fidelity": "corrected",
+                                                                 "noise": "grid"}})
 
 
 def test_effective_choices_per_family():

@@ -67,8 +67,23 @@ def interpretation(m: dict[str, Any]) -> str:
         f"**Measured.** {spec['method']} with {spec['weighting']} weighting ({spec['pattern']}) pruned "
         f"{m['n_pruned']:,} of {m['n_prunable']:,} prunable weights of {m['model']}: overall sparsity "
         f"{m['overall_sparsity']:.4f} for a target of {m['target_sparsity']:.4f}; per layer from "
-        f"{lo:.4f} to {hi:.4f} over {len(layers)} linears. Statistics: {data}."
+        f"{lo:.4f} to {hi:.4f} over {len(layers)} linears. Statistics: {data}.{_choices(m)}"
     )
+
+
+def _choices(m: dict[str, Any]) -> str:
+    """The resolved fidelity choices (metrics ``effective``), when they are not srclib's defaults."""
+    e = m.get("effective")
+    if not e or (e["fidelity"] == "corrected" and e.get("noise") in (None, "grid")):
+        return ""
+    parts = [f"{e['windows']} calibration windows"]
+    if e.get("noise"):
+        parts.append(f"{e['noise']} noise ({'first and last position kept' if e['noise_keep_ends'] else 'ends maskable'})")
+    if e.get("mask_pattern") and e["mask_pattern"] != m["spec"].get("pattern"):
+        parts.append(f"{e['mask_pattern']} masks for the {m['spec']['pattern']} instance")
+    if e.get("threshold") == "inclusive":
+        parts.append("the released `<=` threshold (one entry more per matrix / SparseGPT block)")
+    return f" Fidelity {e['fidelity']}: " + "; ".join(parts) + "."
 
 
 def _data(m: dict[str, Any]) -> str:
@@ -89,5 +104,5 @@ def _structured_interpretation(m: dict[str, Any]) -> str:
         f"compensation {'on' if s['bias_compensation'] else 'off'}) removed {s['removed_params']:,} of "
         f"{s['total_params']:,} block linear parameters of {m['model']}: ratio {s['achieved_ratio']:.4f} for a "
         f"target of {s['target_ratio']:.4f}. KV groups kept per block: {heads}; MLP channels kept per block: "
-        f"{chans}. Saved in the {s['form']} form. Statistics: {_data(m)}."
+        f"{chans}. Saved in the {s['form']} form. Statistics: {_data(m)}.{_choices(m)}"
     )
