@@ -1,4 +1,13 @@
-"""The papermill runner: ``python -m srclib.run <stage> key=value ...``.
+"""The papermill runner: ``python -m srclib.run <stage | fork> key=value ...``.
+
+``<fork>`` is a forked notebook: a path to a notebook (``notebooks/21_variance_mine.ipynb``) or the
+name of one in notebooks/ that is not a stage's (its stem, ``21_variance_mine``; srclib.paths.fork_notebooks).
+A fork runs like its base stage (the ``srclib.stages`` module its code imports) -- same parameter
+and params checks -- with ``SRCLIB_FORK=<name>`` and ``SRCLIB_FORK_STAGE=<stage>`` in the kernel's
+environment, so srclib.paths puts every output of the base stage under ``forks/<name>/`` (reads of
+other stages' outputs stay in place, and srclib.files refuses a write over a stage's output). Its
+HTML lands in reports/html/forks/<name>.html, and the runner rewrites the "Forked notebooks" list
+of reports/index.html (when the page exists; the plot stage lists the same folder when it writes it).
 
 1. Reads the stage's notebook and the names assigned in its cell tagged ``parameters``.
 2. Fails (exit 2) if an injected name is not declared there, or a declared one is not injected
@@ -19,7 +28,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import contextlib
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -31,7 +42,8 @@ from srclib import params, paths
 from srclib.files import atomic_path
 from srclib.schema import load_yaml_text
 
-__all__ = ["RunnerError", "declared_parameters", "parse_assignments", "run_stage", "main"]
+__all__ = ["RunnerError", "declared_parameters", "parse_assignments", "run_stage", "run_fork", "fork_stage",
+           "resolve", "main"]
 
 log = logging.getLogger("srclib.run")
 
@@ -231,34 +243,115 @@ def render_html(nb_path: Path, html_path: Path) -> Path:
 def run_stage(stage: str, parameters: dict[str, Any], root: Path | None = None) -> Path:
     """Execute one stage notebook; return the HTML report path. Raises on failure."""
     root = Path(root) if root is not None else paths.ROOT
+    if stage not in paths.STAGE_NOTEBOOKS:
+        raise RunnerError(f"unknown stage {stage!r}; stages: {list(paths.STAGE_NOTEBOOKS)} (a forked notebook "
+                          f"runs with run_fork)")
     nb_in = paths.notebook(stage, root)
     if not nb_in.is_file():
         raise RunnerError(f"notebook for stage {stage!r} not found: {nb_in}")
     check_parameters(stage, declared_parameters(nb_in), parameters)
     validate(stage, parameters, root)
-    import papermill as pm  # after validation: a params error does not wait for its import
     name = str(parameters.get("instance") or stage)
-    html = paths.report_html(stage, name, root)
-    failed = paths.failed_notebook(stage, name, root)
+    return _execute(f"stage {stage}", nb_in, name, parameters, root, paths.report_html(stage, name, root),
+                    paths.failed_notebook(stage, name, root))
+
+
+def fork_stage(nb_path: str | Path) -> str:
+    """The base stage of a forked notebook: the one ``srclib.stages`` module its code cells import
+    (``from srclib.stages import variance``, ``import srclib.stages.variance``, ``from
+    srclib.stages.variance import run``). RunnerError when there is none or more than one."""
+    nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        src = cell.get("source", "")
+        src = src if isinstance(src, str) else "".join(src)
+        src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(src)
+        except SyntaxError as exc:
+            raise RunnerError(f"{nb_path}: a code cell does not parse ({exc})") from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "srclib.stages" and not node.level:
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srclib.stages.") and not node.level:
+                found.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                found.update(a.name.split(".")[2] for a in node.names if a.name.startswith("srclib.stages."))
+    stages = sorted(found & set(paths.STAGE_NOTEBOOKS))
+    if len(stages) != 1:
+        raise RunnerError(
+            f"{nb_path}: a forked notebook imports exactly one stage module (`from srclib.stages import <stage>`, "
+            f"one of {list(paths.STAGE_NOTEBOOKS)}), whose outputs it writes under forks/<name>/; found {stages}")
+    return stages[0]
+
+
+def run_fork(nb_path: str | Path, parameters: dict[str, Any], root: Path | None = None) -> Path:
+    """Execute a forked notebook (module docstring); return its HTML report path. Raises on failure."""
+    root = Path(root) if root is not None else paths.ROOT
+    nb_in = Path(nb_path)
+    if not nb_in.is_file():
+        raise RunnerError(f"forked notebook not found: {nb_in}")
+    name = nb_in.stem
+    if not paths.FORK_NAME.match(name) or name in paths.STAGE_NOTEBOOKS or name == "forks":
+        raise RunnerError(
+            f"{nb_in}: a forked notebook's name (its file's stem, {name!r}) must be letters, digits, '_', '.', '-' "
+            f"and not a stage's name {list(paths.STAGE_NOTEBOOKS)}; rename the file, e.g. 21_variance_mine.ipynb")
+    stage = fork_stage(nb_in)
+    check_parameters(f"{stage}, forked as {name}", declared_parameters(nb_in), parameters)
+    validate(stage, parameters, root)
+    env = {paths.FORK_ENV: name, paths.FORK_STAGE_ENV: stage, "SRCLIB_ROOT": str(root)}
+    html = _execute(f"fork {name} ({stage})", nb_in, name, parameters, root, paths.fork_html(name, root),
+                    paths.failed_notebook("forks", name, root), env=env)
+    from srclib.report.index import refresh_forks  # after the run: the fork list of reports/index.html
+
+    if refresh_forks(root) is not None:
+        log.info("reports/index.html: forked notebooks list refreshed")
+    return html
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """Set ``env`` in os.environ (the kernel inherits it) and restore the previous values after."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _execute(what: str, nb_in: Path, name: str, parameters: dict[str, Any], root: Path, html: Path, failed: Path,
+             env: dict[str, str] | None = None) -> Path:
+    """papermill in a fresh kernel (cwd = root, ``env`` added to its environment), then HTML; on
+    failure the annotated notebook is kept at ``failed``."""
+    import papermill as pm  # after validation: a params error does not wait for its import
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srclib-run-") as tmpdir:
         nb_out = Path(tmpdir) / f"{name}.ipynb"
         log.info("running %s (%s) with %s", nb_in.name, name, parameters)
         try:
-            pm.execute_notebook(
-                str(nb_in), str(nb_out), parameters=parameters, cwd=str(root),
-                kernel_name="python3", progress_bar=False, log_output=False,
-                request_save_on_cell_execute=False,
-            )
+            with _environment(env or {}):
+                pm.execute_notebook(
+                    str(nb_in), str(nb_out), parameters=parameters, cwd=str(root),
+                    kernel_name="python3", progress_bar=False, log_output=False,
+                    request_save_on_cell_execute=False,
+                )
         except BaseException:
             if nb_out.is_file():
                 with atomic_path(failed) as tmp:
                     tmp.write_bytes(nb_out.read_bytes())
-                log.error("stage %s failed; annotated notebook kept at %s", stage, failed)
+                log.error("%s failed; annotated notebook kept at %s", what, failed)
             raise
         failed.unlink(missing_ok=True)
         render_html(nb_out, html)
-    log.info("stage %s (%s) done in %.1f s -> %s", stage, name, time.perf_counter() - t0, html)
+    log.info("%s (%s) done in %.1f s -> %s", what, name, time.perf_counter() - t0, html)
     return html
 
 
@@ -271,16 +364,42 @@ def error_text(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def resolve(target: str, root: Path | None = None) -> tuple[str | None, Path | None]:
+    """What ``python -m srclib.run <target>`` runs: (stage, None) for a stage name or a stage's own
+    notebook, (None, notebook) for a forked notebook (a path to a .ipynb, relative to the working
+    folder, or the name of one in notebooks/). RunnerError naming the stages and forks otherwise."""
+    if target in paths.STAGE_NOTEBOOKS:
+        return target, None
+    forks = paths.fork_notebooks(root)
+    if target in forks:
+        return None, forks[target]
+    as_path = Path(target).expanduser()
+    if target.endswith(".ipynb") or os.sep in target or "/" in target:
+        if not as_path.is_file():
+            raise RunnerError(f"notebook not found: {target}")
+        for stage in paths.STAGE_NOTEBOOKS:
+            if as_path.resolve() == paths.notebook(stage, root).resolve():
+                return stage, None
+        return None, as_path
+    raise RunnerError(
+        f"unknown stage {target!r}; stages: {list(paths.STAGE_NOTEBOOKS)}; forked notebooks "
+        f"(notebooks/*.ipynb that are not a stage's): {list(forks) or 'none'}; or give a notebook's path "
+        f"(python -m srclib.run notebooks/<name>.ipynb key=value ...)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m srclib.run", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", help=f"one of {list(paths.STAGE_NOTEBOOKS)}")
+    parser.add_argument("stage", help=f"one of {list(paths.STAGE_NOTEBOOKS)}, a forked notebook's name "
+                                      "(notebooks/<name>.ipynb) or a notebook's path")
     parser.add_argument("assignments", nargs="*", help="notebook parameters as key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        if args.stage not in paths.STAGE_NOTEBOOKS:
-            raise RunnerError(f"unknown stage {args.stage!r}; stages: {list(paths.STAGE_NOTEBOOKS)}")
-        run_stage(args.stage, parse_assignments(args.assignments))
+        stage, fork = resolve(args.stage)
+        if fork is not None:
+            run_fork(fork, parse_assignments(args.assignments))
+        else:
+            run_stage(stage, parse_assignments(args.assignments))
     except (RunnerError, params.ParamsError) as exc:
         log.error("%s", exc)
         return 2
