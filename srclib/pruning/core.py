@@ -29,6 +29,7 @@ from torch import nn
 from srclib import calibration as cal
 from srclib import devices, sinks
 from srclib.pruning.base import LayerPruner
+from srclib.pruning import memory
 from srclib.pruning.memory import PeakMemory
 from srclib.pruning.owl import outlier_ratio, owl_sparsities
 from srclib.params import PruneSpec
@@ -117,6 +118,21 @@ def make_batches(passes: torch.Tensor, windows_per_batch: int) -> list[cal.PassB
             for j in range(0, N, windows_per_batch)]
 
 
+def _stash_too_large(model, adapter, blocks, batches: list[cal.PassBatch]) -> bool:
+    """Would one batch's stash of every prunable linear's inputs (one-shot calibration with weights
+    from the same forward) exceed ``memory.stash_budget``? Then ``_prepare`` streams instead."""
+    if not batches:
+        return False
+    B, T = (int(n) for n in batches[0].ids.shape)
+    linears = [lin for b in blocks for lin in adapter.prunable(b).values()]
+    need = memory.stash_bytes(linears, B, T, next(model.parameters()).element_size())
+    budget = memory.stash_budget(devices.of(model))
+    if need > budget:
+        log.info("one-shot stash of %.1f GB > budget %.1f GB: sink weights from a mass-only pre-pass",
+                 need / 1e9, budget / 1e9)
+    return need > budget
+
+
 def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, blocks, clock: _Clock):
     """Batches of calibration passes, with weights attached or an online weight function."""
     dlm = mask_id is not None
@@ -133,6 +149,15 @@ def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, b
         n_t = passes.shape[1]
         if noised is None or inputs == "noised":  # the scored passes are the calibration passes
             weight_fn = lambda mass, n_t=n_t: weights_from_mass(mass, n_t, True, spec)  # noqa: E731
+            if (spec.one_shot or spec.owl) and _stash_too_large(model, adapter, blocks, batches):
+                # stream: the same per-pass weights from a mass-only pre-pass of the same passes, so
+                # the one-shot forward feeds every linear's inputs at once (no stash of all blocks)
+                with clock("mass_prepass"):
+                    for b in batches:
+                        mass = cal.record_pass_mass(model, blocks, b.ids, calib.mass_chunk_size,
+                                                    forward=_adapter_forward(model, adapter))
+                        b.weights = weights_from_mass(mass, b.n_t, True, spec)  # (passes, T)
+                weight_fn = None
         else:  # clean DLM windows, weights from their noised passes (mass-only pre-pass)
             with clock("mass_prepass"):
                 for b, nb in zip(batches, make_batches(noised, calib.windows_per_batch)):
