@@ -1,8 +1,8 @@
 """Figures: pure functions data -> matplotlib Figure, one visual style; ``save_figure``.
 
-(About 560 lines, over the house limit of 400 on purpose: the one visual style and the eight
-figures that share it stay in one module, so every notebook imports one name and a style change
-has one home.)
+(About 750 lines, over the house limit of 400 on purpose: the one visual style and the nine
+figures that share it, the sink-dynamics animation included, stay in one module, so every
+notebook imports one name and a style change has one home.)
 
 One style for every figure (``style()``: seaborn's whitegrid / paper context, DejaVu Sans, fixed
 dpi and SVG hash salt), one colour per pruning method (``METHOD_COLORS``), one line style per
