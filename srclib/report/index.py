@@ -5,7 +5,8 @@ the headline tables inline, the figures at readable size with a one-line caption
 GIF with a link to their HTML player, first), the prune
 and evaluate reports as a grid (model x method x weighting, one column per sparsity and pattern,
 each instance linking its reports and showing its score), the other stage reports and table
-files, and the params folded at the end. Relative links only (a link is written only where its
+files, the forked notebooks (reports/html/forks/; srclib.run rewrites that section alone after a
+fork runs: ``refresh_forks``), and the params folded at the end. Relative links only (a link is written only where its
 file exists), sorted listings, no timestamps; written atomically.
 """
 
