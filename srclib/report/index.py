@@ -4,10 +4,10 @@ In order: the findings (each claim of the paper with its measured answer, srclib
 the headline tables inline, the figures at readable size with a one-line caption each (animations,
 GIF with a link to their HTML player, first), the prune
 and evaluate reports as a grid (model x method x weighting, one column per sparsity and pattern,
-each instance linking its reports and showing its score), the other stage reports and table
-files, the forked notebooks (reports/html/forks/; srclib.run rewrites that section alone after a
-fork runs: ``refresh_forks``), and the params folded at the end. Relative links only (a link is written only where its
-file exists), sorted listings, no timestamps; written atomically.
+each instance linking its reports and showing its score), the forked notebooks
+(reports/html/forks/; srclib.run rewrites that section alone after a fork runs: ``refresh_forks``),
+the other stage reports and table files, and the params folded at the end. Relative links only (a
+link is written only where its file exists), sorted listings, no timestamps; written atomically.
 """
 
 from __future__ import annotations
