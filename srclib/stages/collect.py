@@ -125,7 +125,9 @@ def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Load
     model = model.to(devices.resolve(entry.device))
     label = labeller(key, adapter)
     targets = [(key, model, bool(label["random_init"]))]
-    if cfg.random_init_control:
+    if cfg.random_init_control and label["random_init"]:
+        log.info("%s: its checkpoint's weights are random (marker); no random-init twin collected", key)
+    elif cfg.random_init_control:
         targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
     for name, m, rnd in targets:
         t0 = time.perf_counter()

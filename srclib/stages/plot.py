@@ -128,7 +128,9 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     _save(gallery, out_dir, "perplexity_vs_sparsity",
           plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))
     _save(gallery, out_dir, "sink_variance_dlm_vs_ar", plotting.sink_variance_dlm_vs_ar(var_metrics, var_plots))
-    trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]}
+    # trained runs only; a study of random-weight models only (e.g. a new model built from its config)
+    # draws those, labelled random-init, rather than no figure
+    trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]} or dict(trajs)
     _save(gallery, out_dir, "trajectory_heatmaps",
           plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
     sink = params.variance  # the variance stage's sink rule marks the sinks in every frame
