@@ -178,7 +178,8 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
 
     def link(p: Path) -> str | None:
         p = Path(p) if Path(p).is_absolute() else Path(root or paths.ROOT) / p
-        return p.relative_to(base).as_posix() if p.is_file() else None
+        # relpath, not relative_to: a plot fork's index lives under forks/<name>/ beside other folders
+        return Path(os.path.relpath(p, base)).as_posix() if p.is_file() else None
 
     def stage_link(stage: str, name: str) -> str | None:
         return link(paths.report_html(stage, name, root=root))
