@@ -355,15 +355,16 @@ _PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "|&#9664;&#9664;", "
 
 
 def _animation_cells(panels: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[bool], dict]:
-    """(columns: models, DLMs first; rows: trained then random-init, those present; (row, col) -> run)."""
+    """(columns: models, DLMs first; rows: trained then random-init, those present; (row, col) -> run).
+    A run whose model already has a run in its row (e.g. a random-weight model beside its
+    random-init twin) gets a column of its own."""
     kinds = {r: (p["kind"], bool(p["random_init"])) for r, p in panels.items()}
     models: dict[str, str] = {}
     cells: dict[tuple[bool, str], str] = {}
     for run in sorted(panels):
         model, rnd = str(panels[run]["model"]), kinds[run][1]
         if (rnd, model) in cells:
-            raise ValueError(f"runs {cells[(rnd, model)]!r} and {run!r} are both the "
-                             f"{'random-init' if rnd else 'trained'} run of model {model!r}")
+            model = run
         cells[(rnd, model)] = run
         models.setdefault(model, kinds[run][0])
     cols = sorted(models, key=lambda m: (models[m] != "dlm", m))
