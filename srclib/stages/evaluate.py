@@ -46,7 +46,8 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     from srclib.models import MODELS, load, register
 
     root = Path(root) if root is not None else paths.ROOT
-    if not Path(str(source)).is_dir() and (str(source) not in MODELS or model.family is not None):
+    is_key = "/" not in str(source) and not Path(str(source)).is_dir()  # a dense model key, not a folder
+    if is_key and (str(source) not in MODELS or model.family is not None):
         register({str(source): model})  # a dense model defined in params.yaml (a folder's marker names its own)
     data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
     if cfg.ppl is not None:  # a tampered validation corpus is refused before minutes of lm-eval, not after
