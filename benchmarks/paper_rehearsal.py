@@ -16,11 +16,14 @@ Each model is measured in its own fresh subprocess (``--worker``), through srcli
    (the head is linear in T: x4 at 4096);
 3. one sink-aware Wanda calibration pass at T = 4096 (srclib.pruning.core.prune_model, the
    study's spec with a one-value t-grid: one noised pass, one-shot, weights from the same forward);
-4. one sink-aware SparseGPT block at T = 4096 (prune_model on a view of the model that exposes
-   block 0 only: mass pre-pass of one noised pass, Hessians of one clean window, OBS solve);
-5. one MC-ELBO request (srclib.likelihood, prefix 96 + target 32 tokens, cfg 0.5) at mc_num 8
+4. one MC-ELBO request (srclib.likelihood, prefix 96 + target 32 tokens, cfg 0.5) at mc_num 8
    (the study's 128 is 16x the rows: scaled by FLOPs);
-6. one sampler step at gen length 256 (srclib.diffusion.generate, steps=1, 32 prompt tokens).
+5. one sampler step at gen length 256 (srclib.diffusion.generate, steps=1, 32 prompt tokens);
+6. one sink-aware SparseGPT block at T = 4096 (prune_model on a view of the model that exposes
+   block 0 only: mass pre-pass of one noised pass, Hessians of one clean window, OBS solve).
+
+Each worker rewrites its record after every stage (``--worker NAME --out FILE``), so a run cut
+short still leaves the finished stages; ``--from-workers FILE ...`` assembles such records.
 
 Time is wall clock and process CPU time; peak memory is srclib.pruning.memory.PeakMemory (sampled
 RSS of the worker, bytes beyond what was resident at entry: the model weights). Measured CPU
@@ -128,7 +131,9 @@ def _measure(fn):
                  "baseline_bytes": mem.result["baseline_bytes"]}
 
 
-def worker(name: str, threads: int, small: bool = False) -> dict:
+def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
+    """Measure one model; ``save(out)`` after every stage (a partial record survives an interruption)."""
+    save = save or (lambda out: None)
     import dataclasses
 
     import torch
@@ -170,6 +175,7 @@ def worker(name: str, threads: int, small: bool = False) -> dict:
         assert tuple(mass.shape) == (shape.n_layers, 1, T)
         st[f"mass_T{T}"] = {"T": T, "batch": 1, **m}
         log.info("%s mass T=%d: %.1f s, +%.2f GB", name, T, m["wall_s"], m["peak_delta_bytes"] / 1e9)
+        save(out)
     # 2. LM head: full forward vs blocks-only forward at T = 1024
     ids = noised(SEQS[0])
     with torch.no_grad():
@@ -179,6 +185,7 @@ def worker(name: str, threads: int, small: bool = False) -> dict:
     st["forward_blocks"] = {"T": SEQS[0], "batch": 1, **m_body}
     log.info("%s forward T=1024: full %.1f s +%.2f GB, blocks only %.1f s +%.2f GB", name, m_full["wall_s"],
              m_full["peak_delta_bytes"] / 1e9, m_body["wall_s"], m_body["peak_delta_bytes"] / 1e9)
+    save(out)
     # 3. one sink-aware Wanda calibration pass (one-shot, weights from the same forward)
     study = params.load(ROOT / "params-gpu.yaml").prune
     base = study.spec(next(iter(study.instances)))
@@ -190,15 +197,8 @@ def worker(name: str, threads: int, small: bool = False) -> dict:
     st["wanda_sink_pass"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "seconds": rep.seconds,
                                    "cpu_seconds": rep.cpu_seconds, **m}
     log.info("%s sink Wanda pass: %.1f s, +%.2f GB %s", name, m["wall_s"], m["peak_delta_bytes"] / 1e9, rep.seconds)
-    # 4. one sink-aware SparseGPT block (mass pre-pass of one noised pass, one clean window)
-    sgpt = dataclasses.replace(wanda, method="sparsegpt")
-    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
-    rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
-    st["sparsegpt_sink_block"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "blocks": 1,
-                                        "seconds": rep.seconds, "cpu_seconds": rep.cpu_seconds, **m}
-    log.info("%s sink SparseGPT block: %.1f s, +%.2f GB %s", name, m["wall_s"], m["peak_delta_bytes"] / 1e9,
-             rep.seconds)
-    # 5. one MC-ELBO request
+    save(out)
+    # 4. one MC-ELBO request
     fn = model_logits_fn(model, adapter)
     req = [(window(ELBO["prefix"])[0], window(ELBO["target"])[0])]
     _, m = _measure(lambda: elbo_loglikelihood_batch(
@@ -207,12 +207,23 @@ def worker(name: str, threads: int, small: bool = False) -> dict:
     st["elbo_request"] = {**ELBO, **m}
     log.info("%s ELBO request (mc_num %d): %.1f s, +%.2f GB", name, ELBO["mc_num"], m["wall_s"],
              m["peak_delta_bytes"] / 1e9)
-    # 6. one sampler step at gen length 256
+    save(out)
+    # 5. one sampler step at gen length 256
     prompt = window(SAMPLER["prompt"])
     _, m = _measure(lambda: generate(model, prompt, steps=1, gen_length=SAMPLER["gen_length"],
                                      block_length=SAMPLER["gen_length"], mask_id=mask_id, adapter=adapter))
     st["sampler_step"] = {**SAMPLER, **m}
     log.info("%s sampler step: %.1f s, +%.2f GB", name, m["wall_s"], m["peak_delta_bytes"] / 1e9)
+    save(out)
+    # 6. one sink-aware SparseGPT block (last: the slowest; mass pre-pass of one noised pass, one clean window)
+    sgpt = dataclasses.replace(wanda, method="sparsegpt")
+    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
+    rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
+    st["sparsegpt_sink_block"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "blocks": 1,
+                                        "seconds": rep.seconds, "cpu_seconds": rep.cpu_seconds, **m}
+    log.info("%s sink SparseGPT block: %.1f s, +%.2f GB %s", name, m["wall_s"], m["peak_delta_bytes"] / 1e9,
+             rep.seconds)
+    save(out)
     return out
 
 
@@ -252,12 +263,15 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
             rows.append({"model": name, "stage": key, "wall_s": s["wall_s"], "cpu_s": s["cpu_s"],
                          "peak_gb": s["peak_delta_bytes"] / 1e9, "tflop": f / 1e12 if f else None,
                          "gflops_per_s": f / s["wall_s"] / 1e9 if f else None,
+                         "gflop_per_cpu_s": f / s["cpu_s"] / 1e9 if f else None,
                          "per_block_s": s["wall_s"] / shape.n_layers if key.startswith(("mass_", "wanda_"))
                          else (s["wall_s"] if key.startswith("sparsegpt") else None)})
         seq = sorted((s for k, s in st.items() if k.startswith("mass_T")), key=lambda s: s["T"])
         Ts = [s["T"] for s in seq]
         exps[name] = {"T": Ts, "memory": pj.loglog_slope(Ts, [s["peak_delta_bytes"] for s in seq]),
                       "time": pj.loglog_slope(Ts, [s["wall_s"] for s in seq])}
+        if "forward_full" not in st or "forward_blocks" not in st:
+            continue
         full, body = st["forward_full"], st["forward_blocks"]
         head_s = full["wall_s"] - body["wall_s"]
         head_b = full["peak_delta_bytes"] - body["peak_delta_bytes"]
@@ -274,16 +288,18 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
 def tables(res: dict) -> str:
     from srclib.efficiency import projection as pj
 
-    lines = ["| model | stage | wall s | CPU s | peak GB beyond weights | TFLOP | GFLOP/s | s per block |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | stage | wall s | CPU s | peak GB beyond weights | TFLOP | GFLOP/s (wall) | GFLOP per CPU-s "
+             "| wall s per block |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["measured"]:
         f = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
         lines.append(f"| {r['model']} | {r['stage']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_gb']:.2f} | "
-                     f"{f(r['tflop'], 2)} | {f(r['gflops_per_s'], 0)} | {f(r['per_block_s'])} |")
+                     f"{f(r['tflop'], 2)} | {f(r['gflops_per_s'], 0)} | {f(r['gflop_per_cpu_s'], 0)} | {f(r['per_block_s'])} |")
     lines += ["", "| model | T | peak-memory exponent in T | time exponent | LM head skipped (measured; linear in T) |",
               "| --- | --- | ---: | ---: | --- |"]
     for name, e in res["exponents"].items():
-        h = e["lm_head"]
+        h = e.get("lm_head")
+        if h is None:
+            continue
         lines.append(f"| {name} | {'/'.join(map(str, e['T']))} | {e['memory']:.2f} | {e['time']:.2f} | "
                      f"T={h['T']}: {h['seconds']:.1f} s, {h['bytes'] / 1e9:.2f} GB; T={h['T_max']}: "
                      f"{h['seconds_T_max']:.0f} s, {h['bytes_T_max'] / 1e9:.1f} GB per row |")
@@ -299,16 +315,20 @@ def main() -> None:
     ap.add_argument("--fp32-eff", type=float, default=0.5, help="fraction of the fp32 peak (SparseGPT, recorder)")
     ap.add_argument("--project-only", action="store_true", help="reuse the measurements in the results JSON")
     ap.add_argument("--json", type=Path, default=RESULTS)
+    ap.add_argument("--from-workers", type=Path, nargs="+", default=None,
+                    help="assemble the worker records written by --worker ... --out FILE")
     ap.add_argument("--reduced", action="store_true", help="test widths, T = 64..256 (a smoke run)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.worker:
-        a.out.write_text(json.dumps(worker(a.worker, a.threads, a.reduced), indent=1))
+        worker(a.worker, a.threads, a.reduced, save=lambda out: a.out.write_text(json.dumps(out, indent=1)))
         return
     if a.project_only:
         measured = json.loads(a.json.read_text())["raw"]
+    elif a.from_workers:
+        measured = {json.loads(f.read_text())["model"]: json.loads(f.read_text()) for f in a.from_workers}
     else:
         t0 = time.perf_counter()
         measured = run_workers(a.models, a.threads, a.reduced)

@@ -423,6 +423,8 @@ def schedule(jobs: Sequence[Mapping[str, Any]], workers: int) -> dict[str, Any]:
 
 
 def _h(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:,.0f} min"
     return f"{seconds / 3600:,.1f} h" if seconds < 3 * 86400 else f"{seconds / 86400:,.1f} d"
 
 
