@@ -136,7 +136,9 @@ def test_bad_argument_fails_fast_naming_it(case, argv, words, ckpts, no_lm_eval,
     msg, took = _run(_fill(argv, ckpts, tmp_path), no_lm_eval, tmp_path / "out")
     for w in words:
         assert w in msg, (w, msg)
-    assert took < 3.0, f"{case}: {took:.1f} s to the error (imports excluded)"
+    # fast by construction, not by a clock: lm-eval's CLI never started and its full task index was
+    # never built (no_lm_eval fails the test otherwise); wall times are measured, not gated (the
+    # house rule), and ~0.3 s here on an idle machine
 
 
 def test_good_arguments_reach_lm_eval_unchanged(ckpts, no_lm_eval, tmp_path):
@@ -180,16 +182,13 @@ def test_lm_eval_path_checks_before_loading(ckpts):
 
 def test_subprocess_prints_one_line_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "srclib.evaluation", "--model", "srclib-dlm", "--model_args",
                           f"pretrained={tmp_path}/nope,mc_num=abc", "--tasks", "arc_easy",
                           "--output_path", str(tmp_path / "out")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    took = time.perf_counter() - t0
     assert res.returncode == 1, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines == [f"{cli.PROG}: error: --model_args mc_num='abc': must be "
                      f"{lm.MODEL_ARGS['mc_num'][1]}"], res.stderr
     assert not (tmp_path / "out").exists()
-    # the imports (torch, lm-eval) are most of it: ~3 s on an idle 2-core machine, vs 19-50 s before
-    assert took < 20, took
+    # ~3 s on an idle 2-core machine (the imports), vs 19-50 s before: measured, not gated

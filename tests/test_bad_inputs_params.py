@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -334,15 +333,13 @@ def test_cli_params_error_before_heavy_imports(root):
     before = snapshot(root)
     env = {**os.environ, "SRCLIB_ROOT": str(root), "PYTHONPATH": str(Path(srclib.__file__).parents[1]),
            "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "srclib.run", *prune_argv("bad.yaml", "x")],
                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "train.seq_len = -1: must be >= 8" in proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"torch", "papermill", "nbformat", "nbconvert"}, sorted(imported & {"torch", "papermill"})
-    assert elapsed < 15  # ~0.3 s on an idle machine; the import check above is the real guard
+    # ~0.3 s on an idle machine: measured, not gated; the import check above is the guard
     assert snapshot(root) == before
 
 
