@@ -19,6 +19,7 @@ import json
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Sequence
 
 from srclib import paths
 
@@ -206,28 +207,31 @@ def efficiency_data(params_file: Path) -> tuple[list[str], list[str]]:
     return pruned + [f"models/{k}" for k in dense], [f"models.{k}" for k in dense]
 
 
-def _sync_efficiency(lines: list[str], params_file: Path) -> tuple[list[str], bool]:
-    """Rewrite the efficiency stage's ``pruned/`` and ``models/`` deps and ``models.`` params."""
-    data, model_params = efficiency_data(params_file)
+def _rewrite_runs(lines: list[str], stages: Sequence[str], item: str,
+                  items_for: Callable[[str, str], list[str]]) -> tuple[list[str], list[str]]:
+    """Text-level rewrite of dvc.yaml: inside each stage of ``stages``, every run of consecutive
+    list lines ``- <item>...`` (``item`` a regex of prefixes; a line that does not match ends the
+    run) becomes ``items_for(stage, first)``, where ``first`` is the prefix the run's first line
+    matched. Comments, order and every other line are kept. Returns (lines, stages changed)."""
     out: list[str] = []
+    changed: list[str] = []
     stage = None
-    changed = False
     i = 0
     while i < len(lines):
         line = lines[i]
         m = re.match(r"^  ([A-Za-z0-9_]+):\s*$", line)
-        if m:
+        if m and m.group(1) in stages:
             stage = m.group(1)
-        hit = re.match(r"^(\s+)- (pruned/|models/|models\.)", line) if stage == "efficiency" else None
-        if hit:
-            indent, kind = hit.group(1), hit.group(2)
-            pattern = r"- (pruned/|models/)" if kind != "models." else r"- models\."
+        hit = re.match(rf"^(\s+)- ({item})", line)
+        if hit and stage is not None:
+            indent = hit.group(1)
             old = []
-            while i < len(lines) and re.match(rf"^{indent}{pattern}", lines[i]):
+            while i < len(lines) and re.match(rf"^{indent}- ({item})", lines[i]):
                 old.append(lines[i])
                 i += 1
-            new = [f"{indent}- {d}\n" for d in (data if kind != "models." else model_params)]
-            changed |= new != old
+            new = [f"{indent}- {d}\n" for d in items_for(stage, hit.group(2))]
+            if new != old and stage not in changed:
+                changed.append(stage)
             out.extend(new)
             continue
         out.append(line)
@@ -245,34 +249,15 @@ def sync_dvc_yaml(path: Path | None = None, root: Path | None = None) -> list[st
     path = Path(path) if path is not None else root / "dvc.yaml"
     lines = path.read_text().splitlines(keepends=True)
     stages = list(yaml.safe_load("".join(lines))["stages"])
-    out: list[str] = []
-    changed: list[str] = []
-    stage = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        m = re.match(r"^  ([A-Za-z0-9_]+):\s*$", line)
-        if m and m.group(1) in stages:
-            stage = m.group(1)
-        dep = re.match(r"^(\s+)- srclib/", line)
-        if dep and stage is not None:
-            indent = dep.group(1)
-            old = []
-            while i < len(lines) and re.match(rf"^{indent}- srclib/", lines[i]):
-                old.append(lines[i])
-                i += 1
-            new = [f"{indent}- {f}\n" for f in stage_closure(DVC_NOTEBOOK_OF.get(stage, stage), root)]
-            if new != old:
-                changed.append(stage)
-            out.extend(new)
-            continue
-        out.append(line)
-        i += 1
+    out, changed = _rewrite_runs(lines, stages, r"srclib/",
+                                 lambda stage, _: stage_closure(DVC_NOTEBOOK_OF.get(stage, stage), root))
     params_file = root / "params.yaml"
     if "efficiency" in stages and params_file.is_file():
-        out, eff_changed = _sync_efficiency(out, params_file)
-        if eff_changed and "efficiency" not in changed:
-            changed.append("efficiency")
+        data, model_params = efficiency_data(params_file)
+        # deps: pruned/<inst> then models/<key>; params: models.<key> (the "params:" line parts the two)
+        out, eff = _rewrite_runs(out, ["efficiency"], r"pruned/|models/|models\.",
+                                 lambda _, first: model_params if first == "models." else data)
+        changed += [s for s in eff if s not in changed]
     if changed:
         from srclib.files import write_text
 

@@ -12,14 +12,12 @@ loudly at load time with the id and revision in the error.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable
-
 import dataclasses
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
 from srclib import choices
-from srclib.models.base import Adapter, marker_labels, read_marker
+from srclib.models.base import MARKER, Adapter, marker_labels, read_marker
 from srclib.models.dream import DreamAdapter
 from srclib.models.hf_causal import HFAdapter
 from srclib.models.llada import LLaDAAdapter
@@ -116,20 +114,20 @@ def register(models: Mapping[str, Any]) -> None:
                               f"(and source, ...) or use another key")
         if key in _DEFINED and _DEFINED[key] != definition:
             raise ParamsError(f"models.{key}: defined twice differently ({_DEFINED[key]} vs {definition})")
-        MODELS[key] = adapter_from_definition(key, definition)
-        _DEFINED[key] = dict(definition)
+        _define(key, definition)
 
 
-def check_keys(models: Mapping[str, Any] | Iterable[str]) -> None:
-    """Every params.yaml ``models:`` key must be a built-in registry entry or defined in its entry
-    (the runner calls this before a notebook starts; srclib.params does not import the registry).
-    Given entries (a mapping key -> ModelEntry), their definitions are registered first."""
-    if isinstance(models, Mapping) and all(hasattr(e, "definition") for e in models.values()):
-        register(models)
-        return
-    for key in models:
-        if key not in MODELS:
-            raise ParamsError(f"models.{key}: unknown model; registered models: {sorted(MODELS)}")
+def _define(key: str, definition: Mapping[str, Any]) -> None:
+    """Register the adapter a definition (params entry or checkpoint marker) describes."""
+    MODELS[key] = adapter_from_definition(key, definition)
+    _DEFINED[key] = dict(definition)
+
+
+def check_keys(models: Mapping[str, Any]) -> None:
+    """Every params.yaml ``models:`` key (key -> srclib.params.ModelEntry) must be a built-in
+    registry entry or defined in its entry; the definitions are registered (``register``). The
+    runner calls this before a notebook starts; srclib.params does not import the registry."""
+    register(models)
 
 
 def definition(key: str) -> dict[str, Any] | None:
@@ -148,7 +146,7 @@ def inherited_marker(key: str) -> dict[str, Any]:
     if key in _DEFINED:
         out["adapter"] = dict(_DEFINED[key])
     folder = paths.model_dir(key)
-    if (folder / "srclib_model.json").is_file():
+    if (folder / MARKER).is_file():
         info = read_marker(folder)
         out.update({k: info[k] for k in ("weights", "kind") if k in info})
     return out
@@ -185,8 +183,7 @@ def load(key_or_dir: str | Path, **overrides: Any):
     elif src.is_dir():
         info = read_marker(src)
         if info["key"] not in MODELS and isinstance(info.get("adapter"), dict):  # a params-defined model
-            MODELS[info["key"]] = adapter_from_definition(info["key"], info["adapter"])
-            _DEFINED[info["key"]] = dict(info["adapter"])
+            _define(info["key"], info["adapter"])
         adapter = get_adapter(info["key"])
         if "structure" in info:  # a structured (head / channel) pruned checkpoint: srclib.models.structure
             model, tok = load_structured(adapter, src, info["structure"], **overrides)

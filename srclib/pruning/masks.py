@@ -42,6 +42,14 @@ def validate_sparsity(sparsity: float, what: str = "sparsity") -> float:
     return s
 
 
+def _check_score(score: torch.Tensor) -> None:
+    """A score to rank: 2-D (C_out, C_in) and finite."""
+    if score.dim() != 2:
+        raise ValueError(f"score must be a 2-D (C_out, C_in) tensor, got shape {tuple(score.shape)}")
+    if not bool(torch.isfinite(score).all()):
+        raise ValueError("score contains NaN or inf; cannot rank weights")
+
+
 def _lowest_k_last_dim(score: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the k lowest entries along the last dim; on ties the lower index goes first.
 
@@ -95,10 +103,7 @@ class Pattern:
         s = self.check(sparsity)
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
-        if score.dim() != 2:
-            raise ValueError(f"score must be a 2-D (C_out, C_in) tensor, got shape {tuple(score.shape)}")
-        if not bool(torch.isfinite(score).all()):
-            raise ValueError("score contains NaN or inf; cannot rank weights")
+        _check_score(score)
         if not self.structured:
             return _unstructured(score, s, scope)
         if scope != "row":
@@ -142,10 +147,7 @@ def select_mask_inclusive(score: torch.Tensor, sparsity: float) -> torch.Tensor:
 
     score: (R, C), LOW = unimportant."""
     s = validate_sparsity(sparsity)
-    if score.dim() != 2:
-        raise ValueError(f"score must be a 2-D (C_out, C_in) tensor, got shape {tuple(score.shape)}")
-    if not bool(torch.isfinite(score).all()):
-        raise ValueError("score contains NaN or inf; cannot rank weights")
+    _check_score(score)
     if s == 0.0:
         return torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     flat = score.reshape(-1)

@@ -43,12 +43,11 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     params, lm-eval task versions).
     """
     from srclib.data.manifest import check_raw_file
-    from srclib.models import MODELS, load, register
+    from srclib.models import load, register
 
     root = Path(root) if root is not None else paths.ROOT
-    is_key = "/" not in str(source) and not Path(str(source)).is_dir()  # a dense model key, not a folder
-    if is_key and (str(source) not in MODELS or model.family is not None):
-        register({str(source): model})  # a dense model defined in params.yaml (a folder's marker names its own)
+    if "/" not in str(source) and not Path(str(source)).is_dir():  # a dense model key, not a folder:
+        register({str(source): model})  # its params definition (a folder's marker names its own)
     data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
     if cfg.ppl is not None:  # a tampered validation corpus is refused before minutes of lm-eval, not after
         check_raw_file(corpus)

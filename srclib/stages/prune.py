@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from srclib import paths
+from srclib.models import register
 from srclib.params import ModelEntry, PruneParams
 from srclib.pruning.checkpoint import PruneRun, run_prune
 
@@ -41,9 +42,7 @@ class PruneResult:
 def run(cfg: PruneParams, instance: str, model: ModelEntry, root: Path | None = None) -> PruneResult:
     """Prune ``instance`` of ``cfg.instances`` with the model loaded as ``model`` says."""
     inst = cfg.instance(instance)
-    from srclib.models import register  # a model defined in params.yaml: its adapter from the entry
-
-    register({inst.model: model})
+    register({inst.model: model})  # a model defined in params.yaml: its adapter from the entry
     res = run_prune(
         model=inst.model, spec=cfg.spec(instance), instance=instance,
         out_dir=paths.pruned_dir(instance, root), metrics_path=paths.prune_metrics(instance, root),
