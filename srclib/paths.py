@@ -30,6 +30,9 @@ TRAJECTORIES = Path("trajectories")  # collect stage
 SINKS = Path("sinks")  # variance stage: per-model sink statistics used by prune
 PRUNED = Path("pruned")  # prune stage: one folder per instance
 METRICS = Path("metrics")  # every DVC metrics JSON lives below here
+# unit-level values (per prompt, per window, per item) beside the metrics: DVC outs (cache: false),
+# committed to git, NOT declared as metrics so `dvc metrics show` stays scalar (srclib.stats uses them)
+UNITS = METRICS / "units"
 TIMING = Path("timing")  # clock values of stage runs: not DVC outputs, git-ignored
 REPORTS = Path("reports")
 HTML = REPORTS / "html"
@@ -62,9 +65,9 @@ FORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STAGE_OUTPUTS = {
     "train": (MODELS, METRICS / "train", TIMING / "train"),
     "collect": (TRAJECTORIES, METRICS / "collect"),
-    "variance": (SINKS, METRICS / "variance.json"),
+    "variance": (SINKS, METRICS / "variance.json", UNITS / "variance.json"),
     "prune": (PRUNED, METRICS / "prune", TIMING / "prune"),
-    "evaluate": (METRICS / "evaluate",),
+    "evaluate": (METRICS / "evaluate", UNITS / "evaluate"),
     "efficiency": (METRICS / "efficiency.json",),
     "plot": (TABLES, FIGURES, INDEX, METRICS / "plots"),
 }
@@ -226,6 +229,17 @@ def prune_metrics(instance: str, root: Path | None = None) -> Path:
 
 def eval_metrics(instance: str, root: Path | None = None) -> Path:
     return _r(METRICS / "evaluate" / f"{instance}.json", root)
+
+
+def eval_units(instance: str, root: Path | None = None) -> Path:
+    """Per-unit values of one evaluation: per validation window NLL (nats per token) and per task
+    item correct or not, in one fixed order for every checkpoint (metrics/units/evaluate/<instance>.json)."""
+    return _r(UNITS / "evaluate" / f"{instance}.json", root)
+
+
+def variance_units(root: Path | None = None) -> Path:
+    """Per-prompt values of every run's sink statistics (metrics/units/variance.json)."""
+    return _r(UNITS / "variance.json", root)
 
 
 def plot_series(name: str, root: Path | None = None) -> Path:
