@@ -432,6 +432,28 @@ def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key, monkeypat
     _check_provenance(m, cfg, root)
     assert list(r.table["task"]) == ["heldout"]
     assert f"{m['ppl']['ppl']:.2f}" in r.interpretation and "**t**" in r.interpretation
+    # unit-level values beside the metrics: one NLL per window, consistent with the scalar
+    u = json.loads(paths.eval_units("t", root).read_text())
+    assert "window_nll_per_token" not in m["ppl"]
+    per, tok = u["ppl"]["window_nll_per_token"], u["ppl"]["window_tokens"]
+    assert len(per) == 3 and sum(tok) == 33 and u["ppl"]["kind"] == m["ppl"]["kind"]
+    assert sum(x * k for x, k in zip(per, tok)) / sum(tok) == pytest.approx(m["ppl"]["nll_per_token"], rel=1e-12)
+    assert u["provenance"]["params"] == m["provenance"]["params"]
+
+
+def test_evaluate_refuses_a_non_finite_perplexity_naming_the_checkpoint():
+    ppl = {"kind": "elbo", "ppl": float("nan"), "window_nll_per_token": [1.0, float("nan")], "window_tokens": [3, 3]}
+    with pytest.raises(ValueError, match=r"pruned/x.*not finite in window\(s\) \[1\]"):
+        stage.split_units("x", {}, ppl, "pruned/x")
+
+
+def test_item_values_orders_by_doc_and_checks_duplicates():
+    samples = [{"doc_id": 2, "filter": "none", "acc": 1.0, "acc_norm": 0.0},
+               {"doc_id": 0, "filter": "none", "acc": 0.0, "acc_norm": 1.0}]
+    assert harness.item_values(samples, ["acc", "acc_norm"]) == {"doc_id": [0, 2], "acc": [0.0, 1.0],
+                                                                "acc_norm": [1.0, 0.0]}
+    with pytest.raises(ValueError, match="twice"):
+        harness.item_values(samples + samples[:1], ["acc"])
 
 
 @needs_data
@@ -453,6 +475,11 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
     assert {"task", "metric", "value", "stderr"} <= set(r.table.columns) and len(r.table) == 4
     acc, err = a["metrics"]["acc"], a["stderr"]["acc"]
     assert f"arc_easy (n=2, 0-shot, split validation): acc {acc:.3f} ± {err:.3f}" in r.interpretation
+    # per item correct or not, in doc order, and its mean is lm-eval's accuracy
+    items = json.loads(paths.eval_units("t", root).read_text())["tasks"]["arc_easy"]
+    assert items["doc_id"] == [0, 1] and "items" not in a
+    assert sum(items["acc"]) / 2 == pytest.approx(acc) and set(items["acc"]) <= {0.0, 1.0}
+    assert sum(items["acc_norm"]) / 2 == pytest.approx(a["metrics"]["acc_norm"])
 
 
 @needs_data

@@ -10,7 +10,7 @@ import logging
 import math
 import numbers
 import os
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from lm_eval.api.model import LM
@@ -21,7 +21,7 @@ from srclib.evaluation.lm import dlm_lm
 from srclib.evaluation.tasks import offline_task_manager
 from srclib.params import SamplerParams, TaskSettings
 
-__all__ = ["LM_FACTORIES", "MC_BATCH", "make_lm", "parse_results", "task_record", "evaluate_lm",
+__all__ = ["LM_FACTORIES", "MC_BATCH", "make_lm", "parse_results", "item_values", "task_record", "evaluate_lm",
            "evaluate"]
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,46 @@ def parse_results(res: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _item_value(v: Any) -> float | None:
+    if isinstance(v, (list, tuple)) and len(v) == 1:  # some metrics log [value]
+        v = v[0]
+    return _clean(v)
+
+
+def item_values(samples: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """Per-item values of one task from lm-eval's logged samples, in ``doc_id`` order.
+
+    samples: ``results["samples"][task]`` (one record per document and filter); metrics: the
+    task's metric names as parse_results gives them (``acc``, ``acc_norm``, ``exact_match,strict-match``).
+    Returns {"doc_id": [ids ascending], metric: [value per doc]} (1.0 / 0.0 for correct / wrong).
+    The same documents in the same order for every checkpoint: the unit of a paired test.
+    Raises ValueError when a document is logged twice for one filter or a metric is missing.
+    """
+    by_metric: dict[str, dict[int, float | None]] = {}
+    for m in metrics:
+        base, _, filt = m.partition(",")
+        filt = filt or "none"
+        rows: dict[int, float | None] = {}
+        for rec in samples:
+            if rec.get("filter", "none") != filt or base not in rec:
+                continue
+            doc = int(rec["doc_id"])
+            if doc in rows:
+                raise ValueError(f"lm-eval logged document {doc} twice for metric {m!r}")
+            rows[doc] = _item_value(rec[base])
+        if rows:
+            by_metric[m] = rows
+    if not by_metric:
+        return {"doc_id": []}
+    ids = sorted(next(iter(by_metric.values())))
+    out: dict[str, Any] = {"doc_id": ids}
+    for m, rows in by_metric.items():
+        if sorted(rows) != ids:
+            raise ValueError(f"metric {m!r} was logged for other documents than {next(iter(by_metric))!r}")
+        out[m] = [rows[i] for i in ids]
+    return out
+
+
 @contextlib.contextmanager
 def _without_env_info() -> Iterator[None]:
     """simple_evaluate runs torch's collect_env (a `pip list` subprocess, ~2 s) on every call to
@@ -118,7 +158,9 @@ def evaluate_lm(
     """Run each task with ``lm_eval.simple_evaluate`` on an LM instance; per-task settings.
 
     Returns {task or group name: {metrics, stderr, version, n_shot, n_samples, n_docs,
-    eval_split, fewshot_split, settings}}, groups (e.g. ``mmlu``) and their members included.
+    eval_split, fewshot_split, settings, items}}, groups (e.g. ``mmlu``) and their members included;
+    ``items`` (tasks only, not groups): the per-document values of ``item_values`` (the evaluate
+    stage moves them to metrics/units).
     cfg / mc_num are ignored for AR models (exact log-likelihoods).
     """
     import lm_eval
@@ -135,10 +177,13 @@ def evaluate_lm(
                 res = lm_eval.simple_evaluate(
                     model=lm, tasks=[name], num_fewshot=spec.num_fewshot, limit=spec.limit,
                     task_manager=tm, random_seed=seed, numpy_random_seed=seed,
-                    torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+                    torch_random_seed=seed, fewshot_random_seed=seed, log_samples=True,
                 )
+            samples = res.get("samples") or {}
             for k, v in parse_results(res).items():
                 v["settings"] = task_record(spec)
+                if k in samples:
+                    v["items"] = item_values(samples[k], list(v["metrics"]))
                 out[k] = v
     return out
 

@@ -75,6 +75,8 @@ def heldout_perplexity(model, tokenizer, adapter, texts: Sequence[str], settings
 
     DLMs: exp of the MC-ELBO bound (``kind: elbo``, an upper bound in expectation); causal
     models: the true perplexity (``kind: exact``). Same windows, same scored tokens.
+    ``window_nll_per_token`` / ``window_tokens``: the per-window values (the evaluate stage keeps
+    them in metrics/units, out of the DVC metrics).
     """
     windows = heldout_windows(texts, tokenizer, settings.seq_len, settings.n_windows)
     kind, nll, n = PERPLEXITY[bool(adapter.causal)](model, tokenizer, adapter, windows, settings,
@@ -88,5 +90,10 @@ def heldout_perplexity(model, tokenizer, adapter, texts: Sequence[str], settings
         "n_tokens": int(tokens),
         "seq_len": settings.seq_len,
         "mc_num": settings.mc_num if kind == "elbo" else None,
+        # unit-level values (srclib.stats): nats per scored token of every window, in window order;
+        # the MC-ELBO draws of a window come from a generator seeded by (seed, its tokens), so every
+        # checkpoint of a model sees the same t and masks (common random numbers)
+        "window_nll_per_token": [float(x) / int(k) for x, k in zip(nll, n)],
+        "window_tokens": [int(k) for k in n],
     }
 

@@ -17,11 +17,11 @@ from srclib.data.corpus import read_texts
 from srclib.evaluation.common import SAMPLER, sampler_record
 from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
 from srclib.evaluation.perplexity import heldout_perplexity
-from srclib.files import sha256_file, write_json
+from srclib.files import atomic_outputs, sha256_file, write_json
 from srclib.params import EvaluateParams, ModelEntry, as_dict
 from srclib.provenance import git_commit, git_state, versions
 
-__all__ = ["run", "EvaluateResult"]
+__all__ = ["run", "EvaluateResult", "split_units"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     if cfg.ppl is not None:
         ppl_res = heldout_perplexity(lm_model, tok, adapter, read_texts(corpus, what="validation corpus"),
                                      cfg.ppl, seed=cfg.seed, batch_size=cfg.batch_size)
+    task_res, ppl_res, units = split_units(instance, task_res, ppl_res, source)
     metrics = {
         "instance": instance,
         "model": {"key": adapter.key, "causal": bool(adapter.causal), "shift": bool(adapter.shift),
@@ -87,8 +88,39 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
             "params": as_dict(cfg),
         },
     }
-    write_json(paths.eval_metrics(instance, root), metrics)
+    units["provenance"] = {"params": metrics["provenance"]["params"],
+                           "checkpoint": metrics["provenance"]["checkpoint"]}
+    with atomic_outputs() as out:  # the two files are committed together, after every step that can fail
+        write_json(out.file(paths.eval_units(instance, root)), units)
+        write_json(out.file(paths.eval_metrics(instance, root)), metrics)
     return EvaluateResult(metrics, _table(task_res, ppl_res), interpretation(metrics, list(cfg.tasks)))
+
+
+def split_units(instance: str, tasks: Mapping[str, Any], ppl: Mapping[str, Any] | None,
+                source: str | os.PathLike = "") -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Move the unit-level values out of the task and perplexity records (DVC metrics stay scalar).
+
+    Returns (tasks without ``items``, ppl without its per-window lists, units) with units =
+    {"instance", "tasks": {task: {"doc_id": [...], metric: [per item]}}, "ppl": {"kind",
+    "window_nll_per_token": [...], "window_tokens": [...]} | None}: metrics/units/evaluate/<instance>.json.
+    Raises ValueError naming the checkpoint when a perplexity or a log-likelihood-based score is not
+    finite (NaN weights give NaN logits: never a number in a report).
+    """
+    import math
+
+    tasks_out = {k: {kk: vv for kk, vv in v.items() if kk != "items"} for k, v in tasks.items()}
+    items = {k: v["items"] for k, v in tasks.items() if "items" in v}
+    ppl_out, ppl_units = None, None
+    if ppl is not None:
+        per = list(ppl.get("window_nll_per_token", []))
+        bad = [i for i, x in enumerate(per) if not math.isfinite(x)]
+        if bad or not math.isfinite(float(ppl["ppl"])):
+            raise ValueError(f"{source or instance}: held-out NLL is not finite in window(s) {bad[:5]} "
+                             "(NaN / Inf weights or logits?)")
+        ppl_out = {k: v for k, v in ppl.items() if k not in ("window_nll_per_token", "window_tokens")}
+        ppl_units = {"kind": ppl["kind"], "window_nll_per_token": per,
+                     "window_tokens": list(ppl.get("window_tokens", []))}
+    return tasks_out, ppl_out, {"instance": instance, "tasks": items, "ppl": ppl_units}
 
 
 def _checkpoint(source: str | os.PathLike, adapter, root: Path) -> dict[str, Any]:
