@@ -19,6 +19,14 @@ Semantics mirrored from torch's SDPA reference implementation:
 A query row whose keys are all masked (e.g. a left-padding query) contributes 0 mass (SDPA
 returns a zero output for it), never NaN.
 
+Per-head shares (opt-in, ``record_mass(per_head=True)``): for every call also, per batch row and
+head h, with n_h the number of the call's queries that see at least one key and M_h[k] =
+sum_q A[h, q, k] the head's column mass (reduced from the same chunks, no extra T x T work),
+``bos_share`` = M_h[0] / n_h and ``top_share`` = max_k M_h[k] / n_h (a head attending uniformly
+over n keys has top share 1/n; 0 where n_h = 0). In an AR decoding step with a KV cache the only
+query is the newest token. The per-layer masses are computed exactly as without it
+(bit-identical).
+
 Code that imported the function by name before entering the context
 (``from torch.nn.functional import scaled_dot_product_attention``) is not intercepted.
 The patch is process-global and not thread-safe; nested recorders each record every call.
@@ -35,7 +43,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CHUNK_SIZE", "MassRecord", "record_mass", "key_mass"]
+__all__ = ["CHUNK_SIZE", "MassRecord", "record_mass", "key_mass", "key_mass_per_head", "head_shares"]
 
 # Queries per chunk of the mass computation: at most CHUNK_SIZE x T scores per head are ever
 # held (never T x T). The default of every recorder, collect and calibration (params.yaml
@@ -47,10 +55,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MassRecord:
-    """What ``record_mass`` collects: one (B, T_key) float32 tensor per SDPA call, in call order."""
+    """What ``record_mass`` collects: one (B, T_key) float32 tensor per SDPA call, in call order;
+    with ``per_head``, also one (B, H) BOS share and one (B, H) top share per call."""
 
     chunk_size: int
     per_call: list[torch.Tensor] = field(default_factory=list)
+    per_head: bool = False
+    bos_per_call: list[torch.Tensor] = field(default_factory=list)
+    top_per_call: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def calls(self) -> int:
@@ -74,9 +86,31 @@ class MassRecord:
             )
         return torch.stack(self.per_call)  # (L, B, T_key)
 
+    def _heads(self, calls: list[torch.Tensor]) -> torch.Tensor:
+        if not self.per_head:
+            raise RuntimeError("per-head shares were not recorded: use record_mass(per_head=True)")
+        if not calls:
+            raise RuntimeError("no attention call was recorded (see MassRecord.mass)")
+        shapes = {tuple(m.shape) for m in calls}
+        if len(shapes) > 1:
+            raise RuntimeError(f"recorded calls have different (B, H) shapes {sorted(shapes)}; reset() between passes")
+        return torch.stack(calls)  # (L, B, H)
+
+    @property
+    def bos_share(self) -> torch.Tensor:
+        """(L, B, H) float32: each head's attention mass on key 0 per query (module docstring)."""
+        return self._heads(self.bos_per_call)
+
+    @property
+    def top_share(self) -> torch.Tensor:
+        """(L, B, H) float32: each head's largest key mass per query (1/n for uniform over n keys)."""
+        return self._heads(self.top_per_call)
+
     def reset(self) -> None:
         """Forget everything recorded so far (e.g. between denoising steps)."""
         self.per_call.clear()
+        self.bos_per_call.clear()
+        self.top_per_call.clear()
 
 
 def _as_4d(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +133,34 @@ def key_mass(
     The softmax is computed chunk by chunk over queries in float32; rows with every key masked
     contribute 0. GQA is handled whenever H_kv divides H (as SDPA with ``enable_gqa=True``).
     """
+    return _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head=False)[0]
+
+
+def key_mass_per_head(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``key_mass`` (bit-identical) plus each head's column mass (B, H, T_k) and its number of
+    queries that see at least one key (B, H) int64, from the same chunks."""
+    return _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head=True)
+
+
+def head_shares(head_mass: torch.Tensor, n_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(BOS share, top share), each (B, H): key 0's and the largest key's column mass per query
+    (0 for a head without queries). head_mass (B, H, T_k), n_queries (B, H)."""
+    n = n_queries.to(head_mass.dtype)
+    safe = n.clamp_min(1)
+    bos = torch.where(n > 0, head_mass[..., 0] / safe, torch.zeros_like(n))
+    top = torch.where(n > 0, head_mass.max(dim=-1).values / safe, torch.zeros_like(n))
+    return bos, top
+
+
+def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: bool):
+    """(total (B, T_k), head mass (B, H, T_k) or None, queries per head (B, H) or None)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if query.dim() not in (3, 4) or key.dim() != query.dim():
@@ -124,6 +186,8 @@ def key_mass(
         kt = k.transpose(-1, -2)  # (B, H, hd, T_k)
         batch = torch.broadcast_shapes(q.shape[:1], k.shape[:1], mask.shape[:1] if mask is not None else (1,))
         total = torch.zeros(batch[0], Tk, dtype=torch.float32, device=q.device)  # (B, T_k)
+        heads = torch.zeros(batch[0], H, Tk, dtype=torch.float32, device=q.device) if per_head else None
+        nq = torch.zeros(batch[0], H, dtype=torch.long, device=q.device) if per_head else None
         kpos = torch.arange(Tk, device=q.device)
         for start in range(0, Tq, chunk_size):
             stop = min(start + chunk_size, Tq)
@@ -145,8 +209,12 @@ def key_mass(
             p = torch.softmax(s, dim=-1)  # (B, H, c, kend); a row with every key masked is NaN
             # sum over heads and queries; only a mask can empty a row (causal rows always see key 0)
             total[:, :kend] += p.nansum(dim=(1, 2)) if mask is not None else p.sum(dim=(1, 2))
+            if per_head:  # same chunk, reduced over queries only: (B, H, kend)
+                red = torch.nansum if mask is not None else torch.sum
+                heads[:, :, :kend] += red(p, dim=2)
+                nq += (red(p, dim=-1) > 0.5).sum(dim=-1)  # rows that see a key sum to 1, empty rows 0
             del s, p
-        return total
+        return total, heads, nq
 
 
 def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
@@ -161,10 +229,13 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
             query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
             scale=scale, **extra,
         )
-        record.per_call.append(
-            key_mass(query, key, attn_mask=attn_mask, is_causal=bool(is_causal), scale=scale,
-                     chunk_size=record.chunk_size)
-        )
+        total, heads, nq = _key_mass(query, key, attn_mask, bool(is_causal), scale, record.chunk_size,
+                                     per_head=record.per_head)
+        record.per_call.append(total)
+        if record.per_head:
+            bos, top = head_shares(heads, nq)
+            record.bos_per_call.append(bos)
+            record.top_per_call.append(top)
         return out
 
     scaled_dot_product_attention.__wrapped__ = original  # type: ignore[attr-defined]
@@ -172,8 +243,9 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
 
 
 @contextlib.contextmanager
-def record_mass(chunk_size: int = CHUNK_SIZE) -> Iterator[MassRecord]:
-    """Record per-call attention key mass while the context is open.
+def record_mass(chunk_size: int = CHUNK_SIZE, per_head: bool = False) -> Iterator[MassRecord]:
+    """Record per-call attention key mass while the context is open; ``per_head``: also each
+    head's BOS and top share per call (module docstring).
 
     >>> with record_mass() as rec:          # doctest: +SKIP
     ...     model(ids)
@@ -181,7 +253,7 @@ def record_mass(chunk_size: int = CHUNK_SIZE) -> Iterator[MassRecord]:
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    record = MassRecord(chunk_size=chunk_size)
+    record = MassRecord(chunk_size=chunk_size, per_head=bool(per_head))
     original = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _make_wrapper(original, record)
     try:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from srclib.attention import key_mass, record_mass
+from srclib.attention import head_shares, key_mass, key_mass_per_head, record_mass
 from srclib.models.tiny import TinyLM, apply_rope, rope_cache, test_config
 
 ATOL = 1e-4
@@ -261,6 +261,11 @@ def test_key_mass_matches_naive(B, H, rep, Tq, extra_k, hd, chunk, causal, mask_
     ref = _naive(q, k, mask, causal, scale)  # (B, Hq, Tq, Tk)
     got = key_mass(q, k, attn_mask=mask, is_causal=causal, scale=scale, chunk_size=chunk)
     torch.testing.assert_close(got.double(), ref.sum(dim=(1, 2)), atol=1e-4, rtol=1e-4)
+    # per head: the same total bit for bit, each head's column mass and its live queries
+    total, heads, nq = key_mass_per_head(q, k, attn_mask=mask, is_causal=causal, scale=scale, chunk_size=chunk)
+    assert torch.equal(total, got)
+    torch.testing.assert_close(heads.double(), ref.sum(dim=2), atol=1e-4, rtol=1e-4)
+    assert torch.equal(nq, (ref.sum(-1) > 0.5).sum(-1))
     # the reference weights reproduce SDPA's own output, so the mirrored semantics are SDPA's
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
                                          enable_gqa=rep > 1)
@@ -370,3 +375,86 @@ def test_llama_gqa_decode_step_matches_eager_last_row(padded):
         model.set_attn_implementation("sdpa")
     ref = torch.stack([a[:, :, -1].sum(1) for a in ref])  # (L, B, T): newest query, summed over heads
     torch.testing.assert_close(rec.mass, ref, atol=ATOL, rtol=1e-4)
+
+
+# ---- per-head BOS / top shares (opt-in) -------------------------------------------------------
+def _eager_heads(model, ids, mask4d=None, last_only=False):
+    """(L, B, H) BOS share and top share per query from eager attentions (output_attentions)."""
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            att = model(input_ids=ids, attention_mask=mask4d, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation("sdpa")
+    att = torch.stack(att)  # (L, B, H, Tq, Tk)
+    if last_only:
+        att = att[:, :, :, -1:]
+    col = att.sum(3)  # (L, B, H, Tk)
+    n = att.shape[3]
+    return col[..., 0] / n, col.max(-1).values / n
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_per_head_shares_match_eager(gqa, bidirectional):
+    model = _llama(gqa=gqa)
+    B, T = 2, 10
+    ids = torch.randint(0, 100, (B, T), generator=torch.Generator().manual_seed(9))
+    mask = torch.zeros(B, 1, T, T) if bidirectional else None
+    bos_ref, top_ref = _eager_heads(model, ids, mask)
+    with torch.no_grad(), record_mass(chunk_size=3, per_head=True) as rec:
+        model(input_ids=ids, attention_mask=mask)
+    assert rec.bos_share.shape == (3, B, 4) and rec.top_share.shape == (3, B, 4)
+    torch.testing.assert_close(rec.bos_share, bos_ref, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(rec.top_share, top_ref, atol=ATOL, rtol=1e-4)
+    assert (rec.top_share >= rec.bos_share).all() and (rec.top_share <= 1 + 1e-6).all()
+
+
+def test_per_head_decode_step_is_the_newest_query():
+    """A cached AR step: the shares are the newest query's row of each head."""
+    model = _llama(gqa=True)
+    ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(10))
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        with record_mass(per_head=True) as rec:
+            model(input_ids=ids[:, -1:], cache=out.past_key_values, use_cache=True)
+    bos_ref, top_ref = _eager_heads(model, ids, last_only=True)
+    torch.testing.assert_close(rec.bos_share, bos_ref, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(rec.top_share, top_ref, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_per_head_recording_leaves_layer_mass_bit_identical(causal):
+    torch.manual_seed(0)
+    model = TinyLM(test_config(causal=causal, n_kv_heads=2, init_std=0.3)).eval()
+    ids = torch.randint(0, 63, (2, 11), generator=torch.Generator().manual_seed(11))
+    am = torch.ones(2, 11, dtype=torch.long)
+    am[1, -2:] = 0
+    for mask in (None, am):
+        with torch.no_grad(), record_mass(chunk_size=4) as plain:
+            a = model(input_ids=ids, attention_mask=mask).logits
+        with torch.no_grad(), record_mass(chunk_size=4, per_head=True) as rec:
+            b = model(input_ids=ids, attention_mask=mask).logits
+        assert torch.equal(plain.mass, rec.mass) and torch.equal(a, b)
+        assert rec.bos_share.shape == (2, 2, 4) and (rec.bos_share <= rec.top_share).all()
+
+
+def test_head_shares_known_answers():
+    heads = torch.tensor([[[3.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])  # (B=1, H=2, T=3), 3 queries each
+    bos, top = head_shares(heads, torch.tensor([[3, 3]]))
+    torch.testing.assert_close(bos, torch.tensor([[1.0, 1 / 3]]))
+    torch.testing.assert_close(top, torch.tensor([[1.0, 1 / 3]]))  # uniform over 3 keys: 1/3
+    bos, top = head_shares(heads, torch.tensor([[0, 3]]))  # a head without queries: 0, not NaN
+    assert bos[0, 0] == 0 and top[0, 0] == 0
+    with record_mass() as rec:
+        F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
+    with pytest.raises(RuntimeError, match="per_head=True"):
+        rec.bos_share
+    q = torch.randn(1, 2, 3, 4)
+    mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
+    mask[..., 0, :] = False  # query 0 sees nothing
+    with record_mass(per_head=True) as rec:
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    _, heads, nq = key_mass_per_head(q, q, attn_mask=mask)
+    assert torch.equal(nq, torch.tensor([[2, 2]]))
+    torch.testing.assert_close(rec.bos_share[0], heads[..., 0] / 2)
