@@ -14,6 +14,11 @@ per-layer attention key mass (srclib.attention.record_mass):
   (``Trajectory.prefix_mass`` in srclib.trajectories.store; a test checks it against a real
   full-prefix forward).
 
+Per head (both kinds): at every step, each head's BOS share and top share of that step's forward
+(srclib.attention, ``record_mass(per_head=True)``; AR: the newest query), stored as
+``Trajectory.head_bos_share`` / ``head_top_share`` (S, L, H, B). The per-layer masses are the
+same bits as without them.
+
 Prompts (``prompt_batch``): each text is tokenised without special tokens; the tokenizer's own
 special prefix (e.g. [BOS], found by encoding a probe with and without special tokens) is kept
 in front; the text is LEFT-truncated (its last tokens are kept) so that every prompt is exactly
@@ -107,8 +112,6 @@ def prompt_batch(
     return torch.tensor(rows, dtype=torch.long), used
 
 
-
-
 def random_init_twin(model, seed: int):
     """The same architecture with freshly, deterministically initialised weights (eval mode, same
     device and dtype).  The global torch RNG is left untouched."""
@@ -121,7 +124,6 @@ def random_init_twin(model, seed: int):
         cls = type(model)
         twin = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
     return twin.to(device=param.device, dtype=param.dtype).eval()
-
 
 
 def collect_trajectory(
@@ -189,11 +191,13 @@ def _collect_dlm(model, adapter, ids: torch.Tensor, mask_id: int, meta: dict[str
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     masses: list[torch.Tensor] = []
     seen: list[torch.Tensor] = []
+    heads = _HeadSteps(B)
     bar = tqdm(total=cfg.steps, desc=f"collect {meta['run']}", leave=False)
-    with record_mass(chunk_size=cfg.chunk_size) as rec:
+    with record_mass(chunk_size=cfg.chunk_size, per_head=True) as rec:
 
         def on_step(step: int, x: torch.Tensor, info: dict[str, Any]) -> None:
             m = rec.mass  # (L, B or 2B, T): this step's forward
+            heads.add(rec)
             rec.reset()
             masses.append(m[:, :B].cpu())  # conditional rows first under CFG
             seen.append(x.cpu())
@@ -205,7 +209,24 @@ def _collect_dlm(model, adapter, ids: torch.Tensor, mask_id: int, meta: dict[str
     mass = torch.stack(masses).float()  # (S, L, B, T)
     T = mass.shape[-1]
     return Trajectory(meta=meta, mass=mass, valid_len=torch.full((mass.shape[0],), T, dtype=torch.long),
-                      prompt_ids=ids.cpu(), final_ids=final.cpu(), step_ids=torch.stack(seen))
+                      prompt_ids=ids.cpu(), final_ids=final.cpu(), step_ids=torch.stack(seen), **heads.tensors())
+
+
+class _HeadSteps:
+    """Per-step per-head shares of the first B batch rows (conditional rows under CFG)."""
+
+    def __init__(self, B: int) -> None:
+        self.B = B
+        self.bos: list[torch.Tensor] = []
+        self.top: list[torch.Tensor] = []
+
+    def add(self, rec) -> None:
+        self.bos.append(rec.bos_share[:, : self.B].permute(0, 2, 1).cpu())  # (L, H, B)
+        self.top.append(rec.top_share[:, : self.B].permute(0, 2, 1).cpu())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """{"head_bos_share", "head_top_share"}: (S, L, H, B) float32 each."""
+        return {"head_bos_share": torch.stack(self.bos).float(), "head_top_share": torch.stack(self.top).float()}
 
 
 def _collect_ar(model, ids, meta, *, gen_length, chunk_size) -> Trajectory:
@@ -213,8 +234,9 @@ def _collect_ar(model, ids, meta, *, gen_length, chunk_size) -> Trajectory:
     T = P + gen_length
     newest: list[torch.Tensor] = []
     prefill: list[torch.Tensor] = []
+    heads = _HeadSteps(B)
     bar = tqdm(total=gen_length, desc=f"collect {meta['run']}", leave=False)
-    with record_mass(chunk_size=chunk_size) as rec:
+    with record_mass(chunk_size=chunk_size, per_head=True) as rec:
 
         def on_prefill(prefix: torch.Tensor) -> None:
             prefill.append(rec.mass.cpu())  # (L, B, P-1)
@@ -222,6 +244,7 @@ def _collect_ar(model, ids, meta, *, gen_length, chunk_size) -> Trajectory:
 
         def on_step(step: int, x: torch.Tensor, info: dict[str, Any]) -> None:
             m = rec.mass  # (L, B, P + step): the newest query over all keys so far
+            heads.add(rec)  # the newest query's per-head shares
             rec.reset()
             newest.append(torch.nn.functional.pad(m.cpu(), (0, T - m.shape[-1])))
             bar.update(1)
@@ -233,6 +256,6 @@ def _collect_ar(model, ids, meta, *, gen_length, chunk_size) -> Trajectory:
     pre = (torch.nn.functional.pad(prefill[0], (0, T - prefill[0].shape[-1])).float() if prefill
            else torch.zeros(L, B, T))
     return Trajectory(meta=meta, mass=mass, valid_len=P + torch.arange(gen_length, dtype=torch.long),
-                      prompt_ids=ids.cpu(), final_ids=final.cpu(), prefill_mass=pre)
+                      prompt_ids=ids.cpu(), final_ids=final.cpu(), prefill_mass=pre, **heads.tensors())
 
 

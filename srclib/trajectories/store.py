@@ -8,16 +8,30 @@ relative, below float16's resolution on the raw values: the dominant position mu
 round trip.  (float32 is used instead if a deviation would overflow float16.)  Tensors:
 ``mass_dev`` (S, L, B, T), ``mass_mean`` (S, L, B), ``valid_len`` (S,), ``step`` (S,),
 ``prompt_ids`` (B, P), ``final_ids`` (B, T); DLM: ``step_ids`` (S, B, T); AR: ``prefill_dev``
-(L, B, T), ``prefill_mean`` (L, B).  Metadata key ``srclib_trajectory`` (``META_KEY``): JSON with
-the model key, run name, kind, causal, shift, has_bos, bos/mask ids, random_init and the settings.
+(L, B, T), ``prefill_mean`` (L, B); per head (format 2, written by collect; optional):
+``head_bos_share`` and ``head_top_share`` (S, L, H, B) float32.  Metadata key
+``srclib_trajectory`` (``META_KEY``): JSON with the model key, run name, kind, causal, shift,
+has_bos, bos/mask ids, random_init and the settings; ``srclib_trajectory_format``
+(``FORMAT_KEY``): the file format (``FORMAT_VERSION``; absent in format-1 files).
 ``load_trajectory`` / ``check_trajectory_file`` (header only, cheap) refuse a file that is not
-one (truncated, overwritten, metadata or a tensor missing or misshapen) with
-``TrajectoryFileError`` naming it.
+one (truncated, overwritten, metadata or a tensor missing or misshapen) or is of another format
+(an older collect: rerun it) with ``TrajectoryFileError`` naming it.
+
+Per-head shares (srclib.attention, per_head): at step tau, layer l, head h, prompt b, the head's
+attention mass on key 0 per query (``head_bos_share``) and its largest key mass per query
+(``head_top_share``; x valid_len[tau] = strength, 1 = uniform). Queries: AR the newest token, DLM
+every position.
 
 AR full-prefix mass (``Trajectory.prefix_mass``): attention is causal, so earlier queries' rows
 never change and the full-prefix column mass after step tau equals the prefill mass (queries
 0 .. P-2) plus the newest-query masses of steps 0 .. tau.  Its per-query normalised version
 divides key k by the number of queries that see it, T_tau - k with T_tau = P + tau keys.
+Both are biased towards key 0 (every query sees it: a random-init model puts its dominant key
+there), so they are NOT evidence of a sink (``BIASED_VARIANTS``). The bias-free
+``prefix_expected`` divides key k's raw mass by its expectation under uniform causal attention,
+n_h * sum_{q = k}^{T_tau - 1} 1 / (q + 1) with n_h = (raw mass over all keys) / T_tau the mass
+one query row carries (the number of heads, as every row sums to 1): 1 everywhere for uniform
+causal attention.
 """
 
 from __future__ import annotations
@@ -44,13 +58,19 @@ __all__ = [
     "FORMAT_VERSION",
     "RANDOM_SUFFIX",
     "PRIMARY_VARIANT",
+    "BIASED_VARIANTS",
+    "FORMAT_KEY",
 ]
 
 log = logging.getLogger(__name__)
 
 META_KEY = "srclib_trajectory"
-FORMAT_VERSION = 1
+FORMAT_KEY = "srclib_trajectory_format"
+FORMAT_VERSION = 2  # 2: per-head shares (head_bos_share, head_top_share) and FORMAT_KEY
 PRIMARY_VARIANT = {"dlm": "full", "ar": "newest"}  # the paper's statistic for each kind
+# variants biased towards key 0 by construction (causal column sums): not evidence of a sink
+BIASED_VARIANTS = ("prefix_raw", "prefix_norm")
+HEAD_TENSORS = ("head_bos_share", "head_top_share")
 
 
 def random_init_name(key: str) -> str:
@@ -68,6 +88,8 @@ class Trajectory:
     prompt_ids: (B, P); final_ids: (B, T) (AR: the last token is generated but never a key).
     step_ids: (S, B, T) ids the forward saw at each step (DLM only).
     prefill_mass: (L, B, T) key mass of the AR prefill (queries 0 .. P-2; zero if P = 1), AR only.
+    head_bos_share, head_top_share: (S, L, H, B) float32 per-head shares (module docstring), or
+        None (not recorded).
     meta: JSON-able description (model, run, kind, causal, shift, has_bos, bos_id, mask_id,
         random_init, settings).
     """
@@ -79,6 +101,8 @@ class Trajectory:
     final_ids: torch.Tensor
     step_ids: torch.Tensor | None = None
     prefill_mass: torch.Tensor | None = None
+    head_bos_share: torch.Tensor | None = None
+    head_top_share: torch.Tensor | None = None
 
     @property
     def kind(self) -> str:
@@ -108,12 +132,37 @@ class Trajectory:
         count = (self.valid_len[:, None].float() - k[None, :]).clamp_min(0)[:, None, None, :]  # (S, 1, 1, T)
         return torch.where(count > 0, raw / count.clamp_min(1), torch.zeros_like(raw))
 
+    def prefix_expected(self, raw: torch.Tensor | None = None) -> torch.Tensor:
+        """AR full-prefix mass over its expectation under uniform causal attention, (S, L, B, T):
+        raw_k / (n_h * sum_{q=k}^{T_tau-1} 1/(q+1)), n_h = sum_k raw_k / T_tau (module docstring);
+        0 at keys that do not exist. ``raw``: ``prefix_mass(False)`` if already computed."""
+        raw = self.prefix_mass(False) if raw is None else raw
+        T = self.seq_len
+        inv = 1.0 / torch.arange(1, T + 1, dtype=torch.float64)  # 1/(q+1), q = 0..T-1
+        tail = torch.flip(torch.cumsum(torch.flip(inv, [0]), 0), [0])  # tail[k] = sum_{q>=k} 1/(q+1)
+        n = self.valid_len.to(torch.long)  # (S,) queries (= keys) after each step
+        beyond = torch.cat([tail, torch.zeros(1, dtype=torch.float64)])[n]  # (S,) sum_{q>=n} 1/(q+1)
+        expect = (tail[None, :] - beyond[:, None]).clamp_min(0)  # (S, T): sum_{q=k}^{n-1} 1/(q+1)
+        ex = self.exists()  # (S, T)
+        per_row = raw.double().sum(-1) / n.double()[:, None, None]  # (S, L, B): mass per query row
+        denom = per_row[..., None] * expect[:, None, None, :]  # (S, L, B, T)
+        out = torch.where(ex[:, None, None, :] & (denom > 0), raw.double() / denom.clamp_min(1e-300),
+                          torch.zeros_like(denom))
+        return out.float()
+
+    @property
+    def n_heads(self) -> int | None:
+        """H of the per-head shares, None if not recorded."""
+        return None if self.head_bos_share is None else int(self.head_bos_share.shape[2])
+
     def variants(self) -> dict[str, torch.Tensor]:
-        """name -> (S, L, B, T) mass of every statistic variant of this kind."""
+        """name -> (S, L, B, T) mass of every statistic variant of this kind (AR ``prefix_raw`` and
+        ``prefix_norm`` are biased towards key 0: ``BIASED_VARIANTS``)."""
         if self.kind == "dlm":
             return {"full": self.mass}
-        return {"newest": self.mass, "prefix_raw": self.prefix_mass(False),
-                "prefix_norm": self.prefix_mass(True)}
+        raw = self.prefix_mass(False)
+        return {"newest": self.mass, "prefix_raw": raw, "prefix_norm": self.prefix_mass(True),
+                "prefix_expected": self.prefix_expected(raw)}
 
 
 # ---- storage: float16 deviations from the row mean -------------------------------------------
@@ -158,7 +207,15 @@ def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
         pv = (torch.arange(T) < P - 1)[None, None, :].expand(L, B, T)
         pdev, pmean = _encode(traj.prefill_mass, pv)
         tensors["prefill_dev"], tensors["prefill_mean"] = pdev.contiguous(), pmean.contiguous()
-    meta = {META_KEY: json.dumps(traj.meta, sort_keys=True)}
+    heads = [getattr(traj, k) for k in HEAD_TENSORS]
+    if (heads[0] is None) != (heads[1] is None):
+        raise ValueError("head_bos_share and head_top_share must both be given or both be None")
+    if heads[0] is not None:
+        for k, h in zip(HEAD_TENSORS, heads):
+            if h.dim() != 4 or (h.shape[0], h.shape[1], h.shape[3]) != (S, L, B) or h.shape != heads[0].shape:
+                raise ValueError(f"{k} must be (S, L, H, B) = ({S}, {L}, H, {B}), got {tuple(h.shape)}")
+            tensors[k] = h.float().contiguous()
+    meta = {META_KEY: json.dumps(traj.meta, sort_keys=True), FORMAT_KEY: str(FORMAT_VERSION)}
     path = Path(path)
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -188,6 +245,10 @@ def _check_shapes(path: Path, shapes: dict[str, tuple[int, ...]], kind: str) -> 
         want["step_ids"] = (S, B, T)
     if "prefill_dev" in shapes:
         want.update(prefill_dev=(L, B, T), prefill_mean=(L, B))
+    if any(k in shapes for k in HEAD_TENSORS):
+        hb = shapes.get(HEAD_TENSORS[0])
+        H = hb[2] if hb is not None and len(hb) == 4 else None
+        want.update({k: (S, L, H, B) for k in HEAD_TENSORS})
     for key, shape in want.items():
         if shapes.get(key) != shape:
             raise _corrupt(path, f"tensor {key!r} has shape {shapes.get(key)}, expected {shape} from "
@@ -220,7 +281,8 @@ def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         raise FileNotFoundError(f"trajectory file not found: {path} (run the collect stage)")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = _meta(path, fh.metadata())
+            fmd = fh.metadata() or {}
+            meta = _meta(path, fmd)
             if tensors:
                 out = {k: fh.get_tensor(k) for k in fh.keys()}
             else:
@@ -231,14 +293,29 @@ def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         raise _corrupt(path, f"cannot read its tensors ({type(exc).__name__}: {exc})") from exc
     shapes = {k: tuple(v.shape) for k, v in out.items()} if tensors else out
     _check_shapes(path, shapes, meta["kind"])
+    _check_format(path, fmd)
     return meta, out
 
 
-def check_trajectory_file(path: str | Path) -> None:
-    """Cheap check of a trajectory file (header only: metadata and tensor shapes; safetensors
-    also checks that the header covers the whole file, so a truncated file fails here). Raises
-    FileNotFoundError or TrajectoryFileError naming the file."""
-    _read(Path(path), tensors=False)
+def _check_format(path: Path, md: dict[str, str]) -> None:
+    """The file's format is this srclib's (FORMAT_VERSION); format-1 files have no FORMAT_KEY."""
+    raw = md.get(FORMAT_KEY, "1")
+    try:
+        version = int(raw)
+    except ValueError:
+        raise _corrupt(path, f"metadata {FORMAT_KEY!r} = {raw!r} is not a format number") from None
+    if version != FORMAT_VERSION:
+        raise TrajectoryFileError(
+            f"trajectory file {path} has format {version}, this srclib reads format {FORMAT_VERSION} "
+            f"(format 2 added the per-head shares): rerun the collect stage (dvc repro -f collect) "
+            f"to rewrite it")
+
+
+def check_trajectory_file(path: str | Path) -> dict[str, Any]:
+    """Cheap check of a trajectory file (header only: metadata, tensor shapes and format;
+    safetensors also checks that the header covers the whole file, so a truncated file fails
+    here); returns its metadata. Raises FileNotFoundError or TrajectoryFileError naming the file."""
+    return _read(Path(path), tensors=False)[0]
 
 
 def load_trajectory(path: str | Path) -> Trajectory:
@@ -259,4 +336,5 @@ def load_trajectory(path: str | Path) -> Trajectory:
         pv = (torch.arange(T) < P - 1)[None, None, :].expand(L, B, T)
         prefill = _decode(t["prefill_dev"], t["prefill_mean"], pv)
     return Trajectory(meta=meta, mass=mass, valid_len=valid_len, prompt_ids=t["prompt_ids"],
-                      final_ids=t["final_ids"], step_ids=t.get("step_ids"), prefill_mass=prefill)
+                      final_ids=t["final_ids"], step_ids=t.get("step_ids"), prefill_mass=prefill,
+                      head_bos_share=t.get("head_bos_share"), head_top_share=t.get("head_top_share"))
