@@ -313,7 +313,8 @@ def test_statistics_known_answers():
     traj = _synthetic([0, 2, 4, 2], mask_from=[3, 4, 5, 6])
     st = sink_statistics(traj, SINK)
     g = st["variants"]["full"]["global"]
-    assert st["variants"]["full"]["layers"][0] == g  # one layer: global = that layer
+    # one layer: global = that layer (the global stats also keep the per-prompt values)
+    assert st["variants"]["full"]["layers"][0] == {k: v for k, v in g.items() if k != "per_prompt"}
     # positions 0, 2, 4, 2: mean 2, population variance 2 -> 2 / 8^2
     assert g["variance"] == pytest.approx(2 / 64)
     # sink sets {0}, {2}, {4}, {2}: consecutive Jaccard 0, 0, 0
@@ -430,9 +431,10 @@ def test_collect_and_variance_stages(tmp_path):
     res = variance.run(SINK, root=tmp_path)
     ordered = list(paths.trajectory_runs(tmp_path))  # the stage reads trajectories/ in file order
     assert list(res.main["run"]) == ordered and set(res.main["variant"]) == {"full", "newest"}
-    assert len(res.table) == 2 * 3 + 2 * 3 * 3  # DLM: 1 variant x (global + 2 layers); AR: 3 variants
+    assert len(res.table) == 2 * 3 + 2 * 4 * 3  # DLM: 1 variant x (global + 2 layers); AR: 4 variants
+    assert set(res.table.loc[res.table["biased"], "variant"]) == {"prefix_raw", "prefix_norm"}
     stats = json.loads(paths.sink_stats("t-ar", tmp_path).read_text())
-    assert set(stats["variants"]) == {"newest", "prefix_raw", "prefix_norm"}
+    assert set(stats["variants"]) == {"newest", "prefix_raw", "prefix_norm", "prefix_expected"}
     assert stats["settings"] == dataclasses.asdict(SINK)
     v = json.loads(paths.variance_metrics(tmp_path).read_text())
     assert set(v["runs"]) == set(runs) and "git_commit" in v["provenance"]
@@ -440,7 +442,208 @@ def test_collect_and_variance_stages(tmp_path):
     p = res.plots["t-dlm"]
     assert p["global_mass_norm"].shape == (2, 4, 10) and np.allclose(p["global_mass_norm"].sum(-1), 1)
     assert p["dominant"]["full"].shape == (2, 4) and p["variance_per_layer"].shape == (2,)
-    # the interpretation quotes the metrics just written
-    g = v["runs"]["t-dlm"]
-    assert f"{g['variance']:.4f} ± {g['variance_std']:.4f}" in res.interpretation
-    assert "random-init twin t-dlm-randinit" in res.interpretation
+    # metrics: scalars only (dvc metrics show), the new ones present
+    for r in runs:
+        g = v["runs"][r]
+        assert all(isinstance(x, (int, float)) for x in g.values()), r
+        for key in ("bos_share", "sink_step_frac", "variance_sink_steps", "variance_std", "head_bos_share_max",
+                    "head_strength_max", "n_prompts"):
+            assert key in g, (r, key)
+    assert "dominant_at_0_frac_expected" in v["runs"]["t-ar"] and "dominant_at_0_frac_expected" not in v["runs"]["t-dlm"]
+    # units: per-prompt values, heads, twins, AR offsets
+    u = json.loads(paths.variance_units(tmp_path).read_text())
+    assert u == res.units and list(u) == ["runs"] and set(u["runs"]) == set(runs)
+    assert u["runs"]["t-ar"]["twin"] == "t-ar-randinit" and u["runs"]["t-ar-randinit"]["twin"] is None
+    for r in runs:
+        ur, st = u["runs"][r], res.stats[r]
+        assert (ur["kind"], ur["model"], ur["n_prompts"]) == (st["meta"]["kind"], r.removesuffix("-randinit"), 2)
+        assert set(ur["per_prompt"]) == set(st["variants"])
+        for vname, stat in ur["per_prompt"].items():
+            glob = st["variants"][vname]["global"]
+            for key, vals in stat.items():
+                assert len(vals) == 2
+                ok = [x for x in vals if x is not None]
+                assert glob[key] == pytest.approx(np.mean(ok) if ok else 0.0), (r, vname, key)
+        assert np.array(ur["heads"]["bos_share"]).shape == (2, H, 2) == np.array(ur["heads"]["strength"]).shape
+        assert v["runs"][r]["head_bos_share_max"] == pytest.approx(np.array(ur["heads"]["bos_share"]).mean(-1).max())
+    hist = u["runs"]["t-ar"]["offset_hist"]
+    assert set(hist) == {"0", "1", "2", "3", ">=4", "at_pos0"}
+    assert sum(hist[b] for b in ("0", "1", "2", "3", ">=4")) == pytest.approx(1.0)
+    assert "offset_hist" not in u["runs"]["t-dlm"]
+    # the interpretation quotes mean ± standard error over prompts, beside the twin
+    ppv = u["runs"]["t-dlm"]["per_prompt"]["full"]["variance"]
+    se = np.std(ppv, ddof=1) / np.sqrt(2)
+    assert f"{np.mean(ppv):.4f} ± {se:.4f}" in res.interpretation
+    assert "random-init twin t-dlm-randinit" in res.interpretation and "standard error" in res.interpretation
+    assert "steps with a sink" in res.interpretation and "not evidence" in res.interpretation
+    assert set(res.heads["run"]) == set(runs) and len(res.heads) == 4 * 2 * H
+
+    # the runs params collect names (issue 25): exactly those, a missing one named
+    stale = paths.trajectory_file("old", tmp_path)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(paths.trajectory_file("t-ar", tmp_path).read_bytes())
+    assert "old" in paths.trajectory_runs(tmp_path)
+    res2 = variance.run(SINK, root=tmp_path, collect=cfg)
+    assert sorted(res2.metrics["runs"]) == sorted(runs)
+    assert sorted(variance.collected_runs(dataclasses.replace(cfg, random_init_control=False), tmp_path)) == ["t-ar", "t-dlm"]
+    paths.trajectory_file("t-ar-randinit", tmp_path).unlink()
+    with pytest.raises(FileNotFoundError, match="t-ar-randinit"):
+        variance.run(SINK, root=tmp_path, collect=cfg)
+    with pytest.raises(FileNotFoundError, match="'t-new'.*t-new.safetensors"):
+        variance.run(SINK, root=tmp_path, collect=dataclasses.replace(cfg, models=["t-dlm", "t-new"]))
+
+
+# ---- per-head shares, format 2 ---------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dlm", "ar"])
+def test_collected_head_shares_agree_with_the_layer_mass(kind, tmp_path):
+    """sum_h (BOS share of head h) x (queries) = the layer's mass on key 0, at every step; strength
+    in [1, keys]; the shares survive the file round trip."""
+    if kind == "dlm":
+        traj = collect_trajectory(_dlm(), AD_DLM, None, _prompt(B=2, P=6), _cfg())
+        n_q = torch.full((8,), 14.0)
+    else:
+        traj = collect_trajectory(_plant_bos_sink(_causal_tiny()), AD_AR, None, _prompt(B=2, P=6), _cfg())
+        n_q = torch.ones(8)  # the newest query only
+    S, L, B, T = traj.shape
+    assert traj.head_bos_share.shape == (S, L, H, B) == traj.head_top_share.shape
+    from_heads = traj.head_bos_share.sum(2) * n_q[:, None, None]  # (S, L, B)
+    torch.testing.assert_close(from_heads, traj.mass[..., 0], atol=1e-4, rtol=1e-4)
+    strength = traj.head_top_share * traj.valid_len.float()[:, None, None, None]
+    assert (strength >= 1 - 1e-4).all() and (strength <= traj.valid_len.float()[:, None, None, None] + 1e-4).all()
+    if kind == "ar":
+        assert (traj.head_bos_share > 0.9).all()  # the planted sink, in every head
+    back = load_trajectory(save_trajectory(traj, tmp_path / "h.safetensors"))
+    assert torch.equal(back.head_bos_share, traj.head_bos_share) and torch.equal(back.head_top_share, traj.head_top_share)
+
+
+def test_old_format_file_is_refused_naming_it(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from srclib.trajectories.store import FORMAT_KEY, TrajectoryFileError, check_trajectory_file
+
+    path = save_trajectory(_synthetic([0, 1]), tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        md = dict(fh.metadata())
+    assert md.pop(FORMAT_KEY) == "2"
+    save_file(load_file(str(path)), str(path), metadata=md)  # a format-1 file: no format key
+    for read in (load_trajectory, check_trajectory_file):
+        with pytest.raises(TrajectoryFileError, match=r"old\.safetensors has format 1.*rerun the collect stage"):
+            read(path)
+
+
+def test_head_statistics_known_answer():
+    """Head 0 puts all its mass on key 0, head 1 attends uniformly: BOS share 1 and strength T for
+    head 0, BOS share 1/T and strength 1 for head 1 (recorded through the real recorder)."""
+    from srclib.trajectories.stats import head_statistics
+
+    B, Hh, T, S = 2, 2, 5, 3
+    q = torch.zeros(B, Hh, T, 4)  # zero queries: uniform attention unless masked
+    mask = torch.zeros(1, Hh, T, T)
+    mask[:, 0, :, 1:] = float("-inf")  # head 0 sees key 0 only
+    bos, top = [], []
+    for _ in range(S):
+        with record_mass(per_head=True) as rec:
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        bos.append(rec.bos_share.permute(0, 2, 1))  # (L=1, H, B)
+        top.append(rec.top_share.permute(0, 2, 1))
+    traj = _synthetic([0] * S, T=T)
+    traj.head_bos_share, traj.head_top_share = torch.stack(bos), torch.stack(top)  # (S, 1, H, B=2)
+    traj.mass = traj.mass.expand(S, 1, B, T).clone()
+    traj.prompt_ids, traj.final_ids = torch.zeros(B, 2, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+    traj.step_ids = traj.step_ids.expand(S, B, T).clone()
+    h = head_statistics(traj)
+    np.testing.assert_allclose(h["bos_share"], [[[1.0, 1.0], [1 / T, 1 / T]]], rtol=1e-6)
+    np.testing.assert_allclose(h["strength"], [[[T, T], [1.0, 1.0]]], rtol=1e-6)
+    assert h["bos_share_max"] == pytest.approx(1.0) and h["bos_share_argmax"] == [0, 0]
+    assert h["strength_max"] == pytest.approx(T) and h["strength_argmax"] == [0, 0]
+    st = sink_statistics(traj, SINK)
+    assert st["heads"] == h
+    assert head_statistics(_synthetic([0, 1])) is None  # not recorded
+
+
+# ---- AR known answers: prefix_expected, offsets ---------------------------------------------------
+def _uniform_causal_ar(B=3, P=4, G=6, L=2, Hh=2, noise=0.0, seed=0):
+    """An AR trajectory of uniform causal attention (every row of every head sums to 1 over the keys
+    it sees); noise > 0 perturbs each row (a random-init-like model)."""
+    g = torch.Generator().manual_seed(seed)
+    T = P + G
+
+    def rows(q_from, q_to):  # (L, B, T) column mass of queries q_from..q_to-1
+        m = torch.zeros(L, B, T)
+        for q in range(q_from, q_to):
+            w = torch.ones(L, Hh, B, q + 1) * (1 + noise * torch.rand(L, Hh, B, q + 1, generator=g))
+            m[..., : q + 1] += (w / w.sum(-1, keepdim=True)).sum(1)
+        return m
+
+    mass = torch.stack([rows(P - 1 + s, P + s) for s in range(G)])  # (S, L, B, T): the newest query
+    meta = {"kind": "ar", "model": "syn-ar", "random_init": True, "has_bos": True}
+    return Trajectory(meta=meta, mass=mass, valid_len=P + torch.arange(G), prompt_ids=torch.zeros(B, P, dtype=torch.long),
+                      final_ids=torch.zeros(B, T, dtype=torch.long), prefill_mass=rows(0, P - 1))
+
+
+def test_prefix_expected_is_one_for_uniform_causal_attention():
+    traj = _uniform_causal_ar()
+    ex = traj.exists()[:, None, None, :].expand(traj.shape)
+    pe = traj.prefix_expected()
+    torch.testing.assert_close(pe[ex], torch.ones(int(ex.sum())), atol=1e-5, rtol=1e-5)
+    assert (pe[~ex] == 0).all()
+    # the raw column sums are the expectation itself: H * sum_{q=k}^{n-1} 1/(q+1)
+    raw = traj.prefix_mass(False)
+    n = int(traj.valid_len[-1])
+    want = torch.tensor([2 * sum(1 / (q + 1) for q in range(k, n)) for k in range(n)])
+    torch.testing.assert_close(raw[-1, 0, 0, :n], want, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_expected_removes_the_key0_bias_of_a_random_model():
+    traj = _uniform_causal_ar(B=4, G=12, noise=0.5)
+    st = sink_statistics(traj, SINK)
+    v = st["variants"]
+    assert v["prefix_raw"]["global"]["dominant_at_0_frac"] == 1.0  # biased: key 0 wins by construction
+    assert v["prefix_norm"]["global"]["dominant_at_0_frac"] == 1.0
+    assert v["prefix_expected"]["global"]["dominant_at_0_frac"] < 0.5  # not forced to position 0
+    pe = traj.prefix_expected()[traj.exists()[:, None, None, :].expand(traj.shape)]
+    assert 0.7 < float(pe.min()) and float(pe.max()) < 1.3  # ~1 everywhere
+
+
+def test_ar_offsets_known_answer():
+    """The newest query's dominant key 2 tokens behind it at every step except one at key 0."""
+    traj = _uniform_causal_ar(B=2, G=5)
+    for s in range(5):
+        q = int(traj.valid_len[s]) - 1
+        traj.mass[s, :, :, q - 2] += 3.0
+    traj.mass[4, :, 1, 0] += 10.0  # prompt 1, last step: position 0 (offset q)
+    g = sink_statistics(traj, SINK)["variants"]["newest"]["global"]
+    pp = g["per_prompt"]
+    assert pp["offset_frac_2"] == [1.0, 0.8] and pp["offset_frac_ge4"] == [0.0, 0.2]
+    assert pp["dominant_at_0_frac"] == [0.0, 0.2] and g["offset_frac_2"] == pytest.approx(0.9)
+    assert pp["dominant_offset_mean"][0] == 2.0
+
+
+# ---- sinks that exist, per-prompt values ------------------------------------------------------------
+def test_sink_steps_and_per_prompt_values():
+    """Prompt 0: a sink at 0, 0, 4 then a step without outlier; prompt 1: no sink at any step."""
+    S, T = 4, 8
+    flat = torch.tensor([1.0, 2.0] * 4)  # mean 1.5, std 0.5: nothing above mean + 2 std
+    mass = flat.repeat(S, 1, 2, 1)  # (S, L=1, B=2, T)
+    for s, p in enumerate([0, 0, 4]):
+        mass[s, 0, 0] = 1.0
+        mass[s, 0, 0, p] = 21.0
+    traj = Trajectory(meta={"kind": "dlm", "mask_id": MASK, "model": "syn", "random_init": False}, mass=mass,
+                      valid_len=torch.full((S,), T), prompt_ids=torch.zeros(2, 2, dtype=torch.long),
+                      final_ids=torch.zeros(2, T, dtype=torch.long), step_ids=torch.full((S, 2, T), 5, dtype=torch.long))
+    g = sink_statistics(traj, SINK)["variants"]["full"]["global"]
+    pp = g["per_prompt"]
+    assert pp["sink_step_frac"] == [0.75, 0.0] and g["sink_step_frac"] == 0.375
+    # prompt 0 over its sink steps: positions 0, 0, 4 -> var 32/9 / 8^2; prompt 1: undefined
+    assert pp["variance_sink_steps"][0] == pytest.approx(32 / 9 / 64) and pp["variance_sink_steps"][1] is None
+    assert g["variance_sink_steps"] == pytest.approx(32 / 9 / 64)  # the mean over the prompts that have one
+    assert pp["persistence_pos0_sink_steps"] == [pytest.approx(2 / 3), None]
+    assert pp["persistence_pos0"] == [0.5, 0.0]  # over all steps
+    assert pp["bos_share"][0] == pytest.approx((2 * 21 / 28 + 1 / 28 + 1 / 12) / 4)
+    assert pp["bos_share"][1] == pytest.approx(1 / 12)
+    for key, vals in pp.items():
+        assert len(vals) == 2, key
+        ok = [x for x in vals if x is not None]
+        assert g[key] == pytest.approx(np.mean(ok) if ok else 0.0), key
+    assert g["variance_std"] == pytest.approx(np.std(pp["variance"]))
