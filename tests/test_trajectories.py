@@ -427,6 +427,7 @@ def test_collect_and_variance_stages(tmp_path):
     assert metrics["provenance"]["params"]["models.t-ar"]["dtype"] == "float32"
     assert len(out.samples) == 8
     assert "**t-dlm** (DLM" in out.interpretation and "**t-ar-randinit** (AR, random init)" in out.interpretation
+    assert "the head with the largest share of its attention on position 0 is layer" in out.interpretation
 
     res = variance.run(SINK, root=tmp_path)
     ordered = list(paths.trajectory_runs(tmp_path))  # the stage reads trajectories/ in file order

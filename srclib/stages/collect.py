@@ -149,10 +149,21 @@ def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Load
     return runs, samples
 
 
+def _head_clause(traj: Trajectory) -> str:
+    """'; the head with the largest BOS share ...' from the per-head shares (empty if not recorded)."""
+    if traj.head_bos_share is None:
+        return ""
+    bos = traj.head_bos_share.double().mean(dim=(0, 3))  # (L, H): mean over steps and prompts
+    flat = int(bos.flatten().argmax())
+    layer, head = divmod(flat, bos.shape[1])
+    return (f"; the head with the largest share of its attention on position 0 is layer {layer} head {head}, "
+            f"{float(bos.flatten()[flat]):.3f} (mean over steps and prompts)")
+
+
 def interpretation(metrics: Mapping[str, Any], trajectories: Mapping[str, Trajectory]) -> str:
     """Markdown: what was collected, per run, and where the global attention mass pooled (the
     position holding the largest share of the primary variant's global mass, averaged over steps
-    and prompts, as a multiple of the uniform share)."""
+    and prompts, as a multiple of the uniform share), and the head with the largest BOS share."""
     lines = [f"Collected {len(metrics['runs'])} runs "
              f"({sum(not d['random_init'] for d in metrics['runs'].values())} models and their "
              f"random-init twins):", ""]
@@ -168,7 +179,7 @@ def interpretation(metrics: Mapping[str, Any], trajectories: Mapping[str, Trajec
             f"{d['n_steps']} steps x {d['n_layers']} layers x {d['n_prompts']} prompts, T = {d['seq_len']}, "
             f"BOS at position 0: {'yes' if d['has_bos'] else 'no'}; the largest mean share of global "
             f"mass sits at position {top}, {float(mean_share[top]):.3f} of the step's mass "
-            f"({float(mean_share[top]) / uniform:.1f}x the uniform share)."
+            f"({float(mean_share[top]) / uniform:.1f}x the uniform share){_head_clause(traj)}."
         )
     lines += ["", "The variance stage turns these trajectories into the sink-movement statistics."]
     return "\n".join(lines)
