@@ -74,8 +74,8 @@ def default_accuracy(name: str, cfg: dict, task: str) -> float:
     base = {"dense": 0.62, "magnitude": 0.40, "wanda": 0.50, "sparsegpt": 0.52}[cfg["method"]]
     base -= 0.2 * (cfg["sparsity"] - 0.5) if cfg["method"] != "dense" else 0.0
     base += 0.01 * cfg["seed"] + (0.03 if task == "winogrande" else 0.0)
-    base += {"none": 0, "uniform": 0, "sink": 0.005, "stability": -0.004}[cfg["weighting"]]
-    return round(base, 6)
+    base += {"none": 0, "uniform": 0, "sink": 0.005, "stability": -0.005}[cfg["weighting"]]
+    return round(base, 6)  # a multiple of 1 / N_ITEMS: the planted items reproduce it exactly
 
 
 def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float | None,
@@ -105,7 +105,35 @@ def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float |
             "tasks": parsed, "ppl": ppl_entry, "provenance": {"git_commit": None}}
 
 
-def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, stderr=None) -> None:
+N_WINDOWS = 64
+WINDOW_DEV = 0.1  # planted per-window NLL deviation (+-, the same for every checkpoint: CRN)
+
+
+def item_latent(task: str) -> np.ndarray:
+    """One latent difficulty per item in (0, 1), shared by every checkpoint: item i is correct
+    when its latent is below the checkpoint's accuracy, so two checkpoints differ on exactly
+    |a1 - a2| * N_ITEMS items, all in one direction."""
+    rng = np.random.default_rng(sum(map(ord, task)))
+    return (rng.permutation(N_ITEMS) + 0.5) / N_ITEMS
+
+
+def eval_units_json(name: str, acc: dict[str, float], ppl: float | None) -> dict:
+    """metrics/units/evaluate/<instance>.json as the evaluate stage writes it (split_units)."""
+    tasks = {}
+    for task, a in acc.items():
+        u = item_latent(task)
+        rec = {"doc_id": list(range(N_ITEMS)), "chance": 0.5 if task == "winogrande" else 0.25}
+        rec["acc"] = [float(x < (a - 0.02 if TASKS.get(task, True) else a)) for x in u]
+        if TASKS.get(task, True):
+            rec["acc_norm"] = [float(x < a) for x in u]
+        tasks[task] = rec
+    units_ppl = None if ppl is None else {
+        "kind": "elbo", "window_tokens": [127] * N_WINDOWS,
+        "window_nll_per_token": [math.log(ppl) + WINDOW_DEV * (1 if w % 2 else -1) for w in range(N_WINDOWS)]}
+    return {"instance": name, "tasks": tasks, "ppl": units_ppl}
+
+
+def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, stderr=None, units: bool = True) -> None:
     configs = results.instance_configs(params)
     for name, cfg in configs.items():
         causal = cfg["model"] != "tiny-dlm"
@@ -113,6 +141,11 @@ def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, st
         ppl = 100.0 * (1 + 3 * cfg["sparsity"]) + cfg["seed"]
         write_json(paths.eval_metrics(name, root=root),
                    eval_metrics_json(name, cfg["model"], acc, ppl, causal, stderr))
+        up = paths.eval_units(name, root=root)
+        if units:
+            write_json(up, eval_units_json(name, acc, ppl))
+        elif up.exists():
+            up.unlink()
 
 
 def synthetic_trajectory(kind: str, run: str, random_init: bool, *, S=6, L=2, B=3, P=4, G=6, seed=0):
@@ -274,51 +307,56 @@ def test_primary_metric_prefers_acc_norm_and_needs_a_common_one():
 # =================================================================================================
 # uncertainty and noise
 # =================================================================================================
-def test_summarize_seed_spread_vs_stderr(tree):
+def test_summarize_standard_errors_over_units(tree):
+    """u is the standard error over the items / windows of the seed-averaged unit values,
+    recomputed here by hand from the planted items."""
     root, params = tree
     df = results.load_results(params, root=root)
     s = results.summarize(df, seeds=[0, 1, 2])
     pick = lambda **kw: s[np.logical_and.reduce([s[k] == v for k, v in {"model": "tiny-dlm", **kw}.items()])].iloc[0]  # noqa: E731
-    # 3 seeds: mean and sample std (ddof 1) over seeds, recomputed here by hand
+    accs = [default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
+            for k in (0, 1, 2)]
+    per_item = np.mean([item_latent("arc_easy") < a for a in accs], axis=0)  # (N_ITEMS,) seed-averaged
+    r = pick(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured", column="arc_easy")
+    assert (r["n_seeds"], r["source"], r["seeds"]) == (3, "units", "0,1,2")
+    assert r["mean"] == pytest.approx(100 * np.mean(accs))
+    assert r["u"] == pytest.approx(100 * per_item.std(ddof=1) / math.sqrt(N_ITEMS))
+    # 1 seed: the binomial standard error over items (ddof 1), in percent
+    a = default_accuracy("", dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink"), "winogrande")
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="winogrande")
+    assert (r["n_seeds"], r["source"]) == (1, "units")
+    assert r["u"] == pytest.approx(100 * math.sqrt(a * (1 - a) * N_ITEMS / (N_ITEMS - 1) / N_ITEMS))
+    # the average pools the items, weighted to the unweighted task mean
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="average")
+    cfg = dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink")
+    assert r["mean"] == pytest.approx(np.mean([100 * default_accuracy("", cfg, t) for t in TASKS]))
+    # perplexity: exp(mean NLL) with the delta-method standard error over windows
+    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="ppl")
+    ppl = 100.0 * (1 + 3 * 0.7)
+    sd = WINDOW_DEV * math.sqrt(N_WINDOWS / (N_WINDOWS - 1))
+    assert r["mean"] == pytest.approx(ppl) and r["u"] == pytest.approx(ppl * sd / math.sqrt(N_WINDOWS))
+
+
+def test_summarize_without_unit_values_falls_back(tmp_path):
+    """Older results without units: one seed lm-eval's stderr, several the standard error over seeds."""
+    params = synthetic_params()
+    write_eval_tree(tmp_path, params, units=False)
+    df = results.load_results(params, root=tmp_path)
+    s = results.summarize(df, seeds=[0, 1, 2])
+    pick = lambda **kw: s[np.logical_and.reduce([s[k] == v for k, v in {"model": "tiny-dlm", **kw}.items()])].iloc[0]  # noqa: E731
     vals = [100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
             for k in (0, 1, 2)]
-    mean = sum(vals) / 3
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / 2)
     r = pick(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured", column="arc_easy")
-    assert (r["n_seeds"], r["source"], r["seeds"]) == (3, "seeds", "0,1,2")
-    assert r["mean"] == pytest.approx(mean) and r["u"] == pytest.approx(sd)
-    assert sd == pytest.approx(1.0)  # seeds differ by 1 point each
-    # 1 seed: lm-eval's stderr (binomial here), in percent
+    assert (r["n_seeds"], r["source"]) == (3, "seeds")
+    assert r["u"] == pytest.approx(np.std(vals, ddof=1) / math.sqrt(3))
     a = default_accuracy("", dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink"), "winogrande")
     r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="winogrande")
     assert (r["n_seeds"], r["source"]) == (1, "stderr")
     assert r["u"] == pytest.approx(100 * math.sqrt(a * (1 - a) / (N_ITEMS - 1)))
-    # the average of one seed: sqrt(se1^2 + se2^2) / 2
-    r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="average")
-    ses = [100 * math.sqrt(x * (1 - x) / (N_ITEMS - 1)) for x in
-           (default_accuracy("", dict(method="sparsegpt", sparsity=0.7, seed=0, weighting="sink"), t) for t in TASKS)]
-    assert r["u"] == pytest.approx(math.sqrt(ses[0] ** 2 + ses[1] ** 2) / 2)
-    # a single perplexity has no uncertainty
     r = pick(method="sparsegpt", weighting="sink", sparsity=0.7, column="ppl")
     assert r["source"] == "none" and math.isnan(r["u"])
-    # restricting seeds changes the aggregation
-    s1 = results.summarize(df, seeds=[0])
-    r = s1[(s1["method"] == "wanda") & (s1["weighting"] == "uniform") & (s1["sparsity"] == 0.5)
-           & (s1["pattern"] == "unstructured") & (s1["column"] == "arc_easy")].iloc[0]
-    assert (r["n_seeds"], r["source"]) == (1, "stderr")
-
-
-@pytest.mark.parametrize("diff,u1,u2,expected", [
-    (0.5, 1.0, 1.0, False),      # +0.5 point inside the noise
-    (5.0, 0.5, 0.5, True),       # +5 with small noise
-    (-5.0, 0.5, 0.5, True),
-    (2.82, 1.0, 1.0, False),     # 2 * sqrt(2) = 2.828...
-    (2.83, 1.0, 1.0, True),
-    (5.0, None, 0.5, False),     # unknown uncertainty: never marked
-    (5.0, float("nan"), 0.5, False),
-])
-def test_exceeds_noise(diff, u1, u2, expected):
-    assert results.exceeds_noise(diff, u1, u2) is expected
+    cells = tables.main_table_cells(df, params, "tiny-dlm")
+    assert (cells["mark"] == 0).all() and cells["p_value"].isna().all()  # no units: no tests, no marks
 
 
 def _planted(gain_by_seed_noise):
@@ -337,30 +375,36 @@ def _planted(gain_by_seed_noise):
 
 def test_marks_planted_cases(tmp_path):
     params = synthetic_params()
-    # wanda: +0.5 point with seed spread 1 point -> inside the noise; sparsegpt (one seed, binomial
-    # stderr ~3.5 points): +5 is inside 2*sqrt(2)*3.5 too; so plant +20
+    # wanda: +0.5 point with seed spread 1 point: 1 item per seed differs -> no mark; sparsegpt (one
+    # seed): +20 points = 40 discordant items, all one way -> marked by McNemar
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (0.5, 1.0), "sparsegpt": (20.0, 0.0),
                                                          "magnitude": (0, 0)}))
     df = results.load_results(params, root=tmp_path)
     cells = tables.main_table_cells(df, params, "tiny-dlm")
     w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)]
     assert (w["diff"].loc[w["column"] == "arc_easy"].iloc[0]) == pytest.approx(0.5)
-    assert (w["mark"] == 0).all()
+    per_task = w[w["column"].isin(list(TASKS))]  # 3 items one way per task: sign-flip p = 2/8 (9999 random flips)
+    assert (per_task["mark"] == 0).all() and (per_task["p_value"].to_numpy() == pytest.approx(0.25, abs=0.02))
+    # pooled over both tasks, 6 items all one way: p = 2 / 2^6 -> marked (a real, if tiny, effect)
+    assert w.loc[w["column"] == "average", "p_value"].iloc[0] == pytest.approx(2 / 64, abs=0.01)
     g = cells[(cells["method"] == "sparsegpt") & (cells["weighting"] == "sink")].set_index("column")
     assert g.loc["arc_easy", "mark"] == 1 and g.loc["winogrande", "mark"] == 1 and g.loc["average", "mark"] == 1
-    assert g.loc["ppl", "mark"] == 0  # single-seed perplexities carry no uncertainty
-    # +5 points with small noise (seed spread 0.5): marked; the table shows the arrow
+    assert g.loc["arc_easy", "p_value"] == pytest.approx(2 * 0.5**40, rel=1e-6)  # exact McNemar, 40 vs 0
+    assert g.loc["arc_easy", "effect"] == pytest.approx(20.0) and g.loc["arc_easy", "n_units"] == N_ITEMS
+    assert g.loc["arc_easy", "low"] < 20.0 < g.loc["arc_easy", "high"] and g.loc["arc_easy", "mde"] > 0
+    assert g.loc["ppl", "mark"] == 0 and g.loc["ppl", "p_value"] == pytest.approx(1.0)  # same windows, same NLL
+    # +5 points with small seed noise: 10 items per seed, one way: marked; the table shows the arrow
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (5.0, 0.5), "sparsegpt": (0.0, 0.0),
                                                          "magnitude": (0, 0)}))
     df = results.load_results(params, root=tmp_path)
     cells = tables.main_table_cells(df, params, "tiny-dlm")
     w = cells[(cells["method"] == "wanda") & (cells["weighting"] == "sink") & (cells["sparsity"] == 0.5)
               & (cells["pattern"] == "unstructured")].set_index("column")
-    assert w.loc["arc_easy", "mark"] == 1 and w.loc["arc_easy", "u"] == pytest.approx(0.5)
+    assert w.loc["arc_easy", "mark"] == 1 and w.loc["arc_easy", "p_value"] < 0.01
     table = tables.main_table(df, params, "tiny-dlm")
     row = table[(table["Method"] == "Wanda") & (table["Weighting"] == "sink-aware")].iloc[0]
-    assert row["ARC-E"].endswith("↑") and "± 0.5" in row["ARC-E"]
-    # worse beyond the noise -> down arrow; lower perplexity would be "better"
+    assert row["ARC-E"].endswith("↑") and f"± {w.loc['arc_easy', 'u']:.1f}" in row["ARC-E"]
+    # worse -> down arrow
     write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": (-5.0, 0.5), "sparsegpt": (0.0, 0.0),
                                                          "magnitude": (0, 0)}))
     cells = tables.main_table_cells(results.load_results(params, root=tmp_path), params, "tiny-dlm")
@@ -371,15 +415,28 @@ def test_marks_planted_cases(tmp_path):
 
 
 def test_ppl_lower_is_better_mark():
-    df = pd.DataFrame([
-        dict(instance=f"{w}{s}", model="m", method="wanda", weighting=w, sparsity=0.5, pattern="unstructured",
-             seed=s, task="ppl", metric="ppl_elbo", value=v, stderr=float("nan"), primary=True, file="")
-        for w, vals in (("uniform", (100.0, 101.0, 102.0)), ("sink", (80.0, 81.0, 82.0))) for s, v in enumerate(vals)
-    ])
+    """Perplexity is tested on NLL per token over the shared windows: a constant 20% lower
+    perplexity on every window is marked better, although the windows' NLLs spread widely."""
+    rows, units = [], {}
+    dev = [0.5 * math.sin(w) for w in range(32)]  # a wide spread between windows, common to all checkpoints
+    for w, vals in (("uniform", (100.0, 101.0, 102.0)), ("sink", (80.0, 81.0, 82.0))):
+        for s, v in enumerate(vals):
+            name = f"{w}{s}"
+            rows.append(dict(instance=name, model="m", method="wanda", weighting=w, sparsity=0.5,
+                             pattern="unstructured", seed=s, task="ppl", metric="ppl_elbo", value=v,
+                             stderr=float("nan"), primary=True, file=""))
+            units[name] = {"tasks": {}, "ppl": {"kind": "elbo", "window_nll_per_token": [math.log(v) + d for d in dev]}}
+    df = pd.DataFrame(rows)
+    df.attrs.update(units=units, tasks=[], primary={})
     params = synthetic_params()
     cells = tables.main_table_cells(df, params, "m").set_index(["weighting", "column"])
-    assert cells.loc[("sink", "ppl"), "diff"] == pytest.approx(-20.0)
-    assert cells.loc[("sink", "ppl"), "mark"] == 1  # 20 > 2 * sqrt(1 + 1)
+    assert cells.loc[("sink", "ppl"), "mark"] == 1 and cells.loc[("sink", "ppl"), "p_value"] < 1e-3
+    want = np.mean([math.log(v) for v in (80.0, 81.0, 82.0)]) - np.mean([math.log(v) for v in (100.0, 101.0, 102.0)])
+    assert cells.loc[("sink", "ppl"), "effect"] == pytest.approx(want)  # nats per token
+    # without unit values nothing is tested, so nothing is marked
+    df.attrs.clear()
+    cells = tables.main_table_cells(df, params, "m").set_index(["weighting", "column"])
+    assert cells.loc[("sink", "ppl"), "mark"] == 0 and cells.loc[("sink", "ppl"), "diff"] == pytest.approx(-20.0)
 
 
 # =================================================================================================
@@ -406,9 +463,9 @@ def test_main_table_rows_columns_order(tree):
     # a cell: mean over seeds +- std, formatted with one decimal
     vals = [100 * default_accuracy("", dict(method="wanda", sparsity=0.5, seed=k, weighting="uniform"), "arc_easy")
             for k in (0, 1, 2)]
-    assert t.loc[3, "ARC-E"] == f"{sum(vals) / 3:.1f} ± 1.0"
+    assert t.loc[3, "ARC-E"].startswith(f"{sum(vals) / 3:.1f} ± ")
     notes = " ".join(t.attrs["footnotes"])
-    assert "acc_norm" in notes and "WinoGrande acc" in notes and "sample standard deviation" in notes
+    assert "acc_norm" in notes and "WinoGrande acc" in notes and "standard error over the units" in notes
     assert "MC-ELBO" in notes
     smol = tables.main_table(df, params, "smollm2-135m")
     assert list(smol["Weighting"]) == ["–", "uniform", "sink-aware"]
@@ -451,7 +508,7 @@ def test_write_tables_formats_and_determinism(tree, tmp_path):
     md = (tmp_path / "a" / "main_tiny-dlm.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len(lines) == 2 + 9 and all(ln.count("|") == 10 for ln in lines)
-    assert "sample standard deviation" in md
+    assert "standard error over the units" in md
     tex = (tmp_path / "a" / "main_tiny-dlm.tex").read_text()
     assert "\\begin{tabular}{llrrrrrrr}" in tex and "\\toprule" in tex and "$\\pm$" in tex
     assert "%" not in tex.replace("\\%", "").split("\n", 1)[1]  # every percent sign escaped
@@ -542,42 +599,101 @@ def test_variance_series_and_plot_data_match_run_variance(tree):
 # =================================================================================================
 # index page and the stage
 # =================================================================================================
-VARIANCE = {"runs": {  # a hand-made metrics/variance.json: one DLM, one AR, the DLM's random-init twin
+VARIANCE = {"runs": {  # a hand-made metrics/variance.json: a DLM, an AR, their random-init twins
     "tiny-dlm": {"kind_is_dlm": 1, "random_init": 0, "variance": 0.05, "variance_std": 0.01, "dominant_at_0_frac": 0.0},
     "tiny-dlm-randinit": {"kind_is_dlm": 1, "random_init": 1, "variance": 0.09, "variance_std": 0.03,
                           "dominant_at_0_frac": 0.0},
     "tiny-ar": {"kind_is_dlm": 0, "random_init": 0, "variance": 0.0, "variance_std": 0.0, "dominant_at_0_frac": 1.0},
+    "tiny-ar-randinit": {"kind_is_dlm": 0, "random_init": 1, "variance": 0.03, "variance_std": 0.01,
+                         "dominant_at_0_frac": 0.0},
+}}
+_DEV = [-0.01, 0.0, 0.01, 0.0, -0.005, 0.005, 0.0, 0.0]  # per-prompt spread (mean 0), 8 prompts
+
+
+def _unit_run(kind: str, twin: str | None, variance: float, strength: float, p0: float) -> dict:
+    variant = "full" if kind == "dlm" else "newest"
+    return {"kind": kind, "random_init": twin is None, "twin": twin, "n_prompts": 8, "per_prompt": {variant: {
+        "variance": [max(0.0, variance + d) if variance else 0.0 for d in _DEV],
+        "dominant_share_x_uniform": [strength + 10 * d for d in _DEV],
+        "dominant_at_0_frac": [p0] * 8}}}
+
+
+VARIANCE_UNITS = {"runs": {  # metrics/units/variance.json of the same runs: per-prompt values
+    "tiny-dlm": _unit_run("dlm", "tiny-dlm-randinit", 0.05, 3.0, 0.0),
+    "tiny-dlm-randinit": _unit_run("dlm", None, 0.09, 1.0, 0.0),
+    "tiny-ar": _unit_run("ar", "tiny-ar-randinit", 0.0, 20.0, 1.0),
+    "tiny-ar-randinit": _unit_run("ar", None, 0.03, 1.0, 0.0),
 }}
 
 
-def test_findings_answer_from_the_numbers(tmp_path):
-    f = findings.sink_motion(VARIANCE)
-    assert f.verdict == "holds"  # 0.05 - 0 > 2 * sqrt(0.01^2 + 0)
-    assert f.values["tiny-dlm"] == (0.05, 0.01) and f.values["tiny-ar"] == (0.0, 0.0)
-    assert "tiny-dlm 0.0500 ± 0.0100 vs tiny-ar (AR) 0.0000 ± 0.0000: higher, beyond noise" in f.lines
-    assert any("random-init twin tiny-dlm-randinit 0.0900 ± 0.0300: no difference beyond noise" in x for x in f.lines)
-    noisy = {"runs": {**VARIANCE["runs"], "tiny-dlm": {**VARIANCE["runs"]["tiny-dlm"], "variance_std": 0.03}}}
-    assert findings.sink_motion(noisy).verdict == "does not hold"  # 0.05 < 2 * 0.03
-    assert findings.bos_sinks(VARIANCE).verdict == "holds"
-    # sink-aware vs uniform: +5 points with a seed spread of 0.5 -> better; +0.5 with spread 1 -> no difference
+def test_sink_findings_from_the_per_prompt_values():
+    f = findings.sink_motion(VARIANCE, VARIANCE_UNITS)
+    assert f.verdict == "holds"
+    line = next(x for x in f.lines if x.startswith("tiny-dlm 0.0500 ± "))
+    assert "vs tiny-ar (AR) 0.0000 ± 0.0000" in line and "n = 8 prompts" in line and line.endswith(": holds")
+    c = f.tests["tiny-dlm vs tiny-ar"]  # paired on the 8 prompts: every difference is 0.05 + dev
+    assert c["diff"] == pytest.approx(0.05) and c["n"] == 8 and c["p_value"] == pytest.approx(2 / 256)
+    assert any(x.startswith("tiny-dlm: strength (top share × T) 3.00 vs its random-init twin") and
+               x.endswith("has a sink") for x in f.lines)
+    assert any(x.startswith("context: tiny-dlm vs its random-init twin tiny-dlm-randinit") for x in f.lines)
+    assert f.values["tiny-dlm"][1] == pytest.approx(np.std(np.array(_DEV) + 0.05, ddof=1) / math.sqrt(8))
+    assert findings.bos_sinks(VARIANCE, VARIANCE_UNITS).verdict == "holds"
+    # an AR model without a sink: the DLM-vs-AR comparison is untestable, and says why
+    no_sink = copy.deepcopy(VARIANCE_UNITS)
+    no_sink["runs"]["tiny-ar"] = _unit_run("ar", "tiny-ar-randinit", 0.04, 7.0, 0.0)
+    f = findings.sink_motion(VARIANCE, no_sink)
+    assert f.verdict == "untestable here"
+    assert "tiny-dlm vs tiny-ar (AR): untestable here (tiny-ar has no stable [BOS] sink)" in f.lines
+    assert findings.bos_sinks(VARIANCE, no_sink).verdict == "does not hold"
+    # a DLM no stronger than its twin has no sink: untestable
+    weak = copy.deepcopy(VARIANCE_UNITS)
+    weak["runs"]["tiny-dlm"] = _unit_run("dlm", "tiny-dlm-randinit", 0.05, 1.0, 0.0)
+    f = findings.sink_motion(VARIANCE, weak)
+    assert f.verdict == "untestable here" and any("no sink beyond its random-init twin" in x for x in f.lines)
+    # without per-prompt values nothing is testable
+    assert findings.sink_motion(VARIANCE).verdict == "untestable here"
+
+
+def test_pruning_findings_are_paired_tests(tmp_path):
     params = synthetic_params()
-    for planted, verdict in (((5.0, 0.5), "sink-aware better"), ((0.5, 1.0), "no difference beyond noise"),
-                             ((-5.0, 0.5), "sink-aware worse")):
+    for planted, verdict in (((5.0, 0.5), "holds"), ((0.0, 1.0), "no difference larger than the stated mde"),
+                             ((-5.0, 0.5), "opposite")):
         write_eval_tree(tmp_path, params, accuracy=_planted({"wanda": planted, "sparsegpt": (0.0, 0.0)}))
         df = results.load_results(params, root=tmp_path)
         f = findings.sink_vs_uniform(df, params, "tiny-dlm")
         assert f.verdict == verdict, planted
         uni, sink = f.values["wanda 0.5 average uniform"], f.values["wanda 0.5 average sink"]
-        assert sink[0] - uni[0] == pytest.approx(planted[0]) and sink[1] == pytest.approx(planted[1])
+        assert sink[0] - uni[0] == pytest.approx(planted[0])
+        t = f.tests["wanda 0.5 arc_easy"]
+        assert t["diff"] == pytest.approx(planted[0]) and t["n"] == N_ITEMS and t["low"] <= t["diff"] <= t["high"]
+    line = next(x for x in f.lines if x.startswith("Wanda at 50%"))
+    assert "ARC-E accuracy (%) uniform" in line and "p = " in line and "mde" in line and "opposite" in line
     md = findings.findings_markdown([f])
-    assert md.startswith("- **Sink-aware calibration prunes the diffusion LM tiny-dlm") and "*sink-aware worse*" in md
+    assert md.startswith("- **Sink-aware calibration prunes the diffusion LM tiny-dlm") and "*opposite*" in md
+    assert "standard error over independent units" in md
+
+
+def test_pruning_findings_untestable_where_the_dense_model_is_at_chance(tmp_path):
+    params = synthetic_params()
+    def acc(name, cfg, task):  # the dense model at chance on ARC-E (0.25 of 4 choices)
+        if task == "arc_easy":
+            return 0.25
+        return _planted({"wanda": (5.0, 0.5)})(name, cfg, task)
+    write_eval_tree(tmp_path, params, accuracy=acc)
+    df = results.load_results(params, root=tmp_path)
+    f = findings.sink_vs_uniform(df, params, "tiny-dlm")
+    line = next(x for x in f.lines if x.startswith("Wanda at 50%"))
+    assert "ARC-E accuracy (%) uniform 25.0" in line
+    assert "untestable here (the dense tiny-dlm is at chance on arc_easy (accuracy 0.250 vs chance 0.250" in line
+    assert "wanda 0.5 arc_easy" not in f.tests and "wanda 0.5 winogrande" in f.tests
+    assert f.verdict == "holds"  # WinoGrande (+5 points, above chance) still answers
 
 
 def test_build_index_front_page(tmp_path):
     params = synthetic_params()
     write_eval_tree(tmp_path, params)
     df = results.load_results(params, root=tmp_path)
-    found = findings.findings(df, params, VARIANCE)
+    found = findings.findings(df, params, VARIANCE, variance_units=VARIANCE_UNITS)
     (paths.figures_dir(root=tmp_path)).mkdir(parents=True)
     from PIL import Image
 
@@ -609,7 +725,7 @@ def test_build_index_front_page(tmp_path):
     # the front page's order: findings, tables, figures, instance grid, other reports, params (folded)
     marks = ['id="findings"', 'id="tables"', 'id="figures"', 'id="instances"', 'id="stages"', "<details"]
     assert [text.index(m) for m in marks] == sorted(text.index(m) for m in marks)
-    assert "higher, beyond noise" in text and "Var[p]/T²" in text
+    assert "has a sink" in text and "Var[p]/T²" in text
     # a grid cell: seed, average accuracy and perplexity computed here from the planted accuracies
     cfg = dict(method="wanda", sparsity=0.5, seed=0, weighting="sink")
     avg = np.mean([100 * default_accuracy("", cfg, t) for t in TASKS])

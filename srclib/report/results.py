@@ -7,16 +7,12 @@ or null. Dense models are evaluated under their model key (``evaluate.dense``), 
 their instance name (``prune.instances``).
 
 Each configuration's value is the mean over its calibration seeds (restricted to ``plot.seeds``)
-+- an uncertainty u (``summarize``):
-
-* several seeds: u = sample standard deviation over seeds (ddof 1). It measures calibration
-  randomness only: every seed is scored on the same items, so the benchmark's item sampling
-  error is not in it;
-* one seed: u = lm-eval's stderr of the metric; for the average sqrt(sum_t se_t^2) / n_tasks
-  (tasks taken as independent); a single perplexity has no u.
-
-A difference counts only when it exceeds ``NOISE_K`` * sqrt(u1^2 + u2^2) (``exceeds_noise``); a
-difference inside that band, or one where an uncertainty is missing, is no difference.
++- an uncertainty u (``summarize``). Where the evaluate stage kept unit-level values
+(metrics/units/evaluate/<instance>.json; ``load_results`` puts them in ``df.attrs["units"]``), u
+is the standard error over the units (items, windows) of the seed-averaged unit values, and every
+difference is tested on those units, paired (srclib.report.inference). Without unit values
+(results written before they existed): one seed: u = lm-eval's stderr (the average: sqrt(sum_t
+se_t^2) / n_tasks), several seeds: u = the standard error over seeds; no test, no mark.
 
 Structured pruning (method.md 9): an instance with ``structure`` (uniform | adaptive) gets pattern
 ``structured-<structure>`` here, so every grouping by CONFIG_COLUMNS keeps it apart from the
@@ -41,12 +37,13 @@ import pandas as pd
 
 from srclib import paths
 from srclib.files import read_json
+from srclib.report import inference
 
 __all__ = [
-    "PRIMARY_METRICS", "TASK_LABELS", "METHOD_LABELS", "WEIGHTING_LABELS", "NOISE_K", "CONFIG_COLUMNS",
+    "PRIMARY_METRICS", "TASK_LABELS", "METHOD_LABELS", "WEIGHTING_LABELS", "CONFIG_COLUMNS",
     "AVERAGE", "PPL", "STRUCTURED_PREFIX", "STRUCTURED_METHOD_LABELS", "is_structured", "method_label",
     "instance_configs", "load_results", "primary_metrics", "pruned_models",
-    "instance_values", "summarize", "exceeds_noise",
+    "instance_values", "summarize", "config_instances", "units_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +62,6 @@ METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "
 STRUCTURED_METHOD_LABELS = {"magnitude": "Magnitude-sp", "wanda": "Wanda-sp", "flap": "FLAP"}
 STRUCTURED_PREFIX = "structured-"  # pattern of a structured instance: "structured-<structure>"
 WEIGHTING_LABELS = {"none": "–", "uniform": "uniform", "sink": "sink-aware", "stability": "stability"}
-NOISE_K = 2.0  # a difference counts when |diff| > NOISE_K * sqrt(u1^2 + u2^2)
 CONFIG_COLUMNS = ["model", "method", "weighting", "sparsity", "pattern"]
 AVERAGE, PPL = "average", "ppl"  # the two derived columns of the main table
 DENSE_CONFIG = {"method": "dense", "weighting": "none", "sparsity": 0.0, "pattern": "dense", "seed": 0}
@@ -177,7 +173,29 @@ def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
                          "stderr": float("nan"), "primary": True})
     cols = ["instance", "model", "method", "weighting", "sparsity", "pattern", "seed", "causal", "task", "metric",
             "value", "stderr", "primary", "file"]
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    out.attrs[inference.UNITS_ATTR] = inference.load_units(list(configs), root)
+    out.attrs["tasks"] = tasks
+    out.attrs["primary"] = primary
+    return out
+
+
+def units_of(df: pd.DataFrame) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """(instance -> unit values, task list, task -> primary metric) that load_results attached
+    ({} when the frame has none: no tests)."""
+    return (df.attrs.get(inference.UNITS_ATTR) or {}, list(df.attrs.get("tasks") or []),
+            dict(df.attrs.get("primary") or {}))
+
+
+def config_instances(df: pd.DataFrame, cfg: Mapping[str, Any], seeds: Sequence[int] | None = None) -> list[str]:
+    """The instances of one configuration (model, method, weighting, sparsity, pattern) in seed
+    order, restricted to ``seeds`` (dense rows: whatever their seed)."""
+    hit = df
+    for k in CONFIG_COLUMNS:
+        hit = hit[hit[k] == cfg[k]]
+    if seeds is not None and cfg["method"] != "dense":
+        hit = hit[hit["seed"].isin(list(seeds))]
+    return list(hit.drop_duplicates("instance").sort_values("seed")["instance"])
 
 
 # =================================================================================================
@@ -224,12 +242,17 @@ def summarize(df: pd.DataFrame, seeds: Sequence[int] | None = None) -> pd.DataFr
             log.warning("ignoring %d instance(s) whose seed is not in plot.seeds %s: %s",
                         len(dropped), list(seeds), dropped)
         vals = vals[keep]
+    units, tasks, primary = units_of(df)
     rows = []
     for key, g in vals.groupby([*CONFIG_COLUMNS, "column"], sort=True):
         v = g["value"].to_numpy(dtype=float)
         n = len(v)
-        if n >= 2:
-            mean, u, source = float(np.mean(v)), float(np.std(v, ddof=1)), "seeds"
+        m = inference.unit_matrix(units, list(g.sort_values("seed")["instance"]), key[-1], tasks, primary)
+        if m is not None:
+            mean, u, _ = inference.unit_summary(m, key[-1])
+            source = "units"
+        elif n >= 2:
+            mean, u, source = float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(n)), "seeds"
         else:
             se = float(g["stderr"].iloc[0])
             mean, u, source = float(v[0]), se, ("stderr" if math.isfinite(se) else "none")
@@ -239,13 +262,6 @@ def summarize(df: pd.DataFrame, seeds: Sequence[int] | None = None) -> pd.DataFr
                      "ppl_kind": kinds[0] if kinds else None})
     return pd.DataFrame(rows, columns=[*CONFIG_COLUMNS, "column", "mean", "u", "n_seeds", "source", "seeds",
                                        "ppl_kind"])
-
-
-def exceeds_noise(diff: float, u1: float | None, u2: float | None, k: float = NOISE_K) -> bool:
-    """|diff| > k * sqrt(u1^2 + u2^2); False when an uncertainty is unknown (None / NaN)."""
-    if u1 is None or u2 is None or not (math.isfinite(u1) and math.isfinite(u2)):
-        return False
-    return abs(diff) > k * math.sqrt(u1 * u1 + u2 * u2)
 
 
 def pruned_models(df: pd.DataFrame, structured: bool | None = None) -> list[str]:

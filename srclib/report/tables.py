@@ -9,8 +9,9 @@ The main table (``main_table``), one per model with pruned instances:
   unweighted average, held-out perplexity;
 * accuracies in percent; each cell is the mean over seeds +- u (srclib.report.results.summarize);
 * a sink-aware (or stability) cell is marked when it differs from the uniform row of the same
-  method, sparsity and pattern beyond the noise (``exceeds_noise``): "up" when it is better
-  (higher accuracy, lower perplexity), "down" when worse; unmarked otherwise.
+  method, sparsity and pattern at p < 0.05, paired on the same items / windows
+  (srclib.report.inference): "up" when it is better (higher accuracy, lower perplexity), "down"
+  when worse; unmarked otherwise (``comparisons_table`` lists every test's effect, CI, p and mde).
 
 Structured instances (pattern ``structured-<structure>``, srclib.report.results.is_structured) are
 left out of the main and sink-vs-uniform tables; ``structured_table`` is theirs, in the layout of
@@ -30,13 +31,16 @@ import numpy as np
 import pandas as pd
 
 from srclib.choices import STRUCTURES
-from srclib.report.results import (AVERAGE, METHOD_LABELS, NOISE_K, PPL, STRUCTURED_PREFIX, TASK_LABELS,
-                                   WEIGHTING_LABELS, exceeds_noise, is_structured, method_label, pruned_models,
-                                   summarize)
+from srclib.report import inference
+from srclib.stats import Comparison
+from srclib.report.results import (AVERAGE, METHOD_LABELS, PPL, STRUCTURED_PREFIX, TASK_LABELS,
+                                   WEIGHTING_LABELS, config_instances, is_structured, method_label, pruned_models,
+                                   summarize, units_of)
 
 __all__ = ["METHOD_ORDER", "WEIGHTING_ORDER", "PATTERN_ORDER", "STRUCTURE_ORDER", "main_table_cells", "main_table",
            "main_tables", "structured_table_cells", "structured_table", "structured_tables", "dense_table",
-           "sink_variance_table", "sink_vs_uniform_table", "efficiency_table", "fmt_value"]
+           "sink_variance_table", "sink_vs_uniform_table", "efficiency_table", "fmt_value", "comparisons_table",
+           "comparisons_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def main_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
     order = {tuple(c.values()): i for i, c in enumerate(cfgs)}
     s = s.copy()
     s["row"] = [order[(r.method, r.weighting, r.sparsity, r.pattern)] for r in s.itertuples()]
-    s = _with_marks(s)
+    s = _with_marks(s, df)
     _warn_headline_seeds(s, params, model)
     return s.sort_values(["row", "column"]).reset_index(drop=True)
 
@@ -79,25 +83,51 @@ def _model_summary(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
     return s
 
 
-def _with_marks(s: pd.DataFrame) -> pd.DataFrame:
+COMPARISON_FIELDS = ("p_value", "low", "high", "mde", "n_units", "test")
+
+
+def _common_seeds(a: str, b: str) -> list[int]:
+    """The calibration seeds two configurations share (comma-separated lists), or all of each when
+    they share none."""
+    sa, sb = ({int(x) for x in v.split(",") if x != ""} for v in (a, b))
+    return sorted(sa & sb) or sorted(sa | sb)
+
+
+def _with_marks(s: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """s (summarize rows) with ``diff`` (minus the uniform row of the same method, sparsity,
-    pattern and column; NaN where there is none, and for the uniform / dense rows themselves)
-    and ``mark`` (+1 better / -1 worse beyond the noise, else 0; lower perplexity is better)."""
+    pattern and column; NaN where there is none, and for the uniform / dense rows themselves),
+    the paired test of the two on their shared units and calibration seeds
+    (srclib.report.inference.test_pair: ``p_value``,
+    ``low``, ``high``, ``mde``, ``n_units``, ``test``; NaN / "" without unit values) and ``mark``
+    (+1 better / -1 worse at p < ALPHA, else 0; lower perplexity is better). ``diff`` is in the
+    cell's display units (points, perplexity); the test's effect (points, nats/token) is in the
+    comparison fields."""
+    units, tasks, primary = units_of(df)
     ref = s[s["weighting"] == "uniform"].set_index(["method", "sparsity", "pattern", "column"])
-    diffs, marks = [], []
+    rows = []
     for r in s.itertuples():
         key = (r.method, r.sparsity, r.pattern, r.column)
-        if r.weighting in ("none", "uniform") or key not in ref.index:
-            diffs.append(float("nan"))
-            marks.append(0)
-            continue
-        u0 = ref.loc[key]
-        diff = r.mean - float(u0["mean"])
-        diffs.append(diff)
-        better = -diff if r.column == PPL else diff
-        marks.append(int(np.sign(better)) if exceeds_noise(diff, r.u, float(u0["u"])) else 0)
+        rec: dict[str, Any] = {"diff": float("nan"), "mark": 0, **{f: float("nan") for f in COMPARISON_FIELDS}}
+        rec["test"] = ""
+        if r.weighting not in ("none", "uniform") and key in ref.index:
+            u0 = ref.loc[key]
+            rec["diff"] = r.mean - float(u0["mean"])
+            cfg = {"model": r.model, "method": r.method, "sparsity": r.sparsity, "pattern": r.pattern}
+            common = _common_seeds(str(u0["seeds"]), str(r.seeds))  # paired on the calibration seeds too
+            a = inference.unit_matrix(units, config_instances(df, {**cfg, "weighting": "uniform"}, common),
+                                      r.column, tasks, primary)
+            b = inference.unit_matrix(units, config_instances(df, {**cfg, "weighting": r.weighting}, common),
+                                      r.column, tasks, primary)
+            if a is not None and b is not None:
+                c = inference.test_pair(a, b, r.column)
+                rec.update(p_value=c.p_value, low=c.low, high=c.high, mde=c.mde, n_units=c.n, test=c.test,
+                           mark=inference.mark(c, r.column), effect=c.diff)
+        rows.append(rec)
+    extra = pd.DataFrame(rows, index=s.index)
     s = s.copy()
-    s["diff"], s["mark"] = diffs, marks
+    for col in ["diff", "mark", "effect", *COMPARISON_FIELDS]:
+        s[col] = extra[col] if col in extra else float("nan")
+    s["mark"] = s["mark"].fillna(0).astype(int)
     return s
 
 
@@ -144,16 +174,18 @@ def _ppl_note(kinds: Iterable[str]) -> str:
             "PPL: not evaluated.")
 
 
-def _uncertainty_notes(k: float = NOISE_K) -> list[str]:
+def _uncertainty_notes() -> list[str]:
     return [
-        "Seeds > 1: mean ± sample standard deviation (ddof 1) over calibration seeds. The spread "
-        "covers calibration randomness only: every seed is scored on the same items, so the "
-        "benchmark's item-sampling error is not included.",
-        "Seeds = 1: ± lm-eval's standard error; Avg ± sqrt(Σ se²)/n_tasks (tasks taken as "
-        "independent); a single perplexity has no uncertainty.",
+        "± : standard error over the units both checkpoints share (task items; perplexity: validation "
+        "windows, delta method), of the unit values averaged over calibration seeds (Seeds > 1). "
+        "Without unit values (older results): lm-eval's stderr for one seed, the standard error over "
+        "seeds for several.",
         f"↑ / ↓: sink-aware (or stability) better / worse than the uniform row of the same method, "
-        f"sparsity and pattern by more than {k:g}·sqrt(u₁² + u₂²) (better: higher accuracy, lower "
-        f"perplexity). Unmarked differences are inside the noise: no difference.",
+        f"sparsity and pattern, paired on the same items / windows at p < {inference.ALPHA:g} "
+        "(McNemar for one seed each, else a sign-flip test on the seed-averaged units; perplexity tested "
+        "on NLL per token; better: higher accuracy, lower perplexity). Unmarked: no difference larger than "
+        "the design detects (the effects, CIs, p-values and minimal detectable effects are in "
+        "reports/tables/comparisons_<model>.md).",
     ]
 
 
@@ -234,7 +266,7 @@ def structured_table_cells(df: pd.DataFrame, params, model: str) -> pd.DataFrame
 
     order = {k: i for i, k in enumerate(sorted({key(r) for r in s.itertuples()}))}
     s["row"] = [order[key(r)] for r in s.itertuples()]
-    s = _with_marks(s)
+    s = _with_marks(s, df)
     return s.sort_values(["row", "column", "weighting"]).reset_index(drop=True)
 
 
@@ -285,9 +317,7 @@ def structured_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
                                         for t in _task_columns(params))
         + ". Avg: unweighted mean of the task columns.",
         _ppl_note(cells.loc[cells["column"] == PPL, "ppl_kind"]),
-        *_uncertainty_notes()[:2],
-        f"↑ / ↓: sink-aware (or stability) better / worse than the base cell of the same row by more than "
-        f"{NOISE_K:g}·sqrt(u₁² + u₂²) (better: higher accuracy, lower perplexity); unmarked: no difference.",
+        *_uncertainty_notes(),
     ]
     return table
 
@@ -415,3 +445,49 @@ def efficiency_table(rows: pd.DataFrame) -> pd.DataFrame:
                                 "ratio (> 1: slower than dense); ideal speedup: dense / pruned FLOPs of one "
                                 "full forward (structured only)."]
     return table
+
+
+def comparisons_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:
+    """Every paired test behind the marks of one model's main and structured tables: per
+    (method, structure, sparsity, pattern, weighting vs uniform, column) the effect (points; NLL:
+    nats per token), its 95% CI, p, the unit count and the minimal detectable effect (80% power,
+    alpha 0.05), and the verdict (srclib.report.inference)."""
+    frames = []
+    if (df[(df["model"] == model) & (df["method"] != "dense")]["pattern"].map(lambda p: not is_structured(p))).any():
+        frames.append(main_table_cells(df, params, model).assign(structure="–"))
+    if (df[(df["model"] == model)]["pattern"].map(is_structured)).any():
+        frames.append(structured_table_cells(df, params, model))
+    rows = []
+    for cells in frames:
+        tested = cells[cells["test"].fillna("").astype(str) != ""]
+        for r in tested.itertuples():
+            c = Comparison(diff=float(r.effect), low=float(r.low), high=float(r.high), p_value=float(r.p_value),
+                           n=int(r.n_units), mde=float(r.mde))
+            unit = "nats/token" if r.column == PPL else "points"
+            rows.append({"Method": method_label(r.method, r.pattern), "Structure": r.structure or "–",
+                         "Sparsity": _pct(r.sparsity), "Pattern": r.pattern, "Weighting": WEIGHTING_LABELS[r.weighting],
+                         "Column": _column_label(r.column), "Seeds": str(int(r.n_seeds)),
+                         "Effect": f"{c.diff:+.4f}" if r.column == PPL else f"{c.diff:+.1f}",
+                         "95% CI": (f"[{c.low:+.4f}, {c.high:+.4f}]" if r.column == PPL
+                                    else f"[{c.low:+.1f}, {c.high:+.1f}]"),
+                         "p": f"{c.p_value:.2g}", "n": str(c.n),
+                         "mde": f"{c.mde:.4f}" if r.column == PPL else f"{c.mde:.1f}", "Unit": unit,
+                         "Test": str(r.test), "Verdict": inference.verdict_text(c, r.column)})
+    table = pd.DataFrame(rows, columns=["Method", "Structure", "Sparsity", "Pattern", "Weighting", "Column", "Seeds",
+                                        "Effect", "95% CI", "p", "n", "mde", "Unit", "Test", "Verdict"])
+    table.attrs["caption"] = (f"{model}: every sink-aware (or stability) cell against the uniform cell of its "
+                              "row, paired on the same items / windows.")
+    table.attrs["footnotes"] = [
+        "Effect: second minus first (sink-aware minus uniform), accuracy in percentage points, perplexity "
+        "as NLL per token (nats; negative = lower perplexity = better). 95% CI: paired t-interval (Wald for "
+        "McNemar). p: two-sided, exact McNemar for one seed each, else a sign-flip test on the seed-averaged "
+        "units; not corrected for the number of rows.",
+        "mde: the smallest effect this design detects with 80% power at alpha 0.05. Verdict: holds (better "
+        "at p < 0.05), opposite (worse at p < 0.05) or no difference larger than the mde.",
+    ]
+    return table
+
+
+def comparisons_tables(df: pd.DataFrame, params) -> dict[str, pd.DataFrame]:
+    """``comparisons_<model>`` -> comparisons_table for every model with pruned instances."""
+    return {f"comparisons_{m}": comparisons_table(df, params, m) for m in pruned_models(df)}

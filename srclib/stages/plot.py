@@ -115,7 +115,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     prune = loaders.load_prune_metrics(params, root=root)
 
     tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
-            "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics)}
+            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics)}
     render.write_tables(tabs, paths.tables_dir(root=root))
     markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
 
