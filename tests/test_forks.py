@@ -186,7 +186,7 @@ def fake_study(root: Path) -> None:
     study's params.yaml and the variance notebook."""
     S, L, B, T, P = 4, 2, 2, 8, 3
     g = torch.Generator().manual_seed(0)
-    for model, kind in (("syn-dlm", "dlm"), ("syn-ar", "ar")):
+    for model, kind in (("tiny-dlm", "dlm"), ("tiny-ar", "ar")):
         mass = torch.rand(S, L, B, T, generator=g) + 0.1
         if kind == "dlm":
             for s in range(S):
@@ -203,7 +203,12 @@ def fake_study(root: Path) -> None:
         save_trajectory(Trajectory(meta=meta, mass=mass, valid_len=valid, prompt_ids=torch.zeros(B, P, dtype=torch.long),
                                    final_ids=torch.zeros(B, T, dtype=torch.long), **extra),
                         paths.trajectory_file(model, root))
-    shutil.copy(paths.ROOT / "params.yaml", root / "params.yaml")
+    text = (paths.ROOT / "params.yaml").read_text()  # the study's params, collecting these two runs only
+    collect = "collect:\n  models: [tiny-dlm, tiny-ar, smollm2-135m]\n"
+    assert collect in text and "  random_init_control: true\n" in text
+    text = text.replace(collect, "collect:\n  models: [tiny-dlm, tiny-ar]\n").replace(
+        "  random_init_control: true\n", "  random_init_control: false\n")
+    (root / "params.yaml").write_text(text)
     (root / "notebooks").mkdir(exist_ok=True)
     shutil.copy(paths.notebook("variance"), paths.notebook("variance", root))
 
@@ -240,22 +245,24 @@ def test_fork_writes_its_own_outputs_renders_and_is_indexed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = _snapshot(tmp_path)
     # the stage's outputs are untouched: same bytes, same files (never replaced)
-    tracked = [k for k in before if k.startswith("sinks/") or k == "metrics/variance.json"]
-    assert sorted(tracked) == ["metrics/variance.json", "sinks/syn-ar.json", "sinks/syn-dlm.json"]
+    tracked = [k for k in before if k.startswith(("sinks/", "metrics/units/")) or k == "metrics/variance.json"]
+    assert sorted(tracked) == ["metrics/units/variance.json", "metrics/variance.json", "sinks/tiny-ar.json",
+                               "sinks/tiny-dlm.json"]
     for k in tracked:
         assert after[k] == before[k], k
     # what changed: the fork's outputs, its report and the index; nothing else
     changed = sorted(k for k in after if before.get(k) != after[k])
-    assert changed == [f"forks/{FORK}/metrics/variance.json", f"forks/{FORK}/sinks/syn-ar.json",
-                       f"forks/{FORK}/sinks/syn-dlm.json", f"reports/html/forks/{FORK}.html", "reports/index.html"]
+    assert changed == [f"forks/{FORK}/metrics/units/variance.json", f"forks/{FORK}/metrics/variance.json",
+                       f"forks/{FORK}/sinks/tiny-ar.json",
+                       f"forks/{FORK}/sinks/tiny-dlm.json", f"reports/html/forks/{FORK}.html", "reports/index.html"]
     assert sorted(set(before) - set(after)) == []
     mine = json.loads((tmp_path / "forks" / FORK / "metrics" / "variance.json").read_text())
     stage = json.loads((tmp_path / "metrics" / "variance.json").read_text())
     assert mine["provenance"]["fork"] == {"name": FORK, "stage": "variance"} and "fork" not in stage["provenance"]
     assert mine["runs"] == stage["runs"]  # same inputs, same params: the same numbers
-    assert (tmp_path / "forks" / FORK / "sinks" / "syn-dlm.json").read_bytes() == (tmp_path / "sinks" / "syn-dlm.json").read_bytes()
+    assert (tmp_path / "forks" / FORK / "sinks" / "tiny-dlm.json").read_bytes() == (tmp_path / "sinks" / "tiny-dlm.json").read_bytes()
     html = paths.fork_html(FORK, tmp_path).read_text()
-    assert "My variance variant" in html and "syn-dlm" in html
+    assert "My variance variant" in html and "tiny-dlm" in html
     index = paths.index_html(tmp_path).read_text()
     assert f'<li data-fork="{FORK}"><a href="html/forks/{FORK}.html">{FORK}</a>' in index
     assert not list(tmp_path.rglob("*.tmp"))
@@ -273,7 +280,8 @@ def test_readme_fork_stage_names_the_fork_and_its_outputs():
     assert stage["cmd"] == f"python -m srclib.run {FORK} params_file=params.yaml"
     assert f"notebooks/{FORK}.ipynb" in stage["deps"] and "trajectories" in stage["deps"]
     outs = [next(iter(o)) for o in stage["outs"] + stage["metrics"]]
-    assert outs == [f"forks/{FORK}/sinks", f"reports/html/forks/{FORK}.html", f"forks/{FORK}/metrics/variance.json"]
+    assert outs == [f"forks/{FORK}/sinks", f"reports/html/forks/{FORK}.html", f"forks/{FORK}/metrics/units/variance.json",
+                    f"forks/{FORK}/metrics/variance.json"]
     assert outs[0] == paths.rel(paths.fork_dir(FORK) / paths.SINKS) and outs[1] == paths.rel(paths.fork_html(FORK))
 
 
@@ -308,7 +316,7 @@ def test_readme_fork_stage_runs_with_dvc_repro(tmp_path):
         deps._modules.cache_clear()
     sh(sys.executable, "-m", "dvc", "repro", FORK)
     fork = root / "forks" / FORK
-    assert (fork / "metrics" / "variance.json").is_file() and (fork / "sinks" / "syn-dlm.json").is_file()
+    assert (fork / "metrics" / "variance.json").is_file() and (fork / "sinks" / "tiny-dlm.json").is_file()
     assert paths.fork_html(FORK, root).is_file()
     assert not (root / "sinks").exists() and not (root / "metrics").exists()  # the stage's outputs untouched
     assert json.loads((fork / "metrics" / "variance.json").read_text())["provenance"]["fork"]["name"] == FORK

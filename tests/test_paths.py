@@ -43,7 +43,8 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
         + [r(paths.report_html, "train", "train")]
         + [r(paths.train_metrics, k) for k in ("tiny-ar", "tiny-dlm")]
         + [str(paths.METRICS / "train" / "loss_curves.csv")],
-        "variance": [str(paths.SINKS), r(paths.report_html, "variance", "variance"), r(paths.variance_metrics)],
+        "variance": [str(paths.SINKS), r(paths.report_html, "variance", "variance"), r(paths.variance_metrics),
+                     r(paths.variance_units)],
         "efficiency": [r(paths.report_html, "efficiency", "efficiency"), r(paths.efficiency_metrics)],
         "plot": [str(paths.TABLES), str(paths.FIGURES), r(paths.index_html), r(paths.report_html, "plot", "plot"),
                  str(paths.METRICS / "plots" / "accuracy_vs_sparsity.csv"),
@@ -55,11 +56,13 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
                                  r(paths.collect_metrics, key)]
     for name in p.prune.instances:
         exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]
-        exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name)]
+        exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name),
+                                   r(paths.eval_units, name)]
     for name in p.efficiency.instances:
         assert name in p.prune.instances
     for key in p.evaluate.dense:
-        exp[f"evaluate_dense@{key}"] = [r(paths.report_html, "evaluate", key), r(paths.eval_metrics, key)]
+        exp[f"evaluate_dense@{key}"] = [r(paths.report_html, "evaluate", key), r(paths.eval_metrics, key),
+                                        r(paths.eval_units, key)]
     return {k: sorted(v) for k, v in exp.items()}
 
 
