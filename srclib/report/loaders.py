@@ -21,7 +21,7 @@ from srclib.efficiency.summary import report_rows
 from srclib.files import read_json
 from srclib.trajectories.store import PRIMARY_VARIANT, load_trajectory
 
-__all__ = ["load_variance", "load_trajectories", "load_prune_metrics",
+__all__ = ["load_variance", "load_variance_units", "load_trajectories", "load_prune_metrics",
            "load_train_metrics", "efficiency_rows"]
 
 
@@ -40,6 +40,13 @@ def load_variance(root: str | Path | None = None) -> tuple[dict[str, Any], dict[
         plots[run] = {"variance_per_layer": np.array([float(s["variance"]) for s in layers]),
                       "kind": kind, "random_init": bool(st["meta"].get("random_init"))}
     return metrics, plots
+
+
+def load_variance_units(root: str | Path | None = None) -> dict[str, Any] | None:
+    """metrics/units/variance.json (per-prompt sink statistics, per-head [BOS] shares), or None
+    when the variance stage wrote none (older results: the sink findings are then untestable)."""
+    p = paths.variance_units(root=root)
+    return read_json(p) if p.is_file() else None
 
 
 def load_trajectories(runs: Iterable[str], root: str | Path | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from srclib import paths, plotting
 from srclib.files import atomic_path, read_json, write_text
 from srclib.params import load
 from srclib.report import findings, tables
-from srclib.report.loaders import efficiency_rows
+from srclib.report.loaders import efficiency_rows, load_variance_units
 from srclib.report.render import table_markdown
 from srclib.report.results import load_results, pruned_models
 
@@ -57,12 +57,13 @@ def block(root: Path | None = None) -> str:
     params = load(base / "params.yaml")
     df = load_results(params, root=root)
     variance = read_json(paths.variance_metrics(root=root))
+    units = load_variance_units(root)
     eff_path = paths.efficiency_metrics(root=root)
     eff = efficiency_rows(read_json(eff_path)) if eff_path.is_file() else None
     out = [BEGIN, "", "**Findings** (each claim of the paper with the measured answer; `reports/index.html` "
-           "shows the same list):", "", findings.findings_markdown(findings.findings(df, params, variance, eff)),
+           "shows the same list):", "", findings.findings_markdown(findings.findings(df, params, variance, eff, variance_units=units)),
            "**Do sinks move?** (`reports/tables/sink_variance.md`)", "",
-           table_markdown(tables.sink_variance_table(variance)),
+           table_markdown(tables.sink_variance_table(variance, units)),
            f"![Dominant-sink variance, DLM vs AR]({FIGURE.as_posix()})", ""]
     for model in pruned_models(df, structured=False):
         out += [f"**Does sink-aware calibration prune {model} better?** (`reports/tables/main_{model}.md` has every row)",

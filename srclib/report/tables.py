@@ -32,7 +32,7 @@ import pandas as pd
 
 from srclib.choices import STRUCTURES
 from srclib.report import inference
-from srclib.stats import Comparison
+from srclib.stats import Comparison, mean_se
 from srclib.report.results import (AVERAGE, METHOD_LABELS, PPL, STRUCTURED_PREFIX, TASK_LABELS,
                                    WEIGHTING_LABELS, config_instances, is_structured, method_label, pruned_models,
                                    summarize, units_of)
@@ -352,13 +352,24 @@ def dense_table(df: pd.DataFrame, params) -> pd.DataFrame:
 
 VARIANCE_COLUMNS = {  # variance.json run statistic -> (label, digits)
     "variance": ("Var[p]/T²", 4), "jaccard": ("Jaccard", 3), "dominant_at_0_frac": ("p = 0 (frac.)", 3),
-    "dominant_share_x_uniform": ("top share × T", 2), "sinks_per_step": ("sinks/step", 2),
+    "dominant_share_x_uniform": ("top share × T", 2), "bos_share": ("[BOS] share", 3),
+    "sink_step_frac": ("steps with a sink", 3), "sinks_per_step": ("sinks/step", 2),
 }
+PRIMARY = {True: "full", False: "newest"}  # kind_is_dlm -> the paper's (bias-free) variant
 
 
-def sink_variance_table(variance_metrics: Mapping[str, Any]) -> pd.DataFrame:
+def _se_over_prompts(units: Mapping[str, Any] | None, run: str, dlm: bool, key: str) -> float:
+    """Standard error over prompts of one statistic (NaN without unit values)."""
+    urun = ((units or {}).get("runs") or {}).get(run) or {}
+    vals = ((urun.get("per_prompt") or {}).get(PRIMARY[dlm]) or {}).get(key)
+    v = np.array([x for x in (vals or []) if x is not None], dtype=float)
+    return mean_se(v)[1] if v.size >= 2 else float("nan")
+
+
+def sink_variance_table(variance_metrics: Mapping[str, Any], units: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """metrics/variance.json -> one row per collected run: kind, random init, the global
-    statistics of its primary variant (mean ± std over prompts where the file gives a std)."""
+    statistics of its primary variant, ± the standard error over prompts (metrics/units/variance.json;
+    without it: no ±)."""
     runs = variance_metrics.get("runs")
     if not isinstance(runs, Mapping) or not runs:
         raise ValueError("variance metrics have no 'runs' (run the variance stage)")
@@ -366,25 +377,32 @@ def sink_variance_table(variance_metrics: Mapping[str, Any]) -> pd.DataFrame:
     order = sorted(runs, key=lambda r: (not runs[r].get("kind_is_dlm"), bool(runs[r].get("random_init")), r))
     for run in order:
         st = runs[run]
-        row = {"Run": run, "Kind": "DLM" if st.get("kind_is_dlm") else "AR",
-               "Init": "random" if st.get("random_init") else "trained"}
+        dlm = bool(st.get("kind_is_dlm"))
+        row = {"Run": run, "Kind": "DLM" if dlm else "AR", "Init": "random" if st.get("random_init") else "trained"}
         for key, (label, digits) in VARIANCE_COLUMNS.items():
             if key in st:
-                row[label] = fmt_value(float(st[key]), float(st.get(f"{key}_std", float("nan"))), digits=digits)
+                row[label] = fmt_value(float(st[key]), _se_over_prompts(units, run, dlm, key), digits=digits)
+        if "dominant_at_0_frac_expected" in st:
+            row["p = 0, prefix / causal expectation"] = fmt_value(float(st["dominant_at_0_frac_expected"]), float("nan"),
+                                                                 digits=3)
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).fillna("–")
     table.attrs["caption"] = ("Dominant-sink statistics over the decoding / denoising trajectory "
-                              "(global attention mass, the paper's variant per kind).")
+                              "(global attention mass, the paper's variant per kind: DLM all queries, AR the "
+                              "newest query), mean ± standard error over prompts.")
     table.attrs["footnotes"] = [
         "Var[p]/T²: variance over steps of the dominant key position p, over the squared sequence "
-        "length (mean ± std over prompts). Jaccard: mean overlap of consecutive sink sets. "
+        "length. Jaccard: mean overlap of consecutive sink sets. "
         "p = 0: fraction of steps whose dominant key is position 0. top share × T: dominant key's "
-        "mass share over the uniform share 1/T.",
-        "Random-init runs are the same architectures untrained: the baseline a 'moving sink' "
-        "must beat.",
+        "mass share over the uniform share 1/T (the sink's strength). [BOS] share: mass on position 0 over "
+        "the total. Steps with a sink: share of steps whose sink set is non-empty.",
+        "p = 0, prefix / causal expectation (AR): the full-prefix column mass divided by its expectation "
+        "under uniform causal attention (sum over q >= k of 1/(q+1)), so key 0 is not favoured merely for "
+        "being seen by every query; the raw causal column sums are not evidence of a sink.",
+        "Random-init runs are the same architectures untrained: the baseline a sink (strength) and a "
+        "'moving sink' must beat. ± is the standard error over prompts (srclib.stats).",
     ]
     return table
-
 
 
 def sink_vs_uniform_table(df: pd.DataFrame, params, model: str) -> pd.DataFrame:

@@ -109,13 +109,14 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     skipped: list[str] = []
     df = results.load_results(params, root=root)
     var_metrics, var_plots = loaders.load_variance(root=root)
+    var_units = loaders.load_variance_units(root=root)
     trajs = loaders.load_trajectories(sorted(var_plots), root=root)
     for run_name, traj in trajs.items():
         var_plots[run_name].update(panels.trajectory_plot_data(traj))
     prune = loaders.load_prune_metrics(params, root=root)
 
     tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
-            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics)}
+            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics, var_units)}
     render.write_tables(tabs, paths.tables_dir(root=root))
     markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
 
@@ -174,7 +175,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     for s in skipped:
         log.info("skipped %s", s)
 
-    found = findings_.findings(df, params, var_metrics, eff_rows)
+    found = findings_.findings(df, params, var_metrics, eff_rows, variance_units=var_units)
     headline = {"sink_variance": tabs["sink_variance"], **{k: v for k, v in tabs.items() if k != "sink_variance"}}
     index = build_index(root, params, git_commit(root, mark_dirty=True) or "unknown", findings=found,
                         tables=headline, results=df)
