@@ -477,7 +477,7 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
     assert f"arc_easy (n=2, 0-shot, split validation): acc {acc:.3f} ± {err:.3f}" in r.interpretation
     # per item correct or not, in doc order, and its mean is lm-eval's accuracy
     items = json.loads(paths.eval_units("t", root).read_text())["tasks"]["arc_easy"]
-    assert items["doc_id"] == [0, 1] and "items" not in a
+    assert items["doc_id"] == [0, 1] and "items" not in a and items["chance"] == 0.25
     assert sum(items["acc"]) / 2 == pytest.approx(acc) and set(items["acc"]) <= {0.0, 1.0}
     assert sum(items["acc_norm"]) / 2 == pytest.approx(a["metrics"]["acc_norm"])
 

@@ -101,15 +101,19 @@ def split_units(instance: str, tasks: Mapping[str, Any], ppl: Mapping[str, Any] 
     """Move the unit-level values out of the task and perplexity records (DVC metrics stay scalar).
 
     Returns (tasks without ``items``, ppl without its per-window lists, units) with units =
-    {"instance", "tasks": {task: {"doc_id": [...], metric: [per item]}}, "ppl": {"kind",
+    {"instance", "tasks": {task: {"doc_id": [...], metric: [per item], "chance": accuracy of a random
+    guess (srclib.evaluation.tasks.CHANCE; None when unknown)}}, "ppl": {"kind",
     "window_nll_per_token": [...], "window_tokens": [...]} | None}: metrics/units/evaluate/<instance>.json.
     Raises ValueError naming the checkpoint when a perplexity or a log-likelihood-based score is not
     finite (NaN weights give NaN logits: never a number in a report).
     """
     import math
 
+    from srclib.evaluation.tasks import CHANCE
+
     tasks_out = {k: {kk: vv for kk, vv in v.items() if kk != "items"} for k, v in tasks.items()}
-    items = {k: v["items"] for k, v in tasks.items() if "items" in v}
+    # per item values with the task's chance accuracy (srclib.report.inference tests the dense model against it)
+    items = {k: {**v["items"], "chance": CHANCE.get(k)} for k, v in tasks.items() if "items" in v}
     ppl_out, ppl_units = None, None
     if ppl is not None:
         per = list(ppl.get("window_nll_per_token", []))
