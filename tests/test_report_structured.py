@@ -25,7 +25,8 @@ from srclib import paths, plotting
 from srclib.files import write_json
 from srclib.report import findings, index, results, series, tables
 
-from test_report import N_ITEMS, TASKS, eval_metrics_json  # noqa: E402  (tests/ is on sys.path)
+from test_report import (N_ITEMS, N_WINDOWS, TASKS, WINDOW_DEV, eval_metrics_json,  # noqa: E402  (tests/ on sys.path)
+                         eval_units_json, item_latent)
 
 NAN = float("nan")
 SEEDS = (0, 1, 2)
@@ -94,8 +95,9 @@ def write_evals(root: Path, params) -> None:
     for name, cfg in results.instance_configs(params).items():
         arc, wino, ppl = _values(name)
         causal = cfg["model"] != "tiny-dlm"
-        write_json(paths.eval_metrics(name, root=root),
-                   eval_metrics_json(name, cfg["model"], {"arc_easy": arc, "winogrande": wino}, ppl, causal))
+        acc = {"arc_easy": arc, "winogrande": wino}
+        write_json(paths.eval_metrics(name, root=root), eval_metrics_json(name, cfg["model"], acc, ppl, causal))
+        write_json(paths.eval_units(name, root=root), eval_units_json(name, acc, ppl))
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +125,32 @@ def _se(a):
 def _cell(xs, mark=""):
     """mean ± sample sd over seeds (percent already applied), one decimal, plus the mark."""
     return f"{_mean(xs):.1f} ± {_sd(xs):.1f}{mark}"
+
+
+def _items(key, task_index):
+    """Seed-averaged per-item values of one configuration and task (the planted items: item i is
+    correct when its latent is below the accuracy)."""
+    task = ("arc_easy", "winogrande")[task_index]
+    lat = item_latent(task)
+    per = STRUCT[key]
+    return [sum(float(lat[i] < v[task_index]) for v in per) / len(per) for i in range(N_ITEMS)]
+
+
+def _acc_cell(key, task_index, mark=""):
+    """accuracy ± standard error over items of the seed-averaged item values (plain loops)."""
+    return f"{100 * _mean(_items(key, task_index)):.1f} ± {100 * _sd(_items(key, task_index)) / math.sqrt(N_ITEMS):.1f}{mark}"
+
+
+def _avg_cell(key, mark=""):
+    pooled = _items(key, 0) + _items(key, 1)  # equal item counts: the pooled mean is the task average
+    return f"{100 * _mean(pooled):.1f} ± {100 * _sd(pooled) / math.sqrt(len(pooled)):.1f}{mark}"
+
+
+def _ppl_cell(key, mark=""):
+    """exp(mean NLL over seeds) ± the delta-method standard error over windows."""
+    ppl = math.exp(_mean([math.log(v[2]) for v in STRUCT[key]]))
+    se = ppl * WINDOW_DEV * math.sqrt(N_WINDOWS / (N_WINDOWS - 1)) / math.sqrt(N_WINDOWS)
+    return f"{ppl:.1f} ± {se:.1f}{mark}"
 
 
 def _col(key, i):
@@ -173,34 +201,33 @@ def test_structured_table_layout_values_and_marks(setup):
     ]
     flap = t.iloc[3]
     fu, fs = ("flap", "adaptive", 0.3, "uniform"), ("flap", "adaptive", 0.3, "sink")
-    # FLAP: +6 / +5 points with a seed spread of 1 -> beyond 2 sqrt(2); perplexity 10 lower -> better
-    assert flap["ARC-E base"] == _cell(_col(fu, 0)) == "51.0 ± 1.0"
-    assert flap["ARC-E sink"] == _cell(_col(fs, 0), " ↑") == "57.0 ± 1.0 ↑"
-    assert flap["WinoGrande sink"] == _cell(_col(fs, 1), " ↑")
-    assert flap["Avg base"] == _cell(_avg(fu)) and flap["Avg sink"] == _cell(_avg(fs), " ↑")
-    assert flap["Avg sink"] == "61.5 ± 0.5 ↑"
-    assert flap["PPL base"] == _cell(_col(fu, 2)) and flap["PPL sink"] == _cell(_col(fs, 2), " ↑")
-    # stability: one seed -> lm-eval stderr; 51.0 - 49.0 = 2 < 2 sqrt(1 + se^2): unmarked
-    a = STRUCT[("flap", "adaptive", 0.3, "stability")][0][0]
-    assert flap["ARC-E stability"] == f"{100 * a:.1f} ± {_se(a):.1f}"
-    assert flap["PPL stability"] == "43.0"  # a single perplexity has no uncertainty: never marked
+    # FLAP: +6 / +5 points on every seed (the same items move): marked; perplexity lower on every window: better
+    assert flap["ARC-E base"] == _acc_cell(fu, 0) and flap["ARC-E base"].startswith("51.0 ± ")
+    assert flap["ARC-E sink"] == _acc_cell(fs, 0, " ↑") and flap["ARC-E sink"].startswith("57.0 ± ")
+    assert flap["WinoGrande sink"] == _acc_cell(fs, 1, " ↑")
+    assert flap["Avg base"] == _avg_cell(fu) and flap["Avg sink"] == _avg_cell(fs, " ↑")
+    assert flap["PPL base"] == _ppl_cell(fu) and flap["PPL sink"] == _ppl_cell(fs, " ↑")
+    # stability (seed 0 only) against uniform's seed 0: 2 discordant items (McNemar p = 0.5) unmarked;
+    # perplexity 43 vs 40 on every window: worse
+    st = ("flap", "adaptive", 0.3, "stability")
+    assert flap["ARC-E stability"] == _acc_cell(st, 0)
+    assert flap["PPL stability"] == _ppl_cell(st, " ↓")
     wa = t.iloc[2]
     wu_, ws_ = ("wanda", "adaptive", 0.3, "uniform"), ("wanda", "adaptive", 0.3, "sink")
-    # Wanda-sp adaptive: +0.5 point inside the noise (unmarked); perplexity 5 higher beyond it (worse)
-    assert wa["ARC-E sink"] == _cell(_col(ws_, 0)) == "46.5 ± 1.0"
-    assert wa["PPL sink"] == _cell(_col(ws_, 2), " ↓") == "46.0 ± 1.0 ↓"
+    # Wanda-sp adaptive: +0.5 point = one item per seed (sign-flip p = 0.25) unmarked; perplexity higher: worse
+    assert wa["ARC-E sink"] == _acc_cell(ws_, 0) and wa["ARC-E sink"].startswith("46.5 ± ")
+    assert wa["PPL sink"] == _ppl_cell(ws_, " ↓")
     assert wa["ARC-E stability"] == "–"
-    # one seed per weighting: lm-eval stderr; Avg ± sqrt(se1² + se2²) / 2
-    one = t.iloc[1]
-    (a, w, ppl), = STRUCT[("wanda", "uniform", 0.3, "sink")]
-    assert one["ARC-E sink"] == f"{100 * a:.1f} ± {_se(a):.1f}"
-    assert one["Avg sink"] == f"{(100 * a + 100 * w) / 2:.1f} ± {math.sqrt(_se(a) ** 2 + _se(w) ** 2) / 2:.1f}"
-    assert (one["PPL base"], one["PPL sink"]) == ("50.0", "49.0")
+    one = t.iloc[1]  # one seed per weighting: 1 discordant item each task
+    k1 = ("wanda", "uniform", 0.3, "sink")
+    assert one["ARC-E sink"] == _acc_cell(k1, 0) and one["Avg sink"] == _avg_cell(k1)
+    assert one["PPL base"].startswith("50.0 ± ") and one["PPL sink"].startswith("49.0 ± ") and one["PPL sink"].endswith("↑")
     mag = t.iloc[4]
-    assert mag["ARC-E base"] == f"30.0 ± {_se(0.30):.1f}" and mag["ARC-E sink"] == "–" and mag["PPL base"] == "200.0"
+    assert mag["ARC-E base"] == _acc_cell(("magnitude", "uniform", 0.5, "uniform"), 0) and mag["ARC-E sink"] == "–"
+    assert mag["PPL base"].startswith("200.0 ± ")
     dense = t.iloc[0]
-    assert dense["ARC-E base"] == f"62.0 ± {_se(0.62):.1f}" and dense["ARC-E sink"] == "–"
-    assert dense["PPL base"] == "20.0" and dense["PPL sink"] == "–"
+    assert dense["ARC-E base"].startswith("62.0 ± ") and dense["ARC-E sink"] == "–"
+    assert dense["PPL base"].startswith("20.0 ± ") and dense["PPL sink"] == "–"
     assert "target share of the blocks' linear-layer parameters" in " ".join(t.attrs["footnotes"])
     assert "achieved_ratio" in " ".join(t.attrs["footnotes"]) and "MC-ELBO" in " ".join(t.attrs["footnotes"])
     assert "Baseline (uniform calibration) vs sink-aware" in t.attrs["caption"]
@@ -208,7 +235,7 @@ def test_structured_table_layout_values_and_marks(setup):
     smol = tables.structured_table(df, params, "smollm2-135m")
     assert list(smol.columns) == ["Method", "Structure", "Ratio", "Seeds", "ARC-E base", "ARC-E sink",
                                   "WinoGrande base", "WinoGrande sink", "Avg base", "Avg sink", "PPL base", "PPL sink"]
-    assert list(smol["Method"]) == ["Dense", "FLAP"] and smol.loc[1, "PPL base"] == "18.0"
+    assert list(smol["Method"]) == ["Dense", "FLAP"] and smol.loc[1, "PPL base"].startswith("18.0 ± ")
     assert set(tables.structured_tables(df, params)) == {"structured_tiny-dlm", "structured_smollm2-135m"}
     with pytest.raises(ValueError, match="no structured instances"):
         tables.structured_table(df, params, "tiny-ar")
@@ -219,9 +246,9 @@ def test_structured_cells_diffs(setup):
     cells = tables.structured_table_cells(df, params, "tiny-dlm")
     assert set(cells["pattern"]) == {"dense", "structured-uniform", "structured-adaptive"}
     r = cells[(cells["method"] == "flap") & (cells["weighting"] == "sink") & (cells["column"] == "ppl")].iloc[0]
-    assert r["diff"] == pytest.approx(_mean(_col(("flap", "adaptive", 0.3, "sink"), 2))
-                                      - _mean(_col(("flap", "adaptive", 0.3, "uniform"), 2)))
-    assert r["diff"] == pytest.approx(-10.0) and r["mark"] == 1 and r["structure"] == "adaptive"
+    geo = lambda key: math.exp(_mean([math.log(x) for x in _col(key, 2)]))  # noqa: E731  exp(mean NLL)
+    assert r["diff"] == pytest.approx(geo(("flap", "adaptive", 0.3, "sink")) - geo(("flap", "adaptive", 0.3, "uniform")))
+    assert r["diff"] == pytest.approx(-10.0, abs=0.01) and r["mark"] == 1 and r["structure"] == "adaptive"
 
 
 # =================================================================================================
@@ -237,7 +264,7 @@ def test_main_tables_exclude_structured_rows(setup):
     cells = tables.main_table_cells(df, params, "tiny-dlm")
     assert not cells["pattern"].map(results.is_structured).any()
     sv = tables.sink_vs_uniform_table(df, params, "tiny-dlm")
-    assert list(sv["Method"]) == ["Dense", "Wanda"] and sv.loc[1, "PPL uniform"] == "60.0"
+    assert list(sv["Method"]) == ["Dense", "Wanda"] and sv.loc[1, "PPL uniform"].startswith("60.0 ± ")
     # the index grid sorts columns by PATTERN_ORDER and rows by METHOD_ORDER: structured rows fit in
     grid = "\n".join(index._grid_html(df, lambda stage, name: None))
     assert "FLAP" in grid and "30% structured-adaptive" in grid and 'data-instance="dlm-flap-sink-30-adapt-s2"' in grid
@@ -347,14 +374,19 @@ def test_structured_finding(setup):
     root, params, df = setup
     f = findings.structured_sink_vs_uniform(df, params, "tiny-dlm")
     assert f.key == "structured-sink-vs-uniform/tiny-dlm"
-    assert f.verdict == "mixed"  # FLAP better beyond noise, Wanda-sp's perplexity worse beyond it
+    wu_, ws_ = ("wanda", "adaptive", 0.3, "uniform"), ("wanda", "adaptive", 0.3, "sink")
+    assert f.verdict == "mixed"  # FLAP better, Wanda-sp's perplexity worse (both at p < 0.05)
     fu, fs = ("flap", "adaptive", 0.3, "uniform"), ("flap", "adaptive", 0.3, "sink")
-    assert f.values["flap adaptive 0.3 average uniform"] == pytest.approx((_mean(_avg(fu)), _sd(_avg(fu))))
-    assert f.values["flap adaptive 0.3 average sink"] == pytest.approx((_mean(_avg(fs)), _sd(_avg(fs))))
+    assert f.values["flap adaptive 0.3 average uniform"][0] == pytest.approx(_mean(_avg(fu)))
+    assert f.values["flap adaptive 0.3 average sink"][0] == pytest.approx(_mean(_avg(fs)))
+    t = f.tests["flap adaptive 0.3 average"]
+    assert t["diff"] == pytest.approx(_mean(_avg(fs)) - _mean(_avg(fu))) and t["n"] == 2 * N_ITEMS
     line = next(x for x in f.lines if x.startswith("FLAP (adaptive) at ratio 30%"))
-    assert f"difference +{_mean(_avg(fs)) - _mean(_avg(fu)):.1f}" in line and "sink-aware better" in line
+    assert f"Δ +{_mean(_avg(fs)) - _mean(_avg(fu)):.1f} points" in line and "holds" in line
     line = next(x for x in f.lines if x.startswith("Wanda-sp (adaptive) at ratio 30%"))
-    assert "difference +5.0" in line and "sink-aware worse" in line  # perplexity 46 vs 41
+    assert "ELBO perplexity uniform 41.0" in line and "opposite" in line  # perplexity 46 vs 41
+    want = _mean([math.log(v[2]) for v in STRUCT[ws_]]) - _mean([math.log(v[2]) for v in STRUCT[wu_]])
+    assert f.tests["wanda adaptive 0.3 ppl"]["diff"] == pytest.approx(want)
     assert len(f.lines) == 3  # magnitude-sp has no sink row
     keys = [x.key for x in findings.findings(df, params, {"runs": {}}, _eff_rows())]
     assert keys[2:] == ["sink-vs-uniform/tiny-dlm", "structured-sink-vs-uniform/tiny-dlm",
