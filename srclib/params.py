@@ -589,7 +589,7 @@ class EvaluateParams:
     ppl: PplParams = _c()
     tasks: dict[str, TaskSettings] = _c(min_len=1, key_choices=(
         "arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa", "sciq",
-        "mmlu", "gsm8k",
+        "mmlu", "gsm8k", "continuation",
     ))
 
 
