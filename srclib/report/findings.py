@@ -18,7 +18,8 @@ Sinks (method.md 1-2): a run "has a sink" when its dominant key's strength (its 
 the uniform share, per prompt) is above its random-init twin's at p < ALPHA (paired on the
 prompts); "a stable AR sink" additionally needs the dominant key at position 0 on >= 0.9 of the
 steps on a statistic causal counting cannot bias (the newest query's mass) while the twin's is
-<= 0.1. Sink motion compares a DLM that has a sink against the AR models with a stable sink.
+<= 0.1, or the twin has no sink at all (its dominant key within 10% of the uniform share: a
+random-init SmolLM2 puts the argmax of its nearly flat rows on position 0 on ~0.2 of the steps). Sink motion compares a DLM that has a sink against the AR models with a stable sink.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ __all__ = ["Finding", "VERDICTS", "sink_presence", "sink_motion", "bos_sinks", "
 
 VARIANCE_DIGITS = 4  # Var[p]/T^2 as in the sink variance table
 VALUE_DIGITS = 1  # accuracy (%) and perplexity as in the main table
-STABLE_P0, TWIN_P0 = 0.9, 0.1  # "stable AR sink": p0 >= 0.9 with the twin's p0 <= 0.1
+STABLE_P0, TWIN_P0 = 0.9, 0.1  # "stable AR sink": p0 >= 0.9 with the twin's p0 <= 0.1 ...
+FLAT_STRENGTH = 1.1  # ... or the twin's dominant key within 10% of the uniform share (no sink at all)
 UNTESTABLE = "untestable here"
 VERDICTS = ("holds", "opposite", "no difference larger than <mde>", UNTESTABLE)
 PRIMARY_VARIANT = {True: "full", False: "newest"}  # kind_is_dlm -> the paper's (bias-free) variant
@@ -162,14 +164,19 @@ def _stable_ar(name: str, runs, uruns) -> tuple[bool, str]:
     tp0 = _p0(uruns.get(twin, {}), runs.get(twin, {}), "newest") if twin else None
     if p0 is None or tp0 is None:
         return False, f"{name}: no bias-free p0 of the run and its twin"
-    ok = p0 >= STABLE_P0 and tp0 <= TWIN_P0
+    tstrength = float((runs.get(twin) or {}).get("dominant_share_x_uniform", float("nan")))
+    flat = tstrength <= FLAT_STRENGTH  # the twin's dominant key holds no more than uniform mass: its argmax is noise
+    ok = p0 >= STABLE_P0 and (tp0 <= TWIN_P0 or flat)
     extra = ""
     pe = _p0(uruns.get(name, {}), runs[name], "prefix_expected")
     if pe is not None:
         extra = f" (full-prefix mass over its causal expectation: {pe:.3f})"
+    twin_text = f"random-init twin {tp0:.3f}"
+    if tp0 > TWIN_P0 and flat:
+        twin_text += f" (its strength {tstrength:.2f}× uniform: the argmax of a flat row, not a sink)"
     return ok, (f"{name}: dominant key at position 0 on {p0:.3f} of the steps (newest-query mass){extra}, "
-                f"random-init twin {tp0:.3f}: {'a stable [BOS] sink' if ok else 'no stable [BOS] sink'} "
-                f"(needs >= {STABLE_P0:g} with the twin <= {TWIN_P0:g})")
+                f"{twin_text}: {'a stable [BOS] sink' if ok else 'no stable [BOS] sink'} "
+                f"(needs >= {STABLE_P0:g} with the twin <= {TWIN_P0:g} or flat)")
 
 
 def _head_line(name: str, uruns: Mapping[str, Any]) -> str | None:
