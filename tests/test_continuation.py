@@ -21,15 +21,16 @@ TASKS = paths.tasks_dir()
 FILE = TASKS / "continuation" / "validation.jsonl"
 needs_data = pytest.mark.skipif(not FILE.is_file(),
                                 reason="data/raw (with the continuation task) not built: make data")
-W = C.CONTEXT_WORDS + C.ANSWER_WORDS  # 52
+W = C.CONTEXT_WORDS + C.ANSWER_WORDS
 
 
 def _passage(i: int, n: int) -> dict:
     return {"source": "ab"[i % 2], "text": " ".join(f"p{i}w{j}" for j in range(n))}
 
 
-# windows: 1, 1, 2, 0 (too short), 4 (5 fit: capped), 4, 4, 4 -> 20 items
+# windows of W = 44 words: 1, 1, 2, 0 (too short), 4 (5 fit: capped), 4 (6 fit), 4, 4 -> 20 items
 LENGTHS = [52, 70, 110, 30, 260, 300, 250, 240]
+CW, AW = C.CONTEXT_WORDS, C.ANSWER_WORDS
 PASSAGES = [_passage(i, n) for i, n in enumerate(LENGTHS)]
 
 
@@ -56,20 +57,26 @@ def test_items_on_hand_made_passages():
         o = it["offset"]
         assert o % W == 0 and o // W < C.MAX_WINDOWS and len(text.split()) >= o + W
         assert it["source"] == by_text[text]["source"]
-        assert it["context"].split() == text.split()[o:o + 40]
-        assert it["choices"][it["label"]] == _words(text, o + 40, 12)
+        assert it["context"].split() == text.split()[o:o + CW]
+        assert it["choices"][it["label"]] == _words(text, o + CW, AW)
         pid = text.split()[0].split("w")[0]  # "p<i>"
         for k, span in enumerate(it["choices"]):
             if k == it["label"]:
                 continue
             words = span.split()
-            assert len(words) == 12 and words[0].split("w")[0] != pid  # another passage
+            assert len(words) == AW and words[0].split("w")[0] != pid  # another passage
             other = next(t for t in by_text if t.startswith(words[0].split("w")[0] + "w0 "))
-            assert span == _words(other, o + 40, 12)  # its span at the same offset
+            assert span == _words(other, o + CW, AW)  # its span at the same offset
         seen.add((text, o))
     assert len(seen) == len(items)
     assert {(p["text"], 0) for p in PASSAGES if len(p["text"].split()) >= W} <= seen
     assert max(it["offset"] for it in items) == (C.MAX_WINDOWS - 1) * W  # 300 words: capped at 4
+    # known answers, spelled out: passage 0's one item and passage 5's four offsets
+    (first,) = [it for it in items if it["context"].startswith("p0w0 ")]
+    assert (first["offset"], first["source"]) == (0, "a")
+    assert first["context"] == " ".join(f"p0w{j}" for j in range(40))
+    assert first["choices"][first["label"]] == "p0w40 p0w41 p0w42 p0w43"
+    assert sorted(it["offset"] for it in items if it["context"].startswith("p5w")) == [0, 44, 88, 132]
 
 
 def test_items_follow_the_stated_hash_rule():
@@ -82,13 +89,13 @@ def test_items_follow_the_stated_hash_rule():
             at.setdefault(k * W, []).append(p["text"])
     for it in items:
         o = it["offset"]
-        (text,) = [t for t in at[o] if _words(t, o, 40) == it["context"]]
+        (text,) = [t for t in at[o] if _words(t, o, CW) == it["context"]]
         assert it["label"] == int(_sha(seed, "label", o, text), 16) % 4
         ranked = sorted(at[o], key=lambda t: _sha(seed, "distractor", o, text, t))
-        others = [_words(t, o + 40, 12) for t in ranked if t != text][:3]
+        others = [_words(t, o + CW, AW) for t in ranked if t != text][:3]
         assert [c for k, c in enumerate(it["choices"]) if k != it["label"]] == others
     keys = [_sha(seed, "order", it["offset"], next(t for t in at[it["offset"]]
-                                                   if _words(t, it["offset"], 40) == it["context"]))
+                                                   if _words(t, it["offset"], CW) == it["context"]))
             for it in items]
     assert keys == sorted(keys)
 
@@ -104,12 +111,12 @@ def test_items_are_deterministic_and_ignore_input_order():
 
 def test_a_span_equal_to_the_answer_is_never_a_distractor():
     p0 = PASSAGES[0]["text"].split()
-    twin = [f"q{j}" for j in range(40)] + p0[40:52] + ["x"]  # same answer span as passage 0
+    twin = [f"q{j}" for j in range(CW)] + p0[CW:W] + ["x"]  # same answer span as passage 0
     passages = PASSAGES + [{"source": "a", "text": " ".join(twin)}]
     for it in C.build_items(passages):
         if it["offset"] == 0 and it["context"].split()[0] in ("p0w0", "q0"):
             answer = it["choices"][it["label"]]
-            assert answer == " ".join(p0[40:52])
+            assert answer == " ".join(p0[CW:W])
             assert it["choices"].count(answer) == 1
 
 
