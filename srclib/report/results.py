@@ -54,7 +54,7 @@ PRIMARY_METRICS = ("acc_norm", "acc", "exact_match,strict-match", "exact_match,f
 TASK_LABELS = {
     "arc_easy": "ARC-E", "arc_challenge": "ARC-C", "piqa": "PIQA", "hellaswag": "HellaSwag",
     "winogrande": "WinoGrande", "openbookqa": "OBQA", "sciq": "SciQ", "mmlu": "MMLU",
-    "gsm8k": "GSM8K",
+    "gsm8k": "GSM8K", "continuation": "Continuation",
 }
 METHOD_LABELS = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT",
                  "flap": "FLAP"}
