@@ -228,14 +228,14 @@ def test_collect_prompt_plus_gen_length_above_tiny_max_len(root, caplog):
     text = edit(REPO_PARAMS, "  gen_length: 64\n  steps: 64 ", "  gen_length: 496\n  steps: 496 ")
     write_params(root, edit(text, "  block_length: 64\n", "  block_length: 496\n"))
     msg = refused(root, caplog, ["collect", "params_file=params.yaml"])
-    assert msg.startswith("collect.gen_length = 496 (+ collect.prompt_tokens = 32: 528 tokens): above the "
+    assert msg.startswith("collect.gen_length = 496 (+ collect.prompt_tokens = 27: 523 tokens): above the "
                           "maximum length 512 of model 'tiny-dlm' (train.max_len) in collect.models[0]"), msg
 
 
 def test_collect_lengths_above_config_max_sequence_length(root, caplog):
     # LLaDA-style configs declare max_sequence_length
     _model_config(root, "smollm2-135m", json.dumps({"max_sequence_length": 256}))  # calibration's 128 fits
-    write_params(root, edit(REPO_PARAMS, "  prompt_tokens: 32\n", "  prompt_tokens: 200\n"))
+    write_params(root, edit(REPO_PARAMS, "  prompt_tokens: 27 ", "  prompt_tokens: 200 "))
     msg = refused(root, caplog, ["collect", "params_file=params.yaml"])
     assert ("collect.gen_length = 64 (+ collect.prompt_tokens = 200: 264 tokens): above the maximum length 256 of "
             "model 'smollm2-135m' (max_sequence_length in models/smollm2-135m/config.json) in collect.models[2]") in msg
