@@ -6,6 +6,7 @@ selenium is missing (``apt-get install -y chromium chromium-driver``; selenium i
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -34,12 +35,13 @@ def site(tmp_path_factory):
     then index.html built from them."""
     import matplotlib.pyplot as plt
 
-    from test_report import VARIANCE, synthetic_params, write_eval_tree
+    from test_report import VARIANCE, VARIANCE_UNITS, synthetic_params, write_eval_tree
 
     root = tmp_path_factory.mktemp("site")
     params = synthetic_params()
     write_eval_tree(root, params)
     write_json(paths.variance_metrics(root=root), VARIANCE)
+    write_json(paths.variance_units(root=root), VARIANCE_UNITS)
     df = results.load_results(params, root=root)
     tabs = {**tables.main_tables(df, params), "dense_models": tables.dense_table(df, params)}
     render.write_tables(tabs, paths.tables_dir(root=root))
@@ -54,9 +56,11 @@ def site(tmp_path_factory):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f"<!DOCTYPE html><html><head><title>{stage} {name}</title></head><body>ok</body></html>")
     variance = read_json(paths.variance_metrics(root=root))
-    found = findings.findings(df, params, variance)
+    units = read_json(paths.variance_units(root=root))
+    found = findings.findings(df, params, variance, variance_units=units)
     page = index.build_index(root, params, "0123abcd", findings=found,
-                             tables={"sink_variance": tables.sink_variance_table(variance), **tabs}, results=df)
+                             tables={"sink_variance": tables.sink_variance_table(variance, units), **tabs},
+                             results=df)
     return root, page, params
 
 
@@ -133,36 +137,52 @@ def test_linked_table_page_renders(site, driver):
     assert "±" in rows[3].text
 
 
-def _mean_sd(xs: list[float]) -> tuple[float, float]:
+def _mean_se(xs) -> tuple[float, float]:
+    """Mean and standard error of the mean (ddof 1), written out here, not taken from srclib."""
+    xs = [float(x) for x in xs]
     m = sum(xs) / len(xs)
-    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else float("nan")
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
 
 
 def test_findings_come_first_and_show_the_metrics(site, driver):
     """The findings section is the page's first section, and the numbers it shows are the ones
-    computed here straight from the metrics files (variance.json, metrics/evaluate/*.json)."""
+    computed here straight from the metrics and unit files (variance.json and its per-prompt
+    values; metrics/units/evaluate/*.json: per-window NLL and per-item correctness)."""
     root, page, params = site
     driver.get(page.as_uri())
     h2 = [e.text for e in driver.find_elements("tag name", "h2")]
     assert h2[0] == "Findings" and h2.index("Figures") > h2.index("Headline tables")
     cards = {e.get_attribute("data-key"): e.text for e in driver.find_elements("css selector", "#findings .finding")}
     assert list(cards)[:2] == ["sink-motion", "bos-sinks"] and "sink-vs-uniform/tiny-dlm" in cards
-    # sink motion: every run's normalised variance +- std over prompts, from metrics/variance.json
+    # sink motion: every run's normalised variance +- its standard error over the prompts
     runs = read_json(paths.variance_metrics(root=root))["runs"]
-    for run in ("tiny-dlm", "tiny-ar", "tiny-dlm-randinit"):
-        assert f"{runs[run]['variance']:.4f} ± {runs[run]['variance_std']:.4f}" in cards["sink-motion"], run
-    assert "higher, beyond noise" in cards["sink-motion"] and "holds" in cards["sink-motion"]
-    # sink-aware vs uniform, Wanda 50% on tiny-dlm over seeds 0..2: perplexity and average accuracy
+    uruns = read_json(paths.variance_units(root=root))["runs"]
+    per_prompt = {run: next(iter(u["per_prompt"].values()))["variance"] for run, u in uruns.items()}
+    for run in ("tiny-dlm", "tiny-ar"):
+        se = _mean_se(per_prompt[run])[1]
+        assert f"{runs[run]['variance']:.4f} ± {se:.4f}" in cards["sink-motion"], run
+    # against its random-init twin: the paired difference of the per-prompt variances
+    twin = _mean_se([b - a for a, b in zip(per_prompt["tiny-dlm-randinit"], per_prompt["tiny-dlm"])])[0]
+    assert f"its random-init twin tiny-dlm-randinit, Var[p]/T²: Δ {twin:+.4f}" in cards["sink-motion"]
+    assert "n = 8 prompts" in cards["sink-motion"] and "holds" in cards["sink-motion"]
+    # sink-aware vs uniform, Wanda 50% on tiny-dlm over seeds 0..2: perplexity exp(mean NLL) over
+    # the windows of the seed-averaged NLL (delta-method SE), average accuracy over the pooled items
     line = next(li.text for li in driver.find_elements("css selector", '[data-key="sink-vs-uniform/tiny-dlm"] li')
                 if li.text.startswith("Wanda at 50%"))
     for weighting in ("uniform", "sink"):
-        files = [read_json(paths.eval_metrics(f"dlm-wanda-{weighting}-50-s{k}", root=root)) for k in params.plot.seeds]
-        ppl = _mean_sd([f["ppl"]["ppl"] for f in files])
-        avg = _mean_sd([100 * sum(f["tasks"][t]["metrics"]["acc_norm" if t == "arc_easy" else "acc"]
-                                  for t in params.evaluate.tasks) / len(params.evaluate.tasks) for f in files])
+        files = [read_json(paths.eval_units(f"dlm-wanda-{weighting}-50-s{k}", root=root)) for k in params.plot.seeds]
+        nll = [sum(col) / len(col) for col in zip(*(f["ppl"]["window_nll_per_token"] for f in files))]
+        m, se = _mean_se(nll)
+        ppl = (math.exp(m), math.exp(m) * se)
+        items = []
+        for t in params.evaluate.tasks:
+            metric = "acc_norm" if t == "arc_easy" else "acc"
+            items += [100 * sum(col) / len(col) for col in zip(*(f["tasks"][t][metric] for f in files))]
+        avg = _mean_se(items)
         label = "uniform" if weighting == "uniform" else "sink-aware"
         assert f"{label} {ppl[0]:.1f} ± {ppl[1]:.1f}" in line, (weighting, line)
         assert f"{label} {avg[0]:.1f} ± {avg[1]:.1f}" in line, (weighting, line)
+    assert "p = " in line and "mde" in line
     # the grid: the linked instance shows its score and links both of its reports
     cell = driver.find_element("css selector", '[data-instance="dlm-wanda-sink-50-s0"]')
     assert {a.text for a in cell.find_elements("tag name", "a")} == {"eval", "prune"}
