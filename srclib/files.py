@@ -2,6 +2,17 @@
 
 Every artifact is written to a temporary file in the destination folder and renamed into place,
 so a killed process leaves either the old file or the new one, never a torn one.
+
+Staging names carry the writer's process id (``.<name>.<pid>-<random>.tmp``, backups
+``.<name>.<pid>-<random>.old``), so the next write of the same output removes what a killed writer
+left (``clean_stale``: every sibling staging file or folder of that output whose process is gone;
+at paper scale each is a full checkpoint) and never one a live writer is still building.
+
+Inside a stage run by the runner (srclib.run), ``SRCLIB_OUTPUTS_JOURNAL`` names a journal file:
+``atomic_outputs`` then swaps its outputs in as usual (later cells can read them) but keeps the old
+targets and records both in the journal; the runner calls ``finish_journal(ok=True)`` once the
+HTML report is written (the backups go) or ``ok=False`` when any later step failed (every output
+goes back to what it was). A stage's outputs are thus committed after every step that can fail.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +37,51 @@ def _umask_mode(base: int) -> int:
 
 
 __all__ = ["atomic_path", "atomic_dir", "atomic_outputs", "Outputs", "write_json", "read_json", "write_text",
-           "sha256_file", "sha256_folder"]
+           "sha256_file", "sha256_folder", "clean_stale", "finish_journal", "JOURNAL_ENV"]
+
+JOURNAL_ENV = "SRCLIB_OUTPUTS_JOURNAL"  # set by the runner: keep replaced outputs until the run ends
+
+
+def _prefix(name: str) -> str:
+    """The staging-name prefix of output ``name`` for this process: ``.<name>.<pid>-``."""
+    return f".{name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging files and folders a killed writer left beside ``target``
+    (``.<name>.[<pid>-]<random>[.<suffix>].tmp`` and ``.old`` backups) whose process is gone, or
+    that carry no process id (older srclib); return what was removed. Those of a live process
+    (a concurrent run, this one) stay."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:(\d+)-)?[^.]*(?:\.[^.]+)?\.(?:tmp|old)$")
+    removed = []
+    for p in target.parent.iterdir():
+        m = pattern.match(p.name)
+        if m is None or (m.group(1) is not None and _alive(int(m.group(1)))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).info("removed %d stale staging path(s) of %s left by a killed run: %s",
+                                         len(removed), target, ", ".join(p.name for p in removed))
+    return removed
 
 
 @contextlib.contextmanager
@@ -34,7 +90,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     check_fork_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path.name), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, _umask_mode(0o666))  # mkstemp makes 0600: give the file normal permissions
@@ -52,12 +109,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     check_fork_write(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path.name), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f"{_prefix(path.name)}swap.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -88,7 +146,8 @@ class Outputs:
         target = Path(target).absolute()
         self._check_new(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        clean_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target.name), suffix=".tmp", dir=target.parent))
         os.chmod(tmp, _umask_mode(0o777))  # mkdtemp makes 0700
         self._staged.append((target, tmp, True))
         return tmp
@@ -99,7 +158,8 @@ class Outputs:
         target = Path(target).absolute()
         self._check_new(target)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        clean_stale(target)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target.name), suffix=".tmp", dir=target.parent)
         os.close(fd)
         os.unlink(tmp)  # the unique name is reserved by its random part; the writer creates the file
         self._staged.append((target, Path(tmp), False))
@@ -124,7 +184,7 @@ class Outputs:
             for target, tmp, _ in self._staged:
                 backup = None
                 if target.exists() or target.is_symlink():
-                    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+                    backup = Path(tempfile.mkdtemp(prefix=_prefix(target.name), suffix=".old", dir=target.parent))
                     backup = backup / target.name
                     os.replace(target, backup)
                 try:
@@ -146,9 +206,42 @@ class Outputs:
                     shutil.rmtree(backup.parent, ignore_errors=True)
             self.discard()
             raise
+        journal = os.environ.get(JOURNAL_ENV)
+        if journal:  # the runner decides once the run's last step is done (module docstring)
+            with open(journal, "a", encoding="utf-8") as fh:
+                for target, backup in moved:
+                    fh.write(json.dumps({"target": str(target), "backup": None if backup is None else str(backup)}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            return
         for _, backup in moved:
             if backup is not None:
                 shutil.rmtree(backup.parent, ignore_errors=True)
+
+
+def finish_journal(journal: str | os.PathLike, ok: bool) -> list[str]:
+    """End a run's output transaction (module docstring): ``ok`` drops the kept old outputs; not
+    ``ok`` removes every output the run committed and puts the old one back (latest first).
+    Returns the targets rolled back (empty when ``ok``); the journal file is removed."""
+    journal = Path(journal)
+    if not journal.is_file():
+        return []
+    records = [json.loads(line) for line in journal.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rolled: list[str] = []
+    for rec in (records if ok else reversed(records)):
+        target, backup = Path(rec["target"]), (Path(rec["backup"]) if rec["backup"] else None)
+        if not ok:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+            if backup is not None and (backup.exists() or backup.is_symlink()):
+                os.replace(backup, target)
+            rolled.append(str(target))
+        if backup is not None:
+            shutil.rmtree(backup.parent, ignore_errors=True)
+    journal.unlink()
+    return rolled
 
 
 @contextlib.contextmanager
