@@ -92,3 +92,93 @@ def test_journal_keeps_the_outputs_when_the_run_succeeds(tmp_path, monkeypatch):
     assert io.read_json(target) == {"v": "new"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # the backup went too
     assert io.finish_journal(journal, ok=True) == []  # no journal: nothing to do
+
+
+# ---- item 3: plot refuses metrics written under other params ------------------------------------
+import copy  # noqa: E402
+
+import yaml  # noqa: E402
+
+from srclib import params as params_mod, paths  # noqa: E402
+from srclib.report import freshness  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def raw():
+    """params.yaml as plain YAML (the recorded side, built without srclib's own conversions)."""
+    return yaml.safe_load((paths.ROOT / "params.yaml").read_text())
+
+
+def _evaluate_doc(raw, instance):
+    ev = {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "tasks")}
+    inst = raw["prune"]["instances"].get(instance)
+    model = inst["model"] if inst else instance
+    return {"tasks": {}, "provenance": {"params": {"evaluate": ev, f"models.{model}": raw["models"][model]}}}
+
+
+def test_fresh_inputs_pass_and_a_changed_setting_is_named(raw, tmp_path):
+    P = params_mod.load_dict(copy.deepcopy(raw))
+    name = next(iter(raw["prune"]["instances"]))
+    dense = raw["evaluate"]["dense"][0]
+    for inst in (name, dense):
+        io.write_json(paths.eval_metrics(inst, tmp_path), _evaluate_doc(raw, inst))
+    assert freshness.stale_inputs(P, tmp_path) == []
+    # the old flat record (srclib before sections) of the same settings is fresh too
+    flat = {"tasks": {}, "provenance": {"params": copy.deepcopy(raw["evaluate"])}}
+    io.write_json(paths.eval_metrics(dense, tmp_path), flat)
+    assert freshness.stale_inputs(P, tmp_path) == []
+    # params change after the runs: every file that read the setting is named, with the fix
+    changed = copy.deepcopy(raw)
+    changed["evaluate"]["ppl"]["n_windows"] += 1
+    stale = freshness.stale_inputs(params_mod.load_dict(changed), tmp_path)
+    assert sorted(s.file for s in stale) == sorted(paths.rel(paths.eval_metrics(i, tmp_path), tmp_path)
+                                                   for i in (name, dense))
+    s = next(s for s in stale if name in s.file)
+    assert (s.setting, s.recorded, s.current) == ("evaluate.ppl.n_windows", raw["evaluate"]["ppl"]["n_windows"],
+                                                  raw["evaluate"]["ppl"]["n_windows"] + 1)
+    assert s.rerun == f"dvc repro evaluate@{name}"
+    with pytest.raises(freshness.StaleInputs, match=r"evaluate\.ppl\.n_windows = \d+ when it was written"):
+        freshness.check_inputs(params_mod.load_dict(changed), tmp_path)
+
+
+def test_a_prune_run_of_an_older_spec_is_stale(raw, tmp_path):
+    P = params_mod.load_dict(copy.deepcopy(raw))
+    name = next(n for n, i in raw["prune"]["instances"].items() if i["method"] != "magnitude")
+    spec = P.prune.spec(name).to_dict()
+    io.write_json(paths.prune_metrics(name, tmp_path), {"spec": spec, "provenance": {}})
+    assert freshness.stale_inputs(P, tmp_path) == []
+    old = {**spec, "sparsity": 0.25 if spec["sparsity"] != 0.25 else 0.75}
+    io.write_json(paths.prune_metrics(name, tmp_path), {"spec": old, "provenance": {}})
+    (s,) = freshness.stale_inputs(P, tmp_path)
+    assert s.setting == f"prune.instances.{name}.sparsity" and s.recorded == old["sparsity"]
+    # the evaluation of that checkpoint records the spec it scored: a re-pruned, not re-evaluated one is stale
+    doc = _evaluate_doc(raw, name)
+    doc["provenance"]["params"][f"prune.instances.{name}"] = old
+    io.write_json(paths.eval_metrics(name, tmp_path), doc)
+    assert {s.file for s in freshness.stale_inputs(P, tmp_path)} == {
+        paths.rel(paths.prune_metrics(name, tmp_path), tmp_path), paths.rel(paths.eval_metrics(name, tmp_path), tmp_path)}
+
+
+def test_variance_written_for_other_collect_models_or_without_its_section(raw, tmp_path):
+    P = params_mod.load_dict(copy.deepcopy(raw))
+    rec = {"variance": raw["variance"], "collect.models": raw["collect"]["models"][:1],
+           "collect.random_init_control": raw["collect"]["random_init_control"]}
+    io.write_json(paths.variance_metrics(tmp_path), {"runs": {}, "provenance": {"params": rec}})
+    (s,) = freshness.stale_inputs(P, tmp_path)
+    assert s.setting == "collect.models" and s.rerun == "dvc repro variance"
+    io.write_json(paths.variance_metrics(tmp_path), {"runs": {}, "provenance": {"params": {}}})
+    (s,) = freshness.stale_inputs(P, tmp_path)
+    assert "records no 'variance'" in str(s)
+
+
+def test_plot_stops_before_writing_anything_on_a_stale_input(raw, tmp_path):
+    from srclib.stages import plot
+
+    changed = copy.deepcopy(raw)
+    changed["evaluate"]["seed"] += 1
+    P = params_mod.load_dict(changed)
+    dense = raw["evaluate"]["dense"][0]
+    io.write_json(paths.eval_metrics(dense, tmp_path), _evaluate_doc(raw, dense))
+    with pytest.raises(freshness.StaleInputs, match=rf"{dense}\.json: evaluate\.seed"):
+        plot.run(P.plot, P, root=tmp_path)
+    assert not (tmp_path / "reports").exists()

@@ -79,9 +79,12 @@ def default_accuracy(name: str, cfg: dict, task: str) -> float:
 
 
 def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float | None,
-                      causal: bool, stderr: dict[str, float] | None = None) -> dict:
+                      causal: bool, stderr: dict[str, float] | None = None, params: P_.Params | None = None) -> dict:
     """An evaluate metrics file as run_evaluate writes it; the task entries come from
-    srclib.evaluation's own parser of lm-eval results."""
+    srclib.evaluation's own parser of lm-eval results; with ``params``, the params it records
+    (srclib.report.freshness.evaluate_sections: a run of those params)."""
+    from srclib.report.freshness import evaluate_sections
+
     from srclib.evaluation.harness import parse_results as _parse_results
 
     results, n_samples = {}, {}
@@ -102,7 +105,8 @@ def eval_metrics_json(name: str, model: str, acc: dict[str, float], ppl: float |
     return {"instance": name, "model": {"key": model, "causal": causal, "shift": not causal,
                                          "lm": "hf" if causal else "srclib-dlm",
                                          "likelihood": "exact" if causal else "mc-elbo"},
-            "tasks": parsed, "ppl": ppl_entry, "provenance": {"git_commit": None}}
+            "tasks": parsed, "ppl": ppl_entry,
+            "provenance": {"git_commit": None, **({"params": evaluate_sections(params, name)} if params else {})}}
 
 
 N_WINDOWS = 64
@@ -140,7 +144,7 @@ def write_eval_tree(root: Path, params: P_.Params, accuracy=default_accuracy, st
         acc = {t: accuracy(name, cfg, t) for t in params.evaluate.tasks}
         ppl = 100.0 * (1 + 3 * cfg["sparsity"]) + cfg["seed"]
         write_json(paths.eval_metrics(name, root=root),
-                   eval_metrics_json(name, cfg["model"], acc, ppl, causal, stderr))
+                   eval_metrics_json(name, cfg["model"], acc, ppl, causal, stderr, params=params))
         up = paths.eval_units(name, root=root)
         if units:
             write_json(up, eval_units_json(name, acc, ppl))

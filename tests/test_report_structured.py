@@ -96,7 +96,7 @@ def write_evals(root: Path, params) -> None:
         arc, wino, ppl = _values(name)
         causal = cfg["model"] != "tiny-dlm"
         acc = {"arc_easy": arc, "winogrande": wino}
-        write_json(paths.eval_metrics(name, root=root), eval_metrics_json(name, cfg["model"], acc, ppl, causal))
+        write_json(paths.eval_metrics(name, root=root), eval_metrics_json(name, cfg["model"], acc, ppl, causal, params=params))
         write_json(paths.eval_units(name, root=root), eval_units_json(name, acc, ppl))
 
 

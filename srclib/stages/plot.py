@@ -3,7 +3,11 @@
 Reads (root-relative, srclib.paths): metrics/evaluate/*, metrics/prune/*, metrics/variance.json,
 sinks/<run>.json, trajectories/<run>.safetensors; optional: metrics/train/<key>.json (loss
 curves), metrics/efficiency.json (efficiency bars and finding; with structured instances the
-quality-vs-speedup figure and series): skipped with a log line when absent.
+quality-vs-speedup figure and series): skipped with a log line when absent. Before anything is
+read, every one of those metrics files is checked against the params in use (what it records under
+``provenance.params``, srclib.report.freshness): one written under other params (a partial rerun
+after a params change) stops the stage naming each stale file, the setting that differs and the
+command that refreshes it; nothing is written.
 Writes reports/tables/<name>.{md,html,tex} (main_<model>, structured_<model> for models with
 structured instances, dense_models, sink_variance), reports/figures/<stem>.{png,pdf},
 metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv (and quality_vs_speedup.csv with
@@ -29,6 +33,7 @@ from srclib.files import read_json
 from srclib.params import Params, PlotParams
 from srclib.provenance import git_commit
 from srclib.report import findings as findings_
+from srclib.report import freshness
 from srclib.report import loaders, render, results, series, tables
 from srclib.report.index import build_index
 from srclib.trajectories import panels
@@ -107,6 +112,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     if cfg != params.plot:
         raise ValueError("cfg must be params.plot (the plot stage's settings live there once)")
     skipped: list[str] = []
+    freshness.check_inputs(params, root=root)  # no table mixes runs of other params (a partial rerun)
     df = results.load_results(params, root=root)
     var_metrics, var_plots = loaders.load_variance(root=root)
     var_units = loaders.load_variance_units(root=root)

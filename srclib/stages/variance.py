@@ -121,7 +121,10 @@ def run(cfg: VarianceParams, root: Path | None = None, collect: CollectParams | 
     units = {"runs": {name: _units(name, st, runs) for name, st in stats.items()}}
     table = statistics_table(stats)
     main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if stats else table
-    metrics = {"runs": summary, "provenance": provenance(params={"variance": as_dict(cfg)})}
+    recorded = {"variance": as_dict(cfg)}  # the params dvc.yaml's variance stage lists (srclib.report.freshness)
+    if collect is not None:
+        recorded.update({"collect.models": list(collect.models), "collect.random_init_control": collect.random_init_control})
+    metrics = {"runs": summary, "provenance": provenance(params=recorded)}
     base = paths.ROOT if root is None else Path(root)
     with atomic_outputs() as out:
         sinks = out.dir(paths.sinks_dir(root))
