@@ -59,6 +59,16 @@ FORK_ENV = "SRCLIB_FORK"  # set by srclib.run for a fork's kernel: the fork's na
 FORK_STAGE_ENV = "SRCLIB_FORK_STAGE"  # ... and its base stage (the srclib.stages module it imports)
 FORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+# ---- names that become paths -----------------------------------------------------------------
+# The one pattern of a params.yaml model key (``models:``) and prune instance name: each becomes a
+# folder or file name (models/<key>, pruned/<name>, metrics/.../<name>.json) and a DVC stage name
+# and params path (``models.<key>``, ``prune.instances.<name>``), where '.' would read as nesting.
+# srclib.params checks keys against it; every path built below from a name stays inside its folder
+# (``_child``) even where params were bypassed.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+NAME_RULE = ("ASCII letters, digits, '_' and '-', the first a letter or digit, and no '.', '/' or "
+             "spaces, since a name becomes a folder, a file and a DVC stage name")
+
 # stage -> every path (file or folder) its run writes besides its HTML report (written by srclib.run):
 # dvc.yaml's outs of the stage (tests/test_forks.py checks the two agree) and the git-ignored timing.
 # Inside a fork's kernel these paths, and everything below them, resolve under forks/<name>/ (``_r``).
@@ -97,6 +107,18 @@ def _r(rel: Path, root: Path | None) -> Path:
     if fork is not None and _under(Path(rel), STAGE_OUTPUTS[fork[1]]):  # a fork writes under its own name
         return base / FORKS / fork[0] / rel
     return base / rel
+
+
+def _child(folder: Path, name: str, what: str, suffix: str = "") -> Path:
+    """``folder / (name + suffix)`` after checking that ``name`` is one plain path component, so the
+    path stays inside ``folder`` (``../evil``, ``a/b``, ``.``, an absolute path or an empty name would
+    leave it or alias it); a ValueError naming ``what`` and the name."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0") \
+            or name != name.strip():
+        raise ValueError(
+            f"{what} {name!r}: not one plain file name ({folder.as_posix()}/{name}{suffix} would leave or "
+            f"alias {folder.as_posix()}/); model keys and instance names are {NAME_RULE}")
+    return folder / f"{name}{suffix}"
 
 
 def check_fork_write(path: str | os.PathLike) -> None:
@@ -147,11 +169,11 @@ def raw_dir(root: Path | None = None) -> Path:
 
 
 def model_dir(key: str, root: Path | None = None) -> Path:
-    return _r(MODELS / key, root)
+    return _r(_child(MODELS, key, "model key"), root)
 
 
 def train_metrics(key: str, root: Path | None = None) -> Path:
-    return _r(METRICS / "train" / f"{key}.json", root)
+    return _r(_child(METRICS / "train", key, "model key", ".json"), root)
 
 
 def train_curves(root: Path | None = None) -> Path:
@@ -169,12 +191,13 @@ def run_model(run: str) -> str:
 
 def trajectory_dir(model: str, root: Path | None = None) -> Path:
     """One collect instance's folder (its model's run and the random-init twin's)."""
-    return _r(TRAJECTORIES / model, root)
+    return _r(_child(TRAJECTORIES, model, "model key"), root)
 
 
 def trajectory_file(run: str, root: Path | None = None) -> Path:
     """trajectories/<model>/<run>.safetensors (the model of a random-init twin: ``run_model``)."""
-    return _r(TRAJECTORIES / run_model(run) / f"{run}.safetensors", root)
+    folder = _child(TRAJECTORIES, run_model(run), "model key of run")
+    return _r(_child(folder, run, "run", ".safetensors"), root)
 
 
 def trajectory_runs(root: Path | None = None) -> dict[str, Path]:
@@ -187,7 +210,7 @@ def trajectory_runs(root: Path | None = None) -> dict[str, Path]:
 
 def collect_metrics(model: str, root: Path | None = None) -> Path:
     """metrics/collect/<model>.json: one collect instance's runs (the model and its twin)."""
-    return _r(METRICS / "collect" / f"{model}.json", root)
+    return _r(_child(METRICS / "collect", model, "model key", ".json"), root)
 
 
 def collect_metrics_dir(root: Path | None = None) -> Path:
@@ -200,7 +223,7 @@ def sinks_dir(root: Path | None = None) -> Path:
 
 
 def sink_stats(model: str, root: Path | None = None) -> Path:
-    return _r(SINKS / f"{model}.json", root)
+    return _r(_child(SINKS, model, "run", ".json"), root)
 
 
 def variance_metrics(root: Path | None = None) -> Path:
@@ -208,33 +231,33 @@ def variance_metrics(root: Path | None = None) -> Path:
 
 
 def pruned_dir(instance: str, root: Path | None = None) -> Path:
-    return _r(PRUNED / instance, root)
+    return _r(_child(PRUNED, instance, "prune instance"), root)
 
 
 def prune_timing(instance: str, root: Path | None = None) -> Path:
     """Wall/CPU time and peak memory of a prune run. Clock values vary run to run, so they live
     outside every DVC output (timing/ is git-ignored, never a dependency): a checkpoint folder
     with a timing file inside would change its hash on every rerun and rerun everything after it."""
-    return _r(TIMING / "prune" / f"{instance}.json", root)
+    return _r(_child(TIMING / "prune", instance, "prune instance", ".json"), root)
 
 
 def train_timing(key: str, root: Path | None = None) -> Path:
     """Wall/CPU seconds of training one model (outside DVC outputs, see prune_timing)."""
-    return _r(TIMING / "train" / f"{key}.json", root)
+    return _r(_child(TIMING / "train", key, "model key", ".json"), root)
 
 
 def prune_metrics(instance: str, root: Path | None = None) -> Path:
-    return _r(METRICS / "prune" / f"{instance}.json", root)
+    return _r(_child(METRICS / "prune", instance, "prune instance", ".json"), root)
 
 
 def eval_metrics(instance: str, root: Path | None = None) -> Path:
-    return _r(METRICS / "evaluate" / f"{instance}.json", root)
+    return _r(_child(METRICS / "evaluate", instance, "evaluate instance", ".json"), root)
 
 
 def eval_units(instance: str, root: Path | None = None) -> Path:
     """Per-unit values of one evaluation: per validation window NLL (nats per token) and per task
     item correct or not, in one fixed order for every checkpoint (metrics/units/evaluate/<instance>.json)."""
-    return _r(UNITS / "evaluate" / f"{instance}.json", root)
+    return _r(_child(UNITS / "evaluate", instance, "evaluate instance", ".json"), root)
 
 
 def variance_units(root: Path | None = None) -> Path:
@@ -244,7 +267,7 @@ def variance_units(root: Path | None = None) -> Path:
 
 def plot_series(name: str, root: Path | None = None) -> Path:
     """A DVC plot series written by the plot stage: metrics/plots/<name>.csv."""
-    return _r(METRICS / "plots" / f"{name}.csv", root)
+    return _r(_child(METRICS / "plots", name, "plot series", ".csv"), root)
 
 
 def efficiency_metrics(root: Path | None = None) -> Path:
@@ -271,12 +294,12 @@ def fork_notebooks(root: Path | None = None) -> dict[str, Path]:
 
 def fork_dir(name: str, root: Path | None = None) -> Path:
     """forks/<name>/: a forked notebook's outputs, each at its base stage's output path below it."""
-    return _r(FORKS / name, root)
+    return _r(_child(FORKS, name, "fork"), root)
 
 
 def fork_html(name: str, root: Path | None = None) -> Path:
     """A forked notebook's rendered report: reports/html/forks/<name>.html (beside the stages')."""
-    return _r(HTML / "forks" / f"{name}.html", root)
+    return _r(_child(HTML / "forks", name, "fork", ".html"), root)
 
 
 def fork_html_dir(root: Path | None = None) -> Path:
@@ -284,11 +307,11 @@ def fork_html_dir(root: Path | None = None) -> Path:
 
 
 def report_html(stage: str, name: str, root: Path | None = None) -> Path:
-    return _r(HTML / stage / f"{name}.html", root)
+    return _r(_child(_child(HTML, stage, "report stage"), name, "report", ".html"), root)
 
 
 def failed_notebook(stage: str, name: str, root: Path | None = None) -> Path:
-    return _r(FAILED / stage / f"{name}.ipynb", root)
+    return _r(_child(_child(FAILED, stage, "report stage"), name, "notebook", ".ipynb"), root)
 
 
 def tables_dir(root: Path | None = None) -> Path:
