@@ -2,7 +2,8 @@
 srclib.params.
 
 A field declares its constraints in its metadata (``constrained(ge=0)``, ``choices=...``,
-``pattern=...``, ``min_len``, ``item_*``, ``key_choices``, ``key_pattern``, ``key=`` for a YAML
+``pattern=...`` (the whole string must match), ``min_len``, ``item_*``, ``key_choices``,
+``key_pattern`` (with ``key_rule``: the pattern in words), ``key=`` for a YAML
 name that is a Python keyword); ``build(cls, data, where)`` converts and checks every field and
 raises ``ParamsError`` naming the dotted key, the value and what is allowed.
 
@@ -124,6 +125,56 @@ _NUM_CHECKS = {
 }
 
 
+SHOW_CHARS = 80  # a value is quoted in a message up to this many characters (never a file's whole content)
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut to SHOW_CHARS characters with its full length said when longer."""
+    text = repr(value)
+    if len(text) <= SHOW_CHARS:
+        return text
+    return f"{text[:SHOW_CHARS - 3]}... ({len(text)} characters)"
+
+
+def _what(value: Any) -> str:
+    """What a value is, in words, for a message about a mapping that is not one."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, str):
+        return f"a text of {len(value)} characters ({_show(value)})"
+    return f"{type(value).__name__} {_show(value)}"
+
+
+_NM = re.compile(r"\d+:\d+")
+
+
+def _base60(value: int) -> str:
+    """YAML 1.1 reads an unquoted ``2:4`` as the base-60 integer 2 * 60 + 4 = 124: the N:M text back."""
+    digits: list[int] = []
+    v = abs(value)
+    while v:
+        v, d = divmod(v, 60)
+        digits.append(d)
+    return ":".join(str(d) for d in reversed(digits)) or "0"
+
+
+def _unquoted_nm(where: str, value: int, choices: list[str]) -> str:
+    """The message for an integer where an N:M string is expected (an unquoted ``2:4`` in YAML)."""
+    key = where.rsplit(".", 1)[-1]
+    text = _base60(value)
+    if ":" in text:
+        read = (f"YAML reads an unquoted {text} as the base-60 integer {value} "
+                f"({' * 60 + '.join(text.split(':'))}); ")
+        example = text if text in choices else next(c for c in choices if _NM.fullmatch(c))
+    else:
+        read = ""
+        example = next(c for c in choices if _NM.fullmatch(c))
+    return (f"{where} = {value}: must be a string; {read}N:M patterns must be quoted, e.g. "
+            f"{key}: \"{example}\" (one of {choices})")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -132,7 +183,7 @@ def _check_num(where: str, value: Any, meta: dict[str, Any], prefix: str = "") -
     for name, (ok, text) in _NUM_CHECKS.items():
         bound = meta.get(prefix + name)
         if bound is not None and not ok(value, bound):
-            raise ParamsError(f"{where} = {value!r}: must be {text.format(bound)}")
+            raise ParamsError(f"{where} = {_show(value)}: must be {text.format(bound)}")
 
 
 def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
@@ -150,12 +201,12 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     if origin is tuple:  # tuple[X, ...]: validated like a list, stored as a tuple
         (item_tp, _) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+            raise ParamsError(f"{where} = {_show(value)}: must be a list of {_type_name(item_tp)}")
         return tuple(_convert(where, list(value), list[item_tp], meta))
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            raise ParamsError(f"{where} = {value!r}: must be a list of {_type_name(item_tp)}")
+            raise ParamsError(f"{where} = {_show(value)}: must be a list of {_type_name(item_tp)}")
         if len(value) < meta.get("min_len", 0):
             raise ParamsError(f"{where}: must have at least {meta['min_len']} item(s)")
         item_meta = {k[5:]: v for k, v in meta.items() if k.startswith("item_")}
@@ -163,56 +214,61 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
     if origin is dict:
         _, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ParamsError(f"{where} = {value!r}: must be a mapping")
+            raise ParamsError(f"{where} = {_show(value)}: must be a mapping")
         if len(value) < meta.get("min_len", 0):
             raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ParamsError(f"{where}: key {k!r} must be a string")
+                raise ParamsError(f"{where}: key {_show(k)} must be a string")
             if "key_choices" in meta and k not in meta["key_choices"]:
                 raise ParamsError(f"{where}.{k}: unknown key; allowed: {list(meta['key_choices'])}")
-            if "key_pattern" in meta and not re.match(meta["key_pattern"], k):
-                raise ParamsError(f"{where}.{k}: name must match {meta['key_pattern']}")
+            if "key_pattern" in meta and not re.fullmatch(meta["key_pattern"], k):
+                rule = f" ({meta['key_rule']})" if "key_rule" in meta else ""
+                raise ParamsError(f"{where}: key {_show(k)} is not a valid name: must match "
+                                  f"{meta['key_pattern']}{rule}")
             out[k] = _convert(f"{where}.{k}", v, val_tp, {})
         return out
     if tp is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{where} = {value!r}: must be true or false")
+            raise ParamsError(f"{where} = {_show(value)}: must be true or false")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where} = {value!r}: must be an integer")
+            raise ParamsError(f"{where} = {_show(value)}: must be an integer")
         _check_num(where, value, meta)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{where} = {value!r}: must be a number")
+            raise ParamsError(f"{where} = {_show(value)}: must be a number")
         value = float(value)
         if not math.isfinite(value):
-            raise ParamsError(f"{where} = {value!r}: must be finite")
+            raise ParamsError(f"{where} = {_show(value)}: must be finite")
         _check_num(where, value, meta)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ParamsError(f"{where} = {value!r}: must be a string")
+            nm = [c for c in meta.get("choices", ()) if isinstance(c, str) and _NM.fullmatch(c)]
+            if nm and isinstance(value, int) and not isinstance(value, bool):
+                raise ParamsError(_unquoted_nm(where, value, list(meta["choices"])))
+            raise ParamsError(f"{where} = {_show(value)}: must be a string")
         if "choices" in meta and value not in meta["choices"]:
-            raise ParamsError(f"{where} = {value!r}: must be one of {list(meta['choices'])}")
-        if "pattern" in meta and not re.match(meta["pattern"], value):
-            raise ParamsError(f"{where} = {value!r}: must match {meta['pattern']}")
+            raise ParamsError(f"{where} = {_show(value)}: must be one of {list(meta['choices'])}")
+        if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+            raise ParamsError(f"{where} = {_show(value)}: must match {meta['pattern']}")
         return value
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
 
 
 def build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ParamsError(f"{where or 'params'}: must be a mapping, got {data!r}")
+        raise ParamsError(f"{where or 'params'}: must be a mapping, got {_what(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ParamsError(
-            f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed keys: {sorted(fields)}"
+            f"{where + '.' if where else ''}{str(unknown[0])[:SHOW_CHARS]}: unknown key; allowed keys: {sorted(fields)}"
         )
     missing = sorted(k for k in set(fields) - set(data) if not fields[k].metadata.get("optional"))
     if missing:
