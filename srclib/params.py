@@ -4,7 +4,8 @@
 out-of-range values raise ``ParamsError`` naming the dotted key, the value and what is allowed.
 Defaults live in params.yaml only: the dataclasses below define types and ranges, not values.
 The conversion and checking machinery is srclib.schema; this module imports nothing heavy (no
-torch, no registry: names come from srclib.choices), so every stage can read params cheaply.
+torch, no registry: names come from srclib.choices), so every stage can read params cheaply
+(``Params.check_device`` imports torch, only for a ``cuda`` or ``mps`` device).
 It is one file over 400 lines on purpose: every setting's one home is findable in one place.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -39,6 +41,20 @@ REMASKING = choices.REMASKING
 # The model keys the train stage builds from the ``train:`` section (srclib.train.twins.TWINS): the
 # longest sequence they accept is train.max_len (the runner checks the other settings against it).
 TINY_MODELS = ("tiny-ar", "tiny-dlm")
+
+# Every seed is a 64-bit signed integer (torch.manual_seed, numpy's SeedSequence take one).
+SEED_MAX = 2**63 - 1
+# A params file is a few kB of YAML; a bigger file is another file (read and echoed by nobody).
+MAX_PARAMS_BYTES = 1 << 20
+
+
+def _seed() -> Any:
+    return _c(ge=0, le=SEED_MAX)
+
+
+def _names() -> dict[str, Any]:
+    """The key constraint of a mapping whose keys are model keys or instance names (srclib.paths)."""
+    return dict(key_pattern=paths.NAME_PATTERN, key_rule=paths.NAME_RULE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +95,7 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class DataParams:
-    seed: int = _c(ge=0)
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,7 @@ class DlmSchedule(Schedule):
 
 @dataclass(frozen=True)
 class TrainParams:
-    seed: int = _c(ge=0)
+    seed: int = _seed()
     threads: int = _c(ge=1)
     tokenizer_vocab: int = _c(ge=260)
     seq_len: int = _c(ge=8)
@@ -191,7 +207,7 @@ class CollectParams(SamplerParams):
     prompt_tokens: int = _c(ge=1)
     chunk_size: int = _c(ge=1)
     random_init_control: bool = _c()
-    seed: int = _c(ge=0)
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -297,13 +313,56 @@ class PruneInstance:
     weighting: str = _weighting()
     sparsity: float = _sparsity()
     pattern: Union[str, None] = _pattern()  # left out for structured instances
-    seed: int = _c(ge=0)
+    seed: int = _seed()
     structure: Union[str, None] = _structure()  # None: unstructured; uniform | adaptive: heads + channels
 
     def __post_init__(self) -> None:
         check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
         if self.pattern is None:  # structured: no N:M pattern applies
             object.__setattr__(self, "pattern", "unstructured")
+
+
+_SEED_TOKEN = re.compile(r"s(\d+)")
+_NM_TOKEN = re.compile(r"(\d+)of(\d+)")
+_STRUCTURE_TOKENS = {"struct": "uniform", "adapt": "adaptive"}
+
+
+def check_instance_name(name: str, inst: PruneInstance) -> None:
+    """A prune instance's name says what its values are, wherever it is spelled like the house
+    convention ``<model>-<method>-<weighting>-<percent>[-<N>of<M> | -struct | -adapt]-s<seed>`` (e.g.
+    ``dlm-wanda-sink-50-2of4-s0``): each part the name has must agree with the instance (a method, a
+    weighting, the sparsity in percent after the method, N of M, struct / adapt, ``s<seed>`` last);
+    a name without such parts (``x``, ``u50``) says nothing. Reports and file names show the name,
+    the run uses the values: a name that disagrees would label one run as another."""
+    tokens = re.split(r"[-_]", name)
+    methods = set(METHODS) | set(choices.SP_METHODS)
+    after_method = False
+    for i, tok in enumerate(tokens):
+        says = value = None
+        if tok in methods:
+            after_method = True
+            if tok != inst.method:
+                says, value = f"method {tok!r}", f"method = {inst.method!r}"
+        elif tok in WEIGHTINGS:
+            if tok != inst.weighting:
+                says, value = f"weighting {tok!r}", f"weighting = {inst.weighting!r}"
+        elif tok.isdigit() and after_method:
+            if abs(int(tok) - 100 * inst.sparsity) >= 1:
+                says, value = f"sparsity {int(tok)}% ('-{tok}-')", f"sparsity = {inst.sparsity}"
+        elif (m := _NM_TOKEN.fullmatch(tok)) is not None:
+            if inst.pattern != f"{m[1]}:{m[2]}":
+                says, value = f"pattern '{m[1]}:{m[2]}' ('{tok}')", f"pattern = {inst.pattern!r}"
+        elif tok in _STRUCTURE_TOKENS:
+            if inst.structure != _STRUCTURE_TOKENS[tok]:
+                says = f"structure {_STRUCTURE_TOKENS[tok]!r} ('-{tok}-')"
+                value = f"structure = {inst.structure!r}" if inst.structure else "no structure"
+        elif (m := _SEED_TOKEN.fullmatch(tok)) is not None and i == len(tokens) - 1 and i > 0:
+            if int(m[1]) != inst.seed:
+                says, value = f"seed {int(m[1])} ('-{tok}')", f"seed = {inst.seed}"
+        if says is not None:
+            raise ParamsError(
+                f"prune.instances.{name}: the name says {says} but the instance has {value}; rename the "
+                f"instance or fix its values (reports and file names show the name, the run uses the values)")
 
 
 # What "auto" means for prune.options (the released code's choices, method.md 4).
@@ -359,7 +418,7 @@ class PruneParams:
     # from its description is set as the released code makes it (PruneSpec.released; README,
     # "Differences from the released code"); it overrides the options it governs.
     fidelity: str = _c(choices=choices.FIDELITY)
-    instances: dict[str, PruneInstance] = _c(key_pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    instances: dict[str, PruneInstance] = _c(**_names())
 
     def __post_init__(self) -> None:
         if not self.instances:
@@ -367,6 +426,8 @@ class PruneParams:
                 "prune.instances: must define at least one instance (name: {model, method, weighting, "
                 "sparsity, pattern or structure, seed}); each one is a DVC prune stage"
             )
+        for name, inst in self.instances.items():
+            check_instance_name(name, inst)
         check_noise(self.calibration.noise, self.options.noise_keep_ends)
         noise_set = {"prune.options.noise_keep_ends = true": self.options.noise_keep_ends,
                      "prune.calibration.noise = 'stratified'": self.calibration.noise == "stratified"}
@@ -584,7 +645,7 @@ class PplParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = _c(ge=1)
-    seed: int = _c(ge=0)
+    seed: int = _seed()
     dense: list[str] = _c()
     ppl: PplParams = _c()
     tasks: dict[str, TaskSettings] = _c(min_len=1, key_choices=(
@@ -627,13 +688,13 @@ class EfficiencyParams:
 class PlotParams:
     headline_sparsities: list[float] = _c(item_gt=0, item_lt=1)
     headline_methods: list[str] = _c(item_choices=METHODS)
-    seeds: list[int] = _c(min_len=1)
+    seeds: list[int] = _c(min_len=1, item_ge=0, item_le=SEED_MAX)
 
 
 @dataclass(frozen=True)
 class Params:
     data: DataParams = _c()
-    models: dict[str, ModelEntry] = _c(min_len=1)
+    models: dict[str, ModelEntry] = _c(min_len=1, **_names())
     train: TrainParams = _c()
     collect: CollectParams = _c()
     variance: VarianceParams = _c()
@@ -652,6 +713,16 @@ class Params:
                 raise ParamsError(f"{where} = {key!r}: not declared under models: (declared: {declared})")
 
         for key, entry in self.models.items():
+            if key.endswith(paths.RANDOM_SUFFIX):
+                raise ParamsError(
+                    f"models: key {key!r} may not end with {paths.RANDOM_SUFFIX!r}: collect names the random-init "
+                    f"twin of model {paths.run_model(key)!r} so (trajectories/{paths.run_model(key)}/{key}"
+                    f".safetensors); rename the key")
+            if entry.family == "tiny" and entry.source is not None and entry.source != f"models/{key}":
+                raise ParamsError(
+                    f"models.{key}.source = {entry.source!r}: the tiny family loads a srclib-built checkpoint "
+                    f"from models/{key} only (the folder the stages' DVC deps track; source is never read): "
+                    f"remove models.{key}.source and put the checkpoint folder at models/{key}")
             if entry.family is None:
                 for name in ("source", "revision", "trust_remote_code", "options"):
                     if getattr(entry, name) is not None:
@@ -676,26 +747,75 @@ class Params:
         for i, name in enumerate(self.efficiency.instances):
             if name not in self.prune.instances:
                 raise ParamsError(f"efficiency.instances[{i}] = {name!r}: not in prune.instances")
+        # the ELBO perplexity's windows fit every evaluated model known here (the tiny models accept
+        # train.max_len; a hub model's length is checked by the runner from its config.json)
+        evaluated = {key: f"evaluate.dense[{i}]" for i, key in enumerate(self.evaluate.dense)}
+        for name, inst in self.prune.instances.items():
+            evaluated.setdefault(inst.model, f"prune.instances.{name}.model")
+        seq_len, max_len = self.evaluate.ppl.seq_len, self.train.max_len
+        for key, where in evaluated.items():
+            if key in TINY_MODELS and seq_len > max_len:
+                raise ParamsError(
+                    f"evaluate.ppl.seq_len = {seq_len}: above the maximum length {max_len} of model {key!r} "
+                    f"(train.max_len), which {where} evaluates; must be <= {max_len}")
 
     def collect_model(self, name: str) -> str:
         """A collect instance (a key of collect.models); a ParamsError naming the allowed ones."""
         if name not in self.collect.models:
             raise ParamsError(f"collect instance {name!r}: not in collect.models {self.collect.models}")
+        self.check_device(name)
         return name
 
-    def model_entry(self, instance: str) -> ModelEntry:
-        """The ``models:`` entry (dtype, device) that a prune instance or a model key loads with."""
+    def model_key(self, instance: str) -> str:
+        """The ``models:`` key that a prune instance (its model) or a model key (itself) loads."""
         if instance in self.prune.instances:
-            return self.models[self.prune.instances[instance].model]
+            return self.prune.instances[instance].model
         if instance in self.models:
-            return self.models[instance]
+            return instance
         raise ParamsError(f"{instance!r} is neither a prune instance nor a key of models: {sorted(self.models)}")
 
+    def model_entry(self, instance: str) -> ModelEntry:
+        """The ``models:`` entry (dtype, device) that a prune instance or a model key loads with; its
+        device must exist on this machine (``check_device``)."""
+        self.check_device(instance)
+        return self.models[self.model_key(instance)]
+
+    def check_device(self, instance: str) -> None:
+        """The device a prune instance or model key loads on (``models.<key>.device``) exists on this
+        machine: ``cuda`` / ``cuda:<i>`` needs CUDA (and i < the device count), ``mps`` Apple's MPS; a
+        ParamsError naming the key otherwise (``cpu`` and ``auto`` always pass). torch is imported only
+        for such a device, so reading params stays torch-free. The runner reaches it through
+        ``collect_model`` and ``eval_source``, the notebooks through ``model_entry``; loading a params
+        file does not check devices (params-gpu.yaml is read on CPU-only machines too)."""
+        key = self.model_key(instance)
+        device = self.models[key].device
+        where = f"models.{key}.device = {device!r}"
+        fix = f"set models.{key}.device: cpu (or auto: CUDA where there is one, else the CPU)"
+        if device.startswith("cuda"):
+            import torch  # only here: a CUDA device is asked for
+
+            if not torch.cuda.is_available():
+                raise ParamsError(f"{where}: this machine has no CUDA device (torch.cuda.is_available() is "
+                                  f"false); {fix}")
+            index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+            if index >= count:
+                raise ParamsError(f"{where}: this machine has {count} CUDA device(s) (cuda:0 to "
+                                  f"cuda:{count - 1}); name one of them, or {fix}")
+        elif device == "mps":
+            import torch
+
+            if not torch.backends.mps.is_available():
+                raise ParamsError(f"{where}: this machine has no MPS device (torch.backends.mps.is_available() "
+                                  f"is false); {fix}")
+
     def eval_source(self, instance: str) -> str:
-        """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key."""
+        """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key (whose
+        device must exist on this machine: ``check_device``)."""
         if instance in self.prune.instances:
+            self.check_device(instance)
             return str(paths.pruned_dir(instance))
         if instance in self.evaluate.dense:
+            self.check_device(instance)
             return instance
         raise ParamsError(
             f"instance {instance!r} is neither in prune.instances nor in evaluate.dense {self.evaluate.dense}"
@@ -710,13 +830,37 @@ def load_dict(data: dict[str, Any]) -> Params:
 
 def load(path: str | Path | None = None) -> Params:
     """Read and validate params.yaml (default: the repository's). A YAML syntax error or a key given
-    twice in one mapping (at any depth) is a ParamsError naming the file and the line(s)."""
+    twice in one mapping (at any depth) is a ParamsError naming the file and the line(s); a file that
+    is no mapping of sections (empty, a list, plain text, over MAX_PARAMS_BYTES) one naming the file
+    and saying what it is, never quoting it."""
     path = Path(path) if path is not None else paths.ROOT / "params.yaml"
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
+    where = paths.rel(path)
+    sections = [f.name for f in dataclasses.fields(Params)]
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{where} is not a params file: {size / 1e6:.1f} MB ({size} bytes), over the "
+                          f"{MAX_PARAMS_BYTES} bytes a params file may have (a few kB of YAML: a mapping of "
+                          f"sections {sections})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ParamsError(f"{paths.rel(path)}: not UTF-8 text ({exc})") from None
-    return load_dict(load_yaml_text(text, paths.rel(path)))
+        raise ParamsError(f"{where}: not UTF-8 text ({exc})") from None
+    data = load_yaml_text(text, where)
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where} {_not_a_mapping(data, text)}, not a YAML mapping of sections {sections}")
+    return load_dict(data)
+
+
+def _not_a_mapping(data: Any, text: str) -> str:
+    """What a params file that parsed to something other than a mapping holds, in words."""
+    if data is None:
+        return "is empty" if not text.strip() else "holds only comments or null"
+    if isinstance(data, list):
+        return f"holds a YAML list of {len(data)} item(s)"
+    if isinstance(data, str):
+        lines = text.count("\n") + (not text.endswith("\n"))
+        return f"is plain text ({len(text.encode('utf-8'))} bytes, {lines} line(s))"
+    return f"holds a single YAML {type(data).__name__} value"
 
