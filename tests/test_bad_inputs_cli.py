@@ -24,14 +24,26 @@ from srclib.models.base import write_marker
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _save_word_tokenizer(folder: Path) -> None:
+    """A four-word tokenizer.json: what the checkpoint check loads (no weights needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({"[BOS]": 0, "[EOS]": 1, "[MASK]": 2, "a": 3}, unk_token="a"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]").save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    """Folders that pass or fail the checkpoint check without loading anything: the check reads
-    only the srclib marker (no weights are needed to refuse or accept the arguments)."""
+    """Folders that pass or fail the checkpoint check without loading weights: the check reads
+    the srclib marker and loads the folder's tokenizer (no weights are needed to refuse or accept
+    the arguments)."""
     root = tmp_path_factory.mktemp("ckpts")
     out = {}
     for key in ("tiny-dlm", "tiny-ar"):
         write_marker(root / key, key)
+        _save_word_tokenizer(root / key)
         out[key] = root / key
     (root / "not-a-ckpt").mkdir()
     out["not-a-ckpt"] = root / "not-a-ckpt"

@@ -23,9 +23,13 @@ the model (ignored with a warning when that device is not available). ``model_ar
 Before lm-eval starts (it spends ~20 s indexing its 14k tasks before it builds the model), the
 arguments are parsed with lm-eval's own parser and checked (:func:`check_args`): ``--tasks`` given
 and each name known to lm-eval (a text scan of its task configs, about a second), ``--model``
-registered, ``srclib-dlm``'s model_args (names, types, ranges: :func:`lm.check_model_args`) and
-the checkpoint it names (:func:`lm.check_pretrained`), ``--data_root``'s data. A bad argument
-ends the run in a few seconds with one line naming it and what is allowed (exit status 1).
+registered, ``--limit`` (:func:`check_limit`), ``srclib-dlm``'s model_args (names, types, ranges:
+:func:`lm.check_model_args`) and the checkpoint it names (:func:`lm.check_pretrained`: marker,
+registered key, its tokenizer), ``--data_root``'s data (checked against data/raw's manifest). A
+bad argument ends the run in a few seconds with one line naming it and what is allowed (exit
+status 1). A checkpoint with NaN / Inf weights, weights that disagree with its masks, or
+non-finite scores (srclib.evaluation.common.CheckpointError, raised when lm-eval builds or runs
+the model) also ends the run with one line naming the checkpoint and the tensor, never a score.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import contextlib
 import difflib
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -42,9 +47,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import srclib.evaluation.lm as lm  # registers srclib-dlm with lm-eval
+from srclib.data.errors import DataError
+from srclib.evaluation.common import CheckpointError
 from srclib.evaluation.tasks import TASK_DIRS, build_task_configs, write_task_configs
 
-__all__ = ["main", "check_args", "check_tasks", "PROG"]
+__all__ = ["main", "check_args", "check_tasks", "check_limit", "PROG"]
 
 PROG = "python -m srclib.evaluation"
 _GLOB = re.compile(r"[*?\[]")
@@ -87,7 +94,7 @@ def _settings(ns: argparse.Namespace) -> dict[str, Any]:
     from lm_eval.utils import simple_parse_args_string
 
     out: dict[str, Any] = {"model": "hf", "model_args": {}, "tasks": None, "batch_size": None,
-                           "device": None, "include_path": None}
+                           "device": None, "include_path": None, "limit": None}
     if getattr(ns, "config", None):
         try:
             yaml_cfg = EvaluatorConfig.load_yaml_config(ns.config)
@@ -160,6 +167,25 @@ def check_tasks(names: Sequence[str], include_path: str | None = None) -> None:
                     f"{hint}(`lm-eval ls tasks` lists them)")
 
 
+LIMIT_ALLOWED = ("an integer >= 1 (documents per task) or a fraction in (0, 1) of each task's documents "
+                 "(lm-eval reads 1 as one document)")
+
+
+def check_limit(limit: Any) -> None:
+    """Refuse a ``--limit`` that lm-eval would misread: lm-eval takes a value below 1 as a fraction
+    (ceil(fraction x documents)) and anything else as int(value), so 0 and negatives would run no
+    or nearly all documents, 2.5 would run 2 and NaN would fail deep inside."""
+    if limit is None:
+        return
+    try:
+        x = float(limit)
+    except (TypeError, ValueError):
+        raise _fail(f"--limit {limit!r}: must be {LIMIT_ALLOWED}") from None
+    shown = int(x) if math.isfinite(x) and x.is_integer() else limit
+    if not math.isfinite(x) or x <= 0 or (x >= 1 and not x.is_integer()):
+        raise _fail(f"--limit {shown}: must be {LIMIT_ALLOWED}")
+
+
 def check_args(argv: Sequence[str], data_root: str | None = None) -> dict[str, Any] | None:
     """Check lm-eval's ``run`` arguments before lm-eval indexes its tasks; raise SystemExit with
     one line naming the bad argument. Cheap checks first: --tasks given, --model registered,
@@ -174,6 +200,7 @@ def check_args(argv: Sequence[str], data_root: str | None = None) -> dict[str, A
     s = _settings(ns)
     if not s["tasks"]:
         raise _fail("--tasks: missing; name one or more lm-eval tasks (e.g. --tasks arc_easy,piqa)")
+    check_limit(s["limit"])
     if s["model"] not in model_registry:
         close = difflib.get_close_matches(s["model"], list(model_registry.keys()), n=3)
         raise _fail(f"--model {s['model']!r}: not a registered lm-eval model; "
@@ -199,7 +226,7 @@ def check_args(argv: Sequence[str], data_root: str | None = None) -> dict[str, A
 def _task_configs(tasks: Sequence[str], data_root: str) -> dict[str, Any]:
     try:
         return build_task_configs(tasks, data_root)
-    except (KeyError, FileNotFoundError, ValueError) as exc:
+    except (KeyError, FileNotFoundError, ValueError, DataError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise _fail(f"--data_root {data_root!r}: {msg}") from None
 
@@ -232,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv = [old[0] if old else "srclib.evaluation", *rest]
         try:
             cli_evaluate()
+        except (CheckpointError, DataError) as exc:  # a checkpoint or data file that gives no true score
+            raise _fail(str(exc)) from None
         finally:
             sys.argv = old
 

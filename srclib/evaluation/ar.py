@@ -9,7 +9,7 @@ import torch
 from lm_eval.api.model import LM
 
 from srclib import devices
-from srclib.evaluation.common import model_max_length
+from srclib.evaluation.common import check_finite_scores, checkpoint_name, model_max_length
 from srclib.params import SamplerParams
 
 __all__ = ["ar_lm"]
@@ -50,6 +50,13 @@ def _hflm_class():
                 else:
                     ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
             return ids, mask
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            """HFLM's log-likelihoods, refused when not finite (NaN logits would still rank)."""
+            res = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            check_finite_scores([ll for ll, _ in res], self.model, checkpoint_name(self.model),
+                                "exact log-likelihood of request(s)")
+            return res
 
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             if hasattr(self.model, "generate"):

@@ -34,7 +34,9 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from srclib import devices, likelihood, paths
-from srclib.evaluation.common import SAMPLER, SEED, model_max_length, request_generator
+from srclib.evaluation.common import (SAMPLER, SEED, check_finite_scores, check_finite_weights,
+                                     check_pruned_folder, checkpoint_name, model_max_length,
+                                     request_generator)
 from srclib.params import REMASKING, SamplerParams
 from srclib.schema import ParamsError, build
 
@@ -66,6 +68,11 @@ def _loaded(pretrained, model, tokenizer, adapter) -> tuple[torch.nn.Module, Any
         from srclib.models import load
 
         model, tokenizer, adapter = load(str(pretrained))
+        where = f"model_args pretrained={str(pretrained)!r}"
+        if Path(pretrained).is_dir():  # finite weights, and a pruned folder's weights agree with its masks
+            check_pruned_folder(model, pretrained, where)
+        else:
+            check_finite_weights(model, where)
     if adapter is None or tokenizer is None:
         raise ValueError("srclib-dlm needs the model's adapter and tokenizer (the checkpoint "
                          "folder has no tokenizer.json?)")
@@ -206,8 +213,9 @@ def check_pretrained(pretrained: str, root: str | os.PathLike | None = None) -> 
     """Refuse, naming ``pretrained``, what srclib-dlm cannot load: a path that does not exist, a
     folder without a readable srclib marker or whose marker names an unregistered model, an
     unregistered key, a causal model, a registered local-only model (no hub source) whose
-    models/<key> folder is not built. A path that does not exist is refused before the model
-    registry (and so transformers) is imported."""
+    models/<key> folder is not built, a local checkpoint folder without a (loadable) tokenizer.
+    A path that does not exist is refused before the model registry (and so transformers) is
+    imported."""
     src = Path(pretrained).expanduser()
     if ("/" in pretrained or os.sep in pretrained or pretrained.startswith((".", "~"))) \
             and not src.is_dir():
@@ -238,6 +246,19 @@ def check_pretrained(pretrained: str, root: str | os.PathLike | None = None) -> 
     if MODELS[key].causal:
         raise ModelArgsError(f"model_args pretrained={pretrained!r}: model {key!r} is causal; {NAME} "
                              f"evaluates diffusion LMs (use lm-eval's 'hf' model)")
+    folder = src if src.is_dir() else paths.model_dir(key, None if root is None else Path(root))
+    if folder.is_dir():  # a local checkpoint loads its own tokenizer: named here, not after lm-eval's task index
+        try:
+            tok = MODELS[key].folder_tokenizer(folder)
+        except Exception as exc:  # tokenizers / transformers raise plain Exceptions on a corrupt file
+            raise ModelArgsError(f"model_args pretrained={pretrained!r}: the tokenizer in {folder} does not "
+                                 f"load ({type(exc).__name__}: {exc}); rerun the stage that wrote the "
+                                 f"folder") from None
+        if tok is None:
+            raise ModelArgsError(f"model_args pretrained={pretrained!r}: the checkpoint folder {folder} holds "
+                                 f"no tokenizer (tokenizer.json); {NAME} needs the one the model was trained "
+                                 f"with: rerun the stage that wrote the folder, or copy the tokenizer files "
+                                 f"into it")
 
 
 # ---- request helpers ------------------------------------------------------------------------------
@@ -465,6 +486,9 @@ class DiffusionLM(TemplateLM):
             )
             for i, v in zip(idx, ll):
                 out[i] = v
+        # NaN / Inf logits give NaN scores, and lm-eval's argmax would still give an accuracy
+        check_finite_scores(out, self.model, checkpoint_name(self.model, self.adapter),
+                            f"{desc}: score of request(s)")
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw: Any):

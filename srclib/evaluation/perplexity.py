@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from srclib import likelihood
-from srclib.evaluation.common import SEED, request_generator
+from srclib.evaluation.common import SEED, check_finite_scores, checkpoint_name, request_generator
 from srclib.params import PplParams
 
 __all__ = ["heldout_windows", "heldout_perplexity", "PERPLEXITY"]
@@ -70,17 +70,21 @@ PERPLEXITY: dict[bool, Callable] = {False: _elbo_ppl, True: _causal_ppl}
 
 
 def heldout_perplexity(model, tokenizer, adapter, texts: Sequence[str], settings: PplParams,
-                       *, seed: int = SEED, batch_size: int = 32) -> dict[str, Any]:
+                       *, seed: int = SEED, batch_size: int = 32, source: str | None = None) -> dict[str, Any]:
     """Perplexity on held-out windows: tokens 1..T-1 of each window, given token 0 (BOS).
 
     DLMs: exp of the MC-ELBO bound (``kind: elbo``, an upper bound in expectation); causal
     models: the true perplexity (``kind: exact``). Same windows, same scored tokens.
     ``window_nll_per_token`` / ``window_tokens``: the per-window values (the evaluate stage keeps
     them in metrics/units, out of the DVC metrics).
+    Raises srclib.evaluation.common.CheckpointError naming ``source`` (default: the folder or key
+    the model was loaded from) and the first non-finite tensor when a window's NLL is NaN / Inf.
     """
     windows = heldout_windows(texts, tokenizer, settings.seq_len, settings.n_windows)
     kind, nll, n = PERPLEXITY[bool(adapter.causal)](model, tokenizer, adapter, windows, settings,
                                                     seed, batch_size)
+    check_finite_scores([float(x) for x in nll], model, source or checkpoint_name(model, adapter),
+                        "held-out NLL of window(s)")
     total, tokens = math.fsum(nll), sum(n)
     return {
         "kind": kind,

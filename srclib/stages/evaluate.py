@@ -14,14 +14,15 @@ import torch
 
 from srclib import devices, paths
 from srclib.data.corpus import read_texts
-from srclib.evaluation.common import SAMPLER, sampler_record
+from srclib.evaluation.common import (SAMPLER, CheckpointError, check_finite_weights, check_pruned_folder,
+                                     sampler_record)
 from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
 from srclib.evaluation.perplexity import heldout_perplexity
 from srclib.files import atomic_outputs, sha256_file, write_json
 from srclib.params import EvaluateParams, ModelEntry, as_dict
 from srclib.provenance import git_commit, git_state, versions
 
-__all__ = ["run", "EvaluateResult", "split_units"]
+__all__ = ["run", "EvaluateResult", "split_units", "check_instance"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +42,37 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     n_shot, n_samples, eval_split, settings}}), ``ppl`` (srclib.evaluation.perplexity; None when
     ``cfg.ppl`` is None) and ``provenance`` (git commit, package versions, checkpoint sha256,
     params, lm-eval task versions).
+
+    Refused before anything is written (CheckpointError / DataError naming the folder or file): a
+    folder whose marker names another instance (:func:`check_instance`), task data or a validation
+    corpus that differs from data/raw's MANIFEST.json, NaN / Inf weights (the first such tensor), a
+    pruned folder whose weights are not zero where its masks say pruned (the first such tensor),
+    non-finite log-likelihoods or perplexities.
     """
     from srclib.data.manifest import check_raw_file
+    from srclib.evaluation.tasks import build_task_configs
     from srclib.models import load, register
 
     root = Path(root) if root is not None else paths.ROOT
-    if "/" not in str(source) and not Path(str(source)).is_dir():  # a dense model key, not a folder:
+    folder = Path(source) if Path(source).is_dir() else None
+    if "/" not in str(source) and folder is None:  # a dense model key, not a folder:
         register({str(source): model})  # its params definition (a folder's marker names its own)
+    if folder is not None:
+        check_instance(folder, instance)
     data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
-    if cfg.ppl is not None:  # a tampered validation corpus is refused before minutes of lm-eval, not after
+    # data checked against the manifest before the model loads and minutes of lm-eval, not after
+    # (each file hashed once per process: the harness's own build below reuses the result)
+    if cfg.tasks:
+        build_task_configs(list(cfg.tasks), data_root)
+    if cfg.ppl is not None:
         check_raw_file(corpus)
     torch.manual_seed(cfg.seed)
     device = devices.resolve(model.device)
     lm_model, tok, adapter = load(str(source), dtype=model.dtype, device=device)
+    if folder is not None:  # finite weights; a pruned folder's weights zero where its masks say so
+        check_pruned_folder(lm_model, folder, str(source))
+    else:
+        check_finite_weights(lm_model, str(source))
     if tok is None:
         raise ValueError(f"{source}: the checkpoint has no tokenizer")
     lm = make_lm(lm_model, tok, adapter, batch_size=cfg.batch_size, seed=cfg.seed, sampler=SAMPLER,
@@ -62,7 +81,7 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
     ppl_res = None
     if cfg.ppl is not None:
         ppl_res = heldout_perplexity(lm_model, tok, adapter, read_texts(corpus, what="validation corpus"),
-                                     cfg.ppl, seed=cfg.seed, batch_size=cfg.batch_size)
+                                     cfg.ppl, seed=cfg.seed, batch_size=cfg.batch_size, source=str(source))
     task_res, ppl_res, units = split_units(instance, task_res, ppl_res, source)
     metrics = {
         "instance": instance,
@@ -94,6 +113,23 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
         write_json(out.file(paths.eval_units(instance, root)), units)
         write_json(out.file(paths.eval_metrics(instance, root)), metrics)
     return EvaluateResult(metrics, _table(task_res, ppl_res), interpretation(metrics, list(cfg.tasks)))
+
+
+def check_instance(folder: str | os.PathLike, instance: str) -> None:
+    """Refuse a pruned folder whose marker (written by prune, ``instance``) names another instance
+    than the one being evaluated: a folder copied over another would otherwise be scored under the
+    wrong name. A folder whose marker records no pruning (a dense checkpoint) is not an instance's."""
+    from srclib.models.base import MARKER, read_marker
+
+    folder = Path(folder)
+    info = read_marker(folder)
+    if "pruned" not in info and "instance" not in info:
+        return
+    named = info.get("instance")
+    if named != instance:
+        raise CheckpointError(
+            f"{folder}: evaluating instance {instance!r}, but its marker {folder / MARKER} names instance "
+            f"{named!r} (a folder copied over another?); rebuild it: dvc repro prune@{instance}")
 
 
 def split_units(instance: str, tasks: Mapping[str, Any], ppl: Mapping[str, Any] | None,
