@@ -653,6 +653,15 @@ class EvaluateParams:
         "mmlu", "gsm8k", "continuation",
     ))
 
+    # the settings one evaluation reads (dvc.yaml's evaluate stages list exactly these; ``dense``
+    # only chooses which models are evaluated): what an evaluate metrics file records
+    READ_BY_AN_EVALUATION = ("batch_size", "seed", "ppl", "tasks")
+
+    def read_by_an_evaluation(self) -> dict[str, Any]:
+        """The settings of ``READ_BY_AN_EVALUATION`` as plain JSON-able values (as_dict)."""
+        d = as_dict(self)
+        return {k: d[k] for k in self.READ_BY_AN_EVALUATION}
+
 
 @dataclass(frozen=True)
 class EfficiencyParams:

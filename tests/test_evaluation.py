@@ -403,7 +403,11 @@ def _check_provenance(m, cfg, root):
     prov = m["provenance"]
     assert set(prov["versions"]) >= {"torch", "transformers", "lm_eval", "srclib"}
     assert list(prov["checkpoint"]["sha256"]) == ["model.safetensors"]
-    assert prov["params"] == json.loads(json.dumps(as_dict(cfg)))
+    # by params.yaml section: the evaluate settings an evaluation reads (not evaluate.dense) and the
+    # model's entry; a pruned folder also the spec its marker names (srclib.report.freshness)
+    evaluated = {k: v for k, v in json.loads(json.dumps(as_dict(cfg))).items() if k != "dense"}
+    assert prov["params"]["evaluate"] == evaluated
+    assert [k for k in prov["params"] if k.startswith("models.")] == [f"models.{m['model']['key']}"]
     assert prov["corpus_validation_file"] == "data/raw/corpus/validation.jsonl"
     assert prov["data_root"] == paths.rel(paths.tasks_dir(root), root)
     assert prov["settings"]["batch_size"] == 8 and prov["settings"]["seed"] == 0

@@ -182,3 +182,22 @@ def test_plot_stops_before_writing_anything_on_a_stale_input(raw, tmp_path):
     with pytest.raises(freshness.StaleInputs, match=rf"{dense}\.json: evaluate\.seed"):
         plot.run(P.plot, P, root=tmp_path)
     assert not (tmp_path / "reports").exists()
+
+
+def test_an_evaluation_records_what_the_freshness_check_compares(raw, tmp_path):
+    """The evaluate stage's provenance.params are the sections freshness expects of it: for a
+    pruned folder the spec its marker names, so the record of the params in use is fresh."""
+    from srclib.models.base import write_marker
+    from srclib.stages.evaluate import _params_record
+
+    P = params_mod.load_dict(copy.deepcopy(raw))
+    name = next(iter(raw["prune"]["instances"]))
+    model = raw["prune"]["instances"][name]["model"]
+    folder = tmp_path / "pruned" / name
+    folder.mkdir(parents=True)
+    write_marker(folder, key=model, pruned=P.prune.spec(name).to_dict(), instance=name)
+    rec = json.loads(json.dumps(_params_record(P.evaluate, model, P.models[model], folder)))
+    assert rec == json.loads(json.dumps(freshness.evaluate_sections(P, name)))
+    assert rec["evaluate"] == {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "tasks")}
+    io.write_json(paths.eval_metrics(name, tmp_path), {"tasks": {}, "provenance": {"params": rec}})
+    assert freshness.stale_inputs(P, tmp_path) == []

@@ -27,14 +27,13 @@ from typing import Any, Mapping
 
 from srclib import paths
 from srclib.files import read_json
+from srclib.params import EvaluateParams
 from srclib.schema import as_dict
 
 __all__ = ["StaleInputs", "Stale", "differences", "evaluate_sections", "variance_sections", "prune_sections",
            "stale_inputs", "check_inputs"]
 
 log = logging.getLogger(__name__)
-
-EVALUATE_KEYS = ("batch_size", "seed", "ppl", "tasks")  # dvc.yaml: the evaluate settings an evaluation reads
 
 
 class StaleInputs(ValueError):
@@ -95,8 +94,7 @@ def evaluate_sections(P, instance: str) -> dict[str, Any]:
     """What an evaluation of ``instance`` depends on: the evaluate settings it reads, its model's
     entry and, for a prune instance, the spec its checkpoint was pruned with."""
     model = P.prune.instances[instance].model if instance in P.prune.instances else instance
-    ev = as_dict(P.evaluate)
-    out = {"evaluate": {k: ev[k] for k in EVALUATE_KEYS}, f"models.{model}": as_dict(P.models[model])}
+    out = {"evaluate": P.evaluate.read_by_an_evaluation(), f"models.{model}": as_dict(P.models[model])}
     if instance in P.prune.instances:
         out[f"prune.instances.{instance}"] = P.prune.spec(instance).to_dict()
     return out
@@ -120,7 +118,7 @@ def _recorded(doc: Mapping[str, Any], kind: str, instance: str | None) -> dict[s
         return None
     rec = dict(prov.get("params") or {})
     if kind == "evaluate" and rec and "evaluate" not in rec:  # older files: the evaluate section, flat
-        rec = {"evaluate": {k: rec[k] for k in EVALUATE_KEYS if k in rec}}
+        rec = {"evaluate": {k: rec[k] for k in EvaluateParams.READ_BY_AN_EVALUATION if k in rec}}
     if kind == "prune" and "spec" in doc:
         rec.setdefault(f"prune.instances.{instance}", doc["spec"])
     return rec

@@ -104,7 +104,9 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
                 "tasks": {k: task_record(v) for k, v in cfg.tasks.items()},
                 "ppl": dataclasses.asdict(cfg.ppl) if cfg.ppl is not None else None,
             },
-            "params": as_dict(cfg),
+            # the params this evaluation read, by params.yaml section (srclib.report.freshness
+            # checks them against the params in use before a table compares this file with others)
+            "params": _params_record(cfg, adapter.key, model, folder),
         },
     }
     units["provenance"] = {"params": metrics["provenance"]["params"],
@@ -113,6 +115,19 @@ def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: Mo
         write_json(out.file(paths.eval_units(instance, root)), units)
         write_json(out.file(paths.eval_metrics(instance, root)), metrics)
     return EvaluateResult(metrics, _table(task_res, ppl_res), interpretation(metrics, list(cfg.tasks)))
+
+
+def _params_record(cfg: EvaluateParams, key: str, model: ModelEntry, folder: Path | None) -> dict[str, Any]:
+    """``provenance.params``: the evaluate settings an evaluation reads, the model's entry and, for
+    a pruned folder, the spec its marker says it was pruned with (``prune.instances.<instance>``)."""
+    from srclib.models.base import read_marker
+
+    out: dict[str, Any] = {"evaluate": cfg.read_by_an_evaluation(), f"models.{key}": as_dict(model)}
+    if folder is not None:
+        info = read_marker(folder)
+        if info.get("pruned") is not None and info.get("instance"):
+            out[f"prune.instances.{info['instance']}"] = info["pruned"]
+    return out
 
 
 def check_instance(folder: str | os.PathLike, instance: str) -> None:
