@@ -97,7 +97,16 @@ def test_paths_of_plain_names_are_unchanged(tmp_path, fn):
     assert tmp_path in p.parents and p.name.startswith("tiny-dlm")
     twin = tmp_path / "trajectories/tiny-dlm/tiny-dlm-randinit.safetensors"
     assert paths.trajectory_file("tiny-dlm-randinit", tmp_path) == twin
-    assert paths.model_dir("llada-1.5", tmp_path) == tmp_path / "models/llada-1.5"  # a registry key: a plain name
+    assert paths.model_dir("llada-1_5", tmp_path) == tmp_path / "models/llada-1_5"  # a registry key: a plain name
+
+
+def test_every_registry_key_is_a_name_params_can_use():
+    """A built-in model key must pass the name rule params applies (it becomes models/<key>, a DVC
+    stage name and a file name): llada-1.5 did not ('.' is DVC nesting)."""
+    from srclib.models import MODELS
+
+    bad = [k for k in MODELS if not re.fullmatch(paths.NAME_PATTERN, k)]
+    assert bad == [], f"registry keys outside paths.NAME_PATTERN: {bad}"
 
 
 @pytest.mark.parametrize("stage,name", [("../x", "plot"), ("plot", "../x"), ("plot", "a/b")])
@@ -331,3 +340,15 @@ def test_structure_named_for_an_unstructured_instance_is_refused(raw):
 def test_names_without_the_convention_say_nothing(raw, name):
     raw["prune"]["instances"][name] = dict(raw["prune"]["instances"][INSTANCE])
     params.load_dict(raw)
+
+
+def test_a_missing_tiny_checkpoint_hint_fits_the_model(tmp_path):
+    """train builds tiny-ar and tiny-dlm only: another tiny model's missing folder does not send the
+    user to `dvc repro train`."""
+    from srclib.models.tiny_adapter import TinyAdapter
+
+    with pytest.raises(FileNotFoundError, match="run `dvc repro train`"):
+        TinyAdapter(key="tiny-dlm", causal=False, shift=True).load(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match=r"builds only \['tiny-ar', 'tiny-dlm'\]") as exc:
+        TinyAdapter(key="my-tiny", causal=False, shift=True).load(tmp_path / "none")
+    assert "dvc repro train" not in str(exc.value)

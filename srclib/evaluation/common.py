@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from srclib.models.base import MASKS_FILE  # noqa: F401 (re-exported: evaluate reads it)
 from srclib.params import SamplerParams
 
 __all__ = ["SEED", "SAMPLER", "request_generator", "model_max_length", "sampler_record", "MASKS_FILE",
@@ -57,7 +58,6 @@ def sampler_record(sampler: SamplerParams) -> dict[str, Any]:
 
 
 # ---- checks of what is about to be scored: a wrong checkpoint must never give a number -------------
-MASKS_FILE = "masks.safetensors"  # srclib.pruning.checkpoint.MASKS_FILE (uint8, 1 = pruned), read here
 # without importing srclib.pruning (the evaluate stage's import closure stays narrow)
 
 

@@ -47,7 +47,7 @@ MODELS: dict[str, Adapter] = {
     "llada-8b-instruct": LLaDAAdapter(key="llada-8b-instruct", source="GSAI-ML/LLaDA-8B-Instruct",
                                       revision="08b83a6feb34df1a6011b80c3c00c7563e963b07",
                                       description="LLaDA-8B-Instruct"),
-    "llada-1.5": LLaDAAdapter(key="llada-1.5", source="GSAI-ML/LLaDA-1.5",
+    "llada-1_5": LLaDAAdapter(key="llada-1_5", source="GSAI-ML/LLaDA-1.5",
                               revision="84346fd91ba60252d260022201ad6fc5a3468fb2",
                               description="LLaDA-1.5 (LLaDA architecture, VRPO-aligned)"),
     "dream-7b-base": DreamAdapter(key="dream-7b-base", source="Dream-org/Dream-v0-Base-7B",

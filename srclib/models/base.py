@@ -22,6 +22,7 @@ __all__ = ["Adapter", "MARKER", "STRUCTURED_FORMS", "WEIGHTS", "write_marker", "
            "marker_labels"]
 
 MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
+MASKS_FILE = "masks.safetensors"  # a pruned checkpoint's masks (uint8, 1 = pruned): written by prune, checked by evaluate
 STRUCTURED_FORMS = ("compact", "masked")  # Adapter.structured_form values (srclib.models.structure)
 WEIGHTS = ("trained", "random")  # the marker's optional ``weights`` label (absent: trained)
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")  # a source spelled like this is a folder, never a hub id

@@ -35,10 +35,12 @@ class TinyAdapter(Adapter):
         dtype, device, kwargs = load_options(overrides, "float32")
         folder = Path(source) if source is not None else paths.model_dir(self.key)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"no tiny checkpoint at {folder} (missing config.json); run `dvc repro train` "
-                f"to build {self.key!r}"
-            )
+            from srclib.params import TINY_MODELS
+
+            how = ("run `dvc repro train` to build it" if self.key in TINY_MODELS else
+                   f"the train stage builds only {list(TINY_MODELS)}: save a TinyLM checkpoint (config.json, "
+                   f"model.safetensors, tokenizer) into {folder} yourself")
+            raise FileNotFoundError(f"no tiny checkpoint for {self.key!r} at {folder} (missing config.json); {how}")
         try:
             model = TinyLM.from_pretrained(folder, use_safetensors=True, dtype=dtype, **kwargs)
         except Exception as exc:  # corrupt/unreadable weights

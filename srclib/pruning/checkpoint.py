@@ -27,7 +27,7 @@ from srclib import calibration as cal
 from srclib import devices, models, paths
 from srclib.attention import CHUNK_SIZE
 from srclib.files import atomic_outputs, sha256_file, sha256_folder, write_json, write_text
-from srclib.models.base import write_marker
+from srclib.models.base import MASKS_FILE, write_marker
 from srclib.params import PruneSpec
 from srclib.provenance import provenance
 from srclib.pruning.core import PruneReport, prune_model
@@ -38,7 +38,6 @@ __all__ = ["PruneRun", "run_prune", "save_masks", "load_masks", "sparsity_csv"]
 
 log = logging.getLogger(__name__)
 
-MASKS_FILE = "masks.safetensors"
 SPARSITY_FILE = "sparsity.csv"
 
 
