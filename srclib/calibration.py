@@ -35,13 +35,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from srclib import devices
 from srclib.data import corpus
 from srclib.attention import CHUNK_SIZE, record_mass
 from srclib import choices
 from srclib.diffusion import noise, noise_stratified
+from srclib.notebook import progress
 
 __all__ = [
     "Calibration",
@@ -318,7 +318,7 @@ def run_one_shot(
     handles = [lin.register_forward_hook(make_hook(n)) for n, lin in linears.items()]
     try:
         with _eval(model), _stop_after(blocks[-1]):
-            for b in tqdm(batches, desc=desc, leave=False):
+            for b in progress(batches, desc, unit="batch"):
                 online = b.weights is None and weight_fn is not None
                 state["w"] = None if b.weights is None else b.weights.to(dev)
                 state["stash"] = [] if online else None
@@ -414,13 +414,13 @@ def run_sequential(
     dev = devices.of(model)
     with _eval(model):
         stored: list[_Stored] = []
-        for b in tqdm(batches, desc="catch block inputs", leave=False):
+        for b in progress(batches, f"{desc}: block 0 inputs", unit="batch"):
             online = b.weights is None and weight_fn is not None
             args, kwargs, mass = catch_block_inputs(model, blocks, b.ids.to(dev), record=online,
                                                     chunk_size=chunk_size, forward=forward)
             w = weight_fn(mass) if online else (None if b.weights is None else b.weights.to(dev))
             stored.append(_Stored(args, kwargs, w))
-        for i, block in enumerate(tqdm(blocks, desc=desc, leave=False)):
+        for i, block in enumerate(progress(blocks, desc, unit="block")):
             feed = start_block(i)
             if feed is not None:
                 current: dict[str, Any] = {}

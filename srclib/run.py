@@ -9,13 +9,21 @@ other stages' outputs stay in place, and srclib.files refuses a write over a sta
 HTML lands in reports/html/forks/<name>.html, and the runner rewrites the "Forked notebooks" list
 of reports/index.html (when the page exists; the plot stage lists the same folder when it writes it).
 
-1. Reads the stage's notebook and the names assigned in its cell tagged ``parameters``.
+1. Reads the stage's notebook and the names assigned in its cell tagged ``parameters`` (literals
+   only; a file that is not a notebook, or a cell that assigns anything else, is refused naming the
+   file, the cell and the line).
 2. Fails (exit 2) if an injected name is not declared there, or a declared one is not injected
    (papermill itself only warns on unknown names), or if ``params_file`` does not validate
    (srclib.params; the checks that read files: the calibration corpus, each model's maximum length;
    then the model registry) or names no such ``instance``: before any kernel starts. A params error
    is reported before nbformat, papermill or torch are imported (well under 3 s).
-3. Executes the notebook with papermill in a fresh kernel, cwd = repository root.
+3. Executes the notebook with papermill in a fresh kernel, cwd = repository root. Progress: the
+   kernel writes the progress lines of its long loops (srclib.notebook.Progress) to a file named by
+   ``SRCLIB_PROGRESS`` in its environment, and the runner copies them to its own log (stderr) as they
+   come, so the terminal shows them while the executed notebook and its HTML hold none (nor any
+   clock value); ``TQDM_DISABLE=1`` in the kernel's environment keeps tqdm bars out of the saved
+   notebook too (a bar that must show passes ``disable=False``). The stage's elapsed time is logged
+   when it ends, done or failed.
 4. Renders the executed notebook to HTML with nbconvert under reports/html/<stage>/<name>.html
    (name = the ``instance`` parameter for fanned-out stages, else the stage name).
 5. On failure keeps the annotated notebook under reports/failed/<stage>/<name>.ipynb and exits 1.
@@ -34,16 +42,18 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from srclib import params, paths
-from srclib.files import atomic_path
+from srclib.files import JOURNAL_ENV, atomic_path, finish_journal
+from srclib.notebook import PROGRESS_ENV, duration
 from srclib.schema import load_yaml_text
 
-__all__ = ["RunnerError", "declared_parameters", "parse_assignments", "run_stage", "run_fork", "fork_stage",
-           "resolve", "main"]
+__all__ = ["RunnerError", "read_notebook", "declared_parameters", "parse_assignments", "run_stage", "run_fork",
+           "fork_stage", "resolve", "main"]
 
 log = logging.getLogger("srclib.run")
 
@@ -52,33 +62,104 @@ class RunnerError(ValueError):
     """Bad runner input: unknown stage, unknown/missing parameter, malformed key=value."""
 
 
+def read_notebook(nb_path: str | Path) -> dict[str, Any]:
+    """A notebook's JSON (nbformat 4: an object with a list of cell objects), read directly.
+
+    RunnerError naming the file and what it is instead (not text, not JSON, a JSON list, no
+    cells, a cell that is not an object): never its content."""
+    path = Path(nb_path)
+    hint = "a Jupyter notebook is an nbformat 4 JSON object with a 'cells' list (a .ipynb file)"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunnerError(f"{path}: not a notebook (not UTF-8 text; {hint})") from None
+    except OSError as exc:
+        raise RunnerError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        nb = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunnerError(f"{path}: not a notebook (not valid JSON: {exc}; {hint})") from None
+    except RecursionError:
+        raise RunnerError(f"{path}: not a notebook (JSON nested too deeply; {hint})") from None
+    if not isinstance(nb, dict):
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+            type(nb), "null")
+        raise RunnerError(f"{path}: not a notebook (its JSON is {kind}, not an object; {hint})")
+    if nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
+        raise RunnerError(f"{path}: not an nbformat 4 notebook (no 'nbformat': 4 and 'cells' list; {hint})")
+    for i, cell in enumerate(nb["cells"], 1):
+        source = cell.get("source", "") if isinstance(cell, dict) else None
+        if not isinstance(cell, dict) or not isinstance(cell.get("metadata", {}), dict) or not (
+                isinstance(source, str) or (isinstance(source, list) and all(isinstance(x, str) for x in source))):
+            raise RunnerError(f"{path}: not a notebook (cell {i} is not a cell object with a text 'source' "
+                              f"and a 'metadata' object; {hint})")
+    return nb
+
+
+def _source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _tags(cell: dict[str, Any]) -> list[Any]:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return tags if isinstance(tags, list) else []
+
+
+# what a parameters cell may assign: papermill replaces these lines with the injected values
+LITERALS = "literals only (numbers, strings, True/False/None, and lists, tuples, dicts or sets of them)"
+SHOW_CHARS = 60  # a value quoted in a message is cut to this many characters
+
+
 def declared_parameters(nb_path: str | Path) -> dict[str, Any]:
     """Names and default values assigned in the notebook's cell tagged ``parameters``.
 
     Reads the notebook's JSON (nbformat 4) directly: importing nbformat costs a second, which a
-    params error should not wait for."""
-    try:
-        nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunnerError(f"{nb_path}: not a notebook (not valid JSON: {exc})") from None
-    if not isinstance(nb, dict) or nb.get("nbformat") != 4 or not isinstance(nb.get("cells"), list):
-        raise RunnerError(f"{nb_path}: not an nbformat 4 notebook (no 'nbformat': 4 and 'cells' list)")
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    params error should not wait for. RunnerError naming the file, the cell and the line for a
+    cell that does not parse or assigns anything but a literal to a plain name."""
+    nb = read_notebook(nb_path)
+    cells = [(i, c) for i, c in enumerate(nb["cells"], 1) if "parameters" in _tags(c)]
     if len(cells) != 1:
         raise RunnerError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    source = cells[0].get("source", "")
-    tree = ast.parse(source if isinstance(source, str) else "".join(source))
+    index, cell = cells[0]
+    where = f"{nb_path}: the parameters cell (cell {index})"
+    source = _source(cell)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise RunnerError(f"{where}, line {exc.lineno}: does not parse ({exc.msg})") from None
     out: dict[str, Any] = {}
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
                 if not isinstance(t, ast.Name):
-                    raise RunnerError(f"{nb_path}: parameters cell may only assign plain names")
-                out[t.id] = ast.literal_eval(node.value) if node.value is not None else None
+                    text = _cut(ast.get_source_segment(source, t) or "")
+                    raise RunnerError(f"{where}, line {node.lineno}: `{text}` is not a plain name; a parameters "
+                                      f"cell may only assign plain names (`name = value`), {LITERALS}")
+            if node.value is None:  # `name: int`, no value
+                value = None
+            else:
+                try:
+                    value = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    text = _cut(ast.get_source_segment(source, node.value) or "")
+                    names = ", ".join(t.id for t in targets)  # type: ignore[union-attr]
+                    raise RunnerError(
+                        f"{where}, line {node.lineno}: {names} = {text} is not a literal; a parameters cell "
+                        f"may assign {LITERALS}: compute derived values in a later cell") from None
+            for t in targets:
+                out[t.id] = value  # type: ignore[union-attr]
         elif not isinstance(node, ast.Expr):  # docstrings/comments allowed, nothing else
-            raise RunnerError(f"{nb_path}: parameters cell may only contain assignments")
+            text = _cut((ast.get_source_segment(source, node) or "").splitlines()[0] if source else "")
+            raise RunnerError(f"{where}, line {node.lineno}: `{text}` is not an assignment; a parameters cell "
+                              f"may only contain assignments of {LITERALS}")
     return out
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SHOW_CHARS else text[:SHOW_CHARS - 3] + "..."
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -260,18 +341,18 @@ def fork_stage(nb_path: str | Path) -> str:
     """The base stage of a forked notebook: the one ``srclib.stages`` module its code cells import
     (``from srclib.stages import variance``, ``import srclib.stages.variance``, ``from
     srclib.stages.variance import run``). RunnerError when there is none or more than one."""
-    nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    nb = read_notebook(nb_path)
     found: set[str] = set()
-    for cell in nb.get("cells", []):
+    for i, cell in enumerate(nb["cells"], 1):
         if cell.get("cell_type") != "code":
             continue
-        src = cell.get("source", "")
-        src = src if isinstance(src, str) else "".join(src)
+        src = _source(cell)
         src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("%", "!")))
         try:
             tree = ast.parse(src)
         except SyntaxError as exc:
-            raise RunnerError(f"{nb_path}: a code cell does not parse ({exc})") from None
+            which = f"the parameters cell (cell {i})" if "parameters" in _tags(cell) else f"cell {i}"
+            raise RunnerError(f"{nb_path}: {which}, line {exc.lineno}: does not parse ({exc.msg})") from None
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "srclib.stages" and not node.level:
                 found.update(a.name for a in node.names)
@@ -329,30 +410,93 @@ def _environment(env: dict[str, str]):
 def _execute(what: str, nb_in: Path, name: str, parameters: dict[str, Any], root: Path, html: Path, failed: Path,
              env: dict[str, str] | None = None) -> Path:
     """papermill in a fresh kernel (cwd = root, ``env`` added to its environment), then HTML; on
-    failure the annotated notebook is kept at ``failed``."""
+    failure the annotated notebook is kept at ``failed``. The kernel's progress lines are copied to
+    this process's log as they come (module docstring, 3.); the elapsed time is logged at the end."""
     import papermill as pm  # after validation: a params error does not wait for its import
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="srclib-run-") as tmpdir:
         nb_out = Path(tmpdir) / f"{name}.ipynb"
+        progress_file = Path(tmpdir) / "progress.log"
+        journal = Path(tmpdir) / "outputs.journal"  # the stage's outputs stay revocable until the HTML is written
+        kernel_env = {**(env or {}), PROGRESS_ENV: str(progress_file), "TQDM_DISABLE": "1", JOURNAL_ENV: str(journal)}
         log.info("running %s (%s) with %s", nb_in.name, name, parameters)
         try:
-            with _environment(env or {}):
+            with _environment(kernel_env), _ProgressCopy(progress_file):
                 pm.execute_notebook(
                     str(nb_in), str(nb_out), parameters=parameters, cwd=str(root),
                     kernel_name="python3", progress_bar=False, log_output=False,
                     request_save_on_cell_execute=False,
                 )
         except BaseException:
+            _roll_back(journal, what)
+            took = duration(time.perf_counter() - t0)
             if nb_out.is_file():
                 with atomic_path(failed) as tmp:
                     tmp.write_bytes(nb_out.read_bytes())
-                log.error("%s failed; annotated notebook kept at %s", what, failed)
+                log.error("%s failed after %s; annotated notebook kept at %s", what, took, failed)
+            else:
+                log.error("%s failed after %s", what, took)
             raise
+        try:
+            render_html(nb_out, html)
+        except BaseException:
+            _roll_back(journal, what)
+            log.error("%s: the HTML report %s could not be written", what, html)
+            raise
+        finish_journal(journal, ok=True)
         failed.unlink(missing_ok=True)
-        render_html(nb_out, html)
-    log.info("%s (%s) done in %.1f s -> %s", what, name, time.perf_counter() - t0, html)
+    log.info("%s (%s) done in %s -> %s", what, name, duration(time.perf_counter() - t0), html)
     return html
+
+
+def _roll_back(journal: Path, what: str) -> None:
+    """A step after the notebook's outputs were committed failed: put every output back as it was
+    (srclib.files.finish_journal), so a failed stage leaves its previous outputs, not new ones."""
+    rolled = finish_journal(journal, ok=False)
+    if rolled:
+        log.error("%s failed: its %d output(s) put back as they were: %s", what, len(rolled), ", ".join(rolled))
+
+
+class _ProgressCopy:
+    """While the notebook runs, copy each line the kernel writes to ``path`` (its progress file,
+    srclib.notebook.PROGRESS_ENV) to this process's log (logger ``srclib.run.progress``), polling
+    every ``poll_s``; the last lines when the run ends."""
+
+    def __init__(self, path: Path, poll_s: float = 0.5) -> None:
+        self.path, self.poll_s = path, poll_s
+        self.log = logging.getLogger("srclib.run.progress")
+        self.pos, self.partial = 0, b""
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="srclib-progress", daemon=True)
+
+    def __enter__(self) -> "_ProgressCopy":
+        self.path.touch()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self._copy(final=True)
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(self.poll_s):
+            self._copy()
+
+    def _copy(self, final: bool = False) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except OSError:
+            return
+        self.pos += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = b"" if final else lines.pop()  # a line still being written waits for its end
+        for line in lines:
+            if line.strip():
+                self.log.info("%s", line.decode("utf-8", "replace").rstrip())
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the colour codes of a kernel's traceback

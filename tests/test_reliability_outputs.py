@@ -201,3 +201,39 @@ def test_an_evaluation_records_what_the_freshness_check_compares(raw, tmp_path):
     assert rec["evaluate"] == {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "tasks")}
     io.write_json(paths.eval_metrics(name, tmp_path), {"tasks": {}, "provenance": {"params": rec}})
     assert freshness.stale_inputs(P, tmp_path) == []
+
+
+def test_runner_puts_outputs_back_when_the_html_cannot_be_written(tmp_path, monkeypatch):
+    """Issue 25 item 7: with the HTML folder read-only the stage fails and its outputs are the old ones."""
+    import nbformat
+
+    from srclib import run
+
+    target = tmp_path / "metrics" / "out.json"
+    io.write_json(target, {"v": "old"})
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("params_file = 'params.yaml'")
+    p.metadata["tags"] = ["parameters"]
+    body = ("from srclib import files as io\n"
+            f"with io.atomic_outputs() as out:\n    io.write_json(out.file({str(target)!r}), {{'v': 'new'}})")
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb_path = paths.notebook("plot", tmp_path)
+    nb_path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(nb_path))
+    (tmp_path / "params.yaml").write_text((paths.ROOT / "params.yaml").read_text())
+    def read_only(nb_out, html):  # as nbconvert's write into a read-only reports/html/ fails
+        raise PermissionError(13, "Permission denied", str(html))
+
+    monkeypatch.setattr(run, "render_html", read_only)
+    with pytest.raises(PermissionError):
+        run._execute("stage plot", nb_path, "plot", {"params_file": "params.yaml"}, tmp_path,
+                     paths.report_html("plot", "plot", tmp_path), paths.failed_notebook("plot", "plot", tmp_path))
+    monkeypatch.undo()
+    assert io.read_json(target) == {"v": "old"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+    # and a run that ends well keeps the new output
+    run._execute("stage plot", nb_path, "plot", {"params_file": "params.yaml"}, tmp_path,
+                 paths.report_html("plot", "plot", tmp_path), paths.failed_notebook("plot", "plot", tmp_path))
+    assert io.read_json(target) == {"v": "new"}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]

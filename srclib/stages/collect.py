@@ -28,6 +28,7 @@ import torch
 from srclib import devices, paths
 from srclib.data.manifest import check_raw_file
 from srclib.files import atomic_outputs, sha256_file, write_json
+from srclib.notebook import phase
 from srclib.params import CollectParams, ModelEntry, as_dict
 from srclib.provenance import provenance
 from srclib.trajectories.panels import heatmap_panels
@@ -121,7 +122,8 @@ def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Load
     trajectories/<key>/ by the caller); each run's summary records its final path."""
     runs: dict[str, Any] = {}
     samples = []
-    model, tok, adapter = loader(key, dtype=getattr(torch, entry.dtype))
+    with phase(f"collect {key}: load ({entry.dtype}, {entry.device})"):
+        model, tok, adapter = loader(key, dtype=getattr(torch, entry.dtype))
     model = model.to(devices.resolve(entry.device))
     label = labeller(key, adapter)
     targets = [(key, model, bool(label["random_init"]))]
@@ -131,7 +133,8 @@ def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Load
         targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
     for name, m, rnd in targets:
         t0 = time.perf_counter()
-        traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
+        with phase(f"collect {name}: run {len(runs) + 1}/{len(targets)}, {len(texts)} prompts"):
+            traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
         seconds = time.perf_counter() - t0
         final = paths.trajectory_file(name, root)
         written = save_trajectory(traj, staged / final.name)

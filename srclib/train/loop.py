@@ -12,8 +12,8 @@ import time
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from srclib.notebook import Progress
 from srclib.params import Schedule
 
 __all__ = ["lr_at", "optimizer", "train_loop"]
@@ -41,23 +41,32 @@ def optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.o
 def train_loop(model: torch.nn.Module, s: Schedule, loss_fn: Callable[[int], torch.Tensor], desc: str, *,
                weight_decay: float, grad_clip: float) -> dict[str, Any]:
     """``s.steps`` optimizer steps on ``loss_fn(step)``; returns {"loss": [per step], "train_time_s",
-    "step_time_s", "train_cpu_s", "threads"}. Leaves the model in eval mode."""
+    "step_time_s", "train_cpu_s", "threads"}. Leaves the model in eval mode.
+
+    Progress lines (srclib.notebook.Progress, ``train <desc>``): the step, the mean loss of the steps
+    since the last line, the learning rate, the time so far and an ETA."""
     opt = optimizer(model, s.lr, weight_decay)
     model.train()
     losses: list[float] = []
     t0, c0 = time.perf_counter(), time.process_time()
-    for step in tqdm(range(s.steps), desc=desc, mininterval=5.0):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, s)
-        loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{desc}: non-finite loss {value} at step {step}")
-        losses.append(value)
+    since, n_since = 0.0, 0  # the losses since the last progress line
+    with Progress(f"train {desc}", s.steps) as bar:
+        for step in range(s.steps):
+            lr = lr_at(step, s)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = loss_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{desc}: non-finite loss {value} at step {step}")
+            losses.append(value)
+            since, n_since = since + value, n_since + 1
+            if bar.update(loss=since / n_since, lr=lr):
+                since, n_since = 0.0, 0
     model.eval()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     # process CPU seconds: a load-independent companion of the wall time (all threads summed)

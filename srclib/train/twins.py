@@ -24,6 +24,7 @@ from srclib.likelihood import causal_perplexity, elbo_perplexity, model_logits_f
 from srclib.models import get_adapter
 from srclib.models.base import write_marker
 from srclib.models.tiny import TinyLM
+from srclib.notebook import phase
 from srclib.params import TrainParams
 from srclib.train.config import max_len as max_len_of
 from srclib.train.config import tiny_config
@@ -60,7 +61,8 @@ def train_twins(cfg: TrainParams, train_texts: Sequence[str], val_texts: Sequenc
     """
     sampler = cfg.sampler()
     t_start = time.perf_counter()
-    tok = train_tokenizer(train_texts, cfg.tokenizer_vocab)
+    with phase(f"train: tokenizer ({cfg.tokenizer_vocab} tokens) on {len(train_texts)} passages"):
+        tok = train_tokenizer(train_texts, cfg.tokenizer_vocab)
     train_stream = token_stream(tok, train_texts)
     val_stream = token_stream(tok, val_texts)
     bos, mask_id, V = tok.bos_token_id, tok.mask_token_id, len(tok)
@@ -83,23 +85,26 @@ def train_twins(cfg: TrainParams, train_texts: Sequence[str], val_texts: Sequenc
     gen = torch.Generator().manual_seed(cfg.seed)
     ar_rec = train_ar(ar_model, train_stream, cfg, bos=bos, generator=gen)
     ar_ad = get_adapter("tiny-ar")
-    ar_ppl = causal_perplexity(model_logits_fn(ar_model, ar_ad), windows)
-    ar_samples, ar_d2 = decode_samples(tok, prompts, greedy_ar(ar_model, prompts, sampler.gen_length)) \
-        if n_samples else ([], 0.0)
+    with phase(f"train tiny-ar: held-out perplexity on {windows.shape[0]} windows, {n_samples} samples"):
+        ar_ppl = causal_perplexity(model_logits_fn(ar_model, ar_ad), windows)
+        ar_samples, ar_d2 = decode_samples(tok, prompts, greedy_ar(ar_model, prompts, sampler.gen_length)) \
+            if n_samples else ([], 0.0)
     save(ar_model, tok, model_dirs["tiny-ar"], "tiny-ar", seed=cfg.seed)
 
     # tiny-dlm
     dlm_model, dlm_rec = adapt_dlm(ar_model, train_stream, cfg, bos=bos, mask_id=mask_id, max_len=max_len,
                                    generator=gen)
     dlm_ad = get_adapter("tiny-dlm")
-    dlm_ppl = elbo_perplexity(model_logits_fn(dlm_model, dlm_ad), windows, mask_id=mask_id,
-                              mc_num=cfg.eval_mc_num, generator=torch.Generator().manual_seed(cfg.seed),
-                              keep_first=True)
-    dlm_samples, dlm_d2 = ([], 0.0)
-    if n_samples:
-        out = generate(dlm_model, prompts, **sampler.sampler_kwargs(), mask_id=mask_id, adapter=dlm_ad,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-        dlm_samples, dlm_d2 = decode_samples(tok, prompts, out)
+    with phase(f"train tiny-dlm: held-out ELBO perplexity on {windows.shape[0]} windows x "
+               f"{cfg.eval_mc_num} MC draws, {n_samples} samples"):
+        dlm_ppl = elbo_perplexity(model_logits_fn(dlm_model, dlm_ad), windows, mask_id=mask_id,
+                                  mc_num=cfg.eval_mc_num, generator=torch.Generator().manual_seed(cfg.seed),
+                                  keep_first=True)
+        dlm_samples, dlm_d2 = ([], 0.0)
+        if n_samples:
+            out = generate(dlm_model, prompts, **sampler.sampler_kwargs(), mask_id=mask_id, adapter=dlm_ad,
+                           generator=torch.Generator().manual_seed(cfg.seed))
+            dlm_samples, dlm_d2 = decode_samples(tok, prompts, out)
     save(dlm_model, tok, model_dirs["tiny-dlm"], "tiny-dlm", seed=cfg.seed, init="tiny-ar")
 
     logger.info("tiny-ar ppl %.1f, tiny-dlm ELBO ppl %.1f, unigram %.1f", ar_ppl, dlm_ppl, uni)
