@@ -227,6 +227,28 @@ def test_calibration_loops_log_progress(progress_lines):
     assert lines[-1].startswith(f"calibration (sequential): block {len(blocks)}/{len(blocks)} (100%), done in ")
 
 
+def test_collect_logs_each_run(tmp_path, progress_lines):
+    import json
+
+    from test_trajectories import AD_DLM, _cfg, _dlm, _texts, _word_tokenizer  # tests/ is on sys.path
+
+    from srclib.params import ModelEntry
+    from srclib.stages import collect
+
+    prompts = paths.prompts_file(tmp_path)
+    prompts.parent.mkdir(parents=True)
+    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n" for i, t in enumerate(_texts())))
+    collect.run(_cfg(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
+                     random_init_control=True),
+                {"t-dlm": ModelEntry(dtype="float32", device="cpu")}, root=tmp_path,
+                loader=lambda key, dtype: (_dlm(), _word_tokenizer(bos=True), AD_DLM))
+    lines = progress_lines()
+    assert lines[:2] == ["collect t-dlm: load (float32, cpu) ...", lines[1]] and lines[1].startswith(
+        "collect t-dlm: load (float32, cpu): done in ")
+    assert "collect t-dlm: run 1/2, 2 prompts ..." in lines and "collect t-dlm-randinit: run 2/2, 2 prompts ..." in lines
+    assert lines[-1].startswith("collect t-dlm-randinit: run 2/2, 2 prompts: done in ")
+
+
 # ---- item 16 end to end: the terminal gets progress, the saved notebook none ---------------------
 PROBE = """from srclib import notebook
 P = notebook.setup(params_file)

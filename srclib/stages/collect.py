@@ -133,7 +133,7 @@ def _collect_model(cfg: CollectParams, key: str, entry: ModelEntry, loader: Load
         targets.append((random_init_name(key), random_init_twin(model, cfg.seed), True))
     for name, m, rnd in targets:
         t0 = time.perf_counter()
-        with phase(f"collect {name}: run {len(runs) + 1}/{len(targets)}, {len(texts)} prompts"):
+        with phase(f"collect {name}: run {len(runs) + 1}/{len(targets)}, {cfg.n_prompts} prompts"):
             traj = collect_trajectory(m, adapter, tok, texts, cfg, run_name=name, random_init=rnd)
         seconds = time.perf_counter() - t0
         final = paths.trajectory_file(name, root)
