@@ -152,7 +152,7 @@ FILES = [
     ("empty", "", "is empty, not a YAML mapping of sections"),
     ("comments only", "# nothing here\n", "holds only comments or null, not a YAML mapping"),
     ("a YAML list", "- data\n- models\n", "holds a YAML list of 2 item(s), not a YAML mapping of sections"),
-    ("a passwd file", "\n".join([SECRET] + [f"user{i}:x:{i}:{i}::/home/u:/bin/sh" for i in range(30)]) + "\n",
+    ("a passwd file", "\n".join([SECRET] + [f"user{i}:x:{i}:{i}::/var/u:/bin/sh" for i in range(30)]) + "\n",
      "is plain text (", ),
     ("3 MB of text", (SECRET + " lorem ipsum dolor sit amet\n") * 60_000, "is not a params file: 3.5 MB"),
     ("one number", "42\n", "holds a single YAML int value, not a YAML mapping"),
