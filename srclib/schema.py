@@ -61,9 +61,24 @@ def load_yaml_text(text: str, where: str) -> Any:
         _check_unique_keys(loader, node, "", set(), where)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{where}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{where}: not valid YAML: {_yaml_message(exc)}") from None
     finally:
         loader.dispose()
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    """PyYAML's message, with the source line shown once (carets at both columns) when its context
+    and problem marks fall on the same line, as they always do for a one-line argument."""
+    c, p = getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)
+    if c is None or p is None or (c.name, c.line) != (p.name, p.line) or exc.note:
+        return str(exc)
+    (c_text, c_caret), (p_text, p_caret) = (m.get_snippet().split("\n") for m in (c, p))
+    if c_text != p_text:  # a long line, cut differently around each mark
+        return str(exc)
+    cols = sorted({c_caret.index("^"), p_caret.index("^")})
+    carets = "".join("^" if i in cols else " " for i in range(cols[-1] + 1))
+    where = (f"column {c.column + 1}" if c.column == p.column else f"columns {c.column + 1} and {p.column + 1}")
+    return f"{exc.context}: {exc.problem}\n  in \"{p.name}\", line {p.line + 1}, {where}:\n{p_text}\n{carets}"
 
 
 def _key_id(loader: yaml.SafeLoader, node: Node) -> Any:

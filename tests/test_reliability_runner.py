@@ -122,6 +122,20 @@ def test_papermill_reads_every_parameter_the_pipeline_passes(caplog):
         assert not [r for r in caplog.records if r.name.startswith("papermill")], (stage, caplog.text)
 
 
+@pytest.mark.parametrize("arg, source, columns", [
+    ('instance="abc', '"abc', "columns 1 and 5"),
+    ("instance=[a", "[a", "columns 1 and 3"),
+    ("instance={a: [1}", "{a: [1}", "columns 5 and 7"),
+])
+def test_a_yaml_error_shows_its_source_line_once(caplog, arg, source, columns):
+    """Before: PyYAML's context and problem marks each quoted the argument's one line, so the
+    message showed it twice, each with its own caret."""
+    msg = _refused(caplog, ["collect", "params_file=params.yaml", arg])
+    assert msg.startswith(f"argument {arg}: not valid YAML: "), msg
+    assert msg.count(f"\n    {source}\n") == 1 and msg.count("line 1") == 1, msg
+    assert f'in "argument {arg}", line 1, {columns}:' in msg
+
+
 # ---- item 16: progress lines ----------------------------------------------------------------------
 class Clock:
     def __init__(self) -> None:
@@ -247,6 +261,8 @@ def test_collect_logs_each_run(tmp_path, progress_lines):
         "collect t-dlm: load (float32, cpu): done in ")
     assert "collect t-dlm: run 1/2, 2 prompts ..." in lines and "collect t-dlm-randinit: run 2/2, 2 prompts ..." in lines
     assert lines[-1].startswith("collect t-dlm-randinit: run 2/2, 2 prompts: done in ")
+    assert "collect t-dlm: 4 steps" in lines and any(line.startswith("collect t-dlm-randinit: step 4/4 (100%), done in ")
+                                                     for line in lines)  # the sampler's steps, within a run
 
 
 # ---- item 16 end to end: the terminal gets progress, the saved notebook none ---------------------

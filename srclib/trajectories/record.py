@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from srclib import devices
 from srclib.attention import record_mass
 from srclib.decoding import greedy_decode
 from srclib.diffusion import generate
+from srclib.notebook import Progress
 from srclib.trajectories.store import FORMAT_VERSION, Trajectory
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def _collect_dlm(model, adapter, ids: torch.Tensor, mask_id: int, meta: dict[str
     masses: list[torch.Tensor] = []
     seen: list[torch.Tensor] = []
     heads = _HeadSteps(B)
-    bar = tqdm(total=cfg.steps, desc=f"collect {meta['run']}", leave=False)
+    bar = Progress(f"collect {meta['run']}", cfg.steps)  # progress lines: the runner's terminal only
     with record_mass(chunk_size=cfg.chunk_size, per_head=True) as rec:
 
         def on_step(step: int, x: torch.Tensor, info: dict[str, Any]) -> None:
@@ -235,7 +235,7 @@ def _collect_ar(model, ids, meta, *, gen_length, chunk_size) -> Trajectory:
     newest: list[torch.Tensor] = []
     prefill: list[torch.Tensor] = []
     heads = _HeadSteps(B)
-    bar = tqdm(total=gen_length, desc=f"collect {meta['run']}", leave=False)
+    bar = Progress(f"collect {meta['run']}", gen_length)
     with record_mass(chunk_size=chunk_size, per_head=True) as rec:
 
         def on_prefill(prefix: torch.Tensor) -> None:
