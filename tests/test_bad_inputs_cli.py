@@ -12,13 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import lm_eval.__main__
 import pytest
 
 import srclib.evaluation.__main__ as cli
 from srclib import paths
 from srclib.evaluation import lm
-from srclib.evaluation import tasks as T
 from srclib.models.base import write_marker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,24 +53,6 @@ def ckpts(tmp_path_factory):
     (root / "a-file").write_text("x")
     out["a-file"] = root / "a-file"
     return out
-
-
-@pytest.fixture
-def no_lm_eval(monkeypatch, tmp_path):
-    """lm-eval's CLI must not start, and lm-eval's full task index must not be built; paths.ROOT
-    points at an empty tree (no models/ built there)."""
-    calls = []
-    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: calls.append(list(sys.argv)))
-    real = T._task_index
-
-    def index(full=False):
-        if full:
-            raise AssertionError("lm-eval's full task index was built")
-        return real(full)
-
-    monkeypatch.setattr(T, "_task_index", index)
-    monkeypatch.setattr(paths, "ROOT", tmp_path / "root")
-    return calls
 
 
 def _run(argv, calls, out_dir):

@@ -333,23 +333,6 @@ def test_the_stage_refuses_changed_task_data_before_loading_the_model(tmp_path, 
 
 
 # ---- item 13: the CLI wrapper's --limit and a folder without a tokenizer ------------------------------------
-@pytest.fixture
-def no_lm_eval(monkeypatch, tmp_path):
-    """lm-eval's CLI must not start, nor its full task index be built."""
-    calls = []
-    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: calls.append(list(sys.argv)))
-    real = T._task_index
-
-    def index(full=False):
-        if full:
-            raise AssertionError("lm-eval's full task index was built")
-        return real(full)
-
-    monkeypatch.setattr(T, "_task_index", index)
-    monkeypatch.setattr(paths, "ROOT", tmp_path / "root")
-    return calls
-
-
 @pytest.fixture(scope="module")
 def dlm_folder(tmp_path_factory):
     return _dense(tmp_path_factory.mktemp("cli") / "tiny-dlm")
