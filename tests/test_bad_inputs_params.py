@@ -108,9 +108,9 @@ DUPLICATES = [
     ("quoted and plain spelling of one key", "  seed: 0\n  threads: 2\n", "  seed: 0\n  threads: 2\n  'threads': 3\n",
      "train.threads", "lines 15 and 16"),
     ("key inside a flow mapping",
-     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0}",
-     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.3, pattern: 'unstructured', seed: 0, sparsity: 0.5}",
-     "prune.instances.dlm-wanda-uniform-30-s0.sparsity", "columns"),
+     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.7, pattern: 'unstructured', seed: 0}",
+     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.7, pattern: 'unstructured', seed: 0, sparsity: 0.5}",
+     "prune.instances.dlm-wanda-uniform-70-s0.sparsity", "columns"),
     ("instance defined twice (sink, then uniform)",
      "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n",
      "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n"

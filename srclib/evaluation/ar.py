@@ -4,15 +4,20 @@ does and decoding greedily with a KV cache (srclib.decoding) for models without 
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from lm_eval.api.model import LM
+from tqdm.auto import tqdm
 
 from srclib import devices
+from srclib.decoding import forward_with_cache
 from srclib.evaluation.common import check_finite_scores, checkpoint_name, model_max_length
 from srclib.params import SamplerParams
 
-__all__ = ["ar_lm"]
+__all__ = ["ar_lm", "shared_context_loglikelihoods"]
 
 
 @functools.cache
@@ -52,8 +57,38 @@ def _hflm_class():
             return ids, mask
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
-            """HFLM's log-likelihoods, refused when not finite (NaN logits would still rank)."""
-            res = super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            """HFLM's log-likelihoods, refused when not finite (NaN logits would still rank).
+
+            Requests that share their context tokens (the choices of one multiple-choice item)
+            are scored with one forward of the context and one batched forward of the
+            continuations over its KV cache (:func:`shared_context_loglikelihoods`): the same
+            numbers as HFLM's one row per request, up to float rounding, at about 1/k of the
+            context's cost for k choices. The rest (single requests, rows HFLM truncates, models
+            without a cache) go through HFLM unchanged."""
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, (_, ctx, cont) in enumerate(requests):
+                groups.setdefault(tuple(ctx), []).append(i)
+            shared = [idx for ctx, idx in groups.items()
+                      if len(idx) > 1 and all(len(ctx) + len(requests[i][2]) <= self.max_length + 1
+                                              for i in idx)]
+            res: list = [None] * len(requests)
+            if shared and _has_cache(self.model):
+                for idx in tqdm(shared, disable=disable_tqdm or self.rank != 0,
+                                desc="Scoring choices over a shared context"):
+                    ctx = requests[idx[0]][1]
+                    answers = shared_context_loglikelihoods(
+                        self.model, ctx, [requests[i][2] for i in idx], device=self.device,
+                        softmax_dtype=getattr(self, "softmax_dtype", None) or torch.float32)
+                    for i, answer in zip(idx, answers):
+                        res[i] = answer
+                        if requests[i][0] is not None:
+                            self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            rest = [i for i, r in enumerate(res) if r is None]
+            if rest:
+                out = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=disable_tqdm,
+                                                    override_bs=override_bs)
+                for i, answer in zip(rest, out, strict=True):
+                    res[i] = answer
             check_finite_scores([ll for ll, _ in res], self.model, checkpoint_name(self.model),
                                 "exact log-likelihood of request(s)")
             return res
@@ -76,6 +111,57 @@ def _hflm_class():
             return torch.stack([torch.cat([r, r.new_full((width - r.numel(),), pad)]) for r in rows])
 
     return SrclibHFLM
+
+
+def _has_cache(model) -> bool:
+    """Whether ``model``'s forward takes a KV cache (TinyLM, transformers' causal LMs)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "use_cache" in params and ("past_key_values" in params or "cache" in params)
+
+
+def _repeat_cache(past: Any, n: int) -> Any:
+    """A KV cache of batch 1 repeated to batch ``n``: TinyLM's list of (k, v) per layer or a
+    transformers ``Cache`` (its own ``batch_repeat_interleave``, in place)."""
+    if isinstance(past, (list, tuple)):
+        return [tuple(t.expand(n, *t.shape[1:]) for t in layer) for layer in past]
+    if hasattr(past, "batch_repeat_interleave"):
+        past.batch_repeat_interleave(n)
+        return past
+    raise TypeError(f"cannot repeat a KV cache of type {type(past).__name__}")
+
+
+@torch.no_grad()
+def shared_context_loglikelihoods(model, context: Sequence[int], continuations: Sequence[Sequence[int]], *,
+                                  device=None, softmax_dtype=torch.float32) -> list[tuple[float, bool]]:
+    """(log p(continuation | context), greedy) for each continuation, as HFLM computes them, with
+    the context run once: a forward of ``context`` gives the cache and the logits that predict
+    each continuation's first token; one forward of every continuation but its last token over
+    the repeated cache (right-padded: causal attention keeps a row's pads out of its own
+    positions) gives the rest. ``context`` and every continuation are non-empty."""
+    if not context or not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("shared_context_loglikelihoods needs a non-empty context and continuations")
+    device = device if device is not None else next(model.parameters()).device
+    ctx = torch.tensor([list(context)], dtype=torch.long, device=device)  # (1, C)
+    logits0, past = forward_with_cache(model, ctx)
+    first = F.log_softmax(logits0[:, -1], dim=-1, dtype=softmax_dtype)[0]  # (V,)
+    width = max(len(c) for c in continuations) - 1
+    rest = None
+    if width > 0:
+        pad = continuations[0][0]
+        rows = torch.tensor([list(c[:-1]) + [pad] * (width - len(c) + 1) for c in continuations],
+                            dtype=torch.long, device=device)  # (k, width)
+        logits, _ = forward_with_cache(model, rows, _repeat_cache(past, len(continuations)))
+        rest = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)  # (k, width, V)
+    out = []
+    for j, cont in enumerate(continuations):
+        lp = first[None] if rest is None else torch.cat([first[None], rest[j, : len(cont) - 1]])  # (n, V)
+        target = torch.tensor(list(cont), dtype=torch.long, device=lp.device)
+        greedy = bool((lp.argmax(-1) == target).all())
+        out.append((float(lp.gather(1, target[:, None]).sum()), greedy))
+    return out
 
 
 def ar_lm(model, tokenizer, adapter, *, batch_size: int, seed: int, sampler: SamplerParams,
