@@ -196,7 +196,7 @@ def check_parameters(stage: str, declared: dict[str, Any], injected: dict[str, A
 
 # stage -> how its ``instance`` parameter is looked up in params (a ParamsError when unknown)
 INSTANCE_CHECKS = {
-    "prune": lambda P, name: P.prune.instance(name),
+    "prune": lambda P, name: (P.prune.instance(name), P.check_device(name)),
     "evaluate": lambda P, name: P.eval_source(name),
     "collect": lambda P, name: P.collect_model(name) if name else None,  # "": every model
 }
@@ -262,7 +262,9 @@ def model_max_length(P: params.Params, key: str, root: Path) -> tuple[int, str] 
 
 def check_lengths(P: params.Params, root: Path) -> None:
     """The sequences each stage feeds a model fit its maximum length: prune.calibration.seq_len for
-    every prune instance's model, collect.prompt_tokens + collect.gen_length for every collect model."""
+    every prune instance's model, collect.prompt_tokens + collect.gen_length for every collect model,
+    evaluate.ppl.seq_len for every model evaluate scores (dense or through a prune instance). Where
+    the length is not known before loading (no config.json yet), the stage's own check applies."""
     limits: dict[str, tuple[int, str] | None] = {}
 
     def limit(key: str) -> tuple[int, str] | None:
@@ -278,6 +280,18 @@ def check_lengths(P: params.Params, root: Path) -> None:
                 f"prune.calibration.seq_len = {seq_len}: above the maximum length {lim[0]} of model "
                 f"{inst.model!r} ({lim[1]}), which prune.instances.{name}.model uses; must be <= {lim[0]}"
             )
+    if P.evaluate.ppl is not None:
+        ppl_len = P.evaluate.ppl.seq_len
+        evaluated = {key: f"evaluate.dense[{i}]" for i, key in enumerate(P.evaluate.dense)}
+        for name, inst in P.prune.instances.items():
+            evaluated.setdefault(inst.model, f"prune.instances.{name}.model (evaluated after pruning)")
+        for key, where in evaluated.items():
+            lim = limit(key)
+            if lim is not None and ppl_len > lim[0]:
+                raise params.ParamsError(
+                    f"evaluate.ppl.seq_len = {ppl_len}: above the maximum length {lim[0]} of model "
+                    f"{key!r} ({lim[1]}), which {where} evaluates; must be <= {lim[0]}"
+                )
     c = P.collect
     total = c.prompt_tokens + c.gen_length
     for i, key in enumerate(c.models):

@@ -241,6 +241,29 @@ def test_collect_lengths_above_config_max_sequence_length(root, caplog):
             "model 'smollm2-135m' (max_sequence_length in models/smollm2-135m/config.json) in collect.models[2]") in msg
 
 
+def test_evaluate_ppl_seq_len_above_config_max_position_embeddings(root, caplog):
+    # a hub-style config of 160 positions: calibration's 128 and collect's 91 tokens fit, the ELBO
+    # perplexity's 200-token windows do not; refused before a kernel starts (every stage checks every
+    # length, so a bad evaluate setting is caught before the prune that would lead to it)
+    _model_config(root, "smollm2-135m", json.dumps({"model_type": "llama", "max_position_embeddings": 160}))
+    write_params(root, edit(REPO_PARAMS, "ppl: {n_windows: 32, mc_num: 8, seq_len: 128}",
+                            "ppl: {n_windows: 32, mc_num: 8, seq_len: 200}"))
+    msg = refused(root, caplog, prune_argv())
+    assert msg.startswith("evaluate.ppl.seq_len = 200: above the maximum length 160 of model 'smollm2-135m' "
+                          "(max_position_embeddings in models/smollm2-135m/config.json), which "
+                          "evaluate.dense[2] evaluates; must be <= 160"), msg
+
+
+def test_prune_instance_on_a_cuda_device_without_cuda_is_refused(root, caplog, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_params(root, edit(REPO_PARAMS, "  tiny-dlm: {dtype: float32, device: cpu}",
+                            "  tiny-dlm: {dtype: float32, device: cuda}"))
+    msg = refused(root, caplog, prune_argv())
+    assert msg.startswith("models.tiny-dlm.device = 'cuda': this machine has no CUDA device"), msg
+
+
 def test_model_config_not_valid_json(root, caplog):
     _model_config(root, "smollm2-135m", '{"max_position_embeddings": ')
     msg = refused(root, caplog, prune_argv())
