@@ -23,6 +23,8 @@ from srclib.params import ParamsError
 from srclib.run import RunnerError
 from srclib.schema import load_yaml_text
 
+from helpers import write_stage_notebook  # tests/ is on sys.path
+
 REPO_PARAMS = (paths.ROOT / "params.yaml").read_text()
 INSTANCE = "dlm-wanda-sink-50-s0"  # a tiny-dlm instance of the repository's params.yaml
 INSTANCE_LINE = next(i for i, line in enumerate(REPO_PARAMS.splitlines(), 1) if line.startswith(f"    {INSTANCE}:"))
@@ -46,22 +48,6 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # a temporary repository root for the runner
-def _notebook(root: Path, stage: str, params_src: str) -> None:
-    nb = {
-        "nbformat": 4, "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "cells": [
-            {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "outputs": [],
-             "execution_count": None, "source": params_src},
-            {"cell_type": "code", "id": "b", "metadata": {}, "outputs": [], "execution_count": None,
-             "source": "raise SystemExit('the kernel must not start')"},
-        ],
-    }
-    path = paths.notebook(stage, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(nb))
-
-
 @pytest.fixture()
 def root(tmp_path, monkeypatch):
     """A repository root with the prune and collect notebooks, the calibration corpus and the repo's
@@ -73,8 +59,10 @@ def root(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "papermill", ModuleType("papermill"))
     monkeypatch.setattr(sys.modules["papermill"], "execute_notebook", no_kernel, raising=False)
     monkeypatch.setattr(paths, "ROOT", tmp_path)
-    _notebook(tmp_path, "prune", "params_file = 'params.yaml'\ninstance = 'x'\n")
-    _notebook(tmp_path, "collect", "params_file = 'params.yaml'\n")
+    for stage, params_src in (("prune", "params_file = 'params.yaml'\ninstance = 'x'\n"),
+                              ("collect", "params_file = 'params.yaml'\n")):
+        write_stage_notebook(tmp_path, stage, "raise SystemExit('the kernel must not start')", params=params_src,
+                             params_yaml=False)
     corpus = tmp_path / "data/raw/corpus/calibration.jsonl"
     corpus.parent.mkdir(parents=True)
     corpus.write_text('{"text": "a b c"}\n')

@@ -22,6 +22,8 @@ from srclib.files import write_json
 from srclib.run import RunnerError
 from srclib.trajectories.store import Trajectory, save_trajectory
 
+from helpers import write_notebook  # tests/ is on sys.path
+
 FORK = "21_variance_mine"
 VENV_BIN = Path(sys.executable).parent
 
@@ -103,17 +105,6 @@ def test_files_refuse_a_write_over_a_stage_output_inside_a_fork(tmp_path, monkey
 
 
 # ---- finding a fork and its stage ----------------------------------------------------------------
-def _nb(path: Path, *code: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("params_file = 'params.yaml'")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# a fork"), p, *[nbformat.v4.new_code_cell(c) for c in code]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
-
-
 @pytest.mark.parametrize("code", [
     "from srclib import notebook\nfrom srclib.stages import variance",
     "import srclib.stages.variance as v",
@@ -121,19 +112,19 @@ def _nb(path: Path, *code: str) -> Path:
     "%matplotlib inline\nfrom srclib.stages import variance, __init__",
 ])
 def test_fork_stage_is_the_one_stage_module_imported(tmp_path, code):
-    assert run.fork_stage(_nb(tmp_path / "f.ipynb", code)) == "variance"
+    assert run.fork_stage(write_notebook(tmp_path / "f.ipynb", code)) == "variance"
 
 
 @pytest.mark.parametrize("code, found", [("from srclib import notebook", r"\[\]"),
                                          ("from srclib.stages import variance, prune", r"\['prune', 'variance'\]")])
 def test_fork_stage_needs_exactly_one_stage(tmp_path, code, found):
     with pytest.raises(RunnerError, match=rf"imports exactly one stage module .* found {found}"):
-        run.fork_stage(_nb(tmp_path / "f.ipynb", code))
+        run.fork_stage(write_notebook(tmp_path / "f.ipynb", code))
 
 
 def test_resolve_stage_fork_name_path_and_unknown(tmp_path, monkeypatch):
-    fork = _nb(tmp_path / "notebooks" / f"{FORK}.ipynb", "from srclib.stages import variance")
-    stage_nb = _nb(paths.notebook("variance", tmp_path), "from srclib.stages import variance")
+    fork = write_notebook(tmp_path / "notebooks" / f"{FORK}.ipynb", "from srclib.stages import variance")
+    stage_nb = write_notebook(paths.notebook("variance", tmp_path), "from srclib.stages import variance")
     assert run.resolve("variance", tmp_path) == ("variance", None)
     assert run.resolve(FORK, tmp_path) == (None, fork)
     assert paths.fork_notebooks(tmp_path) == {FORK: fork}
@@ -148,7 +139,7 @@ def test_resolve_stage_fork_name_path_and_unknown(tmp_path, monkeypatch):
     with pytest.raises(RunnerError, match="notebook not found: nowhere/x.ipynb"):
         run.resolve("nowhere/x.ipynb", tmp_path)
     with pytest.raises(RunnerError, match="not a stage's name"):
-        run.run_fork(_nb(tmp_path / "elsewhere" / "variance.ipynb", "from srclib.stages import variance"), {},
+        run.run_fork(write_notebook(tmp_path / "elsewhere" / "variance.ipynb", "from srclib.stages import variance"), {},
                      root=tmp_path)
     with pytest.raises(RunnerError, match=r"stage 'variance, forked as 21_variance_mine': unknown parameter\(s\) \['zz'\]"):
         run.run_fork(fork, {"params_file": "params.yaml", "zz": 1}, root=tmp_path)

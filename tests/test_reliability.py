@@ -6,30 +6,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import nbformat
 import pytest
 
 from srclib import files as io, paths
 
-
-def _notebook(root: Path, stage: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell("params_file = 'params.yaml'")
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [p, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = paths.notebook(stage, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    (root / "params.yaml").write_text((paths.ROOT / "params.yaml").read_text())  # the runner validates it
+from helpers import write_stage_notebook  # tests/ is on sys.path
 
 
 @pytest.mark.slow
 def test_killed_stage_leaves_no_partial_output_and_reruns(tmp_path):
     marker = tmp_path / "started"
-    _notebook(tmp_path, "plot", f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)")
+    write_stage_notebook(tmp_path, "plot", f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)")
     env = {**os.environ, "SRCLIB_ROOT": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "srclib.run", "plot", "params_file=params.yaml"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -41,7 +29,7 @@ def test_killed_stage_leaves_no_partial_output_and_reruns(tmp_path):
     proc.wait()
     assert not paths.report_html("plot", "plot", tmp_path).exists()
     assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
-    _notebook(tmp_path, "plot", "x = 1")
+    write_stage_notebook(tmp_path, "plot", "x = 1")
     rerun = subprocess.run([sys.executable, "-m", "srclib.run", "plot", "params_file=params.yaml"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -21,16 +21,7 @@ import yaml
 from srclib import notebook, paths, run
 from srclib.notebook import PROGRESS_ENV, PROGRESS_LOGGER, Progress, duration, phase, progress
 
-
-def _nb(path: Path, params_cell: str, *code: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell(params_cell)
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# a fork"), p, *[nbformat.v4.new_code_cell(c) for c in code]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
+from helpers import write_notebook, write_stage_notebook  # tests/ is on sys.path
 
 
 def _refused(caplog, argv: list[str]) -> str:
@@ -53,7 +44,7 @@ def _refused(caplog, argv: list[str]) -> str:
 def test_fork_parameters_cell_not_literal_names_file_cell_and_line(tmp_path, caplog, cell, line, says):
     """Before: `x = foo(1)` gave exit 1 and "malformed node or string on line 2: <ast.Call object at
     0x...>"; a syntax error exit 1 and "invalid syntax"."""
-    fork = _nb(tmp_path / "21_mine.ipynb", cell, "from srclib.stages import variance")
+    fork = write_notebook(tmp_path / "21_mine.ipynb", "from srclib.stages import variance", params=cell)
     msg = _refused(caplog, [str(fork), "params_file=params.yaml"])
     assert msg.startswith(f"{fork}: the parameters cell (cell 2), line {line}: "), msg
     assert says in msg and "<ast." not in msg
@@ -284,11 +275,6 @@ print("steps", len(rec["loss"]))
 PROGRESS_TEXT = re.compile(r"train probe: |ETA \d|elapsed,|done in \d|\d it/s|a tqdm bar: |\d+%\|")
 
 
-def _stage_notebook(root: Path, body: str) -> None:
-    _nb(paths.notebook("plot", root), "params_file = 'params.yaml'", body)
-    (root / "params.yaml").write_text((paths.ROOT / "params.yaml").read_text())  # the runner validates it
-
-
 def _runner(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SRCLIB_ROOT": str(root), "OMP_NUM_THREADS": "1"}
     env.pop(PROGRESS_ENV, None)
@@ -304,7 +290,7 @@ def _outputs(nb: nbformat.NotebookNode) -> str:
 def test_terminal_shows_progress_and_saved_notebook_holds_none(tmp_path):
     """Before: the runner's terminal showed nothing between "Executing notebook with kernel" and
     the end; train_loop's tqdm bar (rate, elapsed, ETA) was saved in the executed notebook's HTML."""
-    _stage_notebook(tmp_path, PROBE)
+    write_stage_notebook(tmp_path, "plot", PROBE)
     proc = _runner(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     progress_lines = [line for line in proc.stderr.splitlines() if " srclib.run.progress INFO " in line]
@@ -317,7 +303,7 @@ def test_terminal_shows_progress_and_saved_notebook_holds_none(tmp_path):
     assert not PROGRESS_TEXT.search(html), PROGRESS_TEXT.search(html)  # ... its progress is not
 
     # a failing run: the annotated notebook kept under reports/failed holds no progress either
-    _stage_notebook(tmp_path, PROBE + "raise ValueError('after the loop')\n")
+    write_stage_notebook(tmp_path, "plot", PROBE + "raise ValueError('after the loop')\n")
     proc = _runner(tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert re.search(r"stage plot failed after [\d.]+ s; annotated notebook kept at ", proc.stderr), proc.stderr[-2000:]

@@ -1,26 +1,15 @@
 """The papermill runner: parameter checks, success renders HTML, failure keeps the notebook."""
 
-import nbformat
 import pytest
 
 from srclib import paths, run
 from srclib.run import RunnerError
 
-
-def make_nb(root, stage, params_src, body_src):
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell(params_src)
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p, nbformat.v4.new_code_cell(body_src)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = paths.notebook(stage, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(path))
-    return path
+from helpers import write_stage_notebook  # tests/ is on sys.path
 
 
 def test_declared_parameters(tmp_path):
-    nb = make_nb(tmp_path, "variance", "a = 1\nb = 'x'  # comment\n", "pass")
+    nb = write_stage_notebook(tmp_path, "variance", "pass", params="a = 1\nb = 'x'  # comment\n", params_yaml=False)
     assert run.declared_parameters(nb) == {"a": 1, "b": "x"}
 
 
@@ -33,7 +22,7 @@ def test_parse_assignments():
 
 
 def test_unknown_and_missing_parameters(tmp_path):
-    make_nb(tmp_path, "variance", "a = 1\nb = 2\n", "pass")
+    write_stage_notebook(tmp_path, "variance", "pass", params="a = 1\nb = 2\n", params_yaml=False)
     with pytest.raises(RunnerError, match=r"unknown parameter\(s\) \['zz'\]"):
         run.run_stage("variance", {"a": 1, "b": 2, "zz": 3}, root=tmp_path)
     with pytest.raises(RunnerError, match=r"missing parameter\(s\) \['b'\]"):
@@ -46,7 +35,7 @@ def test_unknown_stage_exit_code(capsys):
 
 @pytest.mark.slow
 def test_success_renders_html_and_failure_keeps_notebook(tmp_path):
-    make_nb(tmp_path, "variance", "a = 1\n", "import os\nprint('cwd', os.getcwd())\nassert a == 1")
+    write_stage_notebook(tmp_path, "variance", "import os\nprint('cwd', os.getcwd())\nassert a == 1", params="a = 1\n", params_yaml=False)
     html = run.run_stage("variance", {"a": 1}, root=tmp_path)
     assert html == paths.report_html("variance", "variance", tmp_path)
     text = html.read_text()
@@ -75,7 +64,7 @@ def test_params_are_validated_before_any_kernel_starts(tmp_path, monkeypatch):
         raise AssertionError("papermill must not start for invalid params")
 
     monkeypatch.setattr(papermill, "execute_notebook", no_kernel)
-    make_nb(tmp_path, "prune", "params_file = 'params.yaml'\ninstance = 'x'\n", "pass")
+    write_stage_notebook(tmp_path, "prune", "pass", params="params_file = 'params.yaml'\ninstance = 'x'\n", params_yaml=False)
     shutil.copy(paths.ROOT / "params.yaml", tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="instance 'nope' is not in prune.instances"):
         run.run_stage("prune", {"params_file": "params.yaml", "instance": "nope"}, root=tmp_path)
