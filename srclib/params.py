@@ -7,11 +7,15 @@ The conversion and checking machinery is srclib.schema; this module imports noth
 torch, no registry: names come from srclib.choices), so every stage can read params cheaply
 (``Params.check_device`` imports torch, only for a ``cuda`` or ``mps`` device).
 It is one file over 400 lines on purpose: every setting's one home is findable in one place.
+A params file may be an override of another (``base: params.yaml`` first, then only what differs:
+params-gpu.yaml); ``load`` merges it on its base (rules above ``BASE_KEY``), and ``python -m
+srclib.params merge params-gpu.yaml -o params.yaml`` writes the complete file for ``dvc repro``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -19,14 +23,15 @@ from pathlib import Path
 from typing import Any, Union
 
 from srclib import choices, paths
-from srclib.schema import ParamsError, as_dict, build, load_yaml_text, validate_fields
+from srclib.schema import ParamsError, as_dict, build, dump_yaml, key_lines, load_yaml_text, merge
+from srclib.schema import validate_fields
 from srclib.schema import constrained as _c
 
 __all__ = [
     "ParamsError", "Params", "load", "load_dict", "build", "ModelEntry", "TrainParams", "SamplerParams",
     "CollectParams", "VarianceParams", "PruneParams", "PruneInstance", "PruneOptions", "PruneSpec",
     "EvaluateParams", "TaskSettings", "PplParams", "EfficiencyParams", "PlotParams",
-    "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES", "TINY_MODELS",
+    "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES", "TINY_MODELS", "BASE_KEY", "merged_yaml", "main",
 ]
 
 # The allowed names come from srclib.choices, which every registry checks its keys against at
@@ -837,12 +842,45 @@ def load_dict(data: dict[str, Any]) -> Params:
     return build(Params, data, "")
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading params files; overrides. An override is a params file whose first key is ``base:``, the
+# params file it overrides (a path relative to the override's folder, e.g. ``base: params.yaml``);
+# its other keys are only the settings that differ. It stands for its base with those settings laid
+# over (srclib.schema.merge): a section or group of settings (a dataclass here: ``prune``,
+# ``prune.calibration``, ``evaluate.ppl``) merges key by key; every other value is replaced whole --
+# a scalar, a list (``collect.models``, ``evaluate.dense``, ``efficiency.instances``) and a mapping of
+# named entries (``models``, ``prune.instances``, ``evaluate.tasks``,
+# ``efficiency.model_token_shapes``): an override that gives one lists the complete collection.
+# Nothing can be deleted (every setting is required), YAML anchors do not cross files (the base's
+# ``prune.sink: *sink_rule`` keeps the base's sink rule: an override of ``variance`` states
+# ``prune.sink`` too), and the base is a complete params file, not an override (one level).
+# ``python -m srclib.params merge OVERRIDE -o OUT`` writes the complete file an override stands for.
+BASE_KEY = "base"
+BASE_PATTERN = r"^(?!/)[A-Za-z0-9_./-]+\.ya?ml$"  # relative to the override's folder
+
+
 def load(path: str | Path | None = None) -> Params:
     """Read and validate params.yaml (default: the repository's). A YAML syntax error or a key given
     twice in one mapping (at any depth) is a ParamsError naming the file and the line(s); a file that
     is no mapping of sections (empty, a list, plain text, over MAX_PARAMS_BYTES) one naming the file
-    and saying what it is, never quoting it."""
+    and saying what it is, never quoting it. An override (first key ``base:``, above) is merged on
+    its base, which is validated on its own first: an error is a ParamsError naming the file and the
+    line of the key it concerns (the override's, or the base's as the base of the override)."""
+    return _resolve(path)[1]
+
+
+def _resolve(path: str | Path | None) -> tuple[dict[str, Any], Params]:
+    """The plain params mapping a params file stands for (for an override: merged on its base, without
+    its ``base`` key) and its validated Params."""
     path = Path(path) if path is not None else paths.ROOT / "params.yaml"
+    data, text, where = _read(path)
+    if BASE_KEY not in data:
+        return data, load_dict(data)
+    return _merge_override(path, data, text, where)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str, str]:
+    """A params file's mapping, its text and its name in messages (checks in ``load``)."""
     if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
     where = paths.rel(path)
@@ -859,7 +897,129 @@ def load(path: str | Path | None = None) -> Params:
     data = load_yaml_text(text, where)
     if not isinstance(data, dict):
         raise ParamsError(f"{where} {_not_a_mapping(data, text)}, not a YAML mapping of sections {sections}")
-    return load_dict(data)
+    return data, text, where
+
+
+def _merge_override(path: Path, data: dict[str, Any], text: str,
+                    where: str) -> tuple[dict[str, Any], Params]:
+    lines = key_lines(text, where)
+    if next(iter(data)) != BASE_KEY:
+        raise ParamsError(f"{where}, line {lines[BASE_KEY]}: {BASE_KEY}: must be the first key of an override "
+                          f"(the params file it overrides, named before what it changes)")
+    at = f"{where}, line {lines[BASE_KEY]}: {BASE_KEY}"
+    base = data[BASE_KEY]
+    if not isinstance(base, str) or not re.fullmatch(BASE_PATTERN, base):
+        raise ParamsError(f"{at} = {base!r}: must name a params file (.yaml) by a path relative to the "
+                          f"folder of {where}, e.g. {BASE_KEY}: params.yaml")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ParamsError(f"{at} = {base!r}: no such file {paths.rel(base_path)} (relative to the folder "
+                          f"of {where})")
+    if base_path.resolve() == path.resolve():
+        raise ParamsError(f"{at} = {base!r}: names the override itself; name the params file it overrides")
+    base_where = paths.rel(base_path)
+    of = f"{base_where} (the base of {where})"
+    try:
+        base_data, base_text, _ = _read(base_path)
+    except ParamsError as exc:  # its messages start with the base's name
+        msg = str(exc)
+        raise ParamsError(of + msg[len(base_where):] if msg.startswith(base_where) else f"{of}: {msg}") from None
+    base_lines = key_lines(base_text, base_where)
+    if BASE_KEY in base_data:
+        raise ParamsError(f"{of}, line {base_lines[BASE_KEY]}: {BASE_KEY}: the base of an override must be a "
+                          f"complete params file, not an override itself (one level; {at} = {base!r})")
+    try:
+        load_dict(base_data)
+    except ParamsError as exc:
+        found = _key_line(str(exc), base_lines)
+        raise ParamsError(f"{of}{f', line {found[1]}' if found else ''}: {exc}") from None
+    sections: set[str] = set()  # the override's mappings merged key by key (the rest replaced whole)
+    merged = merge(Params, base_data, {k: v for k, v in data.items() if k != BASE_KEY}, sections)
+    try:
+        return merged, load_dict(merged)
+    except ParamsError as exc:  # the base alone is valid: the override's settings are in it
+        # the key is the override's where the override gives it or a collection above it; the base's
+        # where the override's nearest key is a merged section and the base gives the key deeper
+        mine, theirs = _key_line(str(exc), lines), _key_line(str(exc), base_lines)
+        if mine and (mine[0] not in sections or not theirs or _depth(mine[0]) >= _depth(theirs[0])):
+            raise ParamsError(f"{where}, line {mine[1]}: {exc}") from None
+        there = f"; {theirs[0]} is at line {theirs[1]} of {base_where}" if theirs else ""
+        raise ParamsError(f"{where} (merged on {base_where}{there}): {exc}") from None
+
+
+def _depth(key: str) -> int:
+    return key.count(".") + key.count("[")
+
+
+_MESSAGE_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+|\[\d+\])*")
+
+
+def _key_line(message: str, lines: dict[str, int]) -> tuple[str, int] | None:
+    """The longest dotted key of ``lines`` that the dotted key a ParamsError message starts with lies
+    under (``prune.instances.x.model`` -> itself, ``prune.instances.x`` or ``prune``), and its line."""
+    m = _MESSAGE_KEY.match(message)
+    key = m.group(0) if m else ""
+    while key:
+        if key in lines:
+            return key, lines[key]
+        shorter = re.sub(r"(?:\.[^.\[\]]+|\[\d+\])$", "", key)
+        key = "" if shorter == key else shorter
+    return None
+
+
+def merged_yaml(path: str | Path, out: str | Path | None = None) -> str:
+    """The complete params file that override ``path`` stands for (merged on its base, validated),
+    as YAML under a header naming both files; it reads back to the same Params. ``out``: where it
+    will be written (named in the header's command)."""
+    path = Path(path)
+    data, text, where = _read(path)
+    if BASE_KEY not in data:
+        raise ParamsError(f"{where}: not an override (its first key is not {BASE_KEY}: <params file>); "
+                          f"nothing to merge")
+    merged, P = _merge_override(path, data, text, where)
+    base_path = path.parent / data[BASE_KEY]
+    digest = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12] for p in (path, base_path)}
+    command = f"python -m srclib.params merge {where}" + (f" -o {paths.rel(out)}" if out is not None else "")
+    header = (f"# Generated by srclib.params: {command}\n"
+              f"# {where} (sha256 {digest[path]}) merged on {paths.rel(base_path)} (sha256 {digest[base_path]}):\n"
+              f"# sections merge key by key; lists and named entries (models, prune.instances,\n"
+              f"# evaluate.tasks, ...) are the override's whole. Do not edit: edit those files, merge again.\n\n")
+    out_text = header + dump_yaml(merged)
+    if load_dict(load_yaml_text(out_text, "the merged params")) != P:  # a programming error, never data
+        raise RuntimeError(f"the merge of {where} does not read back to the same params")
+    return out_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m srclib.params merge OVERRIDE [-o OUT]``: the complete params file an override
+    stands for, validated, written atomically to OUT (default: standard output)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m srclib.params", description=(
+        "merge: write the complete params file that an override (first key base:) stands for, merged on "
+        "its base and validated (e.g. merge params-gpu.yaml -o params.yaml, then dvc repro)"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("merge", help="write the complete params file an override (first key base:) stands for")
+    p.add_argument("override", type=Path, help="the override, e.g. params-gpu.yaml")
+    p.add_argument("-o", "--out", type=Path, default=None,
+                   help="the file to write (atomically), e.g. params.yaml for dvc repro; default: standard output")
+    args = parser.parse_args(argv)
+    try:
+        if args.out is not None and args.out.resolve() == args.override.resolve():
+            raise ParamsError(f"-o {args.out}: would overwrite the override {args.override} itself")
+        text = merged_yaml(args.override, args.out)
+    except ParamsError as exc:
+        sys.stderr.write(f"python -m srclib.params: error: {exc}\n")
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    from srclib.files import write_text  # atomic (temporary file, then rename)
+
+    write_text(args.out, text)
+    sys.stderr.write(f"{paths.rel(args.out)}: written ({paths.rel(args.override)} merged on its base)\n")
+    return 0
 
 
 def _not_a_mapping(data: Any, text: str) -> str:
@@ -873,3 +1033,6 @@ def _not_a_mapping(data: Any, text: str) -> str:
         return f"is plain text ({len(text.encode('utf-8'))} bytes, {lines} line(s))"
     return f"holds a single YAML {type(data).__name__} value"
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,14 @@ name that is a Python keyword); ``build(cls, data, where)`` converts and checks 
 raises ``ParamsError`` naming the dotted key, the value and what is allowed.
 
 ``load_yaml_text(text, where)`` is the YAML reader behind it: PyYAML's safe loader, refusing a
-mapping key given twice at any depth (block or flow style; plain PyYAML keeps the last one).
+mapping key given twice at any depth (block or flow style; plain PyYAML keeps the last one);
+``key_lines(text, where)`` says on which line each dotted key of such a text is;
+``dump_yaml(data)`` writes plain data back as YAML that reads back equal.
+
+``merge(cls, base, override)`` lays an override's plain data over a base's, following the
+dataclass ``cls``: a mapping that ``cls`` declares as a dataclass (a section, a group of settings)
+merges key by key, recursively; every other value -- a scalar, a list, a mapping of named entries
+(``dict[str, X]``: models, prune instances, tasks) -- is replaced whole by the override's.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any, Union
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-__all__ = ["ParamsError", "constrained", "build", "validate_fields", "as_dict", "load_yaml_text"]
+__all__ = ["ParamsError", "constrained", "build", "validate_fields", "as_dict", "load_yaml_text", "key_lines",
+           "merge", "dump_yaml"]
 
 
 class ParamsError(ValueError):
@@ -64,6 +72,59 @@ def load_yaml_text(text: str, where: str) -> Any:
         raise ParamsError(f"{where}: not valid YAML: {_yaml_message(exc)}") from None
     finally:
         loader.dispose()
+
+
+def key_lines(text: str, where: str) -> dict[str, int]:
+    """The line (1-based) of every key of a YAML text, by dotted path (``prune.instances.x.model``;
+    a list item as ``collect.models[2]``, at the item's line). A node reached again through an alias
+    is listed at its first path only (``prune.sink: *sink_rule`` lists ``prune.sink``, not its keys).
+    For a text that ``load_yaml_text`` read; a YAML error is a ParamsError naming ``where``."""
+    loader = yaml.SafeLoader(text)
+    loader.name = where
+    out: dict[str, int] = {}
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _walk_lines(node, "", set(), out)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{where}: not valid YAML: {_yaml_message(exc)}") from None
+    finally:
+        loader.dispose()
+    return out
+
+
+def _walk_lines(node: Node, path: str, seen: set[int], out: dict[str, int]) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                _walk_lines(value_node, path, seen, out)
+                continue
+            sub = f"{path}.{_key_text(key_node)}" if path else _key_text(key_node)
+            out.setdefault(sub, key_node.start_mark.line + 1)
+            _walk_lines(value_node, sub, seen, out)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            out.setdefault(f"{path}[{i}]", item.start_mark.line + 1)
+            _walk_lines(item, f"{path}[{i}]", seen, out)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by two keys (a YAML alias when read) out twice, never as ``&id001``."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: dict[str, Any], width: int = 1 << 12) -> str:
+    """A mapping of sections as block YAML, one blank line between sections, keys in their order,
+    leaf lists and mappings in flow style on one line each (``arch: {n_layers: 4, ...}``, up to
+    ``width`` characters); ``load_yaml_text`` reads it back to equal data (strings YAML would read
+    otherwise, such as ``'2:4'``, are quoted)."""
+    return "\n".join(yaml.dump({k: v}, Dumper=_PlainDumper, sort_keys=False, default_flow_style=None,
+                               width=width, allow_unicode=True) for k, v in data.items())
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -298,6 +359,40 @@ def build(cls: type, data: Any, where: str) -> Any:
         if where and not str(exc).startswith(where):
             raise ParamsError(f"{where}: {exc}") from None
         raise
+
+
+def _section_type(tp: Any) -> Any:
+    """The dataclass a field's type declares (``X`` or ``X | None``), else None."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        tp = next((a for a in typing.get_args(tp) if a is not type(None)), None)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def merge(cls: type, base: Any, override: Any, merged: set[str] | None = None, where: str = "") -> Any:
+    """``override`` laid over ``base`` (plain data, as read from YAML), following dataclass ``cls``.
+
+    Where ``cls`` is a dataclass and both values are mappings, the result has base's keys in base's
+    order, each key the override gives merged in the same way with its field's type (new keys come
+    last); every other override value replaces base's whole: scalars, lists and mappings of named
+    entries (``dict[str, X]``), so an override's ``models:`` or ``prune.instances`` is the complete
+    collection, never a union with base's. Nothing is validated (``build`` does that on the result;
+    a key ``cls`` does not declare is kept, for build to refuse) and neither input is modified.
+    ``merged``: receives the dotted keys (below ``where``) of the mappings merged key by key."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(base, dict) and isinstance(override, dict)):
+        return override
+    if merged is not None and where:
+        merged.add(where)
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    out = dict(base)
+    for key, value in override.items():
+        f = fields.get(key)
+        if f is None or key not in base:
+            out[key] = value
+            continue
+        sub = f"{where}.{key}" if where else str(key)
+        out[key] = merge(_section_type(hints[f.name]), base[key], value, merged, sub)
+    return out
 
 
 def validate_fields(obj: Any, where: str) -> None:
