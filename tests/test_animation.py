@@ -19,7 +19,7 @@ from srclib.stages import plot
 from srclib.trajectories import panels
 from srclib.trajectories.store import Trajectory
 
-from test_report import build_tree  # noqa: E402  (tests/ is on sys.path)
+from report_tree import build_tree  # tests/ is on sys.path
 
 MASK = 63
 SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)
@@ -250,13 +250,11 @@ def test_plot_stage_writes_the_animation_and_the_index_links_it(tmp_path):
 def test_html_player_works_offline_in_a_browser(four_runs, tmp_path):
     """Headless Chromium (skipped without it, as tests/test_browser.py): the player shows a frame,
     the slider spans every frame and the step buttons move it."""
-    from pathlib import Path
+    from helpers import CHROMEDRIVER, CHROMIUM, FLAGS
 
-    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        pytest.skip("needs /usr/bin/chromium and /usr/bin/chromedriver (apt-get install -y chromium chromium-driver)")
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install -y chromium chromium-driver)")
     import time
-
-    from test_browser import CHROMEDRIVER, CHROMIUM, FLAGS
 
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service

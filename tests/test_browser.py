@@ -19,10 +19,8 @@ from srclib import paths, plotting
 from srclib.files import read_json, write_json
 from srclib.report import findings, index, render, results, series, tables
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from helpers import CHROMEDRIVER, CHROMIUM, FLAGS  # tests/ is on sys.path
+from report_tree import VARIANCE, VARIANCE_UNITS, synthetic_params, write_eval_tree
 
 missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
 pytestmark = pytest.mark.skipif(bool(missing), reason=f"headless browser test needs {', '.join(missing)} "
@@ -34,8 +32,6 @@ def site(tmp_path_factory):
     """A rendered report tree: evaluate and variance metrics, tables, figures, fake stage reports,
     then index.html built from them."""
     import matplotlib.pyplot as plt
-
-    from test_report import VARIANCE, VARIANCE_UNITS, synthetic_params, write_eval_tree
 
     root = tmp_path_factory.mktemp("site")
     params = synthetic_params()

@@ -7,76 +7,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from srclib.attention import record_mass
 from srclib.models import MODELS, get_adapter, load
 from srclib.models.dream import dream_attention_inputs
 
-from standins import save_standin  # tests/ is on sys.path
+from helpers import check_adapter_contract, check_attention_direction, model_ids as _ids  # tests/ is on sys.path
+from standins import save_standin
 
-ROLES = {"q", "k", "v", "o", "gate", "up", "down"}
 KEYS = sorted(MODELS)
-
-
-def _vocab(model) -> int:
-    return model.get_input_embeddings().weight.shape[0]
-
-
-def _ids(model, B=2, T=7, seed=0):
-    return torch.randint(3, min(_vocab(model), 60), (B, T), generator=torch.Generator().manual_seed(seed))
-
-
 
 
 # ---- contract: every registry entry ----------------------------------------------------------
 @pytest.mark.parametrize("key", KEYS)
 def test_contract(key):
-    adapter = MODELS[key]
-    assert adapter.key == key
-    model = adapter.standin()
-    blocks = adapter.blocks(model)
-    assert isinstance(blocks, nn.ModuleList) and len(blocks) > 0
-    assert set(adapter.roles) == ROLES
-    for block in blocks:
-        lin = adapter.prunable(block)
-        assert lin and all(isinstance(m, nn.Linear) for m in lin.values())
-        assert set(lin) == set(adapter.roles.values()), f"{key}: prunable {sorted(lin)} vs roles {adapter.roles}"
-    mid = adapter.mask_id(model)
-    if adapter.causal:
-        assert mid is None and not adapter.shift
-    else:
-        assert isinstance(mid, int) and 0 <= mid < _vocab(model)
-    ids = _ids(model)
-    with torch.no_grad(), record_mass() as rec:
-        logits = adapter.logits(model, ids)
-    assert logits.shape == (2, 7, _vocab(model))
-    assert torch.isfinite(logits).all()
-    assert rec.calls == len(blocks), f"{key}: attention of every block must go through SDPA"
-    # every row sums to one: sum_k m^(l)_k = H * T (method.md 1), H = the query heads (GQA expanded)
-    cfg = model.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None) or cfg.n_heads
-    L, B, T = len(blocks), ids.shape[0], ids.shape[1]
-    assert rec.mass.shape == (L, B, T)
-    assert torch.allclose(rec.mass.sum(-1), torch.full((L, B), float(heads * T)), atol=1e-3), key
+    check_adapter_contract(key)
 
 
 @pytest.mark.parametrize("key", KEYS)
 def test_attention_direction_matches_causal_flag(key):
-    """Changing the last token changes earlier (aligned) logits iff the model is bidirectional."""
-    adapter = MODELS[key]
-    model = adapter.standin()
-    ids = _ids(model, T=6)
-    ids2 = ids.clone()
-    ids2[:, -1] = ids[:, -1] + 1
-    with torch.no_grad():
-        a, b = adapter.logits(model, ids), adapter.logits(model, ids2)
-    # aligned position 1 (for shifted models: the output at position 0)
-    changed = (a[:, 1] - b[:, 1]).abs().max().item()
-    if adapter.causal:
-        assert changed == 0.0
-    else:
-        assert changed > 1e-6
+    check_attention_direction(key)
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if MODELS[k].shift])

@@ -19,7 +19,7 @@ from srclib.trajectories import panels
 from srclib.trajectories.store import PRIMARY_VARIANT
 from srclib.files import read_json, write_json
 
-from test_report import RUNS, TASKS, build_tree, default_accuracy  # noqa: E402  (tests/ is on sys.path)
+from report_tree import RUNS, TASKS, build_tree, default_accuracy, write_variance_tree  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(autouse=True)
@@ -155,8 +155,6 @@ def test_sink_variance_dlm_vs_ar(tree):
 def test_sink_variance_accepts_run_variance_plots(tree):
     """The variance notebook passes the variance stage's own plots (no kind/random_init keys):
     the figures draw those numbers (per-layer variances, global variances, dominant positions)."""
-    from test_report import write_variance_tree
-
     res = write_variance_tree(tree["root"], tree["params"])
     plots, metrics = res["plots"], res["metrics"]
     assert not any("kind" in p or "random_init" in p for p in plots.values())  # the case this test is about

@@ -21,7 +21,8 @@ import yaml
 from srclib import notebook, paths, run
 from srclib.notebook import PROGRESS_ENV, PROGRESS_LOGGER, Progress, duration, phase, progress
 
-from helpers import write_notebook, write_stage_notebook  # tests/ is on sys.path
+from helpers import (AD_DLM, collect_params, tiny_dlm, word_texts, word_tokenizer,  # tests/ is on sys.path
+                     write_notebook, write_stage_notebook)
 
 
 def _refused(caplog, argv: list[str]) -> str:
@@ -235,18 +236,16 @@ def test_calibration_loops_log_progress(progress_lines):
 def test_collect_logs_each_run(tmp_path, progress_lines):
     import json
 
-    from test_trajectories import AD_DLM, _cfg, _dlm, _texts, _word_tokenizer  # tests/ is on sys.path
-
     from srclib.params import ModelEntry
     from srclib.stages import collect
 
     prompts = paths.prompts_file(tmp_path)
     prompts.parent.mkdir(parents=True)
-    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n" for i, t in enumerate(_texts())))
-    collect.run(_cfg(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
-                     random_init_control=True),
+    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n" for i, t in enumerate(word_texts())))
+    collect.run(collect_params(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
+                               random_init_control=True),
                 {"t-dlm": ModelEntry(dtype="float32", device="cpu")}, root=tmp_path,
-                loader=lambda key, dtype: (_dlm(), _word_tokenizer(bos=True), AD_DLM))
+                loader=lambda key, dtype: (tiny_dlm(), word_tokenizer(bos=True), AD_DLM))
     lines = progress_lines()
     assert lines[:2] == ["collect t-dlm: load (float32, cpu) ...", lines[1]] and lines[1].startswith(
         "collect t-dlm: load (float32, cpu): done in ")

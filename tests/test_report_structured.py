@@ -2,7 +2,7 @@
 rows kept out of the unstructured tables, the quality-vs-speedup series and figure, the structured
 finding and the plot stage writing them.
 
-Evaluate metrics are synthetic, written in the real format (test_report.eval_metrics_json) with
+Evaluate metrics are synthetic, written in the real format (report_tree.eval_metrics_json) with
 planted accuracies and perplexities; every expected number is recomputed here with plain loops.
 Params: a dict copy of params.yaml with structured instances (``structure``) through
 srclib.params.load_dict. Efficiency rows are built by hand in the columns of
@@ -25,8 +25,8 @@ from srclib import paths, plotting
 from srclib.files import write_json
 from srclib.report import findings, index, results, series, tables
 
-from test_report import (N_ITEMS, N_WINDOWS, TASKS, WINDOW_DEV, eval_metrics_json,  # noqa: E402  (tests/ on sys.path)
-                         eval_units_json, item_latent)
+from report_tree import (N_ITEMS, N_WINDOWS, TASKS, WINDOW_DEV, eval_metrics_json,  # noqa: E402  (tests/ on sys.path)
+                         eval_units_json, item_latent, write_variance_tree)
 
 NAN = float("nan")
 SEEDS = (0, 1, 2)
@@ -416,8 +416,6 @@ def _prune_metrics(name: str, inst) -> dict:
 
 @pytest.mark.slow  # the whole plot stage (variance tree, every figure): ~10 s on a loaded machine
 def test_plot_stage_writes_structured_outputs(setup, monkeypatch):
-    from test_report import write_variance_tree
-
     from srclib.stages import plot
 
     root, params, df = setup

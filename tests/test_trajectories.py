@@ -88,7 +88,7 @@ from srclib.attention import record_mass  # noqa: E402
 from srclib.models.tiny_adapter import TinyAdapter  # noqa: E402
 from srclib.sinks import dominant_positions  # noqa: E402
 from srclib import paths  # noqa: E402
-from srclib.params import CollectParams, ModelEntry, VarianceParams  # noqa: E402
+from srclib.params import ModelEntry, VarianceParams  # noqa: E402
 from srclib.stages import collect, variance  # noqa: E402
 from srclib.trajectories.record import collect_trajectory, prompt_batch, random_init_twin  # noqa: E402
 from srclib.trajectories.stats import sink_statistics  # noqa: E402
@@ -99,31 +99,16 @@ from srclib.trajectories.store import (  # noqa: E402
     save_trajectory,
 )
 
-MASK = 63
+from helpers import AD_DLM, MASK  # noqa: E402  (tests/ is on sys.path)
+from helpers import collect_params as _cfg  # noqa: E402
+from helpers import tiny_dlm as _dlm  # noqa: E402
+from helpers import word_texts as _texts  # noqa: E402
+from helpers import word_tokenizer as _word_tokenizer  # noqa: E402
+
 H = 4  # heads of test_config
-AD_DLM = TinyAdapter(key="t-dlm", causal=False, shift=True)
 AD_DLM_NOSHIFT = TinyAdapter(key="t-dlm0", causal=False, shift=False)
 AD_AR = TinyAdapter(key="t-ar", causal=True, shift=False)
 SINK = VarianceParams(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0, stability_threshold=0.5)
-
-
-def _cfg(**over) -> CollectParams:
-    """Collect params of the tests (a (B, P) id tensor as prompts ignores models and n_prompts)."""
-    kw = dict(models=["t-dlm"], n_prompts=1, prompt_tokens=6, gen_length=8, steps=8, block_length=4,
-              temperature=0.0, cfg_scale=0.0, remasking="low_confidence", chunk_size=5,
-              random_init_control=False, seed=0)
-    kw.update(over)
-    return CollectParams(**kw)
-
-
-def _dlm(shift=True, seed=0):
-    torch.manual_seed(seed)
-    model = TinyLM(test_config(causal=False, shift=shift)).eval()
-    with torch.no_grad():  # a random-init model may predict [MASK]; forbid it so every step commits
-        model.model.transformer.ff_out.weight[MASK].zero_()
-        model.model.transformer.ff_out.weight[MASK, 0] = -1e4
-        model.model.transformer.wte.weight[:, 0] = 1.0  # constant feature -> the mask logit is -1e4
-    return model
 
 
 def _record(model, ids):
@@ -364,23 +349,6 @@ def test_random_init_twin_seeded():
 
 
 # ---- prompts ------------------------------------------------------------------------------------
-def _word_tokenizer(bos: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[BOS]": 0, "[EOS]": 1, "[PAD]": 2, "[UNK]": 3, **{f"w{i}": 4 + i for i in range(50)}}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    if bos:
-        tk.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", unk_token="[UNK]")
-
-
-def _texts():
-    return [" ".join(f"w{j}" for j in range(n)) for n in (10, 3, 7, 12)]
-
-
 def test_prompt_batch_left_truncates_and_keeps_bos():
     tok = _word_tokenizer(bos=True)
     ids, used = prompt_batch(tok, _texts(), prompt_tokens=6, n_prompts=2)
