@@ -34,6 +34,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from srclib import devices, likelihood, paths
+from srclib.evaluation import distributed
 from srclib.evaluation.common import (SAMPLER, SEED, check_finite_scores, check_finite_weights,
                                      check_pruned_folder, checkpoint_name, model_max_length,
                                      request_generator)
@@ -334,6 +335,16 @@ class DiffusionLM(TemplateLM):
     mask position 0 (``keep_first``).
     ``is_greedy`` is always False (LLaDA's default ``is_check_greedy=False``; no metric of the
     study uses it).
+
+    Several processes (``accelerate launch`` / ``torchrun``; :mod:`srclib.evaluation.distributed`):
+    rank and world size come from torch.distributed's process group (started here, gloo on CPU,
+    nccl on CUDA, when the launcher's RANK / WORLD_SIZE say so), a CUDA device becomes
+    ``cuda:<LOCAL_RANK>``, and lm-eval gives each rank every world_size-th document. Each call
+    then merges the ranks' requests back into one process's list (:func:`distributed.global_order`),
+    batches them exactly as one process does and scores every world_size-th batch
+    (loglikelihood, loglikelihood_rolling, generate_until alike); the ranks exchange the results.
+    Per-request values are one process's bit for bit: the same batches, the same per-request
+    (and per-batch, for generation) generators. With one process none of this runs.
     """
 
     backend = "causal"  # lm-eval's pair encoding: encode context + continuation, then split
@@ -366,6 +377,12 @@ class DiffusionLM(TemplateLM):
             raise TypeError(f"srclib-dlm got unknown model_args {sorted(unused)}")
         model, tokenizer, adapter = _loaded(pretrained, model, tokenizer, adapter)
         self._device = devices.for_model(device, model)
+        self._group = distributed.setup(self._device)  # None in one process: nothing changes
+        self._instances = None  # lm-eval's Instances of the current loglikelihood call (several processes)
+        if self._group is not None:
+            self._device = self._group.device
+            self._rank, self._world_size = self._group.rank, self._group.world_size
+            log.info("srclib-dlm: rank %d of %d on %s", self._rank, self._world_size, self._device)
         self.model = model.to(self._device).eval()
         self.tokenizer = tokenizer
         self.adapter = adapter
@@ -446,6 +463,25 @@ class DiffusionLM(TemplateLM):
     def tok_decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    # ---- several processes: what lm-eval's evaluator calls when world_size > 1 --------------------
+    def all_gather(self, tensor):
+        return super().all_gather(tensor) if self._group is None else self._group.all_gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        return super().gather_object(obj, dst) if self._group is None else self._group.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        if self._group is not None:
+            self._group.barrier()
+
+    def _merged(self, requests, payloads) -> tuple[list, list[int]] | None:
+        """Every rank's requests in one process's order (payloads) and this rank's indices there;
+        None in one process, or when the requests carry no lm-eval keys (then each rank scores
+        its own)."""
+        if self._group is None:
+            return None
+        return distributed.global_order(self._group, requests, payloads)
+
     # ---- scoring -------------------------------------------------------------------------------
     def _fit(self, context: list[int], target: list[int]) -> tuple[list[int], list[int]]:
         """Left-truncate the context to max_length (keeping position 0 when keep_first)."""
@@ -468,14 +504,20 @@ class DiffusionLM(TemplateLM):
         return pairs
 
     def score(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "ELBO",
-              disable_tqdm: bool = False) -> list[float]:
-        """MC-ELBO log-likelihoods of (context ids, continuation ids) pairs, batched across pairs."""
+              disable_tqdm: bool = False, *, shared: bool = False) -> list[float]:
+        """MC-ELBO log-likelihoods of (context ids, continuation ids) pairs, batched across pairs.
+
+        ``shared``: ``pairs`` are the same on every rank of several processes (a call's merged
+        requests): each rank scores every world_size-th batch and the ranks exchange the scores."""
         pairs = self._fitted(pairs)
         out = [0.0] * len(pairs)
         guided = 2 if self.cfg > 0 else 1  # cfg doubles the rows: conditional + unconditional
         per_chunk = max(1, (self.batch_size * 8) // (self.mc_num * guided))  # ~8 forwards a call
-        for idx in tqdm(_longest_first_chunks(pairs, per_chunk), desc=desc,
-                        disable=disable_tqdm or None):
+        chunks = _longest_first_chunks(pairs, per_chunk)
+        group = self._group if shared else None
+        if group is not None:
+            chunks = chunks[group.rank::group.world_size]
+        for idx in tqdm(chunks, desc=desc, disable=disable_tqdm or None):
             reqs = [pairs[i] for i in idx]
             ll = likelihood.elbo_loglikelihood_batch(
                 self._logits_fn, reqs, mask_id=self.mask_id, mc_num=self.mc_num,
@@ -486,14 +528,34 @@ class DiffusionLM(TemplateLM):
             )
             for i, v in zip(idx, ll):
                 out[i] = v
+        if group is not None:  # every rank gets every score: the finiteness check fails on all ranks alike
+            for part in group.all_gather_object([(i, out[i]) for idx in chunks for i in idx]):
+                for i, v in part:
+                    out[i] = v
         # NaN / Inf logits give NaN scores, and lm-eval's argmax would still give an accuracy
         check_finite_scores(out, self.model, checkpoint_name(self.model, self.adapter),
                             f"{desc}: score of request(s)")
         return out
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        if self._group is None:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._instances = requests  # their lm-eval keys, for _loglikelihood_tokens' merge
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.rank != 0)
+        finally:
+            self._instances = None
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw: Any):
-        scores = self.score([(c, t) for _, c, t in requests], desc="loglikelihood (MC-ELBO)",
-                            disable_tqdm=disable_tqdm)
+        pairs = [(c, t) for _, c, t in requests]
+        merged = self._merged(self._instances, pairs)
+        if merged is None:
+            scores = self.score(pairs, desc="loglikelihood (MC-ELBO)", disable_tqdm=disable_tqdm)
+        else:
+            every, own = merged
+            every_score = self.score(every, desc="loglikelihood (MC-ELBO)",
+                                     disable_tqdm=disable_tqdm or self.rank != 0, shared=True)
+            scores = [every_score[j] for j in own]
         res = []
         for (args, _, _), s in zip(requests, scores):
             self.cache_hook.add_partial("loglikelihood", args, (s, False))
@@ -501,12 +563,20 @@ class DiffusionLM(TemplateLM):
         return res
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        pairs, owner = _rolling_pairs([req.args[0] for req in requests], self.tok_encode,
+        strings = [req.args[0] for req in requests]
+        merged = self._merged(requests, strings)
+        if merged is not None:  # several processes: every rank's strings, one process's order
+            strings, own = merged
+            disable_tqdm = disable_tqdm or self.rank != 0
+        pairs, owner = _rolling_pairs(strings, self.tok_encode,
                                       self.prefix_token_id, (self._max_length or 10**9) - 1)
-        scores = self.score(pairs, desc="loglikelihood_rolling (MC-ELBO)", disable_tqdm=disable_tqdm)
-        totals = [0.0] * len(requests)
+        scores = self.score(pairs, desc="loglikelihood_rolling (MC-ELBO)", disable_tqdm=disable_tqdm,
+                            shared=merged is not None)
+        totals = [0.0] * len(strings)
         for r, s in zip(owner, scores):
             totals[r] += s
+        if merged is not None:
+            totals = [totals[j] for j in own]
         for req, tot in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, tot)
         return totals
@@ -521,20 +591,34 @@ class DiffusionLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         untils = [_stop_strings(req, self.sampler.temperature) for req in requests]
-        prompts = [self.tok_encode(req.args[0]) for req in requests]
+        prompts = [req.args[0] for req in requests]
+        merged = self._merged(requests, list(zip(prompts, untils)))
+        if merged is not None:  # several processes: every rank's prompts, one process's order
+            prompts, untils = [p for p, _ in merged[0]], [u for _, u in merged[0]]
+            disable_tqdm = disable_tqdm or self.rank != 0
+        prompts = [self.tok_encode(p) for p in prompts]
         rows = max(1, self.batch_size // (2 if self.cfg > 0 else 1))
-        out: list[str] = [""] * len(requests)
+        batches = _same_length_batches(prompts, rows)
+        if merged is not None:  # one process's batches, every world_size-th of them here
+            batches = batches[self._group.rank::self._group.world_size]
+        out: list[str] = [""] * len(prompts)
         generate = self._generate()
-        for L, idx in tqdm(_same_length_batches(prompts, rows), desc="generate_until (diffusion)",
-                           disable=disable_tqdm or None):
+        done: list[tuple[int, str]] = []
+        for L, idx in tqdm(batches, desc="generate_until (diffusion)", disable=disable_tqdm or None):
             ids = torch.tensor([prompts[i] for i in idx], dtype=torch.long, device=self._device)  # (B, L)
             x = generate(self.model, ids, **self.sampler.sampler_kwargs(), mask_id=self.mask_id,
                          adapter=self.adapter,
                          generator=request_generator(self.seed, *(prompts[i] for i in idx)))
             for row, i in enumerate(idx):  # x: (B, L + gen_length)
-                text = cut_generation(self.tokenizer, x[row, L:].tolist(), untils[i])
-                self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                out[i] = text
+                out[i] = cut_generation(self.tokenizer, x[row, L:].tolist(), untils[i])
+                done.append((i, out[i]))
+        if merged is not None:  # the ranks exchange their texts; this rank's requests returned
+            for part in self._group.all_gather_object(done):
+                for i, text in part:
+                    out[i] = text
+            out = [out[j] for j in merged[1]]
+        for req, text in zip(requests, out):
+            self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
 
