@@ -82,8 +82,6 @@ def _recorded(lm, store: list) -> None:
 
 def _run(dlm: Path, ar: Path) -> dict:
     """What every process evaluates; one process's run is the reference."""
-    import lm_eval
-
     from srclib import likelihood
     from srclib.data import corpus
     from srclib.evaluation import harness
@@ -98,9 +96,7 @@ def _run(dlm: Path, ar: Path) -> dict:
         return elbo(logits_fn, requests, **kw)
 
     likelihood.elbo_loglikelihood_batch = counted
-    # evaluate_lm reads lm-eval's results, which a rank other than 0 does not get (None)
-    simple_evaluate = lm_eval.simple_evaluate
-    lm_eval.simple_evaluate = lambda **kw: simple_evaluate(**kw) or {}
+    # a rank other than 0 gets no results from lm-eval (None): evaluate_lm returns {} there
     out: dict = {}
     try:
         model, tok, adapter = load(str(dlm))
@@ -132,7 +128,6 @@ def _run(dlm: Path, ar: Path) -> dict:
                      "rank": ar_lm.rank, "world_size": ar_lm.world_size}
     finally:
         likelihood.elbo_loglikelihood_batch = elbo
-        lm_eval.simple_evaluate = simple_evaluate
     return out
 
 

@@ -161,7 +161,8 @@ def evaluate_lm(
     eval_split, fewshot_split, settings, items}}, groups (e.g. ``mmlu``) and their members included;
     ``items`` (tasks only, not groups): the per-document values of ``item_values`` (the evaluate
     stage moves them to metrics/units).
-    cfg / mc_num are ignored for AR models (exact log-likelihoods).
+    cfg / mc_num are ignored for AR models (exact log-likelihoods). In a sharded run
+    (srclib.evaluation.distributed) only rank 0 gets results; the other ranks return {}.
     """
     import lm_eval
 
@@ -179,6 +180,8 @@ def evaluate_lm(
                     task_manager=tm, random_seed=seed, numpy_random_seed=seed,
                     torch_random_seed=seed, fewshot_random_seed=seed, log_samples=True,
                 )
+            if res is None:  # a rank other than 0 of a sharded run: rank 0 holds the gathered results
+                continue
             samples = res.get("samples") or {}
             for k, v in parse_results(res).items():
                 v["settings"] = task_record(spec)
