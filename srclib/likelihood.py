@@ -39,6 +39,18 @@ model's true perplexity. :func:`causal_perplexity` is the AR counterpart (true p
 teacher forcing, tokens 1..T-1 of every window scored given the preceding ones), so with
 ``keep_first=True`` both score the same tokens.
 
+Common random numbers and sequential stopping (opt-in; :func:`elbo_rank_adaptive`, used by
+``srclib-dlm`` with ``mc_adaptive=true``): multiple-choice scoring needs only the ranking of the
+choices of one item. The choices of an item then share their draws: per group of ``b`` rows one
+``u ~ U(0, 1)`` (float64) gives every choice ``k = floor(u * L) + 1`` (the same quantile of
+``U{1..L}``: the same ``t`` per row whatever ``L``), and per row one key vector of ``L_max``
+uniforms gives choice ``i`` its masked set from the first ``L_i`` keys (:func:`crn_group`). Choices
+of the same length thus get the same ``l_j`` and the same masked positions, row by row; choices of
+other lengths share ``u`` (the masking ratio) and the keys of their common positions. Rows are drawn
+in groups of ``b`` until the leading choice beats every other by ``z`` standard errors of the paired
+row differences (:func:`leader_resolved`), at least ``mc_min`` and at most ``mc_num`` rows. The
+default estimator above is untouched by this.
+
 Randomness: every draw comes from a ``torch.Generator``. With one shared generator the draws are
 made request by request, in request order, before any forward pass, so a batched call consumes
 exactly the draws that the same requests would consume one after another unbatched; with one
@@ -61,6 +73,9 @@ __all__ = [
     "mask_counts",
     "elbo_loglikelihood",
     "elbo_loglikelihood_batch",
+    "crn_group",
+    "leader_resolved",
+    "elbo_rank_adaptive",
     "elbo_window_nll",
     "elbo_perplexity",
     "causal_window_nll",
@@ -280,6 +295,126 @@ def elbo_loglikelihood(
         logits_fn, [(prefix, target)], mask_id=mask_id, mc_num=mc_num, batch_size=batch_size,
         cfg=cfg, generator=generator, keep_first=keep_first,
     )[0]
+
+
+# ---- common random numbers across the choices of one item, sequential stopping ------------------
+def crn_group(requests: Sequence[tuple[Ids, Ids]], b: int, keep_first: bool,
+              generator: torch.Generator | None) -> list[_Plan]:
+    """One group of ``b`` stratified rows for every (prefix, target) request of one item, drawn with
+    common random numbers (module docstring): one float64 ``u`` for the group, then one ``(b, L_max)``
+    block of uniform keys; request ``i`` (target length ``L_i``) gets ``k = min(floor(u * L_i),
+    L_i - 1) + 1``, ``l = mask_counts(k, L_i, b)`` and masks the ``l_j`` positions with the smallest
+    of the first ``L_i`` keys of row ``j``. Same-length targets get identical masks."""
+    pairs = [(_as_ids(p), _as_ids(t)) for p, t in requests]
+    for p, t in pairs:
+        if t.numel() == 0:
+            raise ValueError("target must hold at least one token")
+        if keep_first and p.numel() == 0:
+            raise ValueError("keep_first=True needs a non-empty prefix (prepend BOS)")
+    L_max = max(t.numel() for _, t in pairs)
+    u = float(torch.rand((), dtype=torch.float64, generator=generator))
+    keys = torch.rand(b, L_max, generator=generator)  # (b, L_max), shared by every request
+    plans = []
+    for p, t in pairs:
+        L = t.numel()
+        k = min(int(u * L), L - 1) + 1
+        l = mask_counts(k, L, b)  # (b,)
+        rank = keys[:, :L].argsort(dim=1).argsort(dim=1)  # (b, L)
+        plans.append(_Plan(torch.cat([p, t]), p.numel(), rank < l[:, None], L / l.to(torch.float64)))
+    return plans
+
+
+def leader_resolved(values: torch.Tensor, z: float,
+                    scales: Sequence[Sequence[float]] | None = None) -> bool:
+    """Whether the leading choice is resolved: ``values`` (n, m) float64, row r's estimate of each
+    of m choices' log-likelihood (minus its weighted row loss), paired across choices (common
+    random numbers). For every ranking (the raw values, and each vector of ``scales``: choice i's
+    values times ``scales[s][i]``, e.g. 1 / length for lm-eval's acc_norm) the leader a (largest
+    mean) must beat every other choice j with mean(d) > z * sd(d) / sqrt(n), d = v_a - v_j row by
+    row (sd with n - 1; treating stratified rows as independent overstates the error: conservative).
+    A difference of zero never resolves (a tie runs to the maximum); one choice is never resolved
+    (its value, not a ranking, is asked for)."""
+    n, m = values.shape
+    if m < 2 or n < 2:
+        return False
+    for s in [None, *(scales or [])]:
+        v = values if s is None else values * torch.as_tensor(s, dtype=torch.float64)[None, :]
+        a = int(v.mean(0).argmax())
+        d = v[:, a:a + 1] - v  # (n, m)
+        mean, se = d.mean(0), d.std(0) / math.sqrt(n)
+        others = torch.arange(m) != a
+        if not bool(((mean > z * se) & (mean > 0))[others].all()):
+            return False
+    return True
+
+
+def elbo_rank_adaptive(
+    logits_fn: LogitsFn,
+    items: Sequence[Sequence[tuple[Ids, Ids]]],
+    *,
+    mask_id: int,
+    mc_num: int,
+    mc_min: int,
+    mc_group: int,
+    z: float,
+    cfg: float = 0.0,
+    generators: Sequence[torch.Generator | None] | None = None,
+    pad_id: int | None = None,
+    keep_first: bool = False,
+    forward_batch: int = 32,
+    scales: Sequence[Sequence[Sequence[float]] | None] | None = None,
+    record: list | None = None,
+) -> tuple[list[list[float]], list[int]]:
+    """Sequential MC-ELBO for ranking: the requests of each item (its choices) share common random
+    numbers (:func:`crn_group`, one generator per item, drawn group after group, so an item's
+    first n rows do not depend on when it stops or on the other items); after every group of
+    ``mc_group`` rows (the stratification group) an item with at least ``mc_min`` rows stops when
+    :func:`leader_resolved` (``z``, the item's ``scales``), and at ``mc_num`` rows in any case.
+    Active items' rows are packed into forward passes of ``forward_batch`` rows.
+
+    Returns (per item, each request's estimate: minus the mean row loss over the rows used) and
+    the rows used per item (the same for all its requests). ``record``: when a list, each item's
+    (rows used, m) float64 row values are appended to it (benchmarks replay the stopping rule)."""
+    _check_mc(mc_num, mc_group)
+    if not isinstance(mc_min, int) or mc_min < 1 or mc_min % mc_group or mc_min > mc_num:
+        raise ValueError(f"mc_min must be a multiple of mc_group ({mc_group}) in {mc_group}..{mc_num}, "
+                         f"got {mc_min!r}")
+    if not z > 0:
+        raise ValueError(f"z must be > 0, got {z!r}")
+    gens = list(generators) if generators is not None else [None] * len(items)
+    if len(gens) != len(items):
+        raise ValueError(f"got {len(gens)} generators for {len(items)} items")
+    for it in items:
+        if len(it) == 0:
+            raise ValueError("an item needs at least one request")
+    rows: list[list[torch.Tensor]] = [[] for _ in items]  # per item: (mc_group, m) value blocks
+    used = [0] * len(items)
+    active = list(range(len(items)))
+    while active:
+        plans, owner = [], []
+        for i in active:
+            ps = crn_group(items[i], mc_group, keep_first, gens[i])
+            plans += ps
+            owner.append((i, len(ps)))
+        losses = _run_plans(logits_fn, plans, mask_id=int(mask_id), cfg=float(cfg),
+                            keep_first=keep_first, pad_id=int(mask_id if pad_id is None else pad_id),
+                            forward_batch=forward_batch)
+        s, still = 0, []
+        for i, m in owner:
+            rows[i].append(-torch.stack(losses[s:s + m], dim=1))  # (mc_group, m)
+            s += m
+            used[i] += mc_group
+            if used[i] >= mc_num:
+                continue
+            if used[i] >= mc_min and leader_resolved(
+                    torch.cat(rows[i]), z, None if scales is None else scales[i]):
+                continue
+            still.append(i)
+        active = still
+    blocks = [torch.cat(r) for r in rows]  # (used_i, m_i)
+    if record is not None:
+        record.extend(blocks)
+    return [[float(x) for x in b.mean(0)] for b in blocks], used
 
 
 def _window_list(ids_windows) -> list[torch.Tensor]:

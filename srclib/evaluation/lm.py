@@ -11,7 +11,9 @@ folder), ``mc_num`` (MC samples per request, default 128), ``mc_batch`` (stratif
 the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0), ``steps``,
 ``gen_length``, ``block_length``, ``remasking``, ``temperature`` (generation; defaults
 :data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``, ``device``,
-``batch_size``. :func:`check_model_args` checks names, types and ranges without loading anything
+``batch_size``; ``mc_adaptive`` (default false: LLaDA's estimator, mc_num rows per request),
+``mc_group``, ``mc_min``, ``mc_z``: common random numbers across the choices of one item and
+sequential stopping (:meth:`DiffusionLM.score_items`). :func:`check_model_args` checks names, types and ranges without loading anything
 (``python -m srclib.evaluation`` runs it before lm-eval indexes its tasks; ``create_from_arg_obj``
 runs it too), :func:`check_pretrained` the model key or checkpoint folder.
 """
@@ -42,7 +44,7 @@ from srclib.params import REMASKING, SamplerParams
 from srclib.schema import ParamsError, build
 
 __all__ = ["DiffusionLM", "NAME", "dlm_lm", "cut_generation", "MODEL_ARGS", "ModelArgsError",
-           "check_model_args", "check_pretrained"]
+           "check_model_args", "check_pretrained", "request_items", "MC_GROUP", "MC_MIN", "MC_Z"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,10 @@ class ModelArgsError(ValueError):
     the message names the argument, the value and what is allowed."""
 
 
+# Sequential MC-ELBO (mc_adaptive=true): rows per step (the stratification group), rows before
+# the first stop, the margin in standard errors. See DiffusionLM.score_items.
+MC_GROUP, MC_MIN, MC_Z = 4, 8, 3.0
+
 # DiffusionLM's model_args (its keyword arguments other than loaded objects): name -> (type,
 # what is allowed, starting with the type's word: the message of a wrong type). The ranges are checked by each rule's one home: SamplerParams (steps,
 # gen_length, block_length, temperature, remasking; cfg as cfg_scale), likelihood._check_mc
@@ -120,7 +126,12 @@ MODEL_ARGS: dict[str, tuple[type, str]] = {
     "add_bos_token": (bool, "true or false"),
     "max_length": (int, "an integer >= 1 (default: the model's context length)"),
     "max_batch_size": (object, "anything (lm-eval passes it; unused)"),
+    "mc_adaptive": (bool, "true or false (default false: mc_num rows for every request)"),
+    "mc_group": (int, f"an integer >= 1 dividing mc_num (rows drawn per step; default {MC_GROUP})"),
+    "mc_min": (int, f"an integer, a multiple of mc_group, mc_group <= mc_min <= mc_num (default {MC_MIN})"),
+    "mc_z": (float, f"a number > 0 (standard errors of margin; default {MC_Z})"),
 }
+ADAPTIVE_ARGS = ("mc_group", "mc_min", "mc_z")
 _INT_TEXT = re.compile(r"[+-]?\d+")
 
 
@@ -201,6 +212,7 @@ def check_model_args(args: Mapping[str, Any], defaults: Mapping[str, Any] | None
     for name in ("batch_size", "max_length"):
         if out.get(name) is not None:
             _at_least_one(where(name), out[name])
+    _check_adaptive(out, mc_num, where)
     if out.get("device") is not None:
         try:
             torch.device(devices.resolve(out["device"]))
@@ -208,6 +220,28 @@ def check_model_args(args: Mapping[str, Any], defaults: Mapping[str, Any] | None
             raise ModelArgsError(f"{where('device')}={out['device']!r}: not a torch device; "
                                  f"allowed: {MODEL_ARGS['device'][1]}") from None
     return out
+
+
+def _check_adaptive(out: Mapping[str, Any], mc_num: int, where: Callable[[str], str]) -> None:
+    """mc_adaptive's settings: only with mc_adaptive=true; mc_group divides mc_num, mc_min a
+    multiple of mc_group within mc_group..mc_num, mc_z > 0."""
+    if not out.get("mc_adaptive"):
+        given = [k for k in ADAPTIVE_ARGS if out.get(k) is not None]
+        if given:
+            raise ModelArgsError(f"{where(given[0])}={out[given[0]]!r}: only used with "
+                                 f"mc_adaptive=true (allowed: true or false; default false)")
+        return
+    group = out.get("mc_group") or MC_GROUP
+    low = out.get("mc_min") or max(MC_MIN // group, 1) * group
+    z = MC_Z if out.get("mc_z") is None else out["mc_z"]
+    if group < 1 or mc_num % group:
+        raise ModelArgsError(f"{where('mc_group')}={group!r}: must be {MODEL_ARGS['mc_group'][1]} "
+                             f"(mc_num={mc_num})")
+    if low % group or not group <= low <= mc_num:
+        raise ModelArgsError(f"{where('mc_min')}={low!r}: must be {MODEL_ARGS['mc_min'][1]} "
+                             f"(mc_group={group}, mc_num={mc_num})")
+    if not (z > 0 and z != float("inf")):
+        raise ModelArgsError(f"{where('mc_z')}={z!r}: must be {MODEL_ARGS['mc_z'][1]} and finite")
 
 
 def check_pretrained(pretrained: str, root: str | os.PathLike | None = None) -> None:
@@ -284,6 +318,40 @@ def _rolling_pairs(strings: Sequence[str], encode: Callable, prefix: int,
             pairs.append((list(c), list(t)))
             owner.append(r)
     return pairs, owner
+
+
+def request_items(instances: Sequence[Any] | None, contexts: Sequence[str]) -> list[list[int]]:
+    """Requests of one loglikelihood call grouped into the items whose choices lm-eval ranks.
+
+    With lm-eval's Instances (``task_name``, ``doc_id``): the requests of one document of one task
+    (lm-eval's process_results takes the argmax over exactly these), in request order; a document
+    whose requests do not all share one context string (``acc_mutual_info``'s unconditional
+    requests, multiple-input tasks such as winogrande) becomes one item per request (scored by the
+    full estimator). Without them (requests not built by lm-eval's evaluator): runs of
+    consecutive requests with the same context string (lm-eval builds one request per choice, the
+    choices of a document one after another). Returns lists of request indices, every index once.
+    """
+    keyed = (instances is not None and len(instances) == len(contexts)
+             and all(getattr(r, "task_name", None) is not None and getattr(r, "doc_id", None) is not None
+                     for r in instances))
+    if not keyed:
+        items: list[list[int]] = []
+        for i, c in enumerate(contexts):
+            if items and contexts[items[-1][-1]] == c and items[-1][-1] == i - 1:
+                items[-1].append(i)
+            else:
+                items.append([i])
+        return items
+    by_doc: dict[tuple, list[int]] = {}
+    for i, r in enumerate(instances):
+        by_doc.setdefault((r.task_name, r.doc_id), []).append(i)
+    out = []
+    for idx in by_doc.values():
+        if len({contexts[i] for i in idx}) == 1:
+            out.append(idx)
+        else:
+            out.extend([i] for i in idx)
+    return out
 
 
 def _stop_strings(request, temperature: float) -> list[str]:
@@ -370,6 +438,10 @@ class DiffusionLM(TemplateLM):
         add_bos_token: bool | str | None = None,
         max_length: int | None = None,
         max_batch_size: Any = None,  # lm-eval passes it; unused
+        mc_adaptive: bool | str = False,
+        mc_group: int | None = None,
+        mc_min: int | None = None,
+        mc_z: float | None = None,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -394,7 +466,11 @@ class DiffusionLM(TemplateLM):
                                      block_length=int(block_length), temperature=float(temperature),
                                      cfg_scale=float(cfg), remasking=str(remasking))
         self.configure(mc_num=int(mc_num), mc_batch=None if mc_batch is None else int(mc_batch),
-                       cfg=float(cfg))
+                       cfg=float(cfg), mc_adaptive=_as_bool(mc_adaptive), mc_group=mc_group,
+                       mc_min=mc_min, mc_z=mc_z)
+        if self.mc_adaptive and self._group is not None:
+            raise ValueError(f"model_args mc_adaptive=true is not supported with sharded evaluation "
+                             f"(world size {self._world_size}): run one process, or mc_adaptive=false")
         self.add_bos_token = _add_bos(tokenizer, add_bos_token)
         self._max_length = int(max_length) if max_length else model_max_length(model)
         self._logits_fn = likelihood.model_logits_fn(self.model, adapter)
@@ -415,9 +491,13 @@ class DiffusionLM(TemplateLM):
 
     # ---- settings ------------------------------------------------------------------------------
     def configure(self, *, mc_num: int | None = None, mc_batch: int | None = None,
-                  cfg: float | None = None) -> None:
+                  cfg: float | None = None, mc_adaptive: bool | None = None, mc_group: int | None = None,
+                  mc_min: int | None = None, mc_z: float | None = None) -> None:
         """Change the estimator settings (the harness does this per task); ``cfg`` is also the
-        sampler's ``cfg_scale``."""
+        sampler's ``cfg_scale``. The sequential settings (``mc_adaptive``, ``mc_group``,
+        ``mc_min``, ``mc_z``) keep their values when not given; with ``mc_adaptive``, a task whose
+        ``mc_num`` the group does not divide or that is below ``mc_min`` (e.g. MMLU's mc_num 1) is
+        scored by the full estimator (logged)."""
         mc_num = self.__dict__.get("mc_num") if mc_num is None else mc_num
         cfg = self.__dict__.get("cfg", 0.0) if cfg is None else cfg
         likelihood._check_mc(mc_num, mc_batch or mc_num)
@@ -425,6 +505,31 @@ class DiffusionLM(TemplateLM):
             raise ValueError(f"cfg must be >= 0, got {cfg}")
         self.mc_num, self.mc_batch, self.cfg = mc_num, mc_batch or mc_num, float(cfg)
         self.sampler = dataclasses.replace(self.sampler, cfg_scale=self.cfg)
+        d = self.__dict__
+        adaptive = d.get("mc_adaptive", False) if mc_adaptive is None else bool(mc_adaptive)
+        if not adaptive:
+            given = {k: v for k, v in (("mc_group", mc_group), ("mc_min", mc_min), ("mc_z", mc_z))
+                     if v is not None}
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply with mc_adaptive=true")
+            self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z = False, None, None, None
+            return
+        group = int(mc_group if mc_group is not None else d.get("mc_group") or MC_GROUP)
+        low = mc_min if mc_min is not None else d.get("mc_min") or max(MC_MIN // group, 1) * group
+        z = float(mc_z if mc_z is not None else d.get("mc_z") or MC_Z)
+        if group < 1 or int(low) % group or int(low) < group:
+            raise ValueError(f"mc_group={group} must be >= 1 and mc_min={low} a multiple of it")
+        if not (z > 0 and z != float("inf")):
+            raise ValueError(f"mc_z must be a finite number > 0, got {z}")
+        self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z = True, group, int(low), z
+        if mc_num % group or mc_num < self.mc_min:
+            log.warning("mc_adaptive: mc_num=%d is not a multiple of mc_group=%d or is below "
+                        "mc_min=%d: this task is scored by the full estimator", mc_num, group, self.mc_min)
+
+    @property
+    def _adaptive_now(self) -> bool:
+        """Whether loglikelihood requests are scored sequentially under the current settings."""
+        return bool(self.mc_adaptive) and self.mc_num % self.mc_group == 0 and self.mc_num >= self.mc_min
 
     @property
     def keep_first(self) -> bool:
@@ -537,10 +642,64 @@ class DiffusionLM(TemplateLM):
                             f"{desc}: score of request(s)")
         return out
 
+    def score_items(self, pairs: Sequence[tuple[list[int], list[int]]], items: Sequence[Sequence[int]],
+                    lengths: Sequence[float] | None = None, desc: str = "ELBO (sequential)",
+                    disable_tqdm: bool = False) -> tuple[list[float], list[int]]:
+        """MC-ELBO log-likelihoods of ``pairs`` grouped into ``items`` (lists of indices: the
+        choices lm-eval ranks, :func:`request_items`), scored sequentially (mc_adaptive): the
+        distinct pairs of an item of two or more share common random numbers, drawn from one
+        generator seeded by (seed, the item's pairs), and get ``mc_group`` rows at a time until
+        the leader's margin over every other choice exceeds ``mc_z`` standard errors, both of the
+        raw values and of the values divided by ``lengths`` (the choices' character lengths:
+        lm-eval's acc and acc_norm), after at least ``mc_min`` and at most ``mc_num`` rows
+        (:func:`srclib.likelihood.elbo_rank_adaptive`). Identical pairs get one value. Items of one
+        distinct pair are scored by :meth:`score`, bit for bit as with mc_adaptive=false.
+        Returns (values, rows used per request)."""
+        pairs = self._fitted(pairs)
+        out = [0.0] * len(pairs)
+        rows = [self.mc_num] * len(pairs)
+        single, multi = [], []  # indices scored by the full estimator; (distinct pairs, members)
+        for idx in items:
+            distinct: dict[tuple, list[int]] = {}
+            for i in idx:
+                distinct.setdefault((tuple(pairs[i][0]), tuple(pairs[i][1])), []).append(i)
+            if len(distinct) < 2:
+                single.extend(idx)
+            else:
+                multi.append(list(distinct.values()))
+        if single:
+            for i, v in zip(single, self.score([pairs[i] for i in single], desc=desc,
+                                               disable_tqdm=disable_tqdm)):
+                out[i] = v
+        guided = 2 if self.cfg > 0 else 1
+        per_chunk = max(1, (self.batch_size * 64) // (self.mc_group * guided * 4))  # items per chunk
+        order = sorted(range(len(multi)), key=lambda q: -max(len(pairs[m[0]][0]) + len(pairs[m[0]][1])
+                                                              for m in multi[q]))
+        for s in tqdm(range(0, len(order), per_chunk), desc=desc, disable=disable_tqdm or None):
+            chunk = [multi[q] for q in order[s:s + per_chunk]]
+            reqs = [[pairs[m[0]] for m in members] for members in chunk]
+            scales = None
+            if lengths is not None:
+                scales = [[[1.0 / max(float(lengths[m[0]]), 1.0) for m in members]] for members in chunk]
+            values, used = likelihood.elbo_rank_adaptive(
+                self._logits_fn, reqs, mask_id=self.mask_id, mc_num=self.mc_num, mc_min=self.mc_min,
+                mc_group=self.mc_group, z=self.mc_z, cfg=self.cfg,
+                generators=[request_generator(self.seed, [-1], *(x for c, t in r for x in (c, t)))
+                            for r in reqs],
+                pad_id=self.mask_id, keep_first=self.keep_first,
+                forward_batch=max(1, self.batch_size // guided), scales=scales)
+            for members, vals, n in zip(chunk, values, used):
+                for m, v in zip(members, vals):
+                    for i in m:
+                        out[i], rows[i] = v, n
+        check_finite_scores(out, self.model, checkpoint_name(self.model, self.adapter),
+                            f"{desc}: score of request(s)")
+        return out, rows
+
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        if self._group is None:
+        if self._group is None and not self._adaptive_now:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        self._instances = requests  # their lm-eval keys, for _loglikelihood_tokens' merge
+        self._instances = requests  # their lm-eval keys: the sharded merge, the items of mc_adaptive
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.rank != 0)
         finally:
@@ -549,7 +708,13 @@ class DiffusionLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kw: Any):
         pairs = [(c, t) for _, c, t in requests]
         merged = self._merged(self._instances, pairs)
-        if merged is None:
+        if merged is None and self._adaptive_now:
+            conts = [str(args[1]) for args, _, _ in requests]
+            items = request_items(self._instances, [str(args[0]) for args, _, _ in requests])
+            scores, _ = self.score_items(pairs, items, [len(c.lstrip()) for c in conts],
+                                         desc="loglikelihood (sequential MC-ELBO)",
+                                         disable_tqdm=disable_tqdm)
+        elif merged is None:
             scores = self.score(pairs, desc="loglikelihood (MC-ELBO)", disable_tqdm=disable_tqdm)
         else:
             every, own = merged
