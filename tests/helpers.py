@@ -7,6 +7,8 @@ and ties one test file's internals to another's.
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import nbformat
@@ -40,6 +42,16 @@ def write_stage_notebook(root: Path, stage: str, *code: str, params: str = "para
     if params_yaml:
         (Path(root) / "params.yaml").write_text((paths.ROOT / "params.yaml").read_text())
     return path
+
+
+_OUTPUT = re.compile(r'<div class="[^"]*\bjp-OutputArea-output\b[^"]*"(?: data-mime-type="([^"]*)")?[^>]*>(.*?)</div>',
+                     re.S)
+
+
+def html_outputs(text: str) -> list[tuple[str, str]]:
+    """(mime type, text without tags, stripped) of every cell output in a notebook's HTML as the
+    runner renders it (nbconvert's lab template), in order: stderr and errors included."""
+    return [(mime, html.unescape(re.sub(r"<[^>]+>", "", body)).strip()) for mime, body in _OUTPUT.findall(text)]
 
 
 # ---- headless Chromium (Debian's chromium + chromium-driver; test_browser, test_animation) --------

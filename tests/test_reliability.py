@@ -11,7 +11,7 @@ import pytest
 
 from srclib import files as io, paths
 
-from helpers import write_stage_notebook  # tests/ is on sys.path
+from helpers import html_outputs, write_stage_notebook  # tests/ is on sys.path
 
 
 @pytest.mark.slow
@@ -29,11 +29,18 @@ def test_killed_stage_leaves_no_partial_output_and_reruns(tmp_path):
     proc.wait()
     assert not paths.report_html("plot", "plot", tmp_path).exists()
     assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
-    write_stage_notebook(tmp_path, "plot", "x = 1")
+    write_stage_notebook(tmp_path, "plot", "print('rerun', 6 * 7)")
     rerun = subprocess.run([sys.executable, "-m", "srclib.run", "plot", "params_file=params.yaml"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert paths.report_html("plot", "plot", tmp_path).is_file()
+    # the report is the rerun's, whole: its one cell's output (computed, not in the source), no
+    # error, nothing of the killed run's notebook, the document complete
+    text = paths.report_html("plot", "plot", tmp_path).read_text()
+    assert html_outputs(text) == [("text/plain", "rerun 42")]
+    assert "sleep" not in text and "Traceback" not in text
+    assert text.rstrip().endswith("</html>") and text.count("<html") == 1
+    assert not paths.failed_notebook("plot", "plot", tmp_path).exists()
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_interrupted_atomic_write_keeps_old_file(tmp_path):

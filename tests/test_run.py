@@ -1,11 +1,14 @@
 """The papermill runner: parameter checks, success renders HTML, failure keeps the notebook."""
 
+import re
+
+import nbformat
 import pytest
 
 from srclib import paths, run
 from srclib.run import RunnerError
 
-from helpers import write_stage_notebook  # tests/ is on sys.path
+from helpers import html_outputs, write_stage_notebook  # tests/ is on sys.path
 
 
 def test_declared_parameters(tmp_path):
@@ -35,18 +38,34 @@ def test_unknown_stage_exit_code(capsys):
 
 @pytest.mark.slow
 def test_success_renders_html_and_failure_keeps_notebook(tmp_path):
-    write_stage_notebook(tmp_path, "variance", "import os\nprint('cwd', os.getcwd())\nassert a == 1", params="a = 1\n", params_yaml=False)
-    html = run.run_stage("variance", {"a": 1}, root=tmp_path)
-    assert html == paths.report_html("variance", "variance", tmp_path)
-    text = html.read_text()
-    assert "<html" in text.lower() and str(tmp_path) in text  # cwd was the root
+    body = "import os\nprint('cwd', os.getcwd())\nprint('answer', a * 7 + 35)\nassert a == 1"
+    write_stage_notebook(tmp_path, "variance", body, params="a = 0\n", title="# Runner smoke notebook",
+                         params_yaml=False)
+    html_path = run.run_stage("variance", {"a": 1}, root=tmp_path)
+    assert html_path == paths.report_html("variance", "variance", tmp_path)
+    text = html_path.read_text()
+    # the executed notebook, whole: its markdown title, the parameters cell, the cell papermill
+    # injected (a = 1 over the default 0), the body, each executed in order
+    assert '<h1 id="Runner-smoke-notebook">Runner smoke notebook' in text
+    assert text.count("celltag_parameters") == 1 and text.count("celltag_injected-parameters") == 1
+    assert re.findall(r'jp-InputPrompt[^"]*">In\s\[(\d+)\]:', text) == ["1", "2", "3"]  # \s: a no-break space
+    # one output, the body's: run in the root as cwd with the injected value; no stderr, no error
+    assert html_outputs(text) == [("text/plain", f"cwd {tmp_path}\nanswer 42")]
+    assert "Traceback" not in text and "AssertionError" not in text
     failed = paths.failed_notebook("variance", "variance", tmp_path)
     from papermill.exceptions import PapermillExecutionError
 
     with pytest.raises(PapermillExecutionError, match="AssertionError"):
         run.run_stage("variance", {"a": 2}, root=tmp_path)
-    assert failed.is_file()
-    assert "AssertionError" in failed.read_text()
+    # the annotated notebook is kept: a = 2 injected, the body ran (answer 49) and failed on its assert
+    nb = nbformat.read(str(failed), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "a = 2" in injected[0].source
+    last = nb.cells[-1]
+    assert last.source == body
+    assert [o.get("text", "").strip() for o in last.outputs if o.output_type == "stream"] == [f"cwd {tmp_path}\nanswer 49"]
+    assert [(o.output_type, o.get("ename")) for o in last.outputs if o.output_type == "error"] == [("error", "AssertionError")]
+    assert html_path.read_text() == text  # the failed run left the last good report as it was
     # no temp files left beside the outputs
     leftovers = [p for p in tmp_path.rglob("*.tmp")]
     assert not leftovers
