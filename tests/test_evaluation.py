@@ -518,19 +518,70 @@ def test_ar_generation_without_generate_uses_greedy_kv_decoding(ckpts):
 
 
 # ---- command line -------------------------------------------------------------------------------------
+def _printed_table(stdout: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """{(task, metric): (value, stderr)} of the markdown results table lm-eval's CLI prints."""
+    rows, task = {}, None
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 9 or cells[0] in ("Tasks", "Groups") or (cells[0] and set(cells[0]) <= {"-", ":"}):
+            continue
+        task = cells[0] or task
+        rows[(task, cells[4])] = (float(cells[6]), float(cells[8]))
+    return rows
+
+
 @needs_data
 @pytest.mark.slow
 def test_cli_runs_offline_on_a_checkpoint_folder(ckpts, tmp_path):
+    """The CLI evaluates the checkpoint it is given with its model_args on the local ARC-Easy data:
+    the table it prints is the results file it writes, the first 2 validation items were scored,
+    and every per-choice log-likelihood is the one DiffusionLM gives in-process for the same
+    request (mc_num=2, the default seed), so its accuracies are the ones these imply."""
+    import datasets
+
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(paths.ROOT)}
     cmd = [sys.executable, "-m", "srclib.evaluation", "--data_root", str(TASKS),
            "--model", "srclib-dlm", "--model_args", f"pretrained={ckpts['tiny-dlm']},mc_num=2",
            "--tasks", "arc_easy", "--limit", "2", "--device", "cpu", "--batch_size", "4",
-           "--output_path", str(tmp_path / "out")]
+           "--output_path", str(tmp_path / "out"), "--log_samples"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "arc_easy" in proc.stdout and "acc" in proc.stdout
-    assert list((tmp_path / "out").rglob("results_*.json"))
+    [results_file] = (tmp_path / "out").rglob("results_*.json")
+    [samples_file] = (tmp_path / "out").rglob("samples_arc_easy_*.jsonl")
+    res = json.loads(results_file.read_text())
+    r = res["results"]["arc_easy"]
+    assert res["n-samples"]["arc_easy"]["effective"] == 2 and r["sample_len"] == 2
+    assert res["config"]["model"] == "srclib-dlm" and res["config"]["model_args"]["mc_num"] == 2
+    # the printed table holds the results file's numbers (4 decimals), and nothing else
+    printed = _printed_table(proc.stdout)
+    assert set(printed) == {("arc_easy", "acc"), ("arc_easy", "acc_norm")}, proc.stdout
+    for metric in ("acc", "acc_norm"):
+        value, stderr = printed[("arc_easy", metric)]
+        assert 0.0 <= value <= 1.0
+        assert value == pytest.approx(r[f"{metric},none"], abs=5e-5), proc.stdout
+        assert stderr == pytest.approx(r[f"{metric}_stderr,none"], abs=5e-5), proc.stdout
+    # the items scored are the local validation split's first two, in order
+    [arrow] = (TASKS / "ai2_arc" / "ARC-Easy" / "validation").glob("*.arrow")
+    local = datasets.Dataset.from_file(str(arrow))
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == [0, 1]
+    assert [s["doc"]["id"] for s in samples] == local["id"][:2]
+    # every choice's log-likelihood is DiffusionLM's for that request, computed here in-process
+    lm = DiffusionLM(pretrained=str(ckpts["tiny-dlm"]), mc_num=2, batch_size=4)
+    acc, acc_norm = [], []
+    for s in samples:
+        args = [s["arguments"][f"gen_args_{k}"] for k in range(len(s["arguments"]))]
+        assert [a["arg_1"] for a in args] == [" " + c for c in s["doc"]["choices"]["text"]]
+        cli = [float(resp[0]) for resp in s["filtered_resps"]]
+        here = [ll for ll, _ in lm.loglikelihood([_ll_instance(a["arg_0"], a["arg_1"], k) for k, a in enumerate(args)])]
+        assert cli == pytest.approx(here, rel=1e-5, abs=1e-4), s["doc_id"]
+        target = int(s["target"])
+        lengths = [len(c) for c in s["doc"]["choices"]["text"]]
+        acc.append(float(max(range(len(here)), key=here.__getitem__) == target))
+        acc_norm.append(float(max(range(len(here)), key=lambda k: here[k] / lengths[k]) == target))
+        assert (s["acc"], s["acc_norm"]) == (acc[-1], acc_norm[-1]), s["doc_id"]
+    assert r["acc,none"] == pytest.approx(sum(acc) / 2) and r["acc_norm,none"] == pytest.approx(sum(acc_norm) / 2)
 
 
 def test_run_evaluate_loads_with_the_params_dtype_and_device(tmp_path, monkeypatch):
