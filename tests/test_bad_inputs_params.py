@@ -97,12 +97,16 @@ DUPLICATES = [
      "train.threads", "lines 15 and 16"),
     ("key inside a flow mapping",
      "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.7, pattern: 'unstructured', seed: 0}",
-     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.7, pattern: 'unstructured', seed: 0, sparsity: 0.5}",
+     "{model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.7, pattern: 'unstructured', seed: 0, "
+     "sparsity: 0.5}",
      "prune.instances.dlm-wanda-uniform-70-s0.sparsity", "columns"),
     ("instance defined twice (sink, then uniform)",
-     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n",
-     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n"
-     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n",
+     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, "
+     "pattern: 'unstructured', seed: 0}\n",
+     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: sink, sparsity: 0.5, "
+     "pattern: 'unstructured', seed: 0}\n"
+     "    dlm-wanda-sink-50-s0: {model: tiny-dlm, method: wanda, weighting: uniform, sparsity: 0.5, "
+     "pattern: 'unstructured', seed: 0}\n",
      f"prune.instances.{INSTANCE}", f"lines {INSTANCE_LINE} and {INSTANCE_LINE + 1}"),
     ("key inside a nested flow mapping of a section",
      "arch: {n_layers: 4,", "arch: {n_layers: 4, n_layers: 2,", "train.arch.n_layers", "columns"),
@@ -166,7 +170,7 @@ def test_empty_prune_instances_named_directly(tmp_path):
 FIDELITY_CASES = [
     # (old, new, message start): prune.fidelity and the calibration noise (README, "Differences from
     # the released code"), refused by the runner before any kernel starts
-    ("  fidelity: corrected\n", "  fidelity: relased\n",
+    ("  fidelity: corrected\n", "  fidelity: relased\n",  # codespell:ignore relased
      "prune.fidelity = 'relased': must be one of ['released', 'corrected']"),
     ("noise_eps: 1.0e-3, noise: grid,", "noise_eps: 1.0e-3, noise: dream,",
      "prune.calibration.noise = 'dream': must be one of ['auto', 'grid', 'stratified']"),
@@ -206,10 +210,30 @@ def test_calibration_seq_len_above_config_max_position_embeddings(root, caplog):
             "(max_position_embeddings in models/smollm2-135m/config.json), which prune.instances.smol-") in msg
 
 
-def test_collect_lengths_at_tiny_max_len_pass(root):
-    text = edit(REPO_PARAMS, "  gen_length: 64\n  steps: 64 ", "  gen_length: 480\n  steps: 480 ")
-    write_params(root, edit(text, "  block_length: 64\n", "  block_length: 480\n"))
-    run.validate("collect", {"params_file": "params.yaml"}, root)  # 32 + 480 = 512 = train.max_len: allowed
+def _collect_gen_length(root: Path, gen_length: int) -> None:
+    """The repository's params with collect.gen_length (and its steps and block) = ``gen_length``."""
+    text = edit(REPO_PARAMS, "  gen_length: 64\n  steps: 64 ", f"  gen_length: {gen_length}\n  steps: {gen_length} ")
+    write_params(root, edit(text, "  block_length: 64\n", f"  block_length: {gen_length}\n"))
+
+
+def test_collect_lengths_at_tiny_max_len_pass(root, caplog):
+    """The boundary on both sides: prompt_tokens 27 + gen_length 485 = 512 = train.max_len of the
+    tiny models passes (validation returns, nothing logged, the runner goes on to the kernel); one
+    token more is refused."""
+    P = params.load(root / "params.yaml")
+    assert (P.collect.prompt_tokens, P.train.max_len) == (27, 512)  # the fixture's arithmetic
+    assert {"tiny-dlm", "tiny-ar"} <= set(P.collect.models)
+    _collect_gen_length(root, 485)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="srclib"):
+        assert run.validate("collect", {"params_file": "params.yaml"}, root) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    with pytest.raises(AssertionError, match="papermill must not start"):  # past validation: the kernel
+        run.run_stage("collect", {"params_file": "params.yaml"}, root)
+    _collect_gen_length(root, 486)
+    msg = refused(root, caplog, ["collect", "params_file=params.yaml"])
+    assert msg.startswith("collect.gen_length = 486 (+ collect.prompt_tokens = 27: 513 tokens): above the "
+                          "maximum length 512 of model 'tiny-dlm' (train.max_len) in collect.models[0]"), msg
 
 
 def test_collect_prompt_plus_gen_length_above_tiny_max_len(root, caplog):
@@ -269,7 +293,7 @@ def test_lengths_within_limits_and_unknown_limits_pass(root):
 def test_max_length_keys_match_the_evaluation_reader():
     from srclib.evaluation.common import model_max_length
 
-    for i, key in enumerate(run.MAX_LENGTH_KEYS):
+    for i, _key in enumerate(run.MAX_LENGTH_KEYS):
         cfg = {k: 1000 + j for j, k in enumerate(run.MAX_LENGTH_KEYS[i:])}  # this key and the later ones
         assert model_max_length(SimpleNamespace(config=SimpleNamespace(**cfg))) == 1000
 
