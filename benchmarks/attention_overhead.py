@@ -11,8 +11,9 @@ and, when models/smollm2-135m exists, SmolLM2-135M (30 layers, GQA 9/3, causal).
 barely disturb.
 Memory: ``key_mass`` on the model's attention shape (B, H, T, head_dim), in a fresh subprocess per
 chunk size: the peak growth of the resident set over the inputs, sampled every 0.2 ms by a thread
-(torch's CPU allocator is invisible to tracemalloc; torch ops release the GIL). Inside a real forward the recorder's temporaries usually
-fit in memory the forward itself has just freed, so the process peak grows by less (often 0).
+(torch's CPU allocator is invisible to tracemalloc; torch ops release the GIL). Inside a real forward the
+recorder's temporaries usually fit in memory the forward itself has just freed, so the process peak grows by less
+(often 0).
 Goal: time ratio <= 1.3.
 """
 
@@ -137,8 +138,8 @@ def main() -> None:
                     help="cpu: process CPU time, robust to other load on the machine (use with --threads 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"threads": args.threads, "batch": args.batch, "clock": args.clock, "load_avg_start": os.getloadavg(), "time": [],
-               "memory": []}
+    results = {"threads": args.threads, "batch": args.batch, "clock": args.clock, "load_avg_start": os.getloadavg(),
+               "time": [], "memory": []}
     for name, build in MODELS.items():
         model = build()
         if model is None:

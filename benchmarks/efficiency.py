@@ -14,7 +14,6 @@ the CSR/dense time ratio (> 1: the sparse model is slower).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -111,7 +111,7 @@ def bench_linears(bk: dict[str, bool], repeats: int, warmup: int) -> dict:
                 s = torch.sparse.to_sparse_semi_structured(w)
                 y = F.linear(x, s)
                 rel = float((y.float() - ref.float()).abs().max() / ref.float().abs().max())
-                tm = cuda_time(lambda: F.linear(x, s), repeats, warmup)
+                tm = cuda_time(lambda s=s: F.linear(x, s), repeats, warmup)
                 entry[name] = {**tm, "speedup_vs_dense": dense["median_ms"] / tm["median_ms"],
                                "max_rel_err": rel, "stored_bytes": stored_bytes(s),
                                "dense_bytes": w.numel() * w.element_size()}

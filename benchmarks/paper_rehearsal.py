@@ -241,7 +241,8 @@ def run_workers(names: list[str], threads: int, small: bool = False) -> dict:
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
             dest = Path(tmp) / "out.json"
-            cmd = [sys.executable, __file__, "--worker", name, "--threads", str(threads), "--out", str(dest)] + (["--reduced"] if small else [])
+            cmd = [sys.executable, __file__, "--worker", name, "--threads", str(threads), "--out", str(dest)] + (
+                ["--reduced"] if small else [])
             log.info("worker: %s", " ".join(cmd))
             subprocess.run(cmd, check=True, cwd=ROOT)
             measured[name] = json.loads(dest.read_text())
@@ -293,7 +294,8 @@ def tables(res: dict) -> str:
     for r in res["measured"]:
         f = lambda v, p=1: "" if v is None else f"{v:.{p}f}"  # noqa: E731
         lines.append(f"| {r['model']} | {r['stage']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_gb']:.2f} | "
-                     f"{f(r['tflop'], 2)} | {f(r['gflops_per_s'], 0)} | {f(r['gflop_per_cpu_s'], 0)} | {f(r['per_block_s'])} |")
+                     f"{f(r['tflop'], 2)} | {f(r['gflops_per_s'], 0)} | {f(r['gflop_per_cpu_s'], 0)} | "
+                     f"{f(r['per_block_s'])} |")
     lines += ["", "| model | T | peak-memory exponent in T | time exponent | LM head skipped (measured; linear in T) |",
               "| --- | --- | ---: | ---: | --- |"]
     for name, e in res["exponents"].items():

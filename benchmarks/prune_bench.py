@@ -98,7 +98,7 @@ def main() -> None:
     print(f"    calibration: {ratio(sink, uni, 'calibration')}  (goal <= 1.15x; two-forward design: 2x)")
     print(f"    total:       {ratio(sink, uni, 'total')}")
     print(f"    sink one-shot / uniform sequential, total: {ratio(sink, seq, 'total')}")
-    print(f"[2] SparseGPT (clean windows, sequential), prune / calibration forward:")
+    print("[2] SparseGPT (clean windows, sequential), prune / calibration forward:")
     print(f"    uniform:     {ratio(sg, sg, 'prune', 'calibration')}  (goal <= 2x)")
     print(f"    sink-aware:  {ratio(sgs, sgs, 'prune', 'calibration')}; its mass pre-pass "
           f"{sgs.cpu_seconds.get('mass_prepass', 0.0):.2f}s cpu, total {sgs.cpu_seconds['total']:.2f}s cpu")

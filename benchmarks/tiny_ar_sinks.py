@@ -268,9 +268,9 @@ def step_time(cfg: TrainParams, V: int, stream: torch.Tensor, bos: int) -> float
 def verdict(init: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     a0, a_init = final["per_head"]["argmax0"], init["per_head"]["argmax0"]
     ratio = final["per_head"]["bos_ratio"]
-    heads = [(l, h) for l in range(len(a0)) for h in range(len(a0[l]))]
+    heads = [(i, h) for i in range(len(a0)) for h in range(len(a0[i]))]
     best = max(heads, key=lambda lh: (a0[lh[0]][lh[1]], ratio[lh[0]][lh[1]]))
-    sinks = [[l, h] for l, h in heads if a0[l][h] >= SINK_ARGMAX and a_init[l][h] <= INIT_ARGMAX]
+    sinks = [[i, h] for i, h in heads if a0[i][h] >= SINK_ARGMAX and a_init[i][h] <= INIT_ARGMAX]
     return {
         "stable_bos_sink": bool(sinks), "sink_heads": sinks,
         # argmax0 alone can be high in a near-uniform head: the sink heads whose ratio is also >= 5
