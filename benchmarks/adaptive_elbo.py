@@ -272,6 +272,8 @@ def main(argv=None) -> dict:
                     help="also run today's estimator at this budget (a less noisy reference)")
     ap.add_argument("--tiny-dlm", type=Path, default=paths.model_dir("tiny-dlm"))
     ap.add_argument("--out", type=Path, default=RESULTS / "adaptive_elbo")
+    ap.add_argument("--append", action="store_true",
+                    help="add the runs to those already in --out's .json (one results file, several calls)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     zs = [float(z) for z in a.z.split(",")]
@@ -279,6 +281,12 @@ def main(argv=None) -> dict:
         zs.append(a.check_z)
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": {
         k: str(v) for k, v in vars(a).items()}, "runs": []}
+    if a.append and a.out.with_suffix(".json").is_file():
+        before = json.loads(a.out.with_suffix(".json").read_text())
+        out["runs"] = before["runs"]
+        out["date"] = f"{before['date']} .. {out['date']}"
+        out["args"] = [*(before["args"] if isinstance(before["args"], list) else [before["args"]]),
+                       out["args"]]
     for name in a.models.split(","):
         model, tok, adapter, desc = load_model(name, a.tiny_dlm)
         for task in a.tasks.split(","):
