@@ -107,9 +107,75 @@ def test_notebooks_are_thin_and_stripped(nb_path):
             )
 
 
-def test_every_stage_has_a_notebook():
-    for stage in paths.STAGE_NOTEBOOKS:
-        assert paths.notebook(stage).is_file(), stage
+def dvc_stage_parameters() -> dict[str, set[str]]:
+    """stage -> the parameter names dvc.yaml's commands pass it (``python -m srclib.run <stage> k=v ...``)."""
+    out: dict[str, set[str]] = {}
+    for name, st in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        words = (st.get("do") or st)["cmd"].split()
+        assert words[:3] == ["python", "-m", "srclib.run"] and len(words) > 3, name
+        out.setdefault(words[3], set()).update(w.split("=", 1)[0] for w in words[4:])
+    return out
+
+
+def stage_modules_imported(tree: ast.AST) -> set[str]:
+    """The srclib.stages modules a cell imports (``from srclib.stages import x``, ``import
+    srclib.stages.x``, ``from srclib.stages.x import run``)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "srclib.stages":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srclib.stages."):
+            found.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("srclib.stages.")}
+    return found
+
+
+@pytest.mark.parametrize("stage", list(paths.STAGE_NOTEBOOKS))
+def test_every_stage_has_a_notebook(stage):
+    """paths.notebook(stage) is that stage's own notebook: a valid notebook whose title names the
+    stage, whose code imports srclib.stages.<stage> and no other stage module and calls its run,
+    and whose parameters cell declares every parameter dvc.yaml's command passes the stage."""
+    nb_path = paths.notebook(stage)
+    assert nb_path.is_file(), stage
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nbformat.validate(nb)
+    title = next(c.source for c in nb.cells if c.cell_type == "markdown").splitlines()[0]
+    assert title.startswith(f"# Stage `{stage}`"), (nb_path.name, title)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    imported = set().union(*(stage_modules_imported(ast.parse(c.source)) for c in code))
+    assert imported == {stage}, (nb_path.name, imported)
+    calls_run = re.compile(rf"(?<![\w.]){stage}\.run\(")
+    assert any(calls_run.search(c.source) for c in code), f"{nb_path.name} never calls {stage}.run"
+    [params_cell] = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    declared = {t.id for node in ast.parse(params_cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    passed = dvc_stage_parameters()[stage]
+    assert passed and passed <= declared, (f"{nb_path.name} declares {sorted(declared)}; "
+                                           f"dvc.yaml passes {sorted(passed)}")
+
+
+def test_test_modules_do_not_import_each_other():
+    """Code that several test modules share lives in a helper module (tests/helpers.py,
+    tests/report_tree.py, prune_specs.py, standins.py) or a conftest fixture; a test module that
+    imports another runs that module's code twice and ties it to the other's internals."""
+    offenders = []
+    for f in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+                if node.module == "tests":  # from tests import test_x
+                    names += [f"tests.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                mod = parts[1] if parts[0] == "tests" and len(parts) > 1 else parts[0]
+                if mod.startswith("test_"):
+                    offenders.append(f"{f.name}:{node.lineno} imports {name}")
+    assert not offenders, offenders
 
 
 ABS = re.compile(r"(?<![\w.])/(?:work|root|home|tmp|Users)/")
