@@ -335,7 +335,8 @@ def run_one_shot(
 
 
 def record_pass_mass(
-    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = CHUNK_SIZE, forward: Forward | None = None
+    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = CHUNK_SIZE,
+    forward: Forward | None = None
 ) -> torch.Tensor:
     """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head)."""
     with _eval(model), _stop_after(blocks[-1]), _recording(True, chunk_size) as rec:

@@ -8,8 +8,8 @@ implementation, or an implementation without a name, fails at once.
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "SP_METHODS", "STRUCTURES", "BIAS_COMPENSATION", "ACTIVATION_FREE", "WEIGHTINGS", "PATTERNS", "SINK_RULES", "REMASKING",
-           "ACCUMULATIONS", "CALIB_INPUTS", "NOISES", "FIDELITY", "DTYPES", "check"]
+__all__ = ["METHODS", "SP_METHODS", "STRUCTURES", "BIAS_COMPENSATION", "ACTIVATION_FREE", "WEIGHTINGS", "PATTERNS",
+           "SINK_RULES", "REMASKING", "ACCUMULATIONS", "CALIB_INPUTS", "NOISES", "FIDELITY", "DTYPES", "check"]
 
 METHODS = ("magnitude", "wanda", "sparsegpt")  # srclib.pruning.registry.PRUNERS
 SP_METHODS = ("magnitude", "wanda", "flap")  # structured scores: srclib.pruning.structured.SP_METHODS

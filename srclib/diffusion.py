@@ -3,8 +3,8 @@
 ``noise`` implements q(x_t | x_0): every position is independently replaced by the mask token
 with probability p = (1 - eps) * t + eps.  ``noise_stratified`` is the released Dream forward process
 (lib/prune_dream.py ``_forward_diffusion``): one u0 ~ U(0, 1) per call, t_i = (u0 + i / B) mod 1 for
-row i of the B rows, the same masking, first and last position never masked.  ``generate`` is LLaDA's semi-autoregressive
-low-confidence-remasking sampler, batched, with classifier-free guidance and an ``on_step`` hook
+row i of the B rows, the same masking, first and last position never masked.  ``generate`` is LLaDA's
+semi-autoregressive low-confidence-remasking sampler, batched, with classifier-free guidance and an ``on_step`` hook
 through which the trajectory recorder observes each denoising step at no extra forward cost.
 """
 
@@ -18,7 +18,8 @@ import torch
 from srclib import choices
 from srclib.params import SamplerParams
 
-__all__ = ["noise", "noise_stratified", "stratified_times", "mask_probability", "generate", "num_transfer_tokens", "sample_tokens", "REMASKING"]
+__all__ = ["noise", "noise_stratified", "stratified_times", "mask_probability", "generate", "num_transfer_tokens",
+           "sample_tokens", "REMASKING"]
 
 log = logging.getLogger(__name__)
 

@@ -210,7 +210,8 @@ class Outputs:
         if journal:  # the runner decides once the run's last step is done (module docstring)
             with open(journal, "a", encoding="utf-8") as fh:
                 for target, backup in moved:
-                    fh.write(json.dumps({"target": str(target), "backup": None if backup is None else str(backup)}) + "\n")
+                    fh.write(json.dumps({"target": str(target),
+                                         "backup": None if backup is None else str(backup)}) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
             return

@@ -7,8 +7,8 @@ the metrics (``srclib.stages`` modules return it).
 
 Progress (:class:`Progress`, :func:`progress`, :func:`phase`): a long loop (training, collection,
 calibration) logs lines such as ``train tiny-ar: step 600/6000 (10%), loss 4.12, lr 0.0003, 2m05s
-elapsed, ETA 18m45s`` on the ``srclib.progress`` logger, at most one per ``PROGRESS_EVERY`` of the loop or ``PROGRESS_EVERY_S``
-seconds, and a last one with the loop's time. Under the runner (``python -m srclib.run``) the
+elapsed, ETA 18m45s`` on the ``srclib.progress`` logger, at most one per ``PROGRESS_EVERY`` of the loop or
+``PROGRESS_EVERY_S`` seconds, and a last one with the loop's time. Under the runner (``python -m srclib.run``) the
 environment variable ``SRCLIB_PROGRESS`` names a file: the lines go to that file only, and the
 runner copies them to its terminal while the notebook runs, so the executed notebook and its HTML
 report hold no progress and no clock values. Elsewhere (a test, an interactive notebook) they go

@@ -8,8 +8,8 @@ One style for every figure (``style()``: seaborn's whitegrid / paper context, De
 dpi and SVG hash salt), one colour per pruning method (``METHOD_COLORS``), one line style per
 weighting (``WEIGHTING_STYLES``), one colour per model kind (``KIND_COLORS``: diffusion vs
 autoregressive); random-init control runs are dashed. Figures are plain ``matplotlib.figure.Figure`` objects
-(never registered with pyplot), so a notebook shows the one a cell returns, once; ``save_figure`` writes PNG and PDF atomically with
-deterministic bytes (no software / date metadata) and the plot stage closes each figure after
+(never registered with pyplot), so a notebook shows the one a cell returns, once; ``save_figure`` writes PNG and PDF
+atomically with deterministic bytes (no software / date metadata) and the plot stage closes each figure after
 saving it.
 
 Inputs are prepared data (this module imports no stage and no report module; srclib.report
@@ -205,7 +205,8 @@ def _run_order(runs, kinds) -> list[str]:
     return sorted(runs, key=lambda r: (kinds[r][0] != "dlm", kinds[r][1], r))
 
 
-def sink_variance_dlm_vs_ar(variance_metrics: Mapping[str, Any], variance_plots: Mapping[str, Mapping[str, Any]]) -> Figure:
+def sink_variance_dlm_vs_ar(variance_metrics: Mapping[str, Any],
+                            variance_plots: Mapping[str, Mapping[str, Any]]) -> Figure:
     """Left: per-layer normalised dominant-sink variance Var[p]/T^2 vs relative depth, one line
     per run (colour: DLM / AR; dashed: random-init control). Right: the global variance per run
     (mean +- std over prompts, from metrics/variance.json)."""
@@ -570,7 +571,8 @@ def layer_sparsity(prune_metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax.set_ylim(0, 1)
         handles = [Line2D([], [], color=METHOD_COLORS[k], lw=2, label=METHOD_LABELS[k])
                    for k in sorted(set(frame["method"]), key=list(METHOD_COLORS).index)]
-        handles += [Line2D([], [], color="0.3", ls=WEIGHTING_STYLES[w], marker=WEIGHTING_MARKERS[w], label=WEIGHTING_LABELS[w])
+        handles += [Line2D([], [], color="0.3", ls=WEIGHTING_STYLES[w], marker=WEIGHTING_MARKERS[w],
+                           label=WEIGHTING_LABELS[w])
                     for w in ("uniform", "sink", "stability")]
         axes[0][-1].legend(handles=handles, fontsize=7.5, loc="lower right")
         fig.suptitle("Per-layer sparsity (dots: each linear; line: block mean)")

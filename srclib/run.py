@@ -225,7 +225,8 @@ def check_calibration_corpus(P: params.Params, root: Path) -> None:
     if not (root / corpus).is_file():
         raise params.ParamsError(
             f"prune.calibration.corpus = {corpus!r}: no such file {root / corpus} (relative to the "
-            f"repository root {root}); name a JSONL corpus there, e.g. one under {paths.rel(paths.raw_dir(root), root)}/"
+            f"repository root {root}); name a JSONL corpus there, e.g. one under "
+            f"{paths.rel(paths.raw_dir(root), root)}/"
         )
 
 
@@ -370,7 +371,8 @@ def fork_stage(nb_path: str | Path) -> str:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "srclib.stages" and not node.level:
                 found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srclib.stages.") and not node.level:
+            elif (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("srclib.stages.")
+                  and not node.level):
                 found.add(node.module.split(".")[2])
             elif isinstance(node, ast.Import):
                 found.update(a.name.split(".")[2] for a in node.names if a.name.startswith("srclib.stages."))

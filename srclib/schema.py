@@ -160,7 +160,8 @@ def _key_text(node: Node) -> str:
 
 
 def _lines(a: Node, b: Node) -> str:
-    (la, ca), (lb, cb) = (a.start_mark.line + 1, a.start_mark.column + 1), (b.start_mark.line + 1, b.start_mark.column + 1)
+    (la, ca) = (a.start_mark.line + 1, a.start_mark.column + 1)
+    (lb, cb) = (b.start_mark.line + 1, b.start_mark.column + 1)
     if la == lb:
         return f"line {la}, columns {ca} and {cb}"
     return f"lines {la} and {lb}"

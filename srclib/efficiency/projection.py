@@ -165,7 +165,8 @@ def mass_flops(shape: ModelShape, T: int, batch: int = 1, layers: int | None = N
     return float(batch * L * 2 * T * T * shape.n_heads * shape.head_dim)
 
 
-def sparsegpt_flops(shape: ModelShape, tokens: int, blocksize: int = 128, layers: int | None = None) -> dict[str, float]:
+def sparsegpt_flops(shape: ModelShape, tokens: int, blocksize: int = 128,
+                    layers: int | None = None) -> dict[str, float]:
     """Hessian accumulation and solve FLOPs of SparseGPT over ``layers`` blocks (float32)."""
     L = shape.n_layers if layers is None else layers
     hess = solve = cols = 0.0

@@ -169,7 +169,8 @@ def run_prune(
 
 def _metrics(instance, adapter, spec: PruneSpec, calib_info: dict[str, Any], report: PruneReport | StructuredReport,
              source: str, *, overall: float, n_prunable: int, n_pruned: int, block_sparsity: list[float],
-             outlier_ratios: list[float] | None, layer_sparsity: dict[str, float], checkpoint: dict[str, Any] | None = None,
+             outlier_ratios: list[float] | None, layer_sparsity: dict[str, float],
+             checkpoint: dict[str, Any] | None = None,
              **extra: Any) -> dict[str, Any]:
     """The prune metrics both kinds of run write (deterministic: no clock values); ``extra`` adds the
     run kind's own keys (masks or structure hash, the structured record)."""
@@ -250,7 +251,8 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
             instance, adapter, spec, calib_info, report, source, overall=report.achieved,
             n_prunable=report.total_params, n_pruned=report.removed_params,
             block_sparsity=[float(b["removed_share"]) for b in report.blocks], outlier_ratios=None,
-            layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, effective=effective, structured={
+            layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, effective=effective,
+            structured={
                 "structure": spec.structure,
                 "form": report.record["form"],
                 "bias_compensation": bool(spec.compensate),

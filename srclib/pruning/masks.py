@@ -131,7 +131,8 @@ def get_pattern(pattern: str) -> Pattern:
     return PATTERNS[pattern]
 
 
-def select_mask(score: torch.Tensor, sparsity: float, pattern: str = "unstructured", scope: str = "row") -> torch.Tensor:
+def select_mask(score: torch.Tensor, sparsity: float, pattern: str = "unstructured",
+                scope: str = "row") -> torch.Tensor:
     """Which weights to prune (True = pruned), given a score where LOW means unimportant.
 
     score: (C_out, C_in). sparsity in [0, 1). pattern in PATTERNS. scope in SCOPES

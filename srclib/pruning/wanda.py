@@ -52,7 +52,8 @@ def _per_pass_add(stat: torch.Tensor, sumsq: torch.Tensor) -> None:
 
 
 # name -> (add per-pass sums of squares (B, C) into the (C,) statistic, statistic -> column norm)
-ACCUMULATIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], None], Callable[[torch.Tensor], torch.Tensor]]] = {
+ACCUMULATIONS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], None],
+                               Callable[[torch.Tensor], torch.Tensor]]] = {
     "total": (_total_add, torch.sqrt),
     "per_pass": (_per_pass_add, lambda stat: stat),
 }

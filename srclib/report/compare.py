@@ -335,7 +335,7 @@ def _positive(kind: type):
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not (v >= 0 and math.isfinite(v)):
             raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
         return v

@@ -19,7 +19,8 @@ the uniform share, per prompt) is above its random-init twin's at p < ALPHA (pai
 prompts); "a stable AR sink" additionally needs the dominant key at position 0 on >= 0.9 of the
 steps on a statistic causal counting cannot bias (the newest query's mass) while the twin's is
 <= 0.1, or the twin has no sink at all (its dominant key within 10% of the uniform share: a
-random-init SmolLM2 puts the argmax of its nearly flat rows on position 0 on ~0.2 of the steps). Sink motion compares a DLM that has a sink against the AR models with a stable sink.
+random-init SmolLM2 puts the argmax of its nearly flat rows on position 0 on ~0.2 of the steps). Sink motion
+compares a DLM that has a sink against the AR models with a stable sink.
 """
 
 from __future__ import annotations
@@ -309,7 +310,8 @@ def _cell_line(uni: pd.Series, sink: pd.Series, column: str, untestable: Mapping
     return f"{head}: {inference.comparison_text(c, column)}: {verdict}", verdict
 
 
-def _pair_lines(g: pd.DataFrame, columns: Sequence[str], untestable, values, tests, name) -> tuple[list[str], list[str]]:
+def _pair_lines(g: pd.DataFrame, columns: Sequence[str], untestable, values, tests,
+                name) -> tuple[list[str], list[str]]:
     parts, verdicts = [], []
     for column in columns:
         pick = {w: g[(g["weighting"] == w) & (g["column"] == column)] for w in ("uniform", "sink")}
@@ -341,7 +343,8 @@ def sink_vs_uniform(df: pd.DataFrame, params, model: str) -> Finding:
     lines, verdicts, values, tests = [], [], {}, {}
     for sparsity in sorted(params.plot.headline_sparsities):
         for method in params.plot.headline_methods:
-            g = cells[(cells["method"] == method) & (cells["sparsity"] == sparsity) & (cells["pattern"] == "unstructured")]
+            g = cells[(cells["method"] == method) & (cells["sparsity"] == sparsity)
+                      & (cells["pattern"] == "unstructured")]
             parts, v = _pair_lines(g, _columns(params), untestable, values, tests, f"{method} {sparsity:g}")
             if parts:
                 lines.append(f"{METHOD_LABELS[method]} at {100 * sparsity:g}%: " + "; ".join(parts))

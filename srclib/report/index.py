@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import yaml

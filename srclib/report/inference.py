@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from srclib import paths, stats
 from srclib.files import read_json
@@ -194,7 +193,8 @@ def verdict_text(c: stats.Comparison, column: str, digits: int = 1) -> str:
 def comparison_text(c: stats.Comparison, column: str) -> str:
     """effect [95% CI], p, n, mde in the column's units (perplexity: nats/token and the relative change)."""
     if column == PPL:
-        rel = f" (perplexity {100 * math.expm1(c.diff):+.1f}% [{100 * math.expm1(c.low):+.1f}, {100 * math.expm1(c.high):+.1f}])"
+        rel = (f" (perplexity {100 * math.expm1(c.diff):+.1f}% "
+               f"[{100 * math.expm1(c.low):+.1f}, {100 * math.expm1(c.high):+.1f}])")
         return (f"Δ NLL {c.diff:+.4f} nats/token [{c.low:+.4f}, {c.high:+.4f}]{rel}, p = {c.p_value:.2g}, "
                 f"n = {c.n} windows, mde {c.mde:.4f}")
     return (f"Δ {c.diff:+.1f} points [{c.low:+.1f}, {c.high:+.1f}], p = {c.p_value:.2g}, n = {c.n} items, "

@@ -61,12 +61,14 @@ def block(root: Path | None = None) -> str:
     eff_path = paths.efficiency_metrics(root=root)
     eff = efficiency_rows(read_json(eff_path)) if eff_path.is_file() else None
     out = [BEGIN, "", "**Findings** (each claim of the paper with the measured answer; `reports/index.html` "
-           "shows the same list):", "", findings.findings_markdown(findings.findings(df, params, variance, eff, variance_units=units)),
+           "shows the same list):", "",
+           findings.findings_markdown(findings.findings(df, params, variance, eff, variance_units=units)),
            "**Do sinks move?** (`reports/tables/sink_variance.md`)", "",
            table_markdown(tables.sink_variance_table(variance, units)),
            f"![Dominant-sink variance, DLM vs AR]({FIGURE.as_posix()})", ""]
     for model in pruned_models(df, structured=False):
-        out += [f"**Does sink-aware calibration prune {model} better?** (`reports/tables/main_{model}.md` has every row)",
+        out += [f"**Does sink-aware calibration prune {model} better?** "
+                f"(`reports/tables/main_{model}.md` has every row)",
                 "", table_markdown(tables.sink_vs_uniform_table(df, params, model))]
     for name, table in tables.structured_tables(df, params).items():
         out += [f"**Structured pruning: baseline vs sink-aware** (`reports/tables/{name}.md`)", "",

@@ -128,8 +128,8 @@ def load_results(params, root: str | Path | None = None) -> pd.DataFrame:
     Columns: instance, model, method, weighting, sparsity, pattern, seed (dense models: method
     "dense", weighting "none", sparsity 0, pattern "dense", seed 0), task, metric, value, stderr
     (raw lm-eval numbers: fractions), primary (the task's primary metric of a task in
-    ``evaluate.tasks``; see PRIMARY_METRICS), causal (the file's model.causal), file. Held-out perplexity: task "ppl", metric
-    "ppl_elbo" (diffusion LMs, an upper bound) or "ppl_exact" (causal LMs), primary True.
+    ``evaluate.tasks``; see PRIMARY_METRICS), causal (the file's model.causal), file. Held-out perplexity: task
+    "ppl", metric "ppl_elbo" (diffusion LMs, an upper bound) or "ppl_exact" (causal LMs), primary True.
     Raises FileNotFoundError naming every missing metrics file, ValueError naming the file and
     task when a configured task is absent or the file belongs to another model.
     """

@@ -383,8 +383,8 @@ def sink_variance_table(variance_metrics: Mapping[str, Any], units: Mapping[str,
             if key in st:
                 row[label] = fmt_value(float(st[key]), _se_over_prompts(units, run, dlm, key), digits=digits)
         if "dominant_at_0_frac_expected" in st:
-            row["p = 0, prefix / causal expectation"] = fmt_value(float(st["dominant_at_0_frac_expected"]), float("nan"),
-                                                                 digits=3)
+            row["p = 0, prefix / causal expectation"] = fmt_value(
+                float(st["dominant_at_0_frac_expected"]), float("nan"), digits=3)
         rows.append(row)
     table = pd.DataFrame(rows).fillna("–")
     table.attrs["caption"] = ("Dominant-sink statistics over the decoding / denoising trajectory "
@@ -454,7 +454,8 @@ def efficiency_table(rows: pd.DataFrame) -> pd.DataFrame:
         rec = {"Instance": r.instance, "Format": r.format, "Tokens": r.shape}
         for col, (label, digits) in EFFICIENCY_COLUMNS.items():
             v = getattr(r, col, None)
-            rec[label] = "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
+            rec[label] = ("–" if v is None or (isinstance(v, float) and not math.isfinite(v))
+                          else f"{float(v):.{digits}f}")
         out.append(rec)
     table = pd.DataFrame(out)
     table.attrs["caption"] = "Efficiency of the pruned models relative to dense (metrics/efficiency.json)."

@@ -23,7 +23,6 @@ import html
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -122,12 +121,15 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     prune = loaders.load_prune_metrics(params, root=root)
 
     tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
-            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params), "sink_variance": tables.sink_variance_table(var_metrics, var_units)}
+            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params),
+            "sink_variance": tables.sink_variance_table(var_metrics, var_units)}
     render.write_tables(tabs, paths.tables_dir(root=root))
     markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
 
-    written = {"accuracy_vs_sparsity": series.accuracy_series(df), "variance_per_layer": series.variance_series(var_plots)}
-    series_paths = {name: series.write_series(frame, paths.plot_series(name, root=root)) for name, frame in written.items()}
+    written = {"accuracy_vs_sparsity": series.accuracy_series(df),
+               "variance_per_layer": series.variance_series(var_plots)}
+    series_paths = {name: series.write_series(frame, paths.plot_series(name, root=root))
+                    for name, frame in written.items()}
 
     gallery, out_dir = Gallery(), paths.figures_dir(root=root)
     models = results.pruned_models(df)

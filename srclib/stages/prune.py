@@ -80,7 +80,8 @@ def _choices(m: dict[str, Any]) -> str:
         return ""
     parts = [f"{e['windows']} calibration windows"]
     if e.get("noise"):
-        parts.append(f"{e['noise']} noise ({'first and last position kept' if e['noise_keep_ends'] else 'ends maskable'})")
+        parts.append(f"{e['noise']} noise "
+                     f"({'first and last position kept' if e['noise_keep_ends'] else 'ends maskable'})")
     if e.get("mask_pattern") and e["mask_pattern"] != m["spec"].get("pattern"):
         parts.append(f"{e['mask_pattern']} masks for the {m['spec']['pattern']} instance")
     if e.get("threshold") == "inclusive":

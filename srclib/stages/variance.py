@@ -123,7 +123,8 @@ def run(cfg: VarianceParams, root: Path | None = None, collect: CollectParams | 
     main = table[(table["layer"] == "global") & table["primary"]].reset_index(drop=True) if stats else table
     recorded = {"variance": as_dict(cfg)}  # the params dvc.yaml's variance stage lists (srclib.report.freshness)
     if collect is not None:
-        recorded.update({"collect.models": list(collect.models), "collect.random_init_control": collect.random_init_control})
+        recorded.update({"collect.models": list(collect.models),
+                         "collect.random_init_control": collect.random_init_control})
     metrics = {"runs": summary, "provenance": provenance(params=recorded)}
     base = paths.ROOT if root is None else Path(root)
     with atomic_outputs() as out:
