@@ -307,7 +307,7 @@ def test_restores_on_exit_and_exception_and_nests():
     assert inner.calls == 1 and outer.calls == 2
     with pytest.raises(ZeroDivisionError):
         with record_mass():
-            1 / 0
+            _ = 1 / 0
     assert torch.nn.functional.scaled_dot_product_attention is original
 
 
@@ -315,7 +315,7 @@ def test_mass_errors_are_clear():
     with record_mass() as rec:
         pass
     with pytest.raises(RuntimeError, match="no attention call"):
-        rec.mass
+        _ = rec.mass
     with pytest.raises(ValueError, match="chunk_size"):
         with record_mass(chunk_size=0):
             pass
@@ -323,7 +323,7 @@ def test_mass_errors_are_clear():
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4))
     with pytest.raises(RuntimeError, match="per_call"):
-        rec.mass
+        _ = rec.mass
     rec.reset()
     assert rec.calls == 0
 
@@ -449,7 +449,7 @@ def test_head_shares_known_answers():
     with record_mass() as rec:
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
     with pytest.raises(RuntimeError, match="per_head=True"):
-        rec.bos_share
+        _ = rec.bos_share
     q = torch.randn(1, 2, 3, 4)
     mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
     mask[..., 0, :] = False  # query 0 sees nothing

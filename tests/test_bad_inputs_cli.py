@@ -5,7 +5,6 @@ writes nothing (``--output_path`` stays absent)."""
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import srclib.evaluation.__main__ as cli
-from srclib import paths
 from srclib.evaluation import lm
 from srclib.models.base import write_marker
 
@@ -72,10 +70,13 @@ DLM = "{tiny-dlm}"
 CASES = [
     # (id, argv after --model srclib-dlm (None: given in full), words the message must contain)
     ("missing_checkpoint", ["--model_args", "pretrained={tmp}/nope"], ["pretrained", "nope", "does not exist"]),
-    ("checkpoint_is_a_file", ["--model_args", "pretrained={a-file}"], ["pretrained", "a-file", "not a checkpoint folder"]),
-    ("folder_without_marker", ["--model_args", "pretrained={not-a-ckpt}"], ["pretrained", "not-a-ckpt", "srclib_model.json"]),
+    ("checkpoint_is_a_file", ["--model_args", "pretrained={a-file}"],
+     ["pretrained", "a-file", "not a checkpoint folder"]),
+    ("folder_without_marker", ["--model_args", "pretrained={not-a-ckpt}"],
+     ["pretrained", "not-a-ckpt", "srclib_model.json"]),
     ("marker_not_json", ["--model_args", "pretrained={bad-marker}"], ["pretrained", "bad-marker"]),
-    ("marker_unregistered", ["--model_args", "pretrained={unregistered}"], ["pretrained", "tiny-dlx", "not registered"]),
+    ("marker_unregistered", ["--model_args", "pretrained={unregistered}"],
+     ["pretrained", "tiny-dlx", "not registered"]),
     ("unknown_key", ["--model_args", "pretrained=tiny-dlx"], ["pretrained", "tiny-dlx", "tiny-dlm"]),
     ("key_not_built", ["--model_args", "pretrained=tiny-dlm"], ["pretrained", "tiny-dlm", "not built"]),
     ("causal_model", ["--model_args", "pretrained={tiny-ar}"], ["pretrained", "tiny-ar", "causal"]),
@@ -86,17 +87,21 @@ CASES = [
     ("mc_num_zero", ["--model_args", f"pretrained={DLM},mc_num=0"], ["mc_num=0", "positive"]),
     ("mc_num_fraction", ["--model_args", f"pretrained={DLM},mc_num=2.5"], ["model_args mc_num", "integer"]),
     ("mc_batch_not_divisor", ["--model_args", f"pretrained={DLM},mc_num=8,mc_batch=3"], ["mc_batch=3", "multiple"]),
-    ("remasking_unknown", ["--model_args", f"pretrained={DLM},remasking=bogus"], ["model_args remasking", "low_confidence"]),
+    ("remasking_unknown", ["--model_args", f"pretrained={DLM},remasking=bogus"],
+     ["model_args remasking", "low_confidence"]),
     ("steps_zero", ["--model_args", f"pretrained={DLM},steps=0"], ["model_args steps", ">= 1"]),
     ("steps_not_multiple", ["--model_args", f"pretrained={DLM},steps=3"], ["steps (3)", "multiple"]),
-    ("gen_length_not_multiple", ["--model_args", f"pretrained={DLM},gen_length=100"], ["gen_length (100)", "block_length"]),
+    ("gen_length_not_multiple", ["--model_args", f"pretrained={DLM},gen_length=100"],
+     ["gen_length (100)", "block_length"]),
     ("negative_temperature", ["--model_args", f"pretrained={DLM},temperature=-1"], ["model_args temperature", ">= 0"]),
-    ("bool_text", ["--model_args", f"pretrained={DLM},add_bos_token=maybe"], ["model_args add_bos_token", "true or false"]),
+    ("bool_text", ["--model_args", f"pretrained={DLM},add_bos_token=maybe"],
+     ["model_args add_bos_token", "true or false"]),
     ("seed_text", ["--model_args", f"pretrained={DLM},seed=abc"], ["model_args seed", "integer"]),
     ("max_length_negative", ["--model_args", f"pretrained={DLM},max_length=-5"], ["model_args max_length", ">= 1"]),
     ("batch_size_zero", ["--model_args", f"pretrained={DLM},batch_size=0"], ["model_args batch_size", ">= 1"]),
     ("device_unknown", ["--model_args", f"pretrained={DLM},device=gpu"], ["model_args device", "'gpu'", "cuda"]),
-    ("cli_batch_size_auto", ["--model_args", f"pretrained={DLM}", "--batch_size", "auto"], ["--batch_size", "'auto'", "integer"]),
+    ("cli_batch_size_auto", ["--model_args", f"pretrained={DLM}", "--batch_size", "auto"],
+     ["--batch_size", "'auto'", "integer"]),
     ("cli_device_unknown", ["--model_args", f"pretrained={DLM}", "--device", "gpu0"], ["--device", "'gpu0'"]),
     ("unknown_task", None, ["--tasks", "arc_esay", "did you mean arc_easy"]),
     ("unknown_model", None, ["--model", "srclib-dllm", "did you mean srclib-dlm"]),

@@ -423,7 +423,7 @@ def test_atomic_outputs_failure_in_the_block_touches_nothing(tmp_path):
         with atomic_outputs() as out:
             write_text(out.dir(d) / "new.txt", "new")
             write_json(out.file(f), {"new": True})
-            1 / 0
+            _ = 1 / 0
     assert snapshot(tmp_path) == before
     with atomic_outputs() as out:
         write_text(out.dir(d) / "new.txt", "new")

@@ -43,7 +43,8 @@ def site(tmp_path_factory):
     render.write_tables(tabs, paths.tables_dir(root=root))
     models = results.pruned_models(df)
     for stem, fig in (("accuracy_vs_sparsity", plotting.accuracy_vs_sparsity(series.accuracy_errors(df), models)),
-                      ("perplexity_vs_sparsity", plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))):
+                      ("perplexity_vs_sparsity",
+                       plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))):
         plotting.save_figure(fig, stem, paths.figures_dir(root=root))
         plt.close(fig)
     for stage, name in (("train", "train"), ("prune", "dlm-wanda-sink-50-s0"), ("evaluate", "dlm-wanda-sink-50-s0"),

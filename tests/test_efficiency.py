@@ -201,8 +201,8 @@ def test_sparse_copy_rejects_unknown_format():
 
 # ---- report and stage -------------------------------------------------------------------------------
 def _eff(**over) -> EfficiencyParams:
-    kw = dict(instances=["x"], token_shapes=[[1, 8], [2, 8]], model_token_shapes={}, repeats=2, warmup=1, threads=1, clock="wall",
-              memory_dtype="bfloat16")
+    kw = dict(instances=["x"], token_shapes=[[1, 8], [2, 8]], model_token_shapes={}, repeats=2, warmup=1, threads=1,
+              clock="wall", memory_dtype="bfloat16")
     kw.update(over)
     return EfficiencyParams(**kw)
 

@@ -30,8 +30,8 @@ ADAPTER = get_adapter("tiny-dlm")
 
 
 def _eff(**over) -> EfficiencyParams:
-    kw = dict(instances=["x"], token_shapes=[[1, 8], [2, 8]], model_token_shapes={}, repeats=2, warmup=0, threads=1, clock="wall",
-              memory_dtype="bfloat16")
+    kw = dict(instances=["x"], token_shapes=[[1, 8], [2, 8]], model_token_shapes={}, repeats=2, warmup=0, threads=1,
+              clock="wall", memory_dtype="bfloat16")
     kw.update(over)
     return EfficiencyParams(**kw)
 

@@ -6,7 +6,6 @@ that do not use it keep their deps."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,8 @@ from srclib.params import ModelEntry, ParamsError
 
 REPO_PARAMS = params.load()  # the repository's params.yaml, read before any test moves paths.ROOT
 
-from helpers import check_adapter_contract, check_attention_direction  # the registry contract (tests/ on sys.path)
+# the registry contract (tests/ on sys.path)
+from helpers import check_adapter_contract, check_attention_direction  # noqa: E402
 
 LLAMA_CONFIG = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=300, hidden_size=64,
                     intermediate_size=96, num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=4,
@@ -200,7 +200,8 @@ def test_collect_labels_a_random_weight_model_random(root, registry):
     _save_llama(root / "models" / "rand-ar", "rand-ar", weights="random")
     prompts = paths.prompts_file(root)
     prompts.parent.mkdir(parents=True)
-    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": f"w{i} a b c d e f"}) + "\n" for i in range(2)))
+    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": f"w{i} a b c d e f"}) + "\n"
+                               for i in range(2)))
     entries = {"rand-ar": _entry(family="hf_causal")}
     cfg = params.CollectParams(models=["rand-ar"], n_prompts=2, prompt_tokens=4, gen_length=3, steps=3,
                                block_length=3, temperature=0.0, cfg_scale=0.0, remasking="low_confidence",

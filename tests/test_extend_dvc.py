@@ -27,11 +27,12 @@ NEW_INSTANCE = "myar-wanda-sink-50-s0"
 
 def add_model_to_params(text: str) -> str:
     """The README's recipe, as text edits of params.yaml (comments and anchors kept)."""
-    text = re.sub(r"(?m)^(models:[^\n]*\n)", r"\1  my-ar: {dtype: float32, device: cpu, family: hf_causal}\n", text, count=1)
+    text = re.sub(r"(?m)^(models:[^\n]*\n)", r"\1  my-ar: {dtype: float32, device: cpu, family: hf_causal}\n", text,
+                  count=1)
     text = re.sub(r"(?m)^(collect:\n  models: \[)", r"\1my-ar, ", text, count=1)
     text = re.sub(r"(?m)^(  dense: \[)", r"\1my-ar, ", text, count=1)
-    text = re.sub(r"(?m)^(  instances:\n)", r"\1    " + NEW_INSTANCE + ": {model: my-ar, method: wanda, weighting: sink, "
-                  r"sparsity: 0.5, pattern: 'unstructured', seed: 0}\n", text, count=1)
+    text = re.sub(r"(?m)^(  instances:\n)", r"\1    " + NEW_INSTANCE + ": {model: my-ar, method: wanda, "
+                  r"weighting: sink, sparsity: 0.5, pattern: 'unstructured', seed: 0}\n", text, count=1)
     return text
 
 
@@ -84,7 +85,7 @@ def test_adding_a_model_changes_only_its_own_stages(copy):
     changed = sorted(s for s in set(before) | set(after) if before.get(s) != after.get(s))
     # the model's own stages, and variance: it reads exactly the runs collect.models names (and the
     # aggregating stages after it, plot and efficiency, only through its outputs)
-    own = sorted([f"collect@my-ar", f"prune@{NEW_INSTANCE}", f"evaluate@{NEW_INSTANCE}", "evaluate_dense@my-ar",
+    own = sorted(["collect@my-ar", f"prune@{NEW_INSTANCE}", f"evaluate@{NEW_INSTANCE}", "evaluate_dense@my-ar",
                   "variance"])
     assert changed == own, f"stages whose status the new model changed: {changed}"
     n_stages = len(before)

@@ -375,7 +375,8 @@ def test_unknown_fidelity_names_key_and_values(raw, value):
 
 
 def test_unknown_noise_names_key_and_values(raw):
-    with pytest.raises(ParamsError, match=r"prune\.calibration\.noise = 'uniform': must be one of \['auto', 'grid', 'stratified'\]"):
+    with pytest.raises(ParamsError, match=r"prune\.calibration\.noise = 'uniform': "
+                                          r"must be one of \['auto', 'grid', 'stratified'\]"):
         params.load_dict(_set(raw, "prune.calibration.noise", "uniform"))
 
 

@@ -92,7 +92,8 @@ def test_files_refuse_a_write_over_a_stage_output_inside_a_fork(tmp_path, monkey
     monkeypatch.setattr(paths, "ROOT", tmp_path)
     monkeypatch.setenv(paths.FORK_ENV, FORK)
     monkeypatch.setenv(paths.FORK_STAGE_ENV, "variance")
-    with pytest.raises(RuntimeError, match=r"fork '21_variance_mine' would write sinks/a.json, an output of stage 'variance'"):
+    with pytest.raises(RuntimeError,
+                       match=r"fork '21_variance_mine' would write sinks/a.json, an output of stage 'variance'"):
         write_json(tmp_path / "sinks" / "a.json", {})  # spelled without srclib.paths
     from srclib.files import atomic_outputs
 
@@ -139,9 +140,10 @@ def test_resolve_stage_fork_name_path_and_unknown(tmp_path, monkeypatch):
     with pytest.raises(RunnerError, match="notebook not found: nowhere/x.ipynb"):
         run.resolve("nowhere/x.ipynb", tmp_path)
     with pytest.raises(RunnerError, match="not a stage's name"):
-        run.run_fork(write_notebook(tmp_path / "elsewhere" / "variance.ipynb", "from srclib.stages import variance"), {},
-                     root=tmp_path)
-    with pytest.raises(RunnerError, match=r"stage 'variance, forked as 21_variance_mine': unknown parameter\(s\) \['zz'\]"):
+        run.run_fork(write_notebook(tmp_path / "elsewhere" / "variance.ipynb", "from srclib.stages import variance"),
+                     {}, root=tmp_path)
+    with pytest.raises(RunnerError,
+                       match=r"stage 'variance, forked as 21_variance_mine': unknown parameter\(s\) \['zz'\]"):
         run.run_fork(fork, {"params_file": "params.yaml", "zz": 1}, root=tmp_path)
 
 
@@ -191,7 +193,8 @@ def fake_study(root: Path) -> None:
             extra = {"prefill_mass": torch.rand(L, B, T, generator=g)}
         meta = {"kind": kind, "model": model, "run": model, "random_init": False, "causal": kind == "ar",
                 "mask_id": 7 if kind == "dlm" else None, "has_bos": True, "bos_id": 1}
-        save_trajectory(Trajectory(meta=meta, mass=mass, valid_len=valid, prompt_ids=torch.zeros(B, P, dtype=torch.long),
+        save_trajectory(Trajectory(meta=meta, mass=mass, valid_len=valid,
+                                   prompt_ids=torch.zeros(B, P, dtype=torch.long),
                                    final_ids=torch.zeros(B, T, dtype=torch.long), **extra),
                         paths.trajectory_file(model, root))
     text = (paths.ROOT / "params.yaml").read_text()  # the study's params, collecting these two runs only
@@ -251,7 +254,8 @@ def test_fork_writes_its_own_outputs_renders_and_is_indexed(tmp_path):
     stage = json.loads((tmp_path / "metrics" / "variance.json").read_text())
     assert mine["provenance"]["fork"] == {"name": FORK, "stage": "variance"} and "fork" not in stage["provenance"]
     assert mine["runs"] == stage["runs"]  # same inputs, same params: the same numbers
-    assert (tmp_path / "forks" / FORK / "sinks" / "tiny-dlm.json").read_bytes() == (tmp_path / "sinks" / "tiny-dlm.json").read_bytes()
+    assert ((tmp_path / "forks" / FORK / "sinks" / "tiny-dlm.json").read_bytes()
+            == (tmp_path / "sinks" / "tiny-dlm.json").read_bytes())
     html = paths.fork_html(FORK, tmp_path).read_text()
     assert "My variance variant" in html and "tiny-dlm" in html
     index = paths.index_html(tmp_path).read_text()
@@ -271,8 +275,8 @@ def test_readme_fork_stage_names_the_fork_and_its_outputs():
     assert stage["cmd"] == f"python -m srclib.run {FORK} params_file=params.yaml"
     assert f"notebooks/{FORK}.ipynb" in stage["deps"] and "trajectories" in stage["deps"]
     outs = [next(iter(o)) for o in stage["outs"] + stage["metrics"]]
-    assert outs == [f"forks/{FORK}/sinks", f"reports/html/forks/{FORK}.html", f"forks/{FORK}/metrics/units/variance.json",
-                    f"forks/{FORK}/metrics/variance.json"]
+    assert outs == [f"forks/{FORK}/sinks", f"reports/html/forks/{FORK}.html",
+                    f"forks/{FORK}/metrics/units/variance.json", f"forks/{FORK}/metrics/variance.json"]
     assert outs[0] == paths.rel(paths.fork_dir(FORK) / paths.SINKS) and outs[1] == paths.rel(paths.fork_html(FORK))
 
 

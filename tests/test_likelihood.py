@@ -194,14 +194,14 @@ def _enumerated_expectation(fn, prefix, target, b):
     for k in range(1, L + 1):
         rows = []
         for j in range(b):
-            l = ((llada_round(Fraction(k) + Fraction(j * L, b)) - 1) % L) + 1
-            subsets = list(itertools.combinations(range(L), l))
+            n = ((llada_round(Fraction(k) + Fraction(j * L, b)) - 1) % L) + 1
+            subsets = list(itertools.combinations(range(L), n))
             acc = 0.0
             for S in subsets:
                 x = ids.clone()
                 x[[P + i for i in S]] = MASK
                 lp = torch.log_softmax(fn(x[None])[0].double(), -1)
-                acc += (L / l) * -sum(float(lp[P + i, target[i]]) for i in S)
+                acc += (L / n) * -sum(float(lp[P + i, target[i]]) for i in S)
             rows.append(acc / len(subsets))
         total += sum(rows) / b
     return -total / L

@@ -109,8 +109,8 @@ def test_missing_key_is_named(raw):
 
 def test_unknown_section(raw):
     bad = copy.deepcopy(raw)
-    bad["trian"] = {}
-    with pytest.raises(ParamsError, match="trian"):
+    bad["trian"] = {}  # codespell:ignore trian
+    with pytest.raises(ParamsError, match="trian"):  # codespell:ignore trian
         params.load_dict(bad)
 
 

@@ -29,7 +29,8 @@ def dvc_stages():
             if not st.addressing.endswith(".dvc") and st.cmd:
                 out[st.addressing] = {
                     "outs": sorted(str(Path(o.fs_path).relative_to(ROOT)) for o in st.outs),
-                    "deps": sorted(str(Path(d.fs_path).relative_to(ROOT)) for d in st.deps if d.def_path != "params.yaml" and not hasattr(d, "params")),
+                    "deps": sorted(str(Path(d.fs_path).relative_to(ROOT)) for d in st.deps
+                                   if d.def_path != "params.yaml" and not hasattr(d, "params")),
                     "cmd": st.cmd,
                 }
         return out
@@ -55,7 +56,8 @@ def expected_outs(p: params.Params) -> dict[str, list[str]]:
         exp[f"collect@{key}"] = [r(paths.trajectory_dir, key), r(paths.report_html, "collect", key),
                                  r(paths.collect_metrics, key)]
     for name in p.prune.instances:
-        exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name), r(paths.prune_metrics, name)]
+        exp[f"prune@{name}"] = [r(paths.pruned_dir, name), r(paths.report_html, "prune", name),
+                                r(paths.prune_metrics, name)]
         exp[f"evaluate@{name}"] = [r(paths.report_html, "evaluate", name), r(paths.eval_metrics, name),
                                    r(paths.eval_units, name)]
     for name in p.efficiency.instances:

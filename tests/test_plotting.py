@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -13,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from srclib import paths, plotting
+from srclib import plotting
 from srclib.report import loaders, results, series
 from srclib.trajectories import panels
 from srclib.trajectories.store import PRIMARY_VARIANT
@@ -102,7 +100,6 @@ def test_save_figure_deterministic_bytes(tree, tmp_path):
 # each figure shows its data
 # =================================================================================================
 def test_accuracy_vs_sparsity_draws_the_series(tree):
-    df = tree["df"]
     fig = plotting.accuracy_vs_sparsity(tree["acc"], tree["models"])
     _check_labelled(fig)
     axes = _visible_axes(fig)
@@ -159,7 +156,8 @@ def test_sink_variance_accepts_run_variance_plots(tree):
     plots, metrics = res["plots"], res["metrics"]
     assert not any("kind" in p or "random_init" in p for p in plots.values())  # the case this test is about
     for i, p in enumerate(plots.values()):  # distinct values per run and layer: a swap or reversal shows
-        p["variance_per_layer"] = p["variance_per_layer"] + 0.01 * (i + 1) * (1 + np.arange(len(p["variance_per_layer"])))
+        p["variance_per_layer"] = (p["variance_per_layer"]
+                                   + 0.01 * (i + 1) * (1 + np.arange(len(p["variance_per_layer"]))))
     fig = plotting.sink_variance_dlm_vs_ar(metrics, plots)
     _check_labelled(fig)
     left, right = _visible_axes(fig)
@@ -172,7 +170,8 @@ def test_sink_variance_accepts_run_variance_plots(tree):
         assert ln.get_linestyle() == ("--" if RUNS[run][1] else "-")  # kind and init read from the metrics
         assert matplotlib.colors.to_rgb(ln.get_color()) == pytest.approx(plotting.KIND_COLORS[RUNS[run][0]])
     labels = [t.get_text() for t in right.get_xticklabels()]
-    np.testing.assert_allclose([b.get_height() for b in right.patches], [metrics["runs"][r]["variance"] for r in labels])
+    np.testing.assert_allclose([b.get_height() for b in right.patches],
+                               [metrics["runs"][r]["variance"] for r in labels])
     fig2 = plotting.sink_position_vs_step(plots, PRIMARY_VARIANT)
     _check_labelled(fig2)
     for ax in _visible_axes(fig2):
@@ -277,10 +276,11 @@ def test_efficiency_bars_from_a_real_report(tmp_path):
         torch.manual_seed(0)
         m = TinyLM(test_config()).eval()
         zero_by_magnitude_(m, MODELS["tiny-dlm"], sp, pattern)
-        cfg = EfficiencyParams(instances=[name], token_shapes=[[1, 16]], model_token_shapes={}, repeats=2, warmup=0, threads=1,
-                               clock="wall", memory_dtype="bfloat16")
+        cfg = EfficiencyParams(instances=[name], token_shapes=[[1, 16]], model_token_shapes={}, repeats=2, warmup=0,
+                               threads=1, clock="wall", memory_dtype="bfloat16")
         reports[name] = efficiency_report(m, MODELS["tiny-dlm"], cfg)
-        ws = [mod.weight for blk in m.model.transformer.blocks for mod in blk.modules() if isinstance(mod, torch.nn.Linear)]
+        ws = [mod.weight for blk in m.model.transformer.blocks for mod in blk.modules()
+              if isinstance(mod, torch.nn.Linear)]
         nonzero[name] = sum(int(torch.count_nonzero(w)) for w in ws) / sum(w.numel() for w in ws)
     write_json(tmp_path / "eff.json", {"instances": reports})
     fig = plotting.efficiency_bars(loaders.efficiency_rows(read_json(tmp_path / "eff.json")))

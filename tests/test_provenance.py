@@ -23,7 +23,8 @@ def repo(tmp_path):
     _git(tmp_path, "config", "user.name", "t")
     (tmp_path / "metrics").mkdir()
     (tmp_path / ".gitignore").write_text("/ignored\n")
-    for rel, text in {"dvc.lock": "a\n", "metrics/m.json": "{}\n", "params.yaml": "x: 1\n", "src.py": "y = 2\n"}.items():
+    files = {"dvc.lock": "a\n", "metrics/m.json": "{}\n", "params.yaml": "x: 1\n", "src.py": "y = 2\n"}
+    for rel, text in files.items():
         (tmp_path / rel).write_text(text)
     _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-qm", "init")
@@ -74,15 +75,17 @@ def test_untracked_files_change_the_hash_ignored_ones_do_not(repo):
     (repo / "new.py").write_text("z = 3\n")
     (repo / "sub").mkdir()
     (repo / "sub" / "a.txt").write_bytes(b"abc")
-    lines = "".join(f"{rel}\0{hashlib.sha256((repo / rel).read_bytes()).hexdigest()}\n" for rel in ["new.py", "sub/a.txt"])
+    lines = "".join(f"{rel}\0{hashlib.sha256((repo / rel).read_bytes()).hexdigest()}\n"
+                    for rel in ["new.py", "sub/a.txt"])
     state = provenance.git_state(repo)
     assert state["dirty"] is True
     assert state["diff_sha256"] == hashlib.sha256(lines.encode()).hexdigest()  # the tracked diff is empty
     first = state["diff_sha256"]
-    (repo / "sub" / "a.txt").write_bytes(b"abd")  # one byte of an untracked file
+    (repo / "sub" / "a.txt").write_bytes(b"abd")  # one byte of an untracked file  # codespell:ignore abd
     assert provenance.git_state(repo)["diff_sha256"] != first
     (repo / "params.yaml").write_text("x: 2\n")  # tracked diff first, then the untracked lines
-    lines = "".join(f"{rel}\0{hashlib.sha256((repo / rel).read_bytes()).hexdigest()}\n" for rel in ["new.py", "sub/a.txt"])
+    lines = "".join(f"{rel}\0{hashlib.sha256((repo / rel).read_bytes()).hexdigest()}\n"
+                    for rel in ["new.py", "sub/a.txt"])
     expected = hashlib.sha256(_independent_diff(repo) + lines.encode()).hexdigest()
     assert provenance.git_state(repo)["diff_sha256"] == expected
 

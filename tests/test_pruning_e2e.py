@@ -48,7 +48,8 @@ COMBOS = [("magnitude", "uniform")] + [(m, w) for m in ("wanda", "sparsegpt") fo
 def test_every_method_and_weighting(kind, method, weighting):
     model, adapter = _model(kind)
     dense = {n: p.detach().clone() for n, p in model.named_parameters()}
-    pattern = {"wanda": "2:4", "sparsegpt": "4:8"}.get(method, "unstructured") if weighting == "stability" else "unstructured"
+    pattern = ({"wanda": "2:4", "sparsegpt": "4:8"}.get(method, "unstructured") if weighting == "stability"
+               else "unstructured")
     rep = prune_model(model, adapter, spec(method=method, weighting=weighting, pattern=pattern), _calib())
     assert abs(rep.overall - 0.5) < 1e-3
     assert rep.inputs == ("none" if method == "magnitude" else
@@ -87,7 +88,6 @@ def test_owl_block_sparsities():
 def test_run_prune_saves_reloadable_model(tmp_path):
     torch.manual_seed(0)
     adapter = MODELS["tiny-dlm"]
-    model = TinyLM(test_config()).eval()
     c = _calib()
     sp = spec(method="sparsegpt", weighting="sink")
     outs = []

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -156,7 +155,8 @@ def test_a_prune_run_of_an_older_spec_is_stale(raw, tmp_path):
     doc["provenance"]["params"][f"prune.instances.{name}"] = old
     io.write_json(paths.eval_metrics(name, tmp_path), doc)
     assert {s.file for s in freshness.stale_inputs(P, tmp_path)} == {
-        paths.rel(paths.prune_metrics(name, tmp_path), tmp_path), paths.rel(paths.eval_metrics(name, tmp_path), tmp_path)}
+        paths.rel(paths.prune_metrics(name, tmp_path), tmp_path),
+        paths.rel(paths.eval_metrics(name, tmp_path), tmp_path)}
 
 
 def test_variance_written_for_other_collect_models_or_without_its_section(raw, tmp_path):

@@ -86,7 +86,7 @@ def test_a_yaml_file_given_by_path_is_not_a_notebook(tmp_path, caplog):
 def _dvc_parameters() -> dict[str, set[str]]:
     """stage -> the names dvc.yaml's cmd passes as key=value (foreach stages: their template)."""
     out: dict[str, set[str]] = {}
-    for name, stage in yaml.safe_load((paths.ROOT / "dvc.yaml").read_text())["stages"].items():
+    for _name, stage in yaml.safe_load((paths.ROOT / "dvc.yaml").read_text())["stages"].items():
         cmd = stage.get("do", stage)["cmd"]
         words = cmd.split()
         assert words[:3] == ["python", "-m", "srclib.run"], cmd
@@ -241,7 +241,8 @@ def test_collect_logs_each_run(tmp_path, progress_lines):
 
     prompts = paths.prompts_file(tmp_path)
     prompts.parent.mkdir(parents=True)
-    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n" for i, t in enumerate(word_texts())))
+    prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n"
+                               for i, t in enumerate(word_texts())))
     collect.run(collect_params(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
                                random_init_control=True),
                 {"t-dlm": ModelEntry(dtype="float32", device="cpu")}, root=tmp_path,
@@ -249,10 +250,12 @@ def test_collect_logs_each_run(tmp_path, progress_lines):
     lines = progress_lines()
     assert lines[:2] == ["collect t-dlm: load (float32, cpu) ...", lines[1]] and lines[1].startswith(
         "collect t-dlm: load (float32, cpu): done in ")
-    assert "collect t-dlm: run 1/2, 2 prompts ..." in lines and "collect t-dlm-randinit: run 2/2, 2 prompts ..." in lines
+    assert ("collect t-dlm: run 1/2, 2 prompts ..." in lines
+            and "collect t-dlm-randinit: run 2/2, 2 prompts ..." in lines)
     assert lines[-1].startswith("collect t-dlm-randinit: run 2/2, 2 prompts: done in ")
-    assert "collect t-dlm: 4 steps" in lines and any(line.startswith("collect t-dlm-randinit: step 4/4 (100%), done in ")
-                                                     for line in lines)  # the sampler's steps, within a run
+    assert "collect t-dlm: 4 steps" in lines and any(
+        line.startswith("collect t-dlm-randinit: step 4/4 (100%), done in ")
+        for line in lines)  # the sampler's steps, within a run
 
 
 # ---- item 16 end to end: the terminal gets progress, the saved notebook none ---------------------

@@ -159,7 +159,8 @@ def test_position_variance_known_answers():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 50).flatmap(lambda T: st.tuples(st.just(T), st.lists(st.integers(0, T - 1), min_size=1, max_size=30))))
+@given(st.integers(1, 50).flatmap(
+    lambda T: st.tuples(st.just(T), st.lists(st.integers(0, T - 1), min_size=1, max_size=30))))
 def test_position_variance_bounded(args):
     T, pos = args
     v = position_variance(torch.tensor(pos), T).item()

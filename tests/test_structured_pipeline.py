@@ -79,7 +79,8 @@ def test_every_family_method_and_structure(kind, method, weighting, structure):
         assert b["kv_groups"] >= 1 and b["channels"] >= 1
     if structure == "uniform":  # exact per-block counts (round half even, never all)
         for b in rep.blocks:
-            assert b["kv_groups_total"] - b["kv_groups"] == min(round(0.4 * b["kv_groups_total"]), b["kv_groups_total"] - 1)
+            assert b["kv_groups_total"] - b["kv_groups"] == min(round(0.4 * b["kv_groups_total"]),
+                                                                b["kv_groups_total"] - 1)
             assert b["channels_total"] - b["channels"] == min(round(0.4 * b["channels_total"]), b["channels_total"] - 1)
     else:  # within one unit's cost of the target, from above
         head = max(rep.total_params // max(1, sum(b["kv_groups_total"] for b in rep.blocks)), 1)
@@ -100,7 +101,8 @@ def test_every_family_method_and_structure(kind, method, weighting, structure):
 @pytest.mark.parametrize("kind", ["tiny", "tiny-gqa", "smollm2", "dream"])
 def test_compact_and_masked_forms_compute_the_same_function(kind):
     model, adapter = _family(kind)
-    other = dataclasses.replace(adapter, structured_form="masked" if adapter.structured_form == "compact" else "compact")
+    other = dataclasses.replace(adapter,
+                                structured_form="masked" if adapter.structured_form == "compact" else "compact")
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     s = spec(method="flap", weighting="sink", structure="adaptive", sparsity=0.5)
     ra = prune_structured(a, adapter, s, _calib(_vocab(model)))
@@ -220,5 +222,6 @@ def test_runner_refuses_structured_on_a_family_without_head_metadata(monkeypatch
     P = params.load_dict(_params_with(dict(BASE_INST)))
     monkeypatch.setitem(MODELS, "tiny-dlm", Adapter(key="tiny-dlm", causal=False, shift=True,
                                                    blocks_path="model.transformer.blocks"))
-    with pytest.raises(ParamsError, match=r"prune\.instances\.x\.structure = 'adaptive': model 'tiny-dlm' .* no head metadata"):
+    with pytest.raises(ParamsError,
+                       match=r"prune\.instances\.x\.structure = 'adaptive': model 'tiny-dlm' .* no head metadata"):
         runner.check_structured(P)

@@ -229,7 +229,8 @@ def test_ar_prefix_mass_equals_full_prefix_forward():
 def test_ar_hf_llama_collects():
     model = _tiny_llama()
     ad = TinyAdapter(key="llama", causal=True, shift=False)
-    traj = collect_trajectory(model, ad, None, _prompt(B=1, P=4), _cfg(prompt_tokens=4, gen_length=3, steps=3, block_length=3))
+    traj = collect_trajectory(model, ad, None, _prompt(B=1, P=4),
+                              _cfg(prompt_tokens=4, gen_length=3, steps=3, block_length=3))
     assert traj.shape == (3, 2, 1, 7)
     assert torch.allclose(traj.mass.sum(-1), torch.full((3, 2, 1), 4.0), atol=1e-4)
 
@@ -418,7 +419,8 @@ def test_collect_and_variance_stages(tmp_path):
         for key in ("bos_share", "sink_step_frac", "variance_sink_steps", "variance_std", "head_bos_share_max",
                     "head_strength_max", "n_prompts"):
             assert key in g, (r, key)
-    assert "dominant_at_0_frac_expected" in v["runs"]["t-ar"] and "dominant_at_0_frac_expected" not in v["runs"]["t-dlm"]
+    assert "dominant_at_0_frac_expected" in v["runs"]["t-ar"]
+    assert "dominant_at_0_frac_expected" not in v["runs"]["t-dlm"]
     # units: per-prompt values, heads, twins, AR offsets
     u = json.loads(paths.variance_units(tmp_path).read_text())
     assert u == res.units and list(u) == ["runs"] and set(u["runs"]) == set(runs)
@@ -454,7 +456,8 @@ def test_collect_and_variance_stages(tmp_path):
     assert "old" in paths.trajectory_runs(tmp_path)
     res2 = variance.run(SINK, root=tmp_path, collect=cfg)
     assert sorted(res2.metrics["runs"]) == sorted(runs)
-    assert sorted(variance.collected_runs(dataclasses.replace(cfg, random_init_control=False), tmp_path)) == ["t-ar", "t-dlm"]
+    assert sorted(variance.collected_runs(dataclasses.replace(cfg, random_init_control=False),
+                                          tmp_path)) == ["t-ar", "t-dlm"]
     paths.trajectory_file("t-ar-randinit", tmp_path).unlink()
     with pytest.raises(FileNotFoundError, match="t-ar-randinit"):
         variance.run(SINK, root=tmp_path, collect=cfg)
@@ -482,7 +485,8 @@ def test_collected_head_shares_agree_with_the_layer_mass(kind, tmp_path):
     if kind == "ar":
         assert (traj.head_bos_share > 0.9).all()  # the planted sink, in every head
     back = load_trajectory(save_trajectory(traj, tmp_path / "h.safetensors"))
-    assert torch.equal(back.head_bos_share, traj.head_bos_share) and torch.equal(back.head_top_share, traj.head_top_share)
+    assert (torch.equal(back.head_bos_share, traj.head_bos_share)
+            and torch.equal(back.head_top_share, traj.head_top_share))
 
 
 def test_old_format_file_is_refused_naming_it(tmp_path):
@@ -547,7 +551,8 @@ def _uniform_causal_ar(B=3, P=4, G=6, L=2, Hh=2, noise=0.0, seed=0):
 
     mass = torch.stack([rows(P - 1 + s, P + s) for s in range(G)])  # (S, L, B, T): the newest query
     meta = {"kind": "ar", "model": "syn-ar", "random_init": True, "has_bos": True}
-    return Trajectory(meta=meta, mass=mass, valid_len=P + torch.arange(G), prompt_ids=torch.zeros(B, P, dtype=torch.long),
+    return Trajectory(meta=meta, mass=mass, valid_len=P + torch.arange(G),
+                      prompt_ids=torch.zeros(B, P, dtype=torch.long),
                       final_ids=torch.zeros(B, T, dtype=torch.long), prefill_mass=rows(0, P - 1))
 
 
@@ -600,7 +605,8 @@ def test_sink_steps_and_per_prompt_values():
         mass[s, 0, 0, p] = 21.0
     traj = Trajectory(meta={"kind": "dlm", "mask_id": MASK, "model": "syn", "random_init": False}, mass=mass,
                       valid_len=torch.full((S,), T), prompt_ids=torch.zeros(2, 2, dtype=torch.long),
-                      final_ids=torch.zeros(2, T, dtype=torch.long), step_ids=torch.full((S, 2, T), 5, dtype=torch.long))
+                      final_ids=torch.zeros(2, T, dtype=torch.long),
+                      step_ids=torch.full((S, 2, T), 5, dtype=torch.long))
     g = sink_statistics(traj, SINK)["variants"]["full"]["global"]
     pp = g["per_prompt"]
     assert pp["sink_step_frac"] == [0.75, 0.0] and g["sink_step_frac"] == 0.375
