@@ -66,7 +66,7 @@ def _hflm_class():
             context's cost for k choices. The rest (single requests, rows HFLM truncates, models
             without a cache) go through HFLM unchanged."""
             groups: dict[tuple[int, ...], list[int]] = {}
-            for i, (_, ctx, cont) in enumerate(requests):
+            for i, (_, ctx, _cont) in enumerate(requests):
                 groups.setdefault(tuple(ctx), []).append(i)
             shared = [idx for ctx, idx in groups.items()
                       if len(idx) > 1 and all(len(ctx) + len(requests[i][2]) <= self.max_length + 1

@@ -142,7 +142,7 @@ def _local_files(data_root: Path, task: str, cfg: Mapping[str, Any]) -> tuple[st
             f"task {task!r}: no local data at {folder} (dataset {hub!r}); build data/raw with "
             f"`python -m srclib.data build` or pass the right data_root"
         )
-    for fmt, (builder, pattern) in _FORMATS.items():
+    for builder, pattern in _FORMATS.values():
         files = {}
         for split in sorted({cfg.get(k) for k in _SPLIT_KEYS if cfg.get(k)}):
             hits = sorted(folder.glob(pattern.format(split=split)))
