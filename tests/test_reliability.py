@@ -17,7 +17,8 @@ from helpers import html_outputs, write_stage_notebook  # tests/ is on sys.path
 @pytest.mark.slow
 def test_killed_stage_leaves_no_partial_output_and_reruns(tmp_path):
     marker = tmp_path / "started"
-    write_stage_notebook(tmp_path, "plot", f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)")
+    write_stage_notebook(tmp_path, "plot",
+                         f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(60)")
     env = {**os.environ, "SRCLIB_ROOT": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "srclib.run", "plot", "params_file=params.yaml"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

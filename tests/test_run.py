@@ -63,8 +63,10 @@ def test_success_renders_html_and_failure_keeps_notebook(tmp_path):
     assert len(injected) == 1 and "a = 2" in injected[0].source
     last = nb.cells[-1]
     assert last.source == body
-    assert [o.get("text", "").strip() for o in last.outputs if o.output_type == "stream"] == [f"cwd {tmp_path}\nanswer 49"]
-    assert [(o.output_type, o.get("ename")) for o in last.outputs if o.output_type == "error"] == [("error", "AssertionError")]
+    streams = [o.get("text", "").strip() for o in last.outputs if o.output_type == "stream"]
+    assert streams == [f"cwd {tmp_path}\nanswer 49"]
+    errors = [(o.output_type, o.get("ename")) for o in last.outputs if o.output_type == "error"]
+    assert errors == [("error", "AssertionError")]
     assert html_path.read_text() == text  # the failed run left the last good report as it was
     # no temp files left beside the outputs
     leftovers = [p for p in tmp_path.rglob("*.tmp")]
@@ -83,7 +85,8 @@ def test_params_are_validated_before_any_kernel_starts(tmp_path, monkeypatch):
         raise AssertionError("papermill must not start for invalid params")
 
     monkeypatch.setattr(papermill, "execute_notebook", no_kernel)
-    write_stage_notebook(tmp_path, "prune", "pass", params="params_file = 'params.yaml'\ninstance = 'x'\n", params_yaml=False)
+    write_stage_notebook(tmp_path, "prune", "pass", params="params_file = 'params.yaml'\ninstance = 'x'\n",
+                         params_yaml=False)
     shutil.copy(paths.ROOT / "params.yaml", tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="instance 'nope' is not in prune.instances"):
         run.run_stage("prune", {"params_file": "params.yaml", "instance": "nope"}, root=tmp_path)
