@@ -130,7 +130,9 @@ def replay(block: torch.Tensor, lens, mc_num: int, group: int, low: int, z: floa
 
 
 def bench(model, tok, adapter, task: str, limit: int, mc_num: int, group: int, low: int,
-          zs: list[float], check_z: float, cfg: float, batch_size: int, ref_mc_num: int = 0) -> dict:
+          zs: list[float], check_z: float, cfg: float, batch_size: int, ref_mc_num: int = 0,
+          mins: list[int] | None = None) -> dict:
+    mins = mins or [low]
     common = dict(model=model, tokenizer=tok, adapter=adapter, mc_num=mc_num, batch_size=batch_size,
                   cfg=cfg)
     t0 = time.perf_counter()
@@ -196,13 +198,14 @@ def bench(model, tok, adapter, task: str, limit: int, mc_num: int, group: int, l
     curve = [{"z": "full (independent rows)", **summary(ref, [mc_num] * n)}]
     rows_at: dict[float, list[int]] = {}
     chosen_at: dict[float, dict] = {}
-    for z in [math.inf, *zs]:
-        res = [replay(b, d["len"], mc_num, group, low, z) if z != math.inf else
+    for lo, z in [(mc_num, math.inf), *((m, z) for m in mins for z in zs)]:
+        res = [replay(b, d["len"], mc_num, group, lo, z) if z != math.inf else
                (mc_num, [float(x) for x in b.mean(0)]) for b, d in zip(items, crn)]
         chosen = {norm: [choice(v, d["len"], norm) for (_, v), d in zip(res, crn)] for norm in (False, True)}
         rows = [r for r, _ in res]
-        rows_at[z], chosen_at[z] = rows, chosen
-        curve.append({"z": None if z == math.inf else z, **summary(chosen, rows)})
+        if lo == low:
+            rows_at[z], chosen_at[z] = rows, chosen
+        curve.append({"z": None if z == math.inf else z, "mc_min": lo, **summary(chosen, rows)})
 
     # one real sequential run: its answers and rows must be the replay's
     lm = DiffusionLM(**common, mc_adaptive=True, mc_group=group, mc_min=low, mc_z=check_z)
@@ -224,9 +227,10 @@ def bench(model, tok, adapter, task: str, limit: int, mc_num: int, group: int, l
 def markdown(out: dict) -> str:
     lines = ["# Sequential MC-ELBO with common random numbers vs the full-budget estimator", "",
              f"`benchmarks/adaptive_elbo.py`; CPU, one thread; {out['date']}. Full budget: mc_num "
-             f"rows per request (LLaDA's estimator, today's default; the paper uses 128). `z = full`: "
+             f"rows per request (LLaDA's estimator, today's default; the paper uses 128). `full, CRN`: "
              f"the CRN estimator at the full budget (its agreement with the full-budget run is the "
-             f"Monte-Carlo noise floor). Agreement: the same chosen answer as the full-budget run "
+             f"Monte-Carlo noise floor); the other rows replay the stopping rule on its recorded rows "
+             f"(mc_min, z). Agreement: the same chosen answer as the full-budget run "
              f"(acc: argmax log-likelihood; acc_norm: argmax log-likelihood / choice length). "
              f"diff: accuracy(sequential) - accuracy(full), paired Wald 95% CI "
              f"(srclib.stats.paired_accuracy). Goals: agreement >= 99%, rows <= 1/10.", ""]
@@ -235,15 +239,16 @@ def markdown(out: dict) -> str:
                   f"{r['model_desc']}; {r['n_items']} items ({r['n_choices']} choices), mc_num "
                   f"{r['mc_num']}, mc_group {r['mc_group']}, mc_min {r['mc_min']}, cfg {r['cfg']}; "
                   f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()), "",
-                  "| z | rows / item | rows / full | agree acc | diff acc [95% CI] | agree acc_norm "
+                  "| mc_min | z | rows / item | rows / full | agree acc | diff acc [95% CI] | agree acc_norm "
                   "| diff acc_norm [95% CI] |" + (f" agree acc / acc_norm with mc_num {r['ref_mc_num']} |"
                                                    if r.get("ref_mc_num") else ""),
-                  "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if r.get("ref_mc_num") else "")]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if r.get("ref_mc_num") else "")]
         for c in r["curve"]:
             a, an = c["acc"], c["acc_norm"]
             z = "full, CRN" if c["z"] is None else c["z"]
             lines.append(
-                f"| {z} | {c['rows_per_item']:.1f} | "
+                f"| {c.get('mc_min', r['mc_min']) if isinstance(c['z'], float) else '-'} | {z} | "
+                f"{c['rows_per_item']:.1f} | "
                 f"{c['rows_fraction']:.3f} | {a['agreement']:.1%} | {a['diff']:+.3f} "
                 f"[{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | {an['agreement']:.1%} | {an['diff']:+.3f} "
                 f"[{an['ci95'][0]:+.3f}, {an['ci95'][1]:+.3f}] |"
@@ -263,7 +268,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--mc-num", type=int, default=32)
     ap.add_argument("--group", type=int, default=2)
-    ap.add_argument("--min", type=int, default=2)
+    ap.add_argument("--min", type=int, default=2, help="mc_min of the real sequential run")
+    ap.add_argument("--mins", default="", help="mc_min values replayed (default: --min)")
     ap.add_argument("--z", default="1,2,3,4,6")
     ap.add_argument("--check-z", type=float, default=3.0)
     ap.add_argument("--cfg", type=float, default=0.0)
@@ -291,7 +297,8 @@ def main(argv=None) -> dict:
         model, tok, adapter, desc = load_model(name, a.tiny_dlm)
         for task in a.tasks.split(","):
             r = bench(model, tok, adapter, task, a.limit, a.mc_num, a.group, a.min, zs, a.check_z,
-                      a.cfg, a.batch_size, a.ref_mc_num)
+                      a.cfg, a.batch_size, a.ref_mc_num,
+                      [int(m) for m in a.mins.split(",") if m] or [a.min])
             r.update(model=name, model_desc=desc)
             out["runs"].append(r)
             print(markdown({**out, "runs": [r]}).split("\n", 4)[-1], flush=True)
