@@ -117,8 +117,8 @@ def mask_counts(k: torch.Tensor | int, L: int, b: int) -> torch.Tensor:
     j = torch.arange(b, dtype=torch.int64)  # (b,)
     # (k*b + j*L) / b is exact in float64 at every half, so round-half-even is LLaDA's torch.round
     x = torch.round((k_t * b + j * L).to(torch.float64) / b).to(torch.int64)  # (n, b)
-    l = ((x - 1) % L) + 1
-    return l[0] if scalar else l
+    counts = ((x - 1) % L) + 1
+    return counts[0] if scalar else counts
 
 
 # ---- request plans -----------------------------------------------------------------------------
@@ -164,11 +164,11 @@ def _plan(prefix: Ids, target: Ids, mc_num: int, b: int, keep_first: bool,
         )
     n_iter = mc_num // b
     k = torch.randint(1, L + 1, (n_iter,), generator=generator)  # (n_iter,)
-    l = mask_counts(k, L, b).reshape(-1)  # (R,)
+    counts = mask_counts(k, L, b).reshape(-1)  # (R,)
     keys = torch.rand(mc_num, L, generator=generator)  # (R, L)
     rank = keys.argsort(dim=1).argsort(dim=1)  # (R, L) rank of each key in its row
-    masked = rank < l[:, None]  # (R, L): exactly l_j uniformly random positions
-    return _Plan(torch.cat([p, t]), p.numel(), masked, L / l.to(torch.float64))
+    masked = rank < counts[:, None]  # (R, L): exactly l_j uniformly random positions
+    return _Plan(torch.cat([p, t]), p.numel(), masked, L / counts.to(torch.float64))
 
 
 def _call(logits_fn: LogitsFn, ids: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
@@ -318,9 +318,9 @@ def crn_group(requests: Sequence[tuple[Ids, Ids]], b: int, keep_first: bool,
     for p, t in pairs:
         L = t.numel()
         k = min(int(u * L), L - 1) + 1
-        l = mask_counts(k, L, b)  # (b,)
+        counts = mask_counts(k, L, b)  # (b,)
         rank = keys[:, :L].argsort(dim=1).argsort(dim=1)  # (b, L)
-        plans.append(_Plan(torch.cat([p, t]), p.numel(), rank < l[:, None], L / l.to(torch.float64)))
+        plans.append(_Plan(torch.cat([p, t]), p.numel(), rank < counts[:, None], L / counts.to(torch.float64)))
     return plans
 
 

@@ -111,12 +111,12 @@ def test_crn_group_shares_t_and_masks_across_choices():
     keys = torch.rand(4, 5, generator=g)
     for pl, L in ((a, 3), (c, 5)):
         k = min(int(u * L), L - 1) + 1
-        l = likelihood.mask_counts(k, L, 4)
-        assert torch.equal(pl.masked.sum(1), l)
-        assert torch.equal(pl.weight, L / l.to(torch.float64))
+        counts = likelihood.mask_counts(k, L, 4)
+        assert torch.equal(pl.masked.sum(1), counts)
+        assert torch.equal(pl.weight, L / counts.to(torch.float64))
         # the masked positions: the l_j smallest of the first L keys of row j
         for j in range(4):
-            want = set(keys[j, :L].argsort()[: int(l[j])].tolist())
+            want = set(keys[j, :L].argsort()[: int(counts[j])].tolist())
             assert set(pl.masked[j].nonzero().flatten().tolist()) == want
     assert a.prefix_len == 2 and a.ids.tolist() == [0, 5, 8, 9, 10]
 
@@ -272,8 +272,10 @@ def test_loglikelihood_groups_lm_eval_requests_into_items(built, monkeypatch):
     ({"mc_min": 4}, "model_args mc_min=4: only used with mc_adaptive=true"),
     ({"mc_z": 2.0, "mc_adaptive": "false"}, "model_args mc_z=2.0: only used with mc_adaptive=true"),
     ({"mc_adaptive": "maybe"}, "model_args mc_adaptive='maybe': must be true or false"),
-    ({"mc_adaptive": True, "mc_num": 30, "mc_group": 4}, "model_args mc_group=4: must be an integer >= 1 dividing mc_num"),
-    ({"mc_adaptive": True, "mc_num": 32, "mc_group": 4, "mc_min": 6}, "model_args mc_min=6: must be an integer, a multiple of mc_group"),
+    ({"mc_adaptive": True, "mc_num": 30, "mc_group": 4},
+     "model_args mc_group=4: must be an integer >= 1 dividing mc_num"),
+    ({"mc_adaptive": True, "mc_num": 32, "mc_group": 4, "mc_min": 6},
+     "model_args mc_min=6: must be an integer, a multiple of mc_group"),
     ({"mc_adaptive": True, "mc_num": 32, "mc_group": 4, "mc_min": 64}, "model_args mc_min=64"),
     ({"mc_adaptive": True, "mc_num": 32, "mc_z": 0}, "model_args mc_z=0.0: must be a number > 0"),
     ({"mc_adaptive": True, "mc_num": 32, "mc_z": "inf"}, "model_args mc_z=inf"),

@@ -13,9 +13,10 @@ the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0),
 :data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``, ``device``,
 ``batch_size``; ``mc_adaptive`` (default false: LLaDA's estimator, mc_num rows per request),
 ``mc_group``, ``mc_min``, ``mc_z``: common random numbers across the choices of one item and
-sequential stopping (:meth:`DiffusionLM.score_items`). :func:`check_model_args` checks names, types and ranges without loading anything
-(``python -m srclib.evaluation`` runs it before lm-eval indexes its tasks; ``create_from_arg_obj``
-runs it too), :func:`check_pretrained` the model key or checkpoint folder.
+sequential stopping (:meth:`DiffusionLM.score_items`). :func:`check_model_args` checks names,
+types and ranges without loading anything (``python -m srclib.evaluation`` runs it before lm-eval
+indexes its tasks; ``create_from_arg_obj`` runs it too), :func:`check_pretrained` the model key or
+checkpoint folder.
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ class ModelArgsError(ValueError):
 MC_GROUP, MC_MIN, MC_Z = 4, 8, 3.0
 
 # DiffusionLM's model_args (its keyword arguments other than loaded objects): name -> (type,
-# what is allowed, starting with the type's word: the message of a wrong type). The ranges are checked by each rule's one home: SamplerParams (steps,
-# gen_length, block_length, temperature, remasking; cfg as cfg_scale), likelihood._check_mc
-# (mc_num, mc_batch), _at_least_one (batch_size, max_length), devices.resolve + torch.device
-# (device), _as_bool (add_bos_token); the defaults are DiffusionLM.__init__'s.
+# what is allowed, starting with the type's word: the message of a wrong type). The ranges are
+# checked by each rule's one home: SamplerParams (steps, gen_length, block_length, temperature,
+# remasking; cfg as cfg_scale), likelihood._check_mc (mc_num, mc_batch), _at_least_one (batch_size,
+# max_length), devices.resolve + torch.device (device), _as_bool (add_bos_token); the defaults are
+# DiffusionLM.__init__'s.
 MODEL_ARGS: dict[str, tuple[type, str]] = {
     "pretrained": (str, "a registered model key or a srclib checkpoint folder"),
     "mc_num": (int, "an integer >= 1 (MC samples per request)"),
