@@ -70,7 +70,7 @@ def load_model(name: str, tiny_dlm: Path):
     if name == "tiny-dlm":
         model, tok, adapter = load(str(tiny_dlm))
         n = sum(p.numel() for p in model.parameters())
-        return model, tok, adapter, f"trained tiny-dlm ({tiny_dlm}, {n / 1e6:.1f} M parameters)"
+        return model, tok, adapter, f"trained tiny-dlm ({tiny_dlm.name}, {n / 1e6:.1f} M parameters)"
     if name != "standin":
         raise SystemExit(f"--models: unknown model {name!r}; allowed: standin, tiny-dlm")
     import tempfile

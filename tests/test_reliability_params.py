@@ -321,7 +321,10 @@ MISMATCH = [
 
 @pytest.mark.parametrize("name,changes,says,has", MISMATCH, ids=[f"{c[0]}:{next(iter(c[1]))}" for c in MISMATCH])
 def test_instance_name_disagreeing_with_its_values_is_refused(raw, name, changes, says, has):
-    raw["prune"]["instances"][name].update(changes)
+    instances = raw["prune"]["instances"]
+    if name not in instances:  # an instance of its own, from an unstructured 50% one
+        instances[name] = dict(instances["dlm-wanda-uniform-50-s0"])
+    instances[name].update(changes)
     with pytest.raises(ParamsError) as err:
         params.load_dict(raw)
     assert str(err.value) == (f"prune.instances.{name}: the name says {says} but the instance has {has}; rename "
