@@ -194,3 +194,37 @@ def check_attention_direction(key: str) -> None:
         assert changed == 0.0
     else:
         assert changed > 1e-6
+
+
+def bpe_tokenizer():
+    """A byte-level BPE tokenizer trained in-process (vocab 300) with [BOS] [EOS] [PAD] [MASK] as
+    ids 0-3: what test-size checkpoints that go through lm-eval need."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(["The quick brown fox jumps over the lazy dog."] * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["[BOS]", "[EOS]", "[PAD]", "[MASK]"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
+                                   pad_token="[PAD]", mask_token="[MASK]")
+
+
+def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
+    """A test-size tiny-ar (``causal``) or tiny-dlm checkpoint with random weights (seeded) and
+    :func:`bpe_tokenizer` in ``folder``, marked with its registry key."""
+    import torch
+
+    from srclib.models.base import write_marker
+    from srclib.models.tiny import TinyLM, test_config
+
+    tok = bpe_tokenizer()
+    cfg = test_config(causal=causal, shift=not causal, vocab_size=len(tok), bos_token_id=0,
+                      eos_token_id=1, pad_token_id=2, max_position_embeddings=512,
+                      mask_token_id=None if causal else 3)
+    torch.manual_seed(seed)
+    TinyLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    write_marker(folder, "tiny-ar" if causal else "tiny-dlm")

@@ -16,6 +16,7 @@ from srclib.evaluation import harness
 from srclib.evaluation import tasks as T
 from srclib.files import read_json
 from srclib.params import TaskSettings
+from helpers import write_tiny_checkpoint
 
 TASKS = paths.tasks_dir()
 FILE = TASKS / "continuation" / "validation.jsonl"
@@ -202,35 +203,12 @@ def test_oracle_scores_1_offline_and_choices_continue_the_context():
 
 
 # ---- a test-size model through the harness -------------------------------------------------------
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(["The quick brown fox jumps over the lazy dog."] * 4, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["[BOS]", "[EOS]", "[PAD]", "[MASK]"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", mask_token="[MASK]")
-
-
 @needs_data
 @pytest.mark.parametrize("causal", [True, False], ids=["ar", "dlm"])
 def test_test_size_model_scores_the_task(causal, tmp_path):
     from srclib.models import load
-    from srclib.models.base import write_marker
-    from srclib.models.tiny import TinyLM, test_config
 
-    tok = _tokenizer()
-    key = "tiny-ar" if causal else "tiny-dlm"
-    cfg = test_config(causal=causal, shift=not causal, vocab_size=len(tok), bos_token_id=0,
-                      eos_token_id=1, pad_token_id=2, max_position_embeddings=512,
-                      mask_token_id=None if causal else 3)
-    TinyLM(cfg).save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
-    write_marker(tmp_path, key)
+    write_tiny_checkpoint(tmp_path, causal)
     model, tokenizer, adapter = load(str(tmp_path))
     lm = harness.make_lm(model, tokenizer, adapter, batch_size=8)
     res = harness.evaluate_lm(lm, {T.CONTINUATION: TaskSettings(0, 0.0, 4, 8)}, data_root=TASKS)

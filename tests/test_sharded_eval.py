@@ -19,6 +19,7 @@ import torch
 from srclib import paths
 from srclib.evaluation import tasks as T
 from srclib.params import TaskSettings
+from helpers import write_tiny_checkpoint
 
 TASKS = paths.tasks_dir()
 FILE = TASKS / T.CONTINUATION / "validation.jsonl"
@@ -27,35 +28,6 @@ SETTINGS = {T.CONTINUATION: TaskSettings(num_fewshot=0, cfg=0.0, mc_num=4, limit
 GUIDED = {T.CONTINUATION: TaskSettings(num_fewshot=0, cfg=0.5, mc_num=4, limit=N_DOCS)}
 BATCH = 4  # 4 * 8 // mc_num 4 = 8 requests per scoring batch: 28 requests -> batches 8, 8, 8, 4
 N_OTHER = 5  # hand-made rolling / generation requests (documents 0..4)
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator(["The quick brown fox jumps over the lazy dog."] * 4, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["[BOS]", "[EOS]", "[PAD]", "[MASK]"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]",
-                                   pad_token="[PAD]", mask_token="[MASK]")
-
-
-def _build(folder: Path, causal: bool) -> None:
-    """A test-size tiny-dlm / tiny-ar checkpoint (random weights, seeded) in ``folder``."""
-    from srclib.models.base import write_marker
-    from srclib.models.tiny import TinyLM, test_config
-
-    tok = _tokenizer()
-    cfg = test_config(causal=causal, shift=not causal, vocab_size=len(tok), bos_token_id=0,
-                      eos_token_id=1, pad_token_id=2, max_position_embeddings=512,
-                      mask_token_id=None if causal else 3)
-    torch.manual_seed(0)
-    TinyLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    write_marker(folder, "tiny-ar" if causal else "tiny-dlm")
 
 
 def _instances(kind: str, texts: list[str], rank: int, world: int):
@@ -152,8 +124,8 @@ needs_data = pytest.mark.skipif(not FILE.is_file(),
 def test_two_processes_score_as_one(tmp_path):
     dlm, ar, out = tmp_path / "dlm", tmp_path / "ar", tmp_path / "out"
     out.mkdir()
-    _build(dlm, causal=False)
-    _build(ar, causal=True)
+    write_tiny_checkpoint(dlm, causal=False)
+    write_tiny_checkpoint(ar, causal=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                           os.environ.get("PYTHONPATH", "")])}
