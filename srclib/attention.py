@@ -8,7 +8,10 @@ it up at call time) by a wrapper that
    (so logits are bit-identical with and without the recorder), then
 2. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
    queries at a time (no T x T map per head is ever held), and accumulates the key mass
-   m_k = sum_h sum_q A[h, q, k] of that call.
+   m_k = sum_h sum_q A[h, q, k] of that call. The scores and probabilities of every chunk are
+   written into two buffers that live as long as the recorder (same kernels, same values bit for
+   bit; fresh tensors per chunk cost the CPU two large allocations each: at T = 512 on tiny-dlm's
+   shape the recorder went from about 1.30-1.37x to 1.15-1.23x a plain forward).
 
 Semantics mirrored from torch's SDPA reference implementation:
 - ``attn_mask`` bool (True = attend) or additive float, broadcastable to (B, H, T_q, T_k);
@@ -136,6 +139,24 @@ def key_mass(
     return _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head=False)[0]
 
 
+class _Workspace:
+    """Two flat float32 buffers reused by every chunk of every call of one recorder: the scores and
+    their softmax are written into them (``out=``) instead of into fresh tensors, which on the CPU
+    saves the page faults of two large allocations per chunk (same kernels, bit-identical values;
+    benchmarks/attention_overhead.py). Grown on demand, per device; freed with the recorder."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[str, int], torch.Tensor] = {}
+
+    def view(self, slot: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        n = math.prod(shape)
+        key = (str(device), slot)
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[key] = torch.empty(n, dtype=torch.float32, device=device)
+        return buf[:n].view(shape)
+
+
 def key_mass_per_head(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -159,8 +180,10 @@ def head_shares(head_mass: torch.Tensor, n_queries: torch.Tensor) -> tuple[torch
     return bos, top
 
 
-def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: bool):
-    """(total (B, T_k), head mass (B, H, T_k) or None, queries per head (B, H) or None)."""
+def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: bool,
+              work: _Workspace | None = None):
+    """(total (B, T_k), head mass (B, H, T_k) or None, queries per head (B, H) or None); ``work``:
+    buffers for the scores and probabilities (``_Workspace``), else fresh tensors per chunk."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if query.dim() not in (3, 4) or key.dim() != query.dim():
@@ -193,7 +216,12 @@ def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: boo
             stop = min(start + chunk_size, Tq)
             # causal (top-left aligned): queries start..stop-1 see keys 0..stop-1 only
             kend = min(Tk, stop) if is_causal else Tk
-            s = torch.matmul(q[:, :, start:stop] * scale, kt[..., :kend])  # (B, H, c, kend), fresh
+            qc = q[:, :, start:stop] * scale
+            if work is None:
+                s = torch.matmul(qc, kt[..., :kend])  # (B, H, c, kend), fresh
+            else:
+                shape = torch.broadcast_shapes(qc.shape[:-1], kt.shape[:-2] + (1,)) + (kend,)
+                s = torch.matmul(qc, kt[..., :kend], out=work.view(0, shape, q.device))
             if is_causal:
                 qpos = torch.arange(start, stop, device=q.device)
                 s.masked_fill_(kpos[None, :kend] > qpos[:, None], float("-inf"))
@@ -206,7 +234,8 @@ def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: boo
                     s.masked_fill_(~m, float("-inf"))
                 else:
                     s.add_(m)
-            p = torch.softmax(s, dim=-1)  # (B, H, c, kend); a row with every key masked is NaN
+            # (B, H, c, kend); a row with every key masked is NaN
+            p = torch.softmax(s, dim=-1) if work is None else torch.softmax(s, -1, out=work.view(1, s.shape, q.device))
             # sum over heads and queries; only a mask can empty a row (causal rows always see key 0)
             total[:, :kend] += p.nansum(dim=(1, 2)) if mask is not None else p.sum(dim=(1, 2))
             if per_head:  # same chunk, reduced over queries only: (B, H, kend)
@@ -218,6 +247,8 @@ def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: boo
 
 
 def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
+    work = _Workspace()  # lives as long as the recorder
+
     def scaled_dot_product_attention(
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
         enable_gqa=False, **kwargs,
@@ -230,7 +261,7 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
             scale=scale, **extra,
         )
         total, heads, nq = _key_mass(query, key, attn_mask, bool(is_causal), scale, record.chunk_size,
-                                     per_head=record.per_head)
+                                     per_head=record.per_head, work=work)
         record.per_call.append(total)
         if record.per_head:
             bos, top = head_shares(heads, nq)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from srclib.attention import head_shares, key_mass, key_mass_per_head, record_mass
+from srclib.attention import _Workspace, _key_mass, head_shares, key_mass, key_mass_per_head, record_mass
 from srclib.models.tiny import TinyLM, apply_rope, rope_cache, test_config
 
 ATOL = 1e-4
@@ -232,6 +232,9 @@ def _naive(q, k, mask, is_causal, scale):
     return w
 
 
+_WORKSPACE = _Workspace()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     B=st.integers(1, 3), H=st.sampled_from([1, 2, 4]), rep=st.sampled_from([1, 2]),
@@ -266,6 +269,13 @@ def test_key_mass_matches_naive(B, H, rep, Tq, extra_k, hd, chunk, causal, mask_
     assert torch.equal(total, got)
     torch.testing.assert_close(heads.double(), ref.sum(dim=2), atol=1e-4, rtol=1e-4)
     assert torch.equal(nq, (ref.sum(-1) > 0.5).sum(-1))
+    # the recorder's reused buffers (one workspace across every example: shapes grow and shrink)
+    # give the fresh tensors' values bit for bit
+    for per_head in (False, True):
+        fresh = _key_mass(q, k, mask, causal, scale, chunk, per_head=per_head)
+        reused = _key_mass(q, k, mask, causal, scale, chunk, per_head=per_head, work=_WORKSPACE)
+        for a, b in zip(fresh, reused):
+            assert (a is None and b is None) or torch.equal(a, b)
     # the reference weights reproduce SDPA's own output, so the mirrored semantics are SDPA's
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
                                          enable_gqa=rep > 1)
