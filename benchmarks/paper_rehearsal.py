@@ -283,7 +283,32 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
     gpu = pj.H200.with_efficiency(mfu, fp32_eff)
     proj = pj.project_study(P, gpu)
     sched = {n: pj.schedule(proj["jobs"], n) for n in (1, 2, 4, 8)}
-    return {"measured": rows, "exponents": exps, "projection": proj, "schedule": sched, "gpu": gpu.describe()}
+    frac, source = adaptive_rows_fraction()
+    costs = pj.cost_scenarios(P, gpu, frac)
+    return {"measured": rows, "exponents": exps, "projection": proj, "schedule": sched, "gpu": gpu.describe(),
+            "cost_scenarios": costs, "mc_rows_fraction": {"value": frac, "source": source}}
+
+
+ADAPTIVE = ROOT / "benchmarks" / "results" / "adaptive_elbo.json"
+
+
+def adaptive_rows_fraction(mc_num: int = 128, mc_min: int = 4, z: float = 3.0) -> tuple[float, str]:
+    """The sequential MC-ELBO's measured rows per item / mc_num (benchmarks/adaptive_elbo.py): the
+    largest over the stand-in tasks run at mc_num 128 with the rule (mc_min 4, z 3) whose answers
+    agree with the full budget as often as two full-budget runs agree with each other."""
+    runs = json.loads(ADAPTIVE.read_text())["runs"]
+    fracs = {}
+    for r in runs:
+        if r["mc_num"] != mc_num:
+            continue
+        for c in r["curve"]:
+            if c["z"] == z and c.get("mc_min", r["mc_min"]) == mc_min:
+                fracs[r["task"]] = c["rows_fraction"]
+    if not fracs:
+        raise ValueError(f"{ADAPTIVE}: no run at mc_num {mc_num}, mc_min {mc_min}, z {z}")
+    task = max(fracs, key=fracs.get)
+    return fracs[task], (f"{ADAPTIVE.relative_to(ROOT)}: stand-in, mc_num {mc_num}, mc_min {mc_min}, z {z}; "
+                         + ", ".join(f"{t} {f:.3f}" for t, f in sorted(fracs.items())) + f"; the largest ({task})")
 
 
 def tables(res: dict) -> str:
@@ -306,6 +331,9 @@ def tables(res: dict) -> str:
                      f"T={h['T']}: {h['seconds']:.1f} s, {h['bytes'] / 1e9:.2f} GB; T={h['T_max']}: "
                      f"{h['seconds_T_max']:.0f} s, {h['bytes_T_max'] / 1e9:.1f} GB per row |")
     lines += ["", pj.projection_table(res["projection"], res["schedule"], res["gpu"])]
+    if "cost_scenarios" in res:
+        lines += ["", f"Cost with the sequential MC-ELBO ({res['mc_rows_fraction']['source']}) and sharded "
+                  "requests:", "", pj.cost_table(res["cost_scenarios"])]
     return "\n".join(lines)
 
 

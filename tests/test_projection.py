@@ -220,3 +220,41 @@ def test_rehearsal_worker_runs_at_reduced_width():
     assert st["wanda_sink_pass"]["passes"] == 1 and st["sparsegpt_sink_block"]["inputs"] == "clean"
     flops = pj.rehearsal_flops(pj.ModelShape(**out["shape"]), st, mod.ELBO, mod.SAMPLER)
     assert set(flops) == set(st) and min(flops.values()) > 0
+
+
+def test_sequential_mc_elbo_scales_only_the_sampled_multiple_choice_rows():
+    """Known answer: with a fraction f of the MC rows, each multiple-choice task scored with
+    mc_num > 1 costs f of its FLOPs; MMLU (mc_num 1), GSM8K (generation) and the perplexity
+    are unchanged."""
+    P = params.load(ROOT / "params-gpu.yaml")
+    full = pj.evaluate_job(P, "x", "llada-8b-base", pj.H200)["per_task_flops"]
+    part = pj.evaluate_job(P, "x", "llada-8b-base", pj.H200, mc_rows_fraction=0.25)["per_task_flops"]
+    for task, f in full.items():
+        sampled = task in P.evaluate.tasks and P.evaluate.tasks[task].mc_num > 1 and not pj.TASKS[task].generate
+        assert part[task] == pytest.approx(0.25 * f if sampled else f), task
+    assert part["hellaswag"] == pytest.approx(0.25 * full["hellaswag"]) and part["gsm8k"] == full["gsm8k"]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="mc_rows_fraction"):
+            pj.evaluate_job(P, "x", "llada-8b-base", pj.H200, mc_rows_fraction=bad)
+
+
+def test_sharded_evaluation_splits_compute_and_reloads_weights_per_rank():
+    job = {"name": "evaluate:a", "kind": "evaluate", "seconds": 110.0, "io_seconds": 10.0, "peak_bytes": 1.0,
+           "deps": ["prune:a"], "bf16_flops": 8.0}
+    parts = pj.shard_job(job, 4)
+    assert [p["name"] for p in parts] == [f"evaluate:a#{r}/4" for r in range(4)]
+    assert all(p["seconds"] == pytest.approx(100 / 4 + 10) and p["deps"] == ["prune:a"] for p in parts)
+    assert sum(p["bf16_flops"] for p in parts) == pytest.approx(8.0)
+    assert pj.shard_job(job, 1) == [job]
+    with pytest.raises(ValueError, match="shards"):
+        pj.shard_job(job, 0)
+    # in the study: sharding leaves the GPU time but for the extra weight loads, and cuts the
+    # critical path of the longest evaluation about shards-fold
+    P = params.load(ROOT / "params-gpu.yaml")
+    one, eight = pj.project_study(P, pj.H200), pj.project_study(P, pj.H200, eval_shards=8)
+    extra = sum(7 * j["io_seconds"] for j in one["jobs"] if j["kind"] == "evaluate")
+    assert eight["total_seconds"] == pytest.approx(one["total_seconds"] + extra)
+    c1, c8 = pj.schedule(one["jobs"], 64)["critical_path_s"], pj.schedule(eight["jobs"], 64)["critical_path_s"]
+    assert c8 < c1 / 4
+    table = pj.cost_table(pj.cost_scenarios(P, pj.H200, 0.2, gpus=(1, 8)))
+    assert table.count("\n") == 5 and "H200-days" in table

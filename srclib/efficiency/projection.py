@@ -35,8 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 __all__ = [
     "ModelShape", "PAPER_SHAPES", "MODEL_KEYS", "GPU", "H200", "TaskCost", "TASKS",
     "forward_flops", "mass_flops", "sparsegpt_flops", "loglog_slope", "rehearsal_flops",
-    "prune_job", "evaluate_job", "collect_job", "efficiency_job", "project_study", "schedule",
-    "projection_table",
+    "prune_job", "evaluate_job", "shard_job", "collect_job", "efficiency_job", "project_study", "schedule",
+    "projection_table", "cost_scenarios", "cost_table",
 ]
 
 GB = 1e9
@@ -311,9 +311,15 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
 
 
 def evaluate_job(P: Any, name: str, model_key: str, gpu: GPU, deps: Iterable[str] = (),
-                 tasks: Mapping[str, TaskCost] = TASKS) -> dict[str, Any]:
+                 tasks: Mapping[str, TaskCost] = TASKS, mc_rows_fraction: float = 1.0) -> dict[str, Any]:
     """lm-eval on one model: every task's requests x mc_num rows (x2 with cfg), generation tasks
-    steps x (prompt + gen_length) forwards, plus the ELBO perplexity windows."""
+    steps x (prompt + gen_length) forwards, plus the ELBO perplexity windows.
+
+    ``mc_rows_fraction``: mean rows per item of the sequential MC-ELBO (srclib-dlm ``mc_adaptive``)
+    as a fraction of mc_num, applied to the multiple-choice tasks scored with mc_num > 1 (1: the
+    full-budget estimator; the perplexity and generation are not affected)."""
+    if not 0 < mc_rows_fraction <= 1:
+        raise ValueError(f"mc_rows_fraction must be in (0, 1], got {mc_rows_fraction!r}")
     from srclib.evaluation.common import SAMPLER  # generation settings of the evaluation
 
     E = P.evaluate
@@ -329,7 +335,8 @@ def evaluate_job(P: Any, name: str, model_key: str, gpu: GPU, deps: Iterable[str
             f = tc.items * SAMPLER.steps * mult * forward_flops(shape, T)
             peak = max(peak, _forward_peak(shape, E.batch_size * mult, T, True))
         else:
-            rows = tc.items * tc.choices * ts.mc_num * mult
+            frac = mc_rows_fraction if ts.mc_num > 1 and tc.choices > 1 else 1.0
+            rows = tc.items * tc.choices * ts.mc_num * frac * mult
             f = rows * forward_flops(shape, tc.tokens)
             peak = max(peak, _forward_peak(shape, min(E.batch_size, ts.mc_num) * mult, tc.tokens, True))
         per_task[task] = f
@@ -338,9 +345,23 @@ def evaluate_job(P: Any, name: str, model_key: str, gpu: GPU, deps: Iterable[str
     per_task["ppl"] = ppl
     bf16 += ppl
     peak = max(peak, _forward_peak(shape, E.batch_size, E.ppl.seq_len, True))
-    secs = gpu.seconds(bf16) + _weights(shape) / gpu.io_bytes_per_s
-    return _job(f"evaluate:{name}", "evaluate", secs, _weights(shape) + peak, deps, bf16_flops=bf16,
-                per_task_flops=per_task)
+    io = _weights(shape) / gpu.io_bytes_per_s
+    return _job(f"evaluate:{name}", "evaluate", gpu.seconds(bf16) + io, _weights(shape) + peak, deps,
+                bf16_flops=bf16, per_task_flops=per_task, io_seconds=io)
+
+
+def shard_job(job: Mapping[str, Any], shards: int) -> list[dict[str, Any]]:
+    """One evaluation split over ``shards`` processes (srclib.evaluation.distributed: each rank
+    scores every shards-th batch of requests): ``shards`` jobs of 1/shards of the compute each,
+    every one loading the weights itself; same deps. ``shards = 1`` returns the job unchanged."""
+    if not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be an int >= 1, got {shards!r}")
+    if shards == 1:
+        return [dict(job)]
+    io = job.get("io_seconds", 0.0)
+    compute = job["seconds"] - io
+    return [{**job, "name": f"{job['name']}#{r}/{shards}", "seconds": compute / shards + io,
+             "bf16_flops": job.get("bf16_flops", 0.0) / shards} for r in range(shards)]
 
 
 def efficiency_job(P: Any, gpu: GPU) -> dict[str, Any]:
@@ -358,16 +379,22 @@ def efficiency_job(P: Any, gpu: GPU) -> dict[str, Any]:
     return _job("efficiency", "efficiency", secs, peak, deps, bf16_flops=bf16)
 
 
-def project_study(P: Any, gpu: GPU = H200) -> dict[str, Any]:
-    """Every GPU job of the study (paper models only: the tiny models stay on CPU), per stage."""
+def project_study(P: Any, gpu: GPU = H200, mc_rows_fraction: float = 1.0, eval_shards: int = 1) -> dict[str, Any]:
+    """Every GPU job of the study (paper models only: the tiny models stay on CPU), per stage.
+    ``mc_rows_fraction``: see ``evaluate_job``; ``eval_shards``: processes per evaluation
+    (``shard_job``; jobs named ``evaluate:<name>#<rank>/<shards>``)."""
     jobs = [collect_job(P, k, gpu) for k in P.collect.models if k in MODEL_KEYS]
+
+    def evaluation(name: str, key: str, deps: list[str]) -> list[dict[str, Any]]:
+        return shard_job(evaluate_job(P, name, key, gpu, deps=deps, mc_rows_fraction=mc_rows_fraction), eval_shards)
+
     for inst in P.prune.instances:
         if P.prune.instance(inst).model in MODEL_KEYS:
             jobs.append(prune_job(P, inst, gpu))
-            jobs.append(evaluate_job(P, inst, P.prune.instance(inst).model, gpu, deps=[f"prune:{inst}"]))
+            jobs += evaluation(inst, P.prune.instance(inst).model, [f"prune:{inst}"])
     for key in P.evaluate.dense:
         if key in MODEL_KEYS:
-            jobs.append(evaluate_job(P, f"{key}-dense", key, gpu))
+            jobs += evaluation(f"{key}-dense", key, [])
     if any(P.prune.instance(i).model in MODEL_KEYS for i in P.efficiency.instances):
         jobs.append(efficiency_job(P, gpu))
     stages: dict[str, dict[str, float]] = {}
@@ -447,4 +474,42 @@ def projection_table(proj: Mapping[str, Any], sched: Mapping[int, Mapping[str, A
         lines.append(f"| {n} | {_h(s['makespan_s'])} | {_h(s['critical_path_s'])} |")
     if proj["over_memory"]:
         lines.append(f"\nOver {gpu['memory_bytes'] / GB:.0f} GB: {', '.join(proj['over_memory'])}")
+    return "\n".join(lines)
+
+
+def cost_scenarios(P: Any, gpu: GPU, mc_rows_fraction: float, gpus: Sequence[int] = (1, 8, 64),
+                   shards_per_eval: int = 8) -> list[dict[str, Any]]:
+    """The study's GPU time and wall time on N GPUs, for the full-budget MC-ELBO and the sequential
+    one (``mc_rows_fraction``), with and without request sharding. N GPUs: a list schedule over N
+    workers; sharded, every evaluation is min(N, shards_per_eval) processes (one node's GPUs under
+    ``accelerate launch``) and instances spread over the ``dvc queue`` workers."""
+    rows = []
+    for label, frac in (("full MC-ELBO", 1.0), (f"sequential MC-ELBO ({mc_rows_fraction:.3f} of the rows)",
+                                                mc_rows_fraction)):
+        for sharded in (False, True):
+            walls = {}
+            total = None
+            for n in gpus:
+                shards = min(n, shards_per_eval) if sharded else 1
+                proj = project_study(P, gpu, mc_rows_fraction=frac, eval_shards=shards)
+                if n == 1:
+                    total = proj["total_seconds"]
+                walls[n] = schedule(proj["jobs"], n)["makespan_s"]
+            if total is None:
+                total = project_study(P, gpu, mc_rows_fraction=frac)["total_seconds"]
+            rows.append({"estimator": label, "mc_rows_fraction": frac, "sharded": sharded,
+                         "gpu_seconds": total, "wall_s": walls})
+    return rows
+
+
+def cost_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown of ``cost_scenarios``: GPU time (1 GPU) and wall time per number of GPUs."""
+    gpus = sorted(rows[0]["wall_s"])
+    walls = " | ".join(f"wall, {n} GPU{'s' if n > 1 else ''}" for n in gpus)
+    lines = [f"| estimator | requests sharded | GPU time (1 GPU) | {walls} |",
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in gpus) + " |"]
+    for r in rows:
+        lines.append(f"| {r['estimator']} | {'yes (min(N, 8) per evaluation)' if r['sharded'] else 'no'} | "
+                     f"{r['gpu_seconds'] / 86400:.1f} H200-days | "
+                     + " | ".join(_h(r["wall_s"][n]) for n in gpus) + " |")
     return "\n".join(lines)
