@@ -325,7 +325,7 @@ def crn_group(requests: Sequence[tuple[Ids, Ids]], b: int, keep_first: bool,
 
 
 def leader_resolved(values: torch.Tensor, z: float,
-                    scales: Sequence[Sequence[float]] | None = None) -> bool:
+                    scales: Sequence[Sequence[float]] | None = None, raw: bool = True) -> bool:
     """Whether the leading choice is resolved: ``values`` (n, m) float64, row r's estimate of each
     of m choices' log-likelihood (minus its weighted row loss), paired across choices (common
     random numbers). For every ranking (the raw values, and each vector of ``scales``: choice i's
@@ -333,11 +333,15 @@ def leader_resolved(values: torch.Tensor, z: float,
     mean) must beat every other choice j with mean(d) > z * sd(d) / sqrt(n), d = v_a - v_j row by
     row (sd with n - 1; treating stratified rows as independent overstates the error: conservative).
     A difference of zero never resolves (a tie runs to the maximum); one choice is never resolved
-    (its value, not a ranking, is asked for)."""
+    (its value, not a ranking, is asked for). ``raw=False`` leaves the raw ranking out (only the
+    scaled ones must resolve; at least one is needed)."""
     n, m = values.shape
+    rankings = ([None] if raw else []) + list(scales or [])
+    if not rankings:
+        raise ValueError("leader_resolved needs a ranking: raw=True or at least one vector of scales")
     if m < 2 or n < 2:
         return False
-    for s in [None, *(scales or [])]:
+    for s in rankings:
         v = values if s is None else values * torch.as_tensor(s, dtype=torch.float64)[None, :]
         a = int(v.mean(0).argmax())
         d = v[:, a:a + 1] - v  # (n, m)
@@ -364,12 +368,14 @@ def elbo_rank_adaptive(
     forward_batch: int = 32,
     scales: Sequence[Sequence[Sequence[float]] | None] | None = None,
     record: list | None = None,
+    raw: bool = True,
 ) -> tuple[list[list[float]], list[int]]:
     """Sequential MC-ELBO for ranking: the requests of each item (its choices) share common random
     numbers (:func:`crn_group`, one generator per item, drawn group after group, so an item's
     first n rows do not depend on when it stops or on the other items); after every group of
     ``mc_group`` rows (the stratification group) an item with at least ``mc_min`` rows stops when
-    :func:`leader_resolved` (``z``, the item's ``scales``), and at ``mc_num`` rows in any case.
+    :func:`leader_resolved` (``z``, the item's ``scales``, ``raw``: whether the raw ranking
+    must resolve too), and at ``mc_num`` rows in any case.
     Active items' rows are packed into forward passes of ``forward_batch`` rows.
 
     Returns (per item, each request's estimate: minus the mean row loss over the rows used) and
@@ -406,8 +412,9 @@ def elbo_rank_adaptive(
             used[i] += mc_group
             if used[i] >= mc_num:
                 continue
-            if used[i] >= mc_min and leader_resolved(
-                    torch.cat(rows[i]), z, None if scales is None else scales[i]):
+            item_scales = None if scales is None else scales[i]
+            if used[i] >= mc_min and leader_resolved(torch.cat(rows[i]), z, item_scales,
+                                                     raw=raw or not item_scales):
                 continue
             still.append(i)
         active = still

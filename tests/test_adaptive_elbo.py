@@ -280,6 +280,8 @@ def test_loglikelihood_groups_lm_eval_requests_into_items(built, monkeypatch):
     ({"mc_adaptive": True, "mc_num": 32, "mc_z": 0}, "model_args mc_z=0.0: must be a number > 0"),
     ({"mc_adaptive": True, "mc_num": 32, "mc_z": "inf"}, "model_args mc_z=inf"),
     ({"mc_adaptive": True, "mc_group": "two"}, "model_args mc_group='two': must be an integer"),
+    ({"mc_adaptive": True, "mc_rank": "norm"}, "model_args mc_rank='norm': must be one of all, acc, acc_norm"),
+    ({"mc_rank": "acc"}, "model_args mc_rank='acc': only used with mc_adaptive=true"),
 ])
 def test_check_model_args_refuses_bad_adaptive_settings(args, match):
     with pytest.raises(LM.ModelArgsError, match=match.replace("(", r"\(").replace("+", r"\+")):
@@ -311,3 +313,47 @@ def test_adaptive_with_sharded_evaluation_is_refused(built, monkeypatch):
     monkeypatch.setattr(LM.distributed, "setup", lambda device: Group(0, 2, 0, torch.device("cpu")))
     with pytest.raises(ValueError, match="mc_adaptive=true is not supported with sharded evaluation"):
         _dlm(built, mc_adaptive=True, mc_group=2, mc_min=2)
+
+
+def test_leader_resolved_on_the_named_rankings_only():
+    """mc_rank: raw=False asks only the scaled (acc_norm) ranking. Hand-made rows: choice 0 leads
+    the raw values clearly (d = 4, 4.1, 3.9); scaled by 1 and 1/10 choice 1 leads by 0.5, 0.67,
+    0.42 (resolved); scaled by 1 and 1/5 the differences are 0, 0.14, -0.06 (not resolved)."""
+    rows = torch.tensor([[-1.0, -5.0], [-1.2, -5.3], [-0.9, -4.8]], dtype=torch.float64)
+    unresolved = [[1.0, 1 / 5]]
+    assert likelihood.leader_resolved(rows, 3.0)  # raw alone
+    assert not likelihood.leader_resolved(rows, 3.0, scales=unresolved)  # raw and scaled ("all")
+    assert not likelihood.leader_resolved(rows, 3.0, scales=unresolved, raw=False)  # scaled alone
+    assert likelihood.leader_resolved(rows, 3.0, scales=[[1.0, 1 / 10]], raw=False)
+    with pytest.raises(ValueError, match="needs a ranking"):
+        likelihood.leader_resolved(rows, 3.0, raw=False)
+
+
+def test_mc_rank_names_the_rankings_the_estimator_resolves(built, monkeypatch):
+    """score_items hands elbo_rank_adaptive the rankings mc_rank names: all (the default) the raw
+    values and the length-scaled ones, acc the raw ones only, acc_norm the scaled ones only; the
+    stop then follows leader_resolved (tested on hand-made rows above)."""
+    pairs = [("The cat", " sat on the mat"), ("The cat", " ran"), ("One two", " three"), ("One two", " four")]
+    items = [[0, 1], [2, 3]]
+    lengths = [len(c.lstrip()) for _, c in pairs]
+    seen = {}
+    original = likelihood.elbo_rank_adaptive
+
+    def spy(*a, **kw):
+        seen["scales"], seen["raw"] = kw.get("scales"), kw.get("raw", True)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(likelihood, "elbo_rank_adaptive", spy)
+    want = {"all": (True, True), "acc": (True, False), "acc_norm": (False, True)}
+    for rank, (raw, scaled) in want.items():
+        kw = {} if rank == "all" else {"mc_rank": rank}
+        lm = _dlm(built, mc_adaptive=True, mc_group=2, mc_min=2, mc_z=1.0, mc_num=8, **kw)
+        assert lm.mc_rank == rank
+        lm.score_items([lm._encode_pair(c, t) for c, t in pairs], items, lengths=lengths, disable_tqdm=True)
+        assert seen["raw"] is raw and (seen["scales"] is not None) is scaled, rank
+        if scaled:
+            assert seen["scales"][0] == [[1 / lengths[0], 1 / lengths[1]]] or seen["scales"][0] == [
+                [1 / lengths[2], 1 / lengths[3]]]
+    # without lengths acc_norm has nothing to scale: the raw ranking decides
+    lm.score_items([lm._encode_pair(c, t) for c, t in pairs], items, lengths=None, disable_tqdm=True)
+    assert seen["raw"] is True and seen["scales"] is None

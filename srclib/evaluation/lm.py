@@ -12,7 +12,7 @@ the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0),
 ``gen_length``, ``block_length``, ``remasking``, ``temperature`` (generation; defaults
 :data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``, ``device``,
 ``batch_size``; ``mc_adaptive`` (default false: LLaDA's estimator, mc_num rows per request),
-``mc_group``, ``mc_min``, ``mc_z``: common random numbers across the choices of one item and
+``mc_group``, ``mc_min``, ``mc_z``, ``mc_rank``: common random numbers across the choices of one item and
 sequential stopping (:meth:`DiffusionLM.score_items`). :func:`check_model_args` checks names,
 types and ranges without loading anything (``python -m srclib.evaluation`` runs it before lm-eval
 indexes its tasks; ``create_from_arg_obj`` runs it too), :func:`check_pretrained` the model key or
@@ -105,6 +105,9 @@ class ModelArgsError(ValueError):
 # Sequential MC-ELBO (mc_adaptive=true): rows per step (the stratification group), rows before
 # the first stop, the margin in standard errors. See DiffusionLM.score_items.
 MC_GROUP, MC_MIN, MC_Z = 4, 8, 3.0
+# the rankings whose leader must be resolved before an item stops: lm-eval's acc (raw
+# log-likelihoods), acc_norm (divided by the choice's length), or both (today's rule)
+MC_RANKS = ("all", "acc", "acc_norm")
 
 # DiffusionLM's model_args (its keyword arguments other than loaded objects): name -> (type,
 # what is allowed, starting with the type's word: the message of a wrong type). The ranges are
@@ -132,8 +135,10 @@ MODEL_ARGS: dict[str, tuple[type, str]] = {
     "mc_group": (int, f"an integer >= 1 dividing mc_num (rows drawn per step; default {MC_GROUP})"),
     "mc_min": (int, f"an integer, a multiple of mc_group, mc_group <= mc_min <= mc_num (default {MC_MIN})"),
     "mc_z": (float, f"a number > 0 (standard errors of margin; default {MC_Z})"),
+    "mc_rank": (str, f"one of {', '.join(MC_RANKS)} (the rankings that must resolve; default all: "
+                     "acc and acc_norm; use the metric the task reports)"),
 }
-ADAPTIVE_ARGS = ("mc_group", "mc_min", "mc_z")
+ADAPTIVE_ARGS = ("mc_group", "mc_min", "mc_z", "mc_rank")
 _INT_TEXT = re.compile(r"[+-]?\d+")
 
 
@@ -244,6 +249,8 @@ def _check_adaptive(out: Mapping[str, Any], mc_num: int, where: Callable[[str], 
                              f"(mc_group={group}, mc_num={mc_num})")
     if not (z > 0 and z != float("inf")):
         raise ModelArgsError(f"{where('mc_z')}={z!r}: must be {MODEL_ARGS['mc_z'][1]} and finite")
+    if out.get("mc_rank") is not None and out["mc_rank"] not in MC_RANKS:
+        raise ModelArgsError(f"{where('mc_rank')}={out['mc_rank']!r}: must be {MODEL_ARGS['mc_rank'][1]}")
 
 
 def check_pretrained(pretrained: str, root: str | os.PathLike | None = None) -> None:
@@ -444,6 +451,7 @@ class DiffusionLM(TemplateLM):
         mc_group: int | None = None,
         mc_min: int | None = None,
         mc_z: float | None = None,
+        mc_rank: str | None = None,
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -469,7 +477,7 @@ class DiffusionLM(TemplateLM):
                                      cfg_scale=float(cfg), remasking=str(remasking))
         self.configure(mc_num=int(mc_num), mc_batch=None if mc_batch is None else int(mc_batch),
                        cfg=float(cfg), mc_adaptive=_as_bool(mc_adaptive), mc_group=mc_group,
-                       mc_min=mc_min, mc_z=mc_z)
+                       mc_min=mc_min, mc_z=mc_z, mc_rank=mc_rank)
         if self.mc_adaptive and self._group is not None:
             raise ValueError(f"model_args mc_adaptive=true is not supported with sharded evaluation "
                              f"(world size {self._world_size}): run one process, or mc_adaptive=false")
@@ -494,7 +502,7 @@ class DiffusionLM(TemplateLM):
     # ---- settings ------------------------------------------------------------------------------
     def configure(self, *, mc_num: int | None = None, mc_batch: int | None = None,
                   cfg: float | None = None, mc_adaptive: bool | None = None, mc_group: int | None = None,
-                  mc_min: int | None = None, mc_z: float | None = None) -> None:
+                  mc_min: int | None = None, mc_z: float | None = None, mc_rank: str | None = None) -> None:
         """Change the estimator settings (the harness does this per task); ``cfg`` is also the
         sampler's ``cfg_scale``. The sequential settings (``mc_adaptive``, ``mc_group``,
         ``mc_min``, ``mc_z``) keep their values when not given; with ``mc_adaptive``, a task whose
@@ -510,11 +518,11 @@ class DiffusionLM(TemplateLM):
         d = self.__dict__
         adaptive = d.get("mc_adaptive", False) if mc_adaptive is None else bool(mc_adaptive)
         if not adaptive:
-            given = {k: v for k, v in (("mc_group", mc_group), ("mc_min", mc_min), ("mc_z", mc_z))
-                     if v is not None}
+            given = {k: v for k, v in (("mc_group", mc_group), ("mc_min", mc_min), ("mc_z", mc_z),
+                                       ("mc_rank", mc_rank)) if v is not None}
             if given:
                 raise ValueError(f"{', '.join(given)} only apply with mc_adaptive=true")
-            self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z = False, None, None, None
+            self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z, self.mc_rank = False, None, None, None, None
             return
         group = int(mc_group if mc_group is not None else d.get("mc_group") or MC_GROUP)
         low = mc_min if mc_min is not None else d.get("mc_min") or max(MC_MIN // group, 1) * group
@@ -523,7 +531,10 @@ class DiffusionLM(TemplateLM):
             raise ValueError(f"mc_group={group} must be >= 1 and mc_min={low} a multiple of it")
         if not (z > 0 and z != float("inf")):
             raise ValueError(f"mc_z must be a finite number > 0, got {z}")
-        self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z = True, group, int(low), z
+        rank = str(mc_rank if mc_rank is not None else d.get("mc_rank") or "all")
+        if rank not in MC_RANKS:
+            raise ValueError(f"mc_rank must be one of {', '.join(MC_RANKS)}, got {rank!r}")
+        self.mc_adaptive, self.mc_group, self.mc_min, self.mc_z, self.mc_rank = True, group, int(low), z, rank
         if mc_num % group or mc_num < self.mc_min:
             log.warning("mc_adaptive: mc_num=%d is not a multiple of mc_group=%d or is below "
                         "mc_min=%d: this task is scored by the full estimator", mc_num, group, self.mc_min)
@@ -651,11 +662,12 @@ class DiffusionLM(TemplateLM):
         choices lm-eval ranks, :func:`request_items`), scored sequentially (mc_adaptive): the
         distinct pairs of an item of two or more share common random numbers, drawn from one
         generator seeded by (seed, the item's pairs), and get ``mc_group`` rows at a time until
-        the leader's margin over every other choice exceeds ``mc_z`` standard errors, both of the
-        raw values and of the values divided by ``lengths`` (the choices' character lengths:
-        lm-eval's acc and acc_norm), after at least ``mc_min`` and at most ``mc_num`` rows
-        (:func:`srclib.likelihood.elbo_rank_adaptive`). Identical pairs get one value. Items of one
-        distinct pair are scored by :meth:`score`, bit for bit as with mc_adaptive=false.
+        the leader's margin over every other choice exceeds ``mc_z`` standard errors, in the
+        rankings ``mc_rank`` names: the raw values (acc), the values divided by ``lengths`` (the
+        choices' character lengths: acc_norm), or both (all; without lengths: the raw ones),
+        after at least ``mc_min`` and at most ``mc_num`` rows
+        (:func:`srclib.likelihood.elbo_rank_adaptive`). Identical pairs get one value. Items of
+        one distinct pair are scored by :meth:`score`, bit for bit as with mc_adaptive=false.
         Returns (values, rows used per request)."""
         pairs = self._fitted(pairs)
         out = [0.0] * len(pairs)
@@ -681,7 +693,7 @@ class DiffusionLM(TemplateLM):
             chunk = [multi[q] for q in order[s:s + per_chunk]]
             reqs = [[pairs[m[0]] for m in members] for members in chunk]
             scales = None
-            if lengths is not None:
+            if lengths is not None and self.mc_rank != "acc":
                 scales = [[[1.0 / max(float(lengths[m[0]]), 1.0) for m in members]] for members in chunk]
             values, used = likelihood.elbo_rank_adaptive(
                 self._logits_fn, reqs, mask_id=self.mask_id, mc_num=self.mc_num, mc_min=self.mc_min,
@@ -689,7 +701,8 @@ class DiffusionLM(TemplateLM):
                 generators=[request_generator(self.seed, [-1], *(x for c, t in r for x in (c, t)))
                             for r in reqs],
                 pad_id=self.mask_id, keep_first=self.keep_first,
-                forward_batch=max(1, self.batch_size // guided), scales=scales)
+                forward_batch=max(1, self.batch_size // guided), scales=scales,
+                raw=self.mc_rank != "acc_norm" or scales is None)
             for members, vals, n in zip(chunk, values, used):
                 for m, v in zip(members, vals):
                     for i in m:
