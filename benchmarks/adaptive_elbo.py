@@ -118,12 +118,13 @@ def choice(ll, lens, norm: bool) -> int:
     return max(range(len(v)), key=lambda i: (v[i], -i))  # lm-eval's np.argmax: the first maximum
 
 
-def replay(block: torch.Tensor, lens, mc_num: int, group: int, low: int, z: float):
-    """The sequential rule on an item's recorded rows: (rows used, values at the stop)."""
-    scales = [[1.0 / max(n, 1) for n in lens]]
+def replay(block: torch.Tensor, lens, mc_num: int, group: int, low: int, z: float, rank: str = "all"):
+    """The sequential rule on an item's recorded rows: (rows used, values at the stop); ``rank``:
+    srclib-dlm's mc_rank (all: acc and acc_norm resolved; acc; acc_norm)."""
+    scales = None if rank == "acc" else [[1.0 / max(n, 1) for n in lens]]
     n = group
     while n < mc_num:
-        if n >= low and likelihood.leader_resolved(block[:n], z, scales):
+        if n >= low and likelihood.leader_resolved(block[:n], z, scales, raw=rank != "acc_norm"):
             break
         n += group
     return n, [float(x) for x in block[:n].mean(0)]
@@ -131,7 +132,7 @@ def replay(block: torch.Tensor, lens, mc_num: int, group: int, low: int, z: floa
 
 def bench(model, tok, adapter, task: str, limit: int, mc_num: int, group: int, low: int,
           zs: list[float], check_z: float, cfg: float, batch_size: int, ref_mc_num: int = 0,
-          mins: list[int] | None = None) -> dict:
+          mins: list[int] | None = None, ranks: tuple[str, ...] = ("all",)) -> dict:
     mins = mins or [low]
     common = dict(model=model, tokenizer=tok, adapter=adapter, mc_num=mc_num, batch_size=batch_size,
                   cfg=cfg)
@@ -198,14 +199,14 @@ def bench(model, tok, adapter, task: str, limit: int, mc_num: int, group: int, l
     curve = [{"z": "full (independent rows)", **summary(ref, [mc_num] * n)}]
     rows_at: dict[float, list[int]] = {}
     chosen_at: dict[float, dict] = {}
-    for lo, z in [(mc_num, math.inf), *((m, z) for m in mins for z in zs)]:
-        res = [replay(b, d["len"], mc_num, group, lo, z) if z != math.inf else
+    for rank, lo, z in [("all", mc_num, math.inf), *((k, m, z) for k in ranks for m in mins for z in zs)]:
+        res = [replay(b, d["len"], mc_num, group, lo, z, rank) if z != math.inf else
                (mc_num, [float(x) for x in b.mean(0)]) for b, d in zip(items, crn)]
         chosen = {norm: [choice(v, d["len"], norm) for (_, v), d in zip(res, crn)] for norm in (False, True)}
         rows = [r for r, _ in res]
-        if lo == low:
+        if lo == low and rank == "all":
             rows_at[z], chosen_at[z] = rows, chosen
-        curve.append({"z": None if z == math.inf else z, "mc_min": lo, **summary(chosen, rows)})
+        curve.append({"z": None if z == math.inf else z, "mc_min": lo, "rank": rank, **summary(chosen, rows)})
 
     # one real sequential run: its answers and rows must be the replay's
     lm = DiffusionLM(**common, mc_adaptive=True, mc_group=group, mc_min=low, mc_z=check_z)
@@ -239,15 +240,16 @@ def markdown(out: dict) -> str:
                   f"{r['model_desc']}; {r['n_items']} items ({r['n_choices']} choices), mc_num "
                   f"{r['mc_num']}, mc_group {r['mc_group']}, mc_min {r['mc_min']}, cfg {r['cfg']}; "
                   f"seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()), "",
-                  "| mc_min | z | rows / item | rows / full | agree acc | diff acc [95% CI] | agree acc_norm "
+                  "| mc_rank | mc_min | z | rows / item | rows / full | agree acc | diff acc [95% CI] | agree acc_norm "
                   "| diff acc_norm [95% CI] |" + (f" agree acc / acc_norm with mc_num {r['ref_mc_num']} |"
                                                    if r.get("ref_mc_num") else ""),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if r.get("ref_mc_num") else "")]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if r.get("ref_mc_num") else "")]
         for c in r["curve"]:
             a, an = c["acc"], c["acc_norm"]
             z = "full, CRN" if c["z"] is None else c["z"]
             lines.append(
-                f"| {c.get('mc_min', r['mc_min']) if isinstance(c['z'], float) else '-'} | {z} | "
+                f"| {c.get('rank', 'all') if isinstance(c['z'], float) else '-'} | "
+                f"{c.get('mc_min', r['mc_min']) if isinstance(c['z'], float) else '-'} | {z} | "
                 f"{c['rows_per_item']:.1f} | "
                 f"{c['rows_fraction']:.3f} | {a['agreement']:.1%} | {a['diff']:+.3f} "
                 f"[{a['ci95'][0]:+.3f}, {a['ci95'][1]:+.3f}] | {an['agreement']:.1%} | {an['diff']:+.3f} "
@@ -272,6 +274,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--mins", default="", help="mc_min values replayed (default: --min)")
     ap.add_argument("--z", default="1,2,3,4,6")
     ap.add_argument("--check-z", type=float, default=3.0)
+    ap.add_argument("--ranks", default="all", help="mc_rank values replayed (all, acc, acc_norm)")
     ap.add_argument("--cfg", type=float, default=0.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--ref-mc-num", type=int, default=0,
@@ -298,7 +301,7 @@ def main(argv=None) -> dict:
         for task in a.tasks.split(","):
             r = bench(model, tok, adapter, task, a.limit, a.mc_num, a.group, a.min, zs, a.check_z,
                       a.cfg, a.batch_size, a.ref_mc_num,
-                      [int(m) for m in a.mins.split(",") if m] or [a.min])
+                      [int(m) for m in a.mins.split(",") if m] or [a.min], tuple(a.ranks.split(",")))
             r.update(model=name, model_desc=desc)
             out["runs"].append(r)
             print(markdown({**out, "runs": [r]}).split("\n", 4)[-1], flush=True)
