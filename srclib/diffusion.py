@@ -206,10 +206,7 @@ def generate(
     n_blocks = gen_length // block_length
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be (B, P), got shape {tuple(prompt_ids.shape)}")
-    if shift is None:
-        shift = bool(adapter.shift) if adapter is not None else False
-    elif adapter is not None and bool(shift) != bool(adapter.shift):
-        raise ValueError(f"shift={shift} contradicts the adapter {adapter.key!r} (shift={adapter.shift})")
+    shift = _resolved_shift(shift, adapter)
     B, P = prompt_ids.shape
     if shift and P < 1:
         raise ValueError("a shifted model needs a non-empty prompt (position 0 is never masked)")
@@ -221,13 +218,7 @@ def generate(
     x = torch.full((B, P + gen_length), int(mask_id), dtype=torch.long, device=device)  # (B, T)
     x[:, :P] = prompt_ids
     T = x.shape[1]
-    prompt_pos = torch.zeros(T, dtype=torch.bool, device=device)
-    prompt_pos[:P] = True
-    if shift:
-        uncond_pos = prompt_pos.clone()
-        uncond_pos[0] = False  # position 0 of a shifted model is never masked
-    else:
-        uncond_pos = prompt_pos
+    uncond_pos = _unconditional_positions(P, T, shift, device)
     pos = torch.arange(T, device=device)
     confidence_fn = REMASKING[remasking]
 
@@ -238,23 +229,10 @@ def generate(
         k_per_step = num_transfer_tokens((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)  # (B, s)
         for i in range(steps_per_block):
             masked = x == mask_id  # (B, T)
-            if cfg_scale > 0:
-                un_x = x.clone()
-                un_x[:, uncond_pos] = int(mask_id)
-                both = logits_fn(torch.cat([x, un_x], dim=0))  # (2B, T, V)
-                c, u = both[:B], both[B:]
-                logits = u + (cfg_scale + 1.0) * (c - u)  # (B, T, V)
-            else:
-                logits = logits_fn(x)  # (B, T, V)
+            logits = _guided_logits(logits_fn, x, uncond_pos, mask_id, cfg_scale)  # (B, T, V)
             x0 = sample_tokens(logits, temperature, generator)  # (B, T)
             conf = confidence_fn(logits, x0, generator).to(torch.float64)  # (B, T)
-            conf = torch.where(masked & in_block[None, :], conf, torch.full_like(conf, float("-inf")))
-            order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, T)
-            avail = (conf > float("-inf")).sum(dim=1)  # (B,)
-            k = torch.minimum(k_per_step[:, i], avail)  # (B,)
-            rank = torch.empty_like(order)
-            rank.scatter_(1, order, pos.expand(B, T).contiguous())  # rank of every position
-            commit = rank < k[:, None]  # (B, T) bool
+            commit = _commit_mask(conf, masked & in_block[None, :], k_per_step[:, i], pos)  # (B, T) bool
             seen = x.clone() if on_step is not None else None
             x = torch.where(commit, x0, x)
             if on_step is not None:
@@ -262,3 +240,54 @@ def generate(
                                          cfg=cfg_scale > 0))
             step += 1
     return x
+
+
+def _resolved_shift(shift: bool | None, adapter) -> bool:
+    """``shift``, or ``adapter.shift`` when it is None (False without an adapter); raises when the
+    two are given and disagree."""
+    if shift is None:
+        shift = bool(adapter.shift) if adapter is not None else False
+    elif adapter is not None and bool(shift) != bool(adapter.shift):
+        raise ValueError(f"shift={shift} contradicts the adapter {adapter.key!r} (shift={adapter.shift})")
+    return shift
+
+
+def _unconditional_positions(P: int, T: int, shift: bool, device) -> torch.Tensor:
+    """(T,) bool: the positions the unconditional CFG copy masks: the prompt, except position 0 of
+    a shifted model (never masked)."""
+    prompt_pos = torch.zeros(T, dtype=torch.bool, device=device)
+    prompt_pos[:P] = True
+    if shift:
+        uncond_pos = prompt_pos.clone()
+        uncond_pos[0] = False  # position 0 of a shifted model is never masked
+    else:
+        uncond_pos = prompt_pos
+    return uncond_pos
+
+
+def _guided_logits(
+    logits_fn: LogitsFn, x: torch.Tensor, uncond_pos: torch.Tensor, mask_id: int, cfg_scale: float,
+) -> torch.Tensor:
+    """(B, T, V) logits of ``x`` (B, T); with cfg_scale = w > 0 ``u + (w + 1) (c - u)`` from ONE
+    forward of batch 2B (conditional rows first, then the copy masked at ``uncond_pos``)."""
+    if cfg_scale > 0:
+        B = x.shape[0]
+        un_x = x.clone()
+        un_x[:, uncond_pos] = int(mask_id)
+        both = logits_fn(torch.cat([x, un_x], dim=0))  # (2B, T, V)
+        c, u = both[:B], both[B:]
+        return u + (cfg_scale + 1.0) * (c - u)  # (B, T, V)
+    return logits_fn(x)  # (B, T, V)
+
+
+def _commit_mask(conf: torch.Tensor, open_pos: torch.Tensor, k_step: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the k_step[b] (capped by the open positions) highest-``conf`` positions among
+    ``open_pos`` (B, T) bool (masked and in the current block) of each row; ties: lowest position."""
+    B, T = conf.shape
+    conf = torch.where(open_pos, conf, torch.full_like(conf, float("-inf")))
+    order = torch.sort(conf, dim=1, descending=True, stable=True).indices  # (B, T)
+    avail = (conf > float("-inf")).sum(dim=1)  # (B,)
+    k = torch.minimum(k_step, avail)  # (B,)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, pos.expand(B, T).contiguous())  # rank of every position
+    return rank < k[:, None]  # (B, T) bool

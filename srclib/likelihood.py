@@ -59,10 +59,11 @@ generator per request, results do not even depend on the order or the company of
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -381,34 +382,16 @@ def elbo_rank_adaptive(
     Returns (per item, each request's estimate: minus the mean row loss over the rows used) and
     the rows used per item (the same for all its requests). ``record``: when a list, each item's
     (rows used, m) float64 row values are appended to it (benchmarks replay the stopping rule)."""
-    _check_mc(mc_num, mc_group)
-    if not isinstance(mc_min, int) or mc_min < 1 or mc_min % mc_group or mc_min > mc_num:
-        raise ValueError(f"mc_min must be a multiple of mc_group ({mc_group}) in {mc_group}..{mc_num}, "
-                         f"got {mc_min!r}")
-    if not z > 0:
-        raise ValueError(f"z must be > 0, got {z!r}")
-    gens = list(generators) if generators is not None else [None] * len(items)
-    if len(gens) != len(items):
-        raise ValueError(f"got {len(gens)} generators for {len(items)} items")
-    for it in items:
-        if len(it) == 0:
-            raise ValueError("an item needs at least one request")
+    gens = _checked_adaptive(items, mc_num, mc_min, mc_group, z, generators)
     rows: list[list[torch.Tensor]] = [[] for _ in items]  # per item: (mc_group, m) value blocks
     used = [0] * len(items)
     active = list(range(len(items)))
     while active:
-        plans, owner = [], []
-        for i in active:
-            ps = crn_group(items[i], mc_group, keep_first, gens[i])
-            plans += ps
-            owner.append((i, len(ps)))
-        losses = _run_plans(logits_fn, plans, mask_id=int(mask_id), cfg=float(cfg),
-                            keep_first=keep_first, pad_id=int(mask_id if pad_id is None else pad_id),
-                            forward_batch=forward_batch)
-        s, still = 0, []
-        for i, m in owner:
-            rows[i].append(-torch.stack(losses[s:s + m], dim=1))  # (mc_group, m)
-            s += m
+        values = _group_values(logits_fn, items, active, gens, mask_id=mask_id, mc_group=mc_group, cfg=cfg,
+                               pad_id=pad_id, keep_first=keep_first, forward_batch=forward_batch)
+        still = []
+        for i, v in zip(active, values):
+            rows[i].append(v)  # (mc_group, m)
             used[i] += mc_group
             if used[i] >= mc_num:
                 continue
@@ -422,6 +405,49 @@ def elbo_rank_adaptive(
     if record is not None:
         record.extend(blocks)
     return [[float(x) for x in b.mean(0)] for b in blocks], used
+
+
+def _checked_adaptive(
+    items: Sequence[Sequence[tuple[Ids, Ids]]], mc_num: int, mc_min: int, mc_group: int, z: float,
+    generators: Sequence[torch.Generator | None] | None,
+) -> list[torch.Generator | None]:
+    """One generator (or None) per item; raises on MC settings or items elbo_rank_adaptive refuses."""
+    _check_mc(mc_num, mc_group)
+    if not isinstance(mc_min, int) or mc_min < 1 or mc_min % mc_group or mc_min > mc_num:
+        raise ValueError(f"mc_min must be a multiple of mc_group ({mc_group}) in {mc_group}..{mc_num}, "
+                         f"got {mc_min!r}")
+    if not z > 0:
+        raise ValueError(f"z must be > 0, got {z!r}")
+    gens = list(generators) if generators is not None else [None] * len(items)
+    if len(gens) != len(items):
+        raise ValueError(f"got {len(gens)} generators for {len(items)} items")
+    for it in items:
+        if len(it) == 0:
+            raise ValueError("an item needs at least one request")
+    return gens
+
+
+def _group_values(
+    logits_fn: LogitsFn, items: Sequence[Sequence[tuple[Ids, Ids]]], active: Sequence[int],
+    gens: Sequence[torch.Generator | None], *, mask_id: int, mc_group: int, cfg: float, pad_id: int | None,
+    keep_first: bool, forward_batch: int,
+) -> list[torch.Tensor]:
+    """The next ``mc_group`` rows of each active item (drawn in ``active`` order, one generator per item,
+    common random numbers across its requests), scored in packed forwards: per item a (mc_group, m)
+    block of row values (minus the row losses)."""
+    plans, owner = [], []
+    for i in active:
+        ps = crn_group(items[i], mc_group, keep_first, gens[i])
+        plans += ps
+        owner.append(len(ps))
+    losses = _run_plans(logits_fn, plans, mask_id=int(mask_id), cfg=float(cfg),
+                        keep_first=keep_first, pad_id=int(mask_id if pad_id is None else pad_id),
+                        forward_batch=forward_batch)
+    values, s = [], 0
+    for m in owner:
+        values.append(-torch.stack(losses[s:s + m], dim=1))  # (mc_group, m)
+        s += m
+    return values
 
 
 def _window_list(ids_windows) -> list[torch.Tensor]:
@@ -461,27 +487,19 @@ def elbo_window_nll(
     return [-x for x in ll], [w.numel() - s for w in windows]
 
 
-def elbo_perplexity(
-    logits_fn: LogitsFn,
-    ids_windows: torch.Tensor | Sequence[Ids],
-    *,
-    mask_id: int,
-    mc_num: int,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    keep_first: bool = False,
-    batch_size: int | None = None,
-    forward_batch: int = 32,
-    pad_id: int | None = None,
-) -> float:
+def elbo_perplexity(logits_fn: LogitsFn, ids_windows: torch.Tensor | Sequence[Ids], **options: Any) -> float:
     """exp(sum of per-window ELBO NLL bounds / number of scored tokens); see the module docstring.
 
+    options: the keywords of :func:`elbo_window_nll` (mask_id, mc_num, generator, keep_first,
+    batch_size, forward_batch, pad_id), passed on unchanged.
     Scored tokens: every position of every window, except position 0 when ``keep_first``.
     """
-    nll, n = elbo_window_nll(
-        logits_fn, ids_windows, mask_id=mask_id, mc_num=mc_num, generator=generator,
-        keep_first=keep_first, batch_size=batch_size, forward_batch=forward_batch, pad_id=pad_id,
-    )
+    nll, n = elbo_window_nll(logits_fn, ids_windows, **options)
     return math.exp(math.fsum(nll) / sum(n))
+
+
+# the same parameters as elbo_window_nll, declared once there (help() and inspect show them)
+elbo_perplexity.__signature__ = inspect.signature(elbo_window_nll).replace(return_annotation="float")
 
 
 def causal_window_nll(

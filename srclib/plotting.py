@@ -385,14 +385,7 @@ def sink_dynamics_animation(panels: Mapping[str, Mapping[str, Any]], fps: float 
     uniform share. panels: run -> srclib.trajectories.panels.sink_dynamics_panels entry."""
     from matplotlib.animation import FuncAnimation
 
-    if not panels:
-        raise ValueError("no trajectories to animate")
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    n_frames = {len(p["steps"]) for p in panels.values()}
-    if len(n_frames) != 1:
-        raise ValueError(f"every run needs the same number of frames, got {sorted(n_frames)}")
-    F = n_frames.pop()
+    F = _animation_frames(panels, fps)
     cols, rows, cells = _animation_cells(panels)
     vmax = max(4.0, max(float(np.nanmax(p["layers"])) for p in panels.values()))
     norm_c = LogNorm(vmin=0.25, vmax=vmax, clip=True)
@@ -404,53 +397,7 @@ def sink_dynamics_animation(panels: Mapping[str, Mapping[str, Any]], fps: float 
                             gridspec_kw={"height_ratios": [1.0, 0.9] * len(rows)})
         img = None
         for (i, j), run in sorted(cells.items()):
-            p = panels[run]
-            ax_h, ax_b = axes[2 * i][j], axes[2 * i + 1][j]
-            layers = np.asarray(p["layers"], dtype=float)  # (F, L, T)
-            share = 100.0 * np.nan_to_num(np.asarray(p["share"], dtype=float))  # (F, T) %
-            masked = np.asarray(p["masked"], dtype=bool)
-            sinks, dom = np.asarray(p["sinks"], dtype=bool), np.asarray(p["dominant"])
-            steps, n_keys = np.asarray(p["steps"]), np.asarray(p["n_keys"])
-            _, L, T = layers.shape
-            edges = np.arange(T + 1) - 0.5
-            P = int(p["prompt_len"])
-            img = ax_h.imshow(layers[0], aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
-                              norm=norm_c, extent=(-0.5, T - 0.5, -0.5, L - 0.5))
-            ax_h.grid(False)
-            ax_h.set_ylabel("layer")
-            ax_h.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
-            ax_h.tick_params(labelbottom=False)
-            color = KIND_COLORS[p["kind"]]
-            done = ax_b.stairs(np.where(masked[0], 0.0, share[0]), edges, fill=True, color=color, lw=0)
-            todo = ax_b.stairs(np.where(masked[0], share[0], 0.0), edges, fill=True, color=_MASKED_COLOR, lw=0)
-            top = 1.25 * max(float(share.max()), 1e-9)
-            uniform = ax_b.axhline(100.0 / n_keys[0], color="0.3", ls=":", lw=0.9)
-            sink_pts = ax_b.scatter([], [], marker="v", s=16, color="0.1", zorder=3, clip_on=False)
-            dom_pt = ax_b.scatter([], [], marker="*", s=60, color="#d62728", edgecolors="0.1", linewidths=0.4,
-                                  zorder=4, clip_on=False)
-            for ax in (ax_h, ax_b):
-                ax.axvline(P - 0.5, color="white" if ax is ax_h else "0.4", lw=0.8, ls="--")
-                ax.set_xlim(-0.5, T - 0.5)
-            ax_b.set_ylim(0, top)
-            ax_b.set_xlabel("key position (token index)")
-            ax_b.set_ylabel("share of mass (%)")
-            ax_b.grid(axis="x", visible=False)
-            label = f"{run} ({p['kind'].upper()}{', random init' if p['random_init'] else ''})"
-            title = ax_h.set_title(label)
-
-            def update(f, *, layers=layers, share=share, masked=masked, sinks=sinks, dom=dom, steps=steps,
-                       n_keys=n_keys, im=img, done=done, todo=todo, uniform=uniform, sink_pts=sink_pts,
-                       dom_pt=dom_pt, title=title, label=label, top=top, n_steps=int(p["n_steps"])):
-                im.set_data(layers[f])
-                done.set_data(np.where(masked[f], 0.0, share[f]))
-                todo.set_data(np.where(masked[f], share[f], 0.0))
-                uniform.set_ydata([100.0 / n_keys[f]] * 2)
-                ks = np.flatnonzero(sinks[f])
-                sink_pts.set_offsets(np.column_stack([ks, share[f, ks] + 0.05 * top]) if len(ks)
-                                     else np.empty((0, 2)))
-                dom_pt.set_offsets([[dom[f], share[f, dom[f]] + 0.13 * top]])
-                title.set_text(f"{label}\nstep {int(steps[f]) + 1} of {n_steps}")
-
+            img, update = _animated_run(axes[2 * i][j], axes[2 * i + 1][j], run, panels[run], cmap, norm_c)
             updates.append(update)
             update(0)
         for (i, j) in np.ndindex(len(rows), len(cols)):
@@ -473,6 +420,69 @@ def sink_dynamics_animation(panels: Mapping[str, Mapping[str, Any]], fps: float 
 
     return FuncAnimation(fig, frame, frames=F, init_func=lambda: frame(0), interval=1000.0 / fps,
                          repeat=True, blit=False)
+
+
+def _animation_frames(panels: Mapping[str, Mapping[str, Any]], fps: float) -> int:
+    """The number of frames every run of ``panels`` shares; raises on no runs, fps <= 0 or runs of
+    different lengths."""
+    if not panels:
+        raise ValueError("no trajectories to animate")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    n_frames = {len(p["steps"]) for p in panels.values()}
+    if len(n_frames) != 1:
+        raise ValueError(f"every run needs the same number of frames, got {sorted(n_frames)}")
+    return n_frames.pop()
+
+
+def _animated_run(ax_h, ax_b, run: str, p: Mapping[str, Any], cmap, norm_c):
+    """One run's two axes of the animation: the layer x key heatmap (``ax_h``) above the mass-share
+    bars with the sink and dominant markers (``ax_b``). Returns (the heatmap image, update(frame))."""
+    layers = np.asarray(p["layers"], dtype=float)  # (F, L, T)
+    share = 100.0 * np.nan_to_num(np.asarray(p["share"], dtype=float))  # (F, T) %
+    masked = np.asarray(p["masked"], dtype=bool)
+    sinks, dom = np.asarray(p["sinks"], dtype=bool), np.asarray(p["dominant"])
+    steps, n_keys = np.asarray(p["steps"]), np.asarray(p["n_keys"])
+    _, L, T = layers.shape
+    edges = np.arange(T + 1) - 0.5
+    P = int(p["prompt_len"])
+    img = ax_h.imshow(layers[0], aspect="auto", origin="lower", interpolation="nearest", cmap=cmap,
+                      norm=norm_c, extent=(-0.5, T - 0.5, -0.5, L - 0.5))
+    ax_h.grid(False)
+    ax_h.set_ylabel("layer")
+    ax_h.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    ax_h.tick_params(labelbottom=False)
+    color = KIND_COLORS[p["kind"]]
+    done = ax_b.stairs(np.where(masked[0], 0.0, share[0]), edges, fill=True, color=color, lw=0)
+    todo = ax_b.stairs(np.where(masked[0], share[0], 0.0), edges, fill=True, color=_MASKED_COLOR, lw=0)
+    top = 1.25 * max(float(share.max()), 1e-9)
+    uniform = ax_b.axhline(100.0 / n_keys[0], color="0.3", ls=":", lw=0.9)
+    sink_pts = ax_b.scatter([], [], marker="v", s=16, color="0.1", zorder=3, clip_on=False)
+    dom_pt = ax_b.scatter([], [], marker="*", s=60, color="#d62728", edgecolors="0.1", linewidths=0.4,
+                          zorder=4, clip_on=False)
+    for ax in (ax_h, ax_b):
+        ax.axvline(P - 0.5, color="white" if ax is ax_h else "0.4", lw=0.8, ls="--")
+        ax.set_xlim(-0.5, T - 0.5)
+    ax_b.set_ylim(0, top)
+    ax_b.set_xlabel("key position (token index)")
+    ax_b.set_ylabel("share of mass (%)")
+    ax_b.grid(axis="x", visible=False)
+    label = f"{run} ({p['kind'].upper()}{', random init' if p['random_init'] else ''})"
+    title = ax_h.set_title(label)
+    n_steps = int(p["n_steps"])
+
+    def update(f):
+        img.set_data(layers[f])
+        done.set_data(np.where(masked[f], 0.0, share[f]))
+        todo.set_data(np.where(masked[f], share[f], 0.0))
+        uniform.set_ydata([100.0 / n_keys[f]] * 2)
+        ks = np.flatnonzero(sinks[f])
+        sink_pts.set_offsets(np.column_stack([ks, share[f, ks] + 0.05 * top]) if len(ks)
+                             else np.empty((0, 2)))
+        dom_pt.set_offsets([[dom[f], share[f, dom[f]] + 0.13 * top]])
+        title.set_text(f"{label}\nstep {int(steps[f]) + 1} of {n_steps}")
+
+    return img, update
 
 
 def _gif_writer():
@@ -711,47 +721,57 @@ def quality_vs_speedup(data: pd.DataFrame) -> Figure:
         for row, model in zip(axes, models):
             d = data[data["model"] == model]
             for ax, (col, ylabel, log) in zip(row, panels):
-                ax.axvline(1.0, color="0.4", ls=":", lw=1.0, label="dense speed")
-                for (kind, weighting), g in d[d["kind"] != "dense"].groupby(["kind", "weighting"], sort=True):
-                    color, marker, _ = _kind_style(kind)
-                    g = g[np.isfinite(g["measured_speedup"].astype(float)) & np.isfinite(g[col].astype(float))]
-                    if g.empty:
-                        continue
-                    filled = _FILLED.get(weighting, True)
-                    ax.scatter(g["measured_speedup"].astype(float), g[col].astype(float), s=36, marker=marker,
-                               edgecolors=[color], linewidths=1.3, zorder=3, gid="points",
-                               facecolors=[color] if filled else "none",
-                               alpha=0.55 if weighting == "stability" else 1.0)
-                st = d[(d["kind"] == "structured") & np.isfinite(d["ideal_speedup"].astype(float))
-                       & np.isfinite(d[col].astype(float))]
-                if len(st):
-                    ax.scatter(st["ideal_speedup"].astype(float), st[col].astype(float), marker="x", s=16,
-                               color=SPEEDUP_KIND_STYLES["structured"][0], linewidths=0.9, zorder=2, gid="ideal")
-                dense = d[(d["kind"] == "dense") & np.isfinite(d[col].astype(float))]
-                if len(dense):
-                    ax.scatter(dense["measured_speedup"].astype(float), dense[col].astype(float), zorder=4,
-                               gid="dense", **_DENSE_STAR)
-                ax.set_xscale("log", base=2)
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-                ax.margins(x=0.12, y=0.1)
-                if log:
-                    ax.set_yscale("log")
-                    for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-                        axis_set(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
-                ax.set_xlabel("measured speedup over dense (×, log₂ axis)")
-                ax.set_ylabel(ylabel)
-                ax.set_title(model)
-        handles = [Line2D([], [], ls="", **{k: v for k, v in _DENSE_STAR.items() if k != "s"}, ms=11, label="dense")]
-        present = set(data["kind"])
-        handles += [Line2D([], [], ls="", color=c, marker=m, ms=7, label=label)
-                    for k, (c, m, label) in SPEEDUP_KIND_STYLES.items() if k in present]
-        handles += [Line2D([], [], ls="", marker="o", ms=7, color="0.3", markerfacecolor="none",
-                           label="uniform calibration"),
-                    Line2D([], [], ls="", marker="o", ms=7, color="0.3", label="sink-aware calibration")]
-        if "structured" in present:
-            handles.append(Line2D([], [], ls="", marker="x", ms=5, color=SPEEDUP_KIND_STYLES["structured"][0],
-                                  label="structured: ideal (FLOPs) speedup"))
-        handles.append(Line2D([], [], color="0.4", ls=":", lw=1.0, label="dense speed"))
-        axes[0][-1].legend(handles=handles, fontsize=7, loc="best")
+                _speedup_panel(ax, d, col, ylabel, log, model)
+        axes[0][-1].legend(handles=_speedup_legend(set(data["kind"])), fontsize=7, loc="best")
         fig.suptitle("Quality vs measured speedup (structured vs unstructured pruning)")
     return fig
+
+
+def _speedup_panel(ax, d: pd.DataFrame, col: str, ylabel: str, log: bool, model: str) -> None:
+    """One panel of quality_vs_speedup: ``col`` of one model's rows ``d`` against the measured speedup
+    (one scatter per (kind, weighting) group, the structured ideal marks, the dense star)."""
+    ax.axvline(1.0, color="0.4", ls=":", lw=1.0, label="dense speed")
+    for (kind, weighting), g in d[d["kind"] != "dense"].groupby(["kind", "weighting"], sort=True):
+        color, marker, _ = _kind_style(kind)
+        g = g[np.isfinite(g["measured_speedup"].astype(float)) & np.isfinite(g[col].astype(float))]
+        if g.empty:
+            continue
+        filled = _FILLED.get(weighting, True)
+        ax.scatter(g["measured_speedup"].astype(float), g[col].astype(float), s=36, marker=marker,
+                   edgecolors=[color], linewidths=1.3, zorder=3, gid="points",
+                   facecolors=[color] if filled else "none",
+                   alpha=0.55 if weighting == "stability" else 1.0)
+    st = d[(d["kind"] == "structured") & np.isfinite(d["ideal_speedup"].astype(float))
+           & np.isfinite(d[col].astype(float))]
+    if len(st):
+        ax.scatter(st["ideal_speedup"].astype(float), st[col].astype(float), marker="x", s=16,
+                   color=SPEEDUP_KIND_STYLES["structured"][0], linewidths=0.9, zorder=2, gid="ideal")
+    dense = d[(d["kind"] == "dense") & np.isfinite(d[col].astype(float))]
+    if len(dense):
+        ax.scatter(dense["measured_speedup"].astype(float), dense[col].astype(float), zorder=4,
+                   gid="dense", **_DENSE_STAR)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.margins(x=0.12, y=0.1)
+    if log:
+        ax.set_yscale("log")
+        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_set(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+    ax.set_xlabel("measured speedup over dense (×, log₂ axis)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(model)
+
+
+def _speedup_legend(present: set) -> list:
+    """quality_vs_speedup's legend handles for the point kinds ``present``."""
+    handles = [Line2D([], [], ls="", **{k: v for k, v in _DENSE_STAR.items() if k != "s"}, ms=11, label="dense")]
+    handles += [Line2D([], [], ls="", color=c, marker=m, ms=7, label=label)
+                for k, (c, m, label) in SPEEDUP_KIND_STYLES.items() if k in present]
+    handles += [Line2D([], [], ls="", marker="o", ms=7, color="0.3", markerfacecolor="none",
+                       label="uniform calibration"),
+                Line2D([], [], ls="", marker="o", ms=7, color="0.3", label="sink-aware calibration")]
+    if "structured" in present:
+        handles.append(Line2D([], [], ls="", marker="x", ms=5, color=SPEEDUP_KIND_STYLES["structured"][0],
+                              label="structured: ideal (FLOPs) speedup"))
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=1.0, label="dense speed"))
+    return handles

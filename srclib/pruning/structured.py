@@ -326,57 +326,20 @@ def select_adaptive(
     Returns (keep_heads, keep_channels, removed_cost, total_cost): bool keep masks (True = kept)
     per block, (C_o_i // unit_size,) and (I_i,), on their scores' devices; costs in parameters.
     """
-    _check_method(method)
-    _check_ratio(ratio)
-    _check_unit_size(unit_size)
-    for arg, val in (("head_cost", head_cost), ("channel_cost", channel_cost)):
-        if int(val) != val or val < 1:
-            raise ValueError(f"{arg} must be an integer >= 1, got {val!r}")
-    if len(attn_channel_scores) != len(mlp_channel_scores):
-        raise ValueError(
-            f"attn_channel_scores and mlp_channel_scores must list the same blocks, got "
-            f"{len(attn_channel_scores)} and {len(mlp_channel_scores)}"
-        )
-    if not attn_channel_scores:
-        raise ValueError("select_adaptive needs at least one block; got empty score lists")
-
-    head_z: list[Tensor] = []  # per block (n_heads_i,) float64 cpu
-    chan_z: list[Tensor] = []  # per block (I_i,) float64 cpu
-    for i, (a, m) in enumerate(zip(attn_channel_scores, mlp_channel_scores)):
-        _check_vector(f"attn_channel_scores[{i}]", a)
-        _check_vector(f"mlp_channel_scores[{i}]", m)
-        if a.shape[0] % unit_size != 0:
-            raise ValueError(
-                f"attn_channel_scores[{i}] has {a.shape[0]} channels, not divisible by unit_size={unit_size}"
-            )
-        a64 = a.detach().double().cpu()
-        if method == "flap":
-            a64 = a64 * a64
-        head_z.append(_standardise(a64).reshape(-1, unit_size).mean(1))
-        chan_z.append(_standardise(m.detach().double().cpu()))
+    _check_adaptive(method, attn_channel_scores, mlp_channel_scores, unit_size, head_cost, channel_cost, ratio)
+    head_z, chan_z = _standardised_units(method, attn_channel_scores, mlp_channel_scores, unit_size)
 
     n_blocks = len(head_z)
     total_cost = sum(h.shape[0] * head_cost + c.shape[0] * channel_cost
                      for h, c in zip(head_z, chan_z))
     target = ratio * total_cost
 
-    # pool in tie order (heads before channels, then block, then index); a stable sort keeps it
-    scores = torch.cat(head_z + chan_z)
-    kind = torch.cat([torch.zeros(h.shape[0], dtype=torch.long) for h in head_z]
-                     + [torch.ones(c.shape[0], dtype=torch.long) for c in chan_z])
-    block = torch.cat([torch.full((h.shape[0],), i, dtype=torch.long) for i, h in enumerate(head_z)]
-                      + [torch.full((c.shape[0],), i, dtype=torch.long) for i, c in enumerate(chan_z)])
-    index = torch.cat([torch.arange(h.shape[0]) for h in head_z]
-                      + [torch.arange(c.shape[0]) for c in chan_z])
-    order = torch.sort(scores, stable=True).indices
-
     keep = [[torch.ones(h.shape[0], dtype=torch.bool) for h in head_z],
             [torch.ones(c.shape[0], dtype=torch.bool) for c in chan_z]]
     left = [[h.shape[0] for h in head_z], [c.shape[0] for c in chan_z]]
     cost = (head_cost, channel_cost)
     removed_cost = 0
-    kinds, blocks, indices = kind[order].tolist(), block[order].tolist(), index[order].tolist()
-    for k, b, j in zip(kinds, blocks, indices):
+    for k, b, j in _pooled_order(head_z, chan_z):
         if removed_cost >= target:
             break
         if left[k][b] <= 1:  # never empty a block's attention or MLP
@@ -396,3 +359,60 @@ def select_adaptive(
     keep_heads = [kh.to(a.device) for kh, a in zip(keep[0], attn_channel_scores)]
     keep_channels = [kc.to(m.device) for kc, m in zip(keep[1], mlp_channel_scores)]
     return keep_heads, keep_channels, int(removed_cost), int(total_cost)
+
+
+def _check_adaptive(
+    method: str, attn_channel_scores: list[Tensor], mlp_channel_scores: list[Tensor], unit_size: int,
+    head_cost: int, channel_cost: int, ratio: float,
+) -> None:
+    """Raises ValueError on select_adaptive arguments out of range or score lists of different blocks."""
+    _check_method(method)
+    _check_ratio(ratio)
+    _check_unit_size(unit_size)
+    for arg, val in (("head_cost", head_cost), ("channel_cost", channel_cost)):
+        if int(val) != val or val < 1:
+            raise ValueError(f"{arg} must be an integer >= 1, got {val!r}")
+    if len(attn_channel_scores) != len(mlp_channel_scores):
+        raise ValueError(
+            f"attn_channel_scores and mlp_channel_scores must list the same blocks, got "
+            f"{len(attn_channel_scores)} and {len(mlp_channel_scores)}"
+        )
+    if not attn_channel_scores:
+        raise ValueError("select_adaptive needs at least one block; got empty score lists")
+
+
+def _standardised_units(
+    method: str, attn_channel_scores: list[Tensor], mlp_channel_scores: list[Tensor], unit_size: int,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per block: the head units' scores (n_heads_i,) (mean of the standardised, for FLAP squared,
+    attention channel scores of each unit) and the standardised MLP channel scores (I_i,), float64 cpu."""
+    head_z: list[Tensor] = []  # per block (n_heads_i,) float64 cpu
+    chan_z: list[Tensor] = []  # per block (I_i,) float64 cpu
+    for i, (a, m) in enumerate(zip(attn_channel_scores, mlp_channel_scores)):
+        _check_vector(f"attn_channel_scores[{i}]", a)
+        _check_vector(f"mlp_channel_scores[{i}]", m)
+        if a.shape[0] % unit_size != 0:
+            raise ValueError(
+                f"attn_channel_scores[{i}] has {a.shape[0]} channels, not divisible by unit_size={unit_size}"
+            )
+        a64 = a.detach().double().cpu()
+        if method == "flap":
+            a64 = a64 * a64
+        head_z.append(_standardise(a64).reshape(-1, unit_size).mean(1))
+        chan_z.append(_standardise(m.detach().double().cpu()))
+    return head_z, chan_z
+
+
+def _pooled_order(head_z: list[Tensor], chan_z: list[Tensor]) -> list[tuple[int, int, int]]:
+    """Every unit as (kind: 0 head / 1 channel, block, index), in ascending score order; ties: heads
+    before channels, then the lower block, then the lower index."""
+    # pool in tie order (heads before channels, then block, then index); a stable sort keeps it
+    scores = torch.cat(head_z + chan_z)
+    kind = torch.cat([torch.zeros(h.shape[0], dtype=torch.long) for h in head_z]
+                     + [torch.ones(c.shape[0], dtype=torch.long) for c in chan_z])
+    block = torch.cat([torch.full((h.shape[0],), i, dtype=torch.long) for i, h in enumerate(head_z)]
+                      + [torch.full((c.shape[0],), i, dtype=torch.long) for i, c in enumerate(chan_z)])
+    index = torch.cat([torch.arange(h.shape[0]) for h in head_z]
+                      + [torch.arange(c.shape[0]) for c in chan_z])
+    order = torch.sort(scores, stable=True).indices
+    return list(zip(kind[order].tolist(), block[order].tolist(), index[order].tolist()))

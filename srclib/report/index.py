@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -173,13 +173,8 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
     """Write reports/index.html (module docstring). tables: name -> table frame shown inline (in
     the given order); results: load_results frame for the instance grid (None: no grid)."""
     index = paths.index_html(root=root)
-    base = index.parent
     e = html.escape
-
-    def link(p: Path) -> str | None:
-        p = Path(p) if Path(p).is_absolute() else Path(root or paths.ROOT) / p
-        # relpath, not relative_to: a plot fork's index lives under forks/<name>/ beside other folders
-        return Path(os.path.relpath(p, base)).as_posix() if p.is_file() else None
+    link = _linker(root, index.parent)
 
     def stage_link(stage: str, name: str) -> str | None:
         return link(paths.report_html(stage, name, root=root))
@@ -198,8 +193,36 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
     out.append('<section id="tables"><h2>Headline tables</h2>')
     out += [html_table(t) for t in tables.values()]
     out.append("</section>")
-    out.append('<section id="figures"><h2>Figures</h2>')
-    for p in sorted(paths.figures_dir(root=root).glob("*.gif")):  # animations first: the headline figure
+    out += _figures_html(sorted(paths.figures_dir(root=root).glob("*.gif")), figures, link)
+    if results is not None:
+        out += _grid_html(results, stage_link)
+    out += forks_html(root)
+    out += ['<section id="stages"><h2>Other stage reports and table files</h2>', "<ul>"]
+    out += _stage_report_items(notebooks, root, results is not None, link)
+    out += _table_file_items(table_files, link)
+    out += ["</ul>", "</section>", '<details id="params"><summary>Parameters (params.yaml)</summary>',
+            f"<pre>{e(_params_text(params))}</pre>", "</details>", "</body>", "</html>"]
+    return write_text(index, "\n".join(out) + "\n")
+
+
+def _linker(root: str | Path | None, base: Path) -> Callable[[Path], str | None]:
+    """link(path) -> the path relative to ``base`` (the index's folder), None when it is not a file;
+    relative paths are taken under ``root``."""
+
+    def link(p: Path) -> str | None:
+        p = Path(p) if Path(p).is_absolute() else Path(root or paths.ROOT) / p
+        # relpath, not relative_to: a plot fork's index lives under forks/<name>/ beside other folders
+        return Path(os.path.relpath(p, base)).as_posix() if p.is_file() else None
+
+    return link
+
+
+def _figures_html(animations: Sequence[Path], figures: Sequence[Path], link) -> list[str]:
+    """The figures section: the animations (with their interactive player) first, then the PNG figures
+    (with their PDF)."""
+    e = html.escape
+    out = ['<section id="figures"><h2>Figures</h2>']
+    for p in animations:  # animations first: the headline figure
         player = p.with_suffix(".html")
         extra = f' (<a href="{e(link(player))}">interactive player</a>)' if link(player) else ""
         out.append(f'<figure id="fig-{e(p.stem)}"><a href="{e(link(p))}"><img src="{e(link(p))}" alt="{e(p.stem)}"></a>'
@@ -211,30 +234,37 @@ def build_index(root: str | Path | None, params, commit: str, *, findings: Seque
         out.append(f'<figure id="fig-{e(p.stem)}"><a href="{e(link(p))}"><img src="{e(link(p))}" alt="{e(p.stem)}"></a>'
                    f"<figcaption>{e(caption)}{extra}</figcaption></figure>")
     out.append("</section>")
-    if results is not None:
-        out += _grid_html(results, stage_link)
-    out += forks_html(root)
-    out += ['<section id="stages"><h2>Other stage reports and table files</h2>', "<ul>"]
+    return out
+
+
+def _stage_report_items(notebooks: set[Path], root: str | Path | None, has_grid: bool, link) -> list[str]:
+    """One list item per stage (in pipeline order) linking its rendered notebooks; prune and evaluate
+    reports are left to the instance grid when there is one, fork reports to their own section."""
+    e = html.escape
     by_stage: dict[str, list[Path]] = {}
     for p in sorted(notebooks):
         if p.parent == paths.fork_html_dir(root=root):  # listed in their own section
             continue
-        if p.parent.name not in ("prune", "evaluate") or results is None:
+        if p.parent.name not in ("prune", "evaluate") or not has_grid:
             by_stage.setdefault(p.parent.name, []).append(p)
     if "plot" not in by_stage:  # rendered after the plot notebook that writes this page
         by_stage["plot"] = []
     stage_order = list(paths.STAGE_NOTEBOOKS)
+    out = []
     for stage in sorted(by_stage, key=lambda s: (stage_order.index(s) if s in stage_order else len(stage_order), s)):
         items = [f'<a href="{e(link(p))}">{e(p.stem)}</a>' for p in by_stage[stage]]
         if stage == "plot" and not by_stage[stage]:
             items = ['<a href="html/plot/plot.html">plot</a>']
         out.append(f"<li><strong>{e(stage)}</strong>: {', '.join(items)}</li>")
+    return out
+
+
+def _table_file_items(table_files: Sequence[Path], link) -> list[str]:
+    """One list item per table stem linking its files (one link per format)."""
+    e = html.escape
     by_table: dict[str, list[Path]] = {}
     for p in table_files:
         by_table.setdefault(p.stem, []).append(p)
-    for stem, files in sorted(by_table.items()):
-        items = " ".join(f'<a href="{e(link(p))}">{e(p.suffix.lstrip(".") or p.name)}</a>' for p in files)
-        out.append(f"<li>table {e(stem)}: {items}</li>")
-    out += ["</ul>", "</section>", '<details id="params"><summary>Parameters (params.yaml)</summary>',
-            f"<pre>{e(_params_text(params))}</pre>", "</details>", "</body>", "</html>"]
-    return write_text(index, "\n".join(out) + "\n")
+    return [f"<li>table {e(stem)}: "
+            + " ".join(f'<a href="{e(link(p))}">{e(p.suffix.lstrip(".") or p.name)}</a>' for p in files) + "</li>"
+            for stem, files in sorted(by_table.items())]

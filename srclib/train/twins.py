@@ -72,12 +72,8 @@ def train_twins(cfg: TrainParams, train_texts: Sequence[str], val_texts: Sequenc
     data_info = {"vocab_size": V, "train_tokens": int(train_stream.numel()),
                  "validation_tokens": int(val_stream.numel()), "eval_windows": cfg.eval_windows,
                  "seq_len": cfg.seq_len, "tokenizer_time_s": time.perf_counter() - t_start}
-    n_samples, P = cfg.n_samples, cfg.sample_prompt_tokens
-    prompts = torch.stack([
-        torch.tensor(tok(p)["input_ids"][:P]) for p in val_texts[:n_samples]
-    ]) if n_samples else torch.zeros(0, P, dtype=torch.int64)  # (n_samples, P)
-    if prompts.shape[0] and prompts.shape[1] != P:
-        raise ValueError(f"a validation passage is shorter than sample_prompt_tokens={P}")
+    n_samples = cfg.n_samples
+    prompts = _sample_prompts(tok, val_texts, n_samples, cfg.sample_prompt_tokens)  # (n_samples, P)
 
     # tiny-ar
     torch.manual_seed(cfg.seed)
@@ -85,26 +81,14 @@ def train_twins(cfg: TrainParams, train_texts: Sequence[str], val_texts: Sequenc
     gen = torch.Generator().manual_seed(cfg.seed)
     ar_rec = train_ar(ar_model, train_stream, cfg, bos=bos, generator=gen)
     ar_ad = get_adapter("tiny-ar")
-    with phase(f"train tiny-ar: held-out perplexity on {windows.shape[0]} windows, {n_samples} samples"):
-        ar_ppl = causal_perplexity(model_logits_fn(ar_model, ar_ad), windows)
-        ar_samples, ar_d2 = decode_samples(tok, prompts, greedy_ar(ar_model, prompts, sampler.gen_length)) \
-            if n_samples else ([], 0.0)
+    ar_ppl, ar_samples, ar_d2 = _evaluate_ar(ar_model, ar_ad, tok, windows, prompts, n_samples, sampler.gen_length)
     save(ar_model, tok, model_dirs["tiny-ar"], "tiny-ar", seed=cfg.seed)
 
     # tiny-dlm
     dlm_model, dlm_rec = adapt_dlm(ar_model, train_stream, cfg, bos=bos, mask_id=mask_id, max_len=max_len,
                                    generator=gen)
     dlm_ad = get_adapter("tiny-dlm")
-    with phase(f"train tiny-dlm: held-out ELBO perplexity on {windows.shape[0]} windows x "
-               f"{cfg.eval_mc_num} MC draws, {n_samples} samples"):
-        dlm_ppl = elbo_perplexity(model_logits_fn(dlm_model, dlm_ad), windows, mask_id=mask_id,
-                                  mc_num=cfg.eval_mc_num, generator=torch.Generator().manual_seed(cfg.seed),
-                                  keep_first=True)
-        dlm_samples, dlm_d2 = ([], 0.0)
-        if n_samples:
-            out = generate(dlm_model, prompts, **sampler.sampler_kwargs(), mask_id=mask_id, adapter=dlm_ad,
-                           generator=torch.Generator().manual_seed(cfg.seed))
-            dlm_samples, dlm_d2 = decode_samples(tok, prompts, out)
+    dlm_ppl, dlm_samples, dlm_d2 = _evaluate_dlm(dlm_model, dlm_ad, tok, windows, prompts, n_samples, cfg, sampler)
     save(dlm_model, tok, model_dirs["tiny-dlm"], "tiny-dlm", seed=cfg.seed, init="tiny-ar")
 
     logger.info("tiny-ar ppl %.1f, tiny-dlm ELBO ppl %.1f, unigram %.1f", ar_ppl, dlm_ppl, uni)
@@ -116,3 +100,42 @@ def train_twins(cfg: TrainParams, train_texts: Sequence[str], val_texts: Sequenc
                      "ppl_over_unigram": dlm_ppl / uni, "samples": dlm_samples, "distinct_2": dlm_d2,
                      "n_params": n_params(dlm_model), "eval_mc_num": cfg.eval_mc_num},
     }
+
+
+def _sample_prompts(tok, val_texts: Sequence[str], n_samples: int, P: int) -> torch.Tensor:
+    """(n_samples, P): the first P token ids of the first ``n_samples`` validation passages; raises
+    when one is shorter."""
+    prompts = torch.stack([
+        torch.tensor(tok(p)["input_ids"][:P]) for p in val_texts[:n_samples]
+    ]) if n_samples else torch.zeros(0, P, dtype=torch.int64)  # (n_samples, P)
+    if prompts.shape[0] and prompts.shape[1] != P:
+        raise ValueError(f"a validation passage is shorter than sample_prompt_tokens={P}")
+    return prompts
+
+
+def _evaluate_ar(ar_model, ar_ad, tok, windows: torch.Tensor, prompts: torch.Tensor, n_samples: int,
+                 gen_length: int) -> tuple[float, list, float]:
+    """tiny-ar's held-out perplexity on ``windows`` (N, T), greedy samples from ``prompts`` and their distinct-2."""
+    with phase(f"train tiny-ar: held-out perplexity on {windows.shape[0]} windows, {n_samples} samples"):
+        ar_ppl = causal_perplexity(model_logits_fn(ar_model, ar_ad), windows)
+        ar_samples, ar_d2 = decode_samples(tok, prompts, greedy_ar(ar_model, prompts, gen_length)) \
+            if n_samples else ([], 0.0)
+    return ar_ppl, ar_samples, ar_d2
+
+
+def _evaluate_dlm(dlm_model, dlm_ad, tok, windows: torch.Tensor, prompts: torch.Tensor, n_samples: int,
+                  cfg: TrainParams, sampler) -> tuple[float, list, float]:
+    """tiny-dlm's held-out ELBO perplexity on ``windows`` (N, T), sampler continuations of ``prompts``
+    and their distinct-2 (each from a generator seeded with cfg.seed)."""
+    mask_id = tok.mask_token_id
+    with phase(f"train tiny-dlm: held-out ELBO perplexity on {windows.shape[0]} windows x "
+               f"{cfg.eval_mc_num} MC draws, {n_samples} samples"):
+        dlm_ppl = elbo_perplexity(model_logits_fn(dlm_model, dlm_ad), windows, mask_id=mask_id,
+                                  mc_num=cfg.eval_mc_num, generator=torch.Generator().manual_seed(cfg.seed),
+                                  keep_first=True)
+        dlm_samples, dlm_d2 = ([], 0.0)
+        if n_samples:
+            out = generate(dlm_model, prompts, **sampler.sampler_kwargs(), mask_id=mask_id, adapter=dlm_ad,
+                           generator=torch.Generator().manual_seed(cfg.seed))
+            dlm_samples, dlm_d2 = decode_samples(tok, prompts, out)
+    return dlm_ppl, dlm_samples, dlm_d2

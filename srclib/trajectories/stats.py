@@ -151,28 +151,9 @@ def _stats_one(
     pp["n_stable"] = stable.sum(-1).double().numpy()
     pp["pos0_stable_frac"] = stable[:, 0].double().numpy()
     if offsets:  # AR: newest query at position valid_len - 1
-        off = (traj.valid_len[:, None] - 1 - dom).clamp_min(0)  # (S, B)
-        for i, key in enumerate(_OFFSET_KEYS):
-            hit = off >= i if i == len(_OFFSET_KEYS) - 1 else off == i
-            pp[key] = hit.double().mean(0).numpy()
-        pp["dominant_offset_mean"] = off.double().mean(0).numpy()
+        pp.update(_offset_stats(traj, dom))
     if groups is not None:
-        for name, g in groups.items():  # g: (S, B, T) bool
-            on = g.gather(2, dom[..., None])[..., 0]  # (S, B) dominant key in the class
-            rows = g.any(-1)  # (S, B) steps where the class is non-empty
-            n_rows = rows.sum(0).double()  # (B,)
-            frac = (on & rows).sum(0).double() / n_rows.clamp_min(1)
-            pp[f"dominant_on_{name}_frac"] = np.where(n_rows.numpy() > 0, frac.numpy(), np.nan)
-            pp[f"sinks_per_step_{name}"] = (sinks & g).sum(-1).double().mean(0).numpy()
-        for name in ("mask", "content"):
-            g = groups[name]
-            rows = g.any(-1).all(0)  # (B,) prompts where the class is present at every step
-            d = _restricted_dominant(m, g)  # (S, B)
-            pp[f"variance_{name}"] = np.where(rows.numpy(), position_variance(d.T, T_norm).numpy(), np.nan)
-        gm = groups["mask"]
-        mass_share = (m * gm).sum(-1) / m.sum(-1)  # (S, B)
-        count_share = gm.sum(-1).double() / T
-        pp["mask_mass_ratio"] = (mass_share.double() / count_share.clamp_min(1e-12)).mean(0).numpy()
+        pp.update(_group_stats(m, sinks, dom, groups, T_norm))
     out: dict[str, Any] = {k: _nanmean(v) for k, v in pp.items()}
     out["variance_std"] = float(np.std(pp["variance"]))
     out["jaccard_std"] = float(np.std(pp["jaccard"]))
@@ -182,6 +163,45 @@ def _stats_one(
         out["per_prompt"] = {k: [None if np.isnan(x) else float(x) for x in v] for k, v in pp.items()}
     arrays = dict(dominant=dom.T.numpy(), stable=[stable[b].nonzero().flatten().tolist() for b in range(B)])
     return out, arrays
+
+
+def _offset_stats(traj: Trajectory, dom: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per prompt (B,): how often the dominant key ``dom`` (S, B) sits at each distance from the
+    newest query (AR: position valid_len - 1), and its mean distance."""
+    pp: dict[str, np.ndarray] = {}
+    off = (traj.valid_len[:, None] - 1 - dom).clamp_min(0)  # (S, B)
+    for i, key in enumerate(_OFFSET_KEYS):
+        hit = off >= i if i == len(_OFFSET_KEYS) - 1 else off == i
+        pp[key] = hit.double().mean(0).numpy()
+    pp["dominant_offset_mean"] = off.double().mean(0).numpy()
+    return pp
+
+
+def _group_stats(
+    m: torch.Tensor, sinks: torch.Tensor, dom: torch.Tensor, groups: dict[str, torch.Tensor], T_norm: int,
+) -> dict[str, np.ndarray]:
+    """Per prompt (B,): the dominant key and the sinks per token class of ``groups`` (name -> (S, B, T)
+    bool), the dominant position's variance within the mask and content classes, and the mask
+    tokens' share of the mass over their share of the keys."""
+    pp: dict[str, np.ndarray] = {}
+    T = m.shape[-1]
+    for name, g in groups.items():  # g: (S, B, T) bool
+        on = g.gather(2, dom[..., None])[..., 0]  # (S, B) dominant key in the class
+        rows = g.any(-1)  # (S, B) steps where the class is non-empty
+        n_rows = rows.sum(0).double()  # (B,)
+        frac = (on & rows).sum(0).double() / n_rows.clamp_min(1)
+        pp[f"dominant_on_{name}_frac"] = np.where(n_rows.numpy() > 0, frac.numpy(), np.nan)
+        pp[f"sinks_per_step_{name}"] = (sinks & g).sum(-1).double().mean(0).numpy()
+    for name in ("mask", "content"):
+        g = groups[name]
+        rows = g.any(-1).all(0)  # (B,) prompts where the class is present at every step
+        d = _restricted_dominant(m, g)  # (S, B)
+        pp[f"variance_{name}"] = np.where(rows.numpy(), position_variance(d.T, T_norm).numpy(), np.nan)
+    gm = groups["mask"]
+    mass_share = (m * gm).sum(-1) / m.sum(-1)  # (S, B)
+    count_share = gm.sum(-1).double() / T
+    pp["mask_mass_ratio"] = (mass_share.double() / count_share.clamp_min(1e-12)).mean(0).numpy()
+    return pp
 
 
 def head_statistics(traj: Trajectory) -> dict[str, Any] | None:
