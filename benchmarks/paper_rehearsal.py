@@ -10,7 +10,7 @@ float32 on CPU, with the paper models' block and vocabulary but 2 blocks:
 
 Each model is measured in its own fresh subprocess (``--worker``), through srclib's own code paths:
 
-1. attention-mass recording (srclib.calibration.record_pass_mass: blocks only, no LM head) of one
+1. attention-mass recording (srclib.pruning.calibration.record_pass_mass: blocks only, no LM head) of one
    noised pass at T = 1024, 2048, 4096; the log-log slope of peak memory over T (must be ~1);
 2. the LM head's cost: one full forward (adapter.logits) vs the blocks-only forward at T = 1024
    (the head is linear in T: x4 at 4096);
@@ -138,7 +138,7 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
 
     import torch
 
-    from srclib import calibration as cal
+    from srclib.pruning import calibration as cal
     from srclib import params
     from srclib.attention import CHUNK_SIZE
     from srclib.diffusion import generate
@@ -229,7 +229,7 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
 
 def _blocks_only(model, blocks, ids, fwd) -> None:
     """One forward that ends after the last block (what calibration runs: no LM head)."""
-    from srclib import calibration as cal
+    from srclib.pruning import calibration as cal
 
     with cal._eval(model), cal._stop_after(blocks[-1]):
         cal._forward(model, ids, fwd)

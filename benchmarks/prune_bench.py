@@ -24,7 +24,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave wit
 
 import torch  # noqa: E402
 
-from srclib import calibration as cal  # noqa: E402
+from srclib.pruning import calibration as cal  # noqa: E402
 from srclib import params  # noqa: E402
 from srclib.models.base import Adapter  # noqa: E402
 from srclib.models.tiny import TinyLM  # noqa: E402

@@ -230,7 +230,7 @@ class CalibrationParams:
     seq_len: int = _c(ge=2)
     t_grid: list[float] = _c(min_len=1, item_gt=0, item_le=1)
     noise_eps: float = _c(ge=0, lt=1)
-    # how a DLM's calibration windows are noised (srclib.calibration.noised_passes), one pass per t of
+    # how a DLM's calibration windows are noised (srclib.pruning.calibration.noised_passes), one pass per t of
     # t_grid: "grid" masks with p = (1 - eps) t + eps at the grid's t; "stratified" is the released
     # Dream forward process (t = (u0 + i/B) mod 1, u0 ~ U(0, 1) per pass: the grid's values are
     # ignored, only its length counts; first and last position never masked); "auto" = the released
@@ -557,7 +557,7 @@ class PruneSpec:
         return AUTO_INPUTS[self.method] if self.calib_inputs == "auto" else self.calib_inputs
 
     def noise_options(self, shift: bool) -> dict[str, Any]:
-        """How a DLM's windows are noised (srclib.calibration.noised_passes keywords): ``noise``
+        """How a DLM's windows are noised (srclib.pruning.calibration.noised_passes keywords): ``noise``
         ("grid" | "stratified") and ``keep_ends``. ``shift``: the adapter's (Dream-style) flag,
         which picks the released choice under noise "auto" and fidelity "released" (which overrides
         noise and noise_keep_ends: the released LLaDA noise keeps no position)."""

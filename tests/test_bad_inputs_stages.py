@@ -18,7 +18,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from srclib import calibration, files, paths
+from srclib import files, paths
+from srclib.pruning import calibration
 from srclib.data import manifest as manifest_mod
 from srclib.data.corpus import read_jsonl, read_texts
 from srclib.data.errors import DataError

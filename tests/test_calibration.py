@@ -1,4 +1,4 @@
-"""srclib.calibration: windows (released-code sampling), noised passes, the generic catcher and
+"""srclib.pruning.calibration: windows (released-code sampling), noised passes, the generic catcher and
 the one-shot / sequential loops on a TinyLM and a tiny transformers Llama."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib.models.base import Adapter
 from srclib.models.tiny import TinyLM, test_config
 

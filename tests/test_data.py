@@ -261,7 +261,7 @@ class _FakeSplit(dict):
 
 
 def test_wikitext2_export_reproduces_the_released_calibration_string(tmp_path):
-    from srclib.calibration import tokenize_texts
+    from srclib.pruning.calibration import tokenize_texts
     from srclib.data.corpus import read_texts
 
     lines = ["", " = Valkyria Chronicles III = \n", "", " Senjō no Valkyria 3 : Unrecorded Chronicles \n"]

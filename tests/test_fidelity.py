@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import params, paths
 from srclib.data import wikitext
 from srclib.diffusion import mask_probability, noise_stratified, stratified_times

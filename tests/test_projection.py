@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import params
 from srclib.efficiency import projection as pj
 from srclib.models import MODELS

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib.models import MODELS, load
 from srclib.params import PruneSpec
 from srclib.pruning.checkpoint import run_prune

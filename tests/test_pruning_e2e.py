@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib.models import MODELS, load
 from srclib.models.base import Adapter, read_marker
 from srclib.models.tiny import TinyLM, test_config

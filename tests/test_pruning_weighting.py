@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import srclib.sinks
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib.attention import record_mass
 from srclib.models.base import Adapter
 from srclib.models.tiny import TinyLM, test_config

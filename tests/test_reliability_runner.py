@@ -218,7 +218,7 @@ def test_train_loop_logs_step_loss_and_eta(progress_lines):
 
 
 def test_calibration_loops_log_progress(progress_lines):
-    from srclib import calibration as cal
+    from srclib.pruning import calibration as cal
     from srclib.models.tiny import TinyLM, test_config
 
     model = TinyLM(test_config(causal=False, shift=True)).eval()

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import params
 from srclib.models import MODELS, load
 from srclib.models.base import read_marker

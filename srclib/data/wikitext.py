@@ -32,7 +32,7 @@ def export_wikitext2(out: str | os.PathLike, split: str = "train", loader: Calla
     the calibration windows and ``"\n\n".join(test["text"])`` for its test perplexity; this joins
     the lines the same way (``JOINS``: train with a space, validation / test with a blank line) and
     writes the joined string as ONE ``{"source", "text"}`` line, so that
-    :func:`srclib.calibration.tokenize_texts` tokenizes exactly the released string.
+    :func:`srclib.pruning.calibration.tokenize_texts` tokenizes exactly the released string.
     ``loader`` defaults to ``datasets.load_dataset`` (network or HF cache).
     """
     if split not in SPLITS:

@@ -9,5 +9,8 @@ so a user of one module does not load (or depend on) the rest:
 * ``core``: ``prune_model`` (calibration passes, token weights, sequential or one-shot);
 * ``checkpoint``: saving and reading pruned checkpoints and masks.
 
+* ``calibration``: calibration windows, noised passes and the generic one-shot / sequential
+  calibration forwards (moved here from srclib.calibration).
+
 The prune stage itself (``run``) is srclib.stages.prune; the run spec is srclib.params.PruneSpec.
 """

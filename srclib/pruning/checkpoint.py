@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import devices, models, paths
 from srclib.attention import CHUNK_SIZE
 from srclib.files import atomic_outputs, sha256_file, sha256_folder, write_json, write_text

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import devices, sinks
 from srclib.pruning.base import LayerPruner
 from srclib.pruning import memory

@@ -7,7 +7,7 @@ shorter than that can be missed); the result is reported relative to the RSS at 
 
 ``stash_bytes`` / ``stash_budget``: one-shot calibration whose token weights come from the SAME
 forward's attention mass keeps every prunable linear's inputs of one batch until the forward ends
-(srclib.calibration.run_one_shot). At paper width that stash is L x (batch x T) x sum of input
+(srclib.pruning.calibration.run_one_shot). At paper width that stash is L x (batch x T) x sum of input
 widths: LLaDA-8B, 40 passes of 4096 tokens, bfloat16, about 258 GB (upper bound 387 GB), more than
 one H200. When the bound exceeds the budget the prune code computes the weights in a mass-only
 pre-pass instead (the same weights, so the same statistics and masks; one extra blocks-only

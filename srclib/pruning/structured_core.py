@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from srclib import calibration as cal
+from srclib.pruning import calibration as cal
 from srclib import devices
 from srclib.models import structure as st
 from srclib.params import PruneSpec
