@@ -189,8 +189,8 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     # 3. one sink-aware Wanda calibration pass (one-shot, weights from the same forward)
     study = params.load(ROOT / "params-gpu.yaml").prune
     base = study.spec(next(iter(study.instances)))
-    wanda = dataclasses.replace(base, method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured",
-                                t_grid=(0.5,))
+    wanda = dataclasses.replace(base.with_run(method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured"),
+                                calibration=dataclasses.replace(base.calibration, t_grid=[0.5]))
     T = max(SEQS)
     calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
     rep, m = _measure(lambda: prune_model(model, adapter, wanda, calib))
@@ -216,7 +216,7 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     log.info("%s sampler step: %.1f s, +%.2f GB", name, m["wall_s"], m["peak_delta_bytes"] / 1e9)
     save(out)
     # 6. one sink-aware SparseGPT block (last: the slowest; mass pre-pass of one noised pass, one clean window)
-    sgpt = dataclasses.replace(wanda, method="sparsegpt")
+    sgpt = wanda.with_run(method="sparsegpt")
     calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
     rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
     st["sparsegpt_sink_block"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "blocks": 1,

@@ -44,7 +44,9 @@ def spec(**kw) -> PruneSpec:
     uniform weighting, 50% unstructured)."""
     base = STUDY.spec(next(iter(STUDY.instances)))
     run = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstructured")
-    return dataclasses.replace(base, **{**run, **kw})
+    options = {k: kw.pop(k) for k in list(kw) if k in {f.name for f in dataclasses.fields(base.options)}}
+    base = dataclasses.replace(base, options=dataclasses.replace(base.options, **options))
+    return base.with_run(**{**run, **kw})
 
 
 def make_model() -> TinyLM:

@@ -30,6 +30,7 @@ from srclib.schema import constrained as _c
 __all__ = [
     "ParamsError", "Params", "load", "load_dict", "build", "ModelEntry", "TrainParams", "SamplerParams",
     "CollectParams", "VarianceParams", "PruneParams", "PruneInstance", "PruneOptions", "PruneSpec",
+    "RunChoices", "SPEC_RECORD",
     "EvaluateParams", "TaskSettings", "PplParams", "EfficiencyParams", "PlotParams",
     "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES", "TINY_MODELS", "BASE_KEY", "merged_yaml", "main",
 ]
@@ -312,6 +313,24 @@ def _structure() -> Any:
 
 
 @dataclass(frozen=True)
+class RunChoices:
+    """What one pruning run does to the weights: an instance's method, weighting, sparsity, pattern
+    and structure (``PruneInstance.run``; ``PruneSpec.run``)."""
+
+    method: str = _method()
+    weighting: str = _weighting()
+    sparsity: float = _sparsity()
+    pattern: Union[str, None] = _pattern()  # None (structured): "unstructured"
+    structure: Union[str, None] = _structure()  # None: unstructured; uniform | adaptive: heads + channels
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "run")
+        check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
+        if self.pattern is None:  # structured: no N:M pattern applies
+            object.__setattr__(self, "pattern", "unstructured")
+
+
+@dataclass(frozen=True)
 class PruneInstance:
     model: str = _c()
     method: str = _method()
@@ -322,9 +341,13 @@ class PruneInstance:
     structure: Union[str, None] = _structure()  # None: unstructured; uniform | adaptive: heads + channels
 
     def __post_init__(self) -> None:
-        check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
-        if self.pattern is None:  # structured: no N:M pattern applies
-            object.__setattr__(self, "pattern", "unstructured")
+        object.__setattr__(self, "pattern", self.run.pattern)  # validated there; structured: "unstructured"
+
+    @property
+    def run(self) -> RunChoices:
+        """This instance's run choices (without its model and seed)."""
+        return RunChoices(method=self.method, weighting=self.weighting, sparsity=self.sparsity,
+                          pattern=self.pattern, structure=self.structure)
 
 
 _SEED_TOKEN = re.compile(r"s(\d+)")
@@ -368,14 +391,6 @@ def check_instance_name(name: str, inst: PruneInstance) -> None:
             raise ParamsError(
                 f"prune.instances.{name}: the name says {says} but the instance has {value}; rename the "
                 f"instance or fix its values (reports and file names show the name, the run uses the values)")
-
-
-# What "auto" means for prune.options (the released code's choices, method.md 4).
-# calib_inputs: sink-aware Wanda on noised passes, SparseGPT's Hessian on clean windows (its sink
-# weights come from the noised passes). AR models (no mask token) always use clean windows.
-AUTO_INPUTS = {"magnitude": "clean", "wanda": "noised", "sparsegpt": "clean"}
-# wanda_accumulation: uniform = the total norm over all tokens, sink/stability = per-pass sum.
-AUTO_ACCUMULATION = {"uniform": "total", "sink": "per_pass", "stability": "per_pass"}
 
 
 def check_noise(noise: str, keep_ends: bool) -> None:
@@ -434,30 +449,15 @@ class PruneParams:
         for name, inst in self.instances.items():
             check_instance_name(name, inst)
         check_noise(self.calibration.noise, self.options.noise_keep_ends)
-        noise_set = {"prune.options.noise_keep_ends = true": self.options.noise_keep_ends,
-                     "prune.calibration.noise = 'stratified'": self.calibration.noise == "stratified"}
-        if any(noise_set.values()) and not any(self.spec(n).draws_noise for n in self.instances):
-            raise ParamsError(
-                f"{' and '.join(k for k, v in noise_set.items() if v)}: only a DLM run on noised passes "
-                f"uses it, and no instance of prune.instances draws noise (magnitude without OWL, or clean "
-                f"calibration windows with uniform weighting): remove it (set noise_keep_ends: false, "
-                f"noise: grid)"
-            )
+        # a noise setting that no instance uses: srclib.pruning.plan.check_noise_used (it needs the
+        # run's decisions), which the stage runner calls before any stage starts
 
     def spec(self, instance: str) -> "PruneSpec":
-        """The flat PruneSpec that srclib.pruning runs for one instance."""
-        inst = self.instance(instance)
-        return PruneSpec(
-            method=inst.method, weighting=inst.weighting, sparsity=inst.sparsity, pattern=inst.pattern,
-            structure=inst.structure,
-            t_grid=tuple(self.calibration.t_grid), noise_eps=self.calibration.noise_eps,
-            sink_rule=self.sink.rule, sink_alpha=self.sink.alpha, sink_kappa=self.sink.kappa,
-            sink_eps=self.sink.eps, stability_threshold=self.sink.stability_threshold,
-            blocksize=self.sparsegpt.blocksize, percdamp=self.sparsegpt.percdamp,
-            owl=self.owl.enabled, owl_lambda=self.owl.lambda_, owl_m=self.owl.m,
-            one_shot_sink_wanda=self.one_shot_sink_wanda, **as_dict(self.options),
-            fidelity=self.fidelity, noise=self.calibration.noise,
-        )
+        """The PruneSpec that srclib.pruning runs for one instance: its run choices and this
+        section's settings, held as the section objects themselves."""
+        return PruneSpec(run=self.instance(instance).run, calibration=self.calibration, sink=self.sink,
+                         sparsegpt=self.sparsegpt, owl=self.owl, options=self.options,
+                         one_shot_sink_wanda=self.one_shot_sink_wanda, fidelity=self.fidelity)
 
     def instance(self, name: str) -> PruneInstance:
         if name not in self.instances:
@@ -465,171 +465,69 @@ class PruneParams:
         return self.instances[name]
 
 
+# The flat record of a PruneSpec (``to_dict``: prune metrics, checkpoint markers, report freshness):
+# record key -> (section, field). Its keys and their order are the record format.
+SPEC_RECORD = {
+    "method": ("run", "method"), "weighting": ("run", "weighting"), "sparsity": ("run", "sparsity"),
+    "pattern": ("run", "pattern"), "t_grid": ("calibration", "t_grid"),
+    "noise_eps": ("calibration", "noise_eps"), "sink_rule": ("sink", "rule"), "sink_alpha": ("sink", "alpha"),
+    "sink_kappa": ("sink", "kappa"), "sink_eps": ("sink", "eps"),
+    "stability_threshold": ("sink", "stability_threshold"), "blocksize": ("sparsegpt", "blocksize"),
+    "percdamp": ("sparsegpt", "percdamp"), "owl": ("owl", "enabled"), "owl_lambda": ("owl", "lambda_"),
+    "owl_m": ("owl", "m"), "one_shot_sink_wanda": (None, "one_shot_sink_wanda"),
+    "calib_inputs": ("options", "calib_inputs"), "wanda_accumulation": ("options", "wanda_accumulation"),
+    "noise_keep_ends": ("options", "noise_keep_ends"), "force_one_shot": ("options", "force_one_shot"),
+    "bias_compensation": ("options", "bias_compensation"), "structure": ("run", "structure"),
+    "fidelity": (None, "fidelity"), "noise": ("calibration", "noise"),
+}
+
+
 @dataclass(frozen=True)
 class PruneSpec:
-    """One pruning run, flat (method.md 3-4): an instance with the prune section's settings, as
-    srclib.pruning takes it and as prune metrics record it (``to_dict``). Built by
-    ``PruneParams.spec(name)``; constructing one directly validates every field by the same
-    rules as params.yaml (ParamsError naming the field).
+    """One pruning run (method.md 3-4): an instance's run choices with the prune section's
+    settings, as srclib.pruning takes it. Built by ``PruneParams.spec(name)``; it holds the section
+    objects themselves (``calibration``, ``sink``, ``sparsegpt``, ``owl``, ``options``: each
+    validated when it was built, by the same rules as params.yaml) and checks what ties them.
 
-    method, weighting, sparsity, pattern: the instance's. t_grid, noise_eps: prune.calibration.
-    sink_*: prune.sink (srclib.sinks.sink_scores arguments); stability_threshold likewise.
-    blocksize, percdamp: prune.sparsegpt. owl, owl_lambda, owl_m: prune.owl. one_shot_sink_wanda:
-    prune.one_shot_sink_wanda. calib_inputs, wanda_accumulation, noise_keep_ends, force_one_shot:
-    prune.options (PruneOptions). fidelity: prune.fidelity. noise: prune.calibration.noise.
-
-    ``fidelity = "released"`` sets, for this run, every choice where the released code differs from
-    its description (method.md 10), overriding the options it governs: calibration windows drawn as
-    the released loader draws them (``windows``); the released noise per model family (``noise_options``:
-    stratified with both ends kept for shifted / Dream-style DLMs, the t-grid with no position kept
-    for LLaDA-style ones); uniform Wanda on clean windows (``inputs_for``); sink-aware Wanda per-row
-    unstructured whatever the pattern, and magnitude's / SparseGPT's ``<=`` thresholds
-    (``pruner_options``). Structured runs take the windows and the noise only (the released code has
-    no structured pruning). ``effective`` lists the resolved choices (prune metrics record them).
+    run: the instance's method, weighting, sparsity, pattern, structure (``RunChoices``).
+    calibration: prune.calibration (t_grid, noise_eps, noise are the run's; n_samples, seq_len and
+    corpus build its windows). sink: prune.sink (srclib.sinks.sink_scores arguments, the stability
+    threshold). sparsegpt, owl, options: prune.sparsegpt, prune.owl, prune.options. fidelity:
+    prune.fidelity. What the run does with them (inputs, noise, one-shot or sequential, the
+    pruners' options, the released-code choices) is decided in srclib.pruning.plan.
+    ``to_dict`` is the flat record the prune metrics keep (``SPEC_RECORD``).
     """
 
-    method: str = _method()
-    weighting: str = _weighting()
-    sparsity: float = _sparsity()
-    pattern: Union[str, None] = _pattern()
-    t_grid: tuple[float, ...] = _c(min_len=1, item_gt=0, item_le=1)
-    noise_eps: float = _c(ge=0, lt=1)
-    sink_rule: str = _c(choices=SINK_RULES)
-    sink_alpha: float = _c(gt=0)
-    sink_kappa: float = _c()
-    sink_eps: float = _c(ge=0)
-    stability_threshold: float = _c(gt=0, le=1)
-    blocksize: int = _c(ge=1)
-    percdamp: float = _c(ge=0)
-    owl: bool = _c()
-    owl_lambda: float = _c(ge=0, lt=1)
-    owl_m: float = _c(gt=0)
+    run: RunChoices = _c()
+    calibration: CalibrationParams = _c()
+    sink: VarianceParams = _c()
+    sparsegpt: SparseGPTParams = _c()
+    owl: OwlParams = _c()
+    options: PruneOptions = _c()
     one_shot_sink_wanda: bool = _c()
-    calib_inputs: str = _c(choices=("auto",) + choices.CALIB_INPUTS)
-    wanda_accumulation: str = _c(choices=("auto",) + choices.ACCUMULATIONS)
-    noise_keep_ends: bool = _c()
-    force_one_shot: bool = _c()
-    bias_compensation: str = _c(choices=choices.BIAS_COMPENSATION)
-    structure: Union[str, None] = _structure()
     fidelity: str = _c(choices=choices.FIDELITY)
-    noise: str = _c(choices=("auto",) + choices.NOISES)
 
     def __post_init__(self) -> None:
         validate_fields(self, "spec")
-        check_noise(self.noise, self.noise_keep_ends)
-        object.__setattr__(self, "t_grid", tuple(float(t) for t in self.t_grid))
-        check_run(self.method, self.weighting, self.sparsity, self.pattern, self.structure)
-        if self.pattern is None:
-            object.__setattr__(self, "pattern", "unstructured")
-        if self.owl and PATTERNS[self.pattern] is not None:
-            raise ParamsError(f"OWL sets a sparsity per block, so pattern must be 'unstructured', got {self.pattern!r}")
-        if self.owl and self.structure is not None:
+        check_noise(self.calibration.noise, self.options.noise_keep_ends)
+        if self.owl.enabled and PATTERNS[self.run.pattern] is not None:
+            raise ParamsError(
+                f"OWL sets a sparsity per block, so pattern must be 'unstructured', got {self.run.pattern!r}")
+        if self.owl.enabled and self.run.structure is not None:
             raise ParamsError("OWL sets unstructured sparsities per block; it does not apply to structured "
-                              f"pruning (structure {self.structure!r}): set prune.owl.enabled: false")
+                              f"pruning (structure {self.run.structure!r}): set prune.owl.enabled: false")
 
-    # ---- resolved choices -----------------------------------------------------------------------
-    @property
-    def released(self) -> bool:
-        """prune.fidelity = released: the released code's choices (see the class docstring)."""
-        return self.fidelity == "released"
-
-    @property
-    def needs_data(self) -> bool:
-        """Whether the run calibrates at all (magnitude without OWL or bias compensation does not)."""
-        if self.structure is not None:
-            return self.method != "magnitude" or self.compensate
-        return self.method not in choices.ACTIVATION_FREE or self.owl
-
-    @property
-    def draws_noise(self) -> bool:
-        """Whether a DLM run of this spec noises its windows (noised passes, or the noised mass
-        pre-pass that gives sink / stability weights to clean windows)."""
-        return self.needs_data and (self.inputs_for(True) == "noised" or self.weighting != "uniform")
-
-    def inputs_for(self, dlm: bool) -> str:
-        """'noised' or 'clean': what the calibration passes are (AR models: always 'clean')."""
-        if not dlm:
-            return "clean"
-        if self.structure is not None and self.calib_inputs == "auto":
-            return "noised"  # method.md 9: structured scores on the noised t-grid passes
-        if self.released and self.structure is None:  # overrides calib_inputs
-            return "clean" if (self.method, self.weighting) == ("wanda", "uniform") else AUTO_INPUTS[self.method]
-        return AUTO_INPUTS[self.method] if self.calib_inputs == "auto" else self.calib_inputs
-
-    def noise_options(self, shift: bool) -> dict[str, Any]:
-        """How a DLM's windows are noised (srclib.pruning.calibration.noised_passes keywords): ``noise``
-        ("grid" | "stratified") and ``keep_ends``. ``shift``: the adapter's (Dream-style) flag,
-        which picks the released choice under noise "auto" and fidelity "released" (which overrides
-        noise and noise_keep_ends: the released LLaDA noise keeps no position)."""
-        if self.released or self.noise == "auto":
-            noise = "stratified" if shift else "grid"
-        else:
-            noise = self.noise
-        if noise == "stratified":
-            keep_ends = True
-        else:
-            keep_ends = False if self.released else self.noise_keep_ends
-        return {"noise": noise, "keep_ends": keep_ends}
-
-    @property
-    def mask_pattern(self) -> str:
-        """The pattern the masks follow: released sink-aware Wanda ignores N:M (per-row unstructured)."""
-        return "unstructured" if self.pruner_options()["ignore_pattern"] else self.pattern
-
-    def effective(self, dlm: bool, shift: bool) -> dict[str, Any]:
-        """The resolved choices of a run of this spec on a model (``dlm``: has a mask token;
-        ``shift``: the adapter's flag), as the prune metrics record them."""
-        opts = self.pruner_options()
-        noised = dlm and self.draws_noise
-        return {
-            "fidelity": self.fidelity,
-            "windows": "released" if self.released else "corrected",
-            "inputs": self.inputs_for(dlm) if self.needs_data else "none",
-            "noise": self.noise_options(shift)["noise"] if noised else None,
-            "noise_keep_ends": self.noise_options(shift)["keep_ends"] if noised else None,
-            "mask_pattern": self.mask_pattern if self.structure is None else None,
-            "threshold": ("inclusive" if opts["inclusive"] and self.method in ("magnitude", "sparsegpt")
-                          and self.pattern == "unstructured" else "exact") if self.structure is None else None,
-        }
-
-    @property
-    def accumulation(self) -> str:
-        if self.wanda_accumulation != "auto":
-            return self.wanda_accumulation
-        return AUTO_ACCUMULATION[self.weighting]
-
-    @property
-    def compensate(self) -> bool:
-        """Structured pruning adds FLAP's bias compensation (prune.options.bias_compensation)."""
-        if self.bias_compensation == "auto":
-            return self.method == "flap"
-        return self.bias_compensation == "on"
-
-    @property
-    def one_shot(self) -> bool:
-        if self.force_one_shot:
-            return True
-        if self.structure is not None:  # method.md 9: Wanda-sp (uniform) sequential, FLAP / adaptive on the dense model
-            return not (self.method == "wanda" and self.structure == "uniform")
-        return self.method == "wanda" and self.weighting != "uniform" and self.one_shot_sink_wanda
-
-    def pruner_options(self) -> dict[str, Any]:
-        """Keyword options of every unstructured pruner. ``inclusive``: the released ``<=`` threshold
-        (magnitude over the matrix, SparseGPT per column block; unstructured only); ``ignore_pattern``:
-        released sink-aware Wanda prunes per row, unstructured, whatever the N:M pattern."""
-        released = self.released and self.structure is None
-        return {"accumulation": self.accumulation, "blocksize": self.blocksize, "percdamp": self.percdamp,
-                "inclusive": released,
-                "ignore_pattern": released and (self.method, self.weighting) == ("wanda", "sink")}
+    def with_run(self, **changes: Any) -> "PruneSpec":
+        """This spec with some run choices replaced (e.g. ``with_run(method="magnitude")``)."""
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["t_grid"] = list(self.t_grid)
+        """The flat record (``SPEC_RECORD``): prune metrics, checkpoint markers, report freshness."""
+        d = {}
+        for key, (section, name) in SPEC_RECORD.items():
+            value = getattr(self if section is None else getattr(self, section), name)
+            d[key] = [float(t) for t in value] if key == "t_grid" else value
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PruneSpec":
-        return build(cls, dict(d), "spec")
 
 
 @dataclass(frozen=True)

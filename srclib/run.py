@@ -217,6 +217,9 @@ def validate(stage: str, parameters: dict[str, Any], root: Path) -> None:
 
     check_keys(P.models)
     check_structured(P)
+    from srclib.pruning.plan import check_noise_used  # torch-free: the prune run's decisions
+
+    check_noise_used(P.prune)
 
 
 def check_calibration_corpus(P: params.Params, root: Path) -> None:

@@ -422,7 +422,13 @@ def validate_fields(obj: Any, where: str) -> None:
     library code also builds directly, such as PruneSpec)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        _convert(f"{where}.{f.name}", getattr(obj, f.name), hints[f.name], dict(f.metadata))
+        value, tp = getattr(obj, f.name), hints[f.name]
+        if dataclasses.is_dataclass(tp):  # a section object (e.g. PruneSpec.sink): its own fields
+            if not isinstance(value, tp):
+                raise ParamsError(f"{where}.{f.name} = {_show(value)}: must be a {tp.__name__}")
+            validate_fields(value, f"{where}.{f.name}")
+            continue
+        _convert(f"{where}.{f.name}", value, tp, dict(f.metadata))
 
 
 

@@ -10,7 +10,6 @@ result parser, prune metrics through the real ``run_prune``, trajectories throug
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from pathlib import Path
 
@@ -206,7 +205,7 @@ def write_prune_tree(root: Path, params: P_.Params) -> None:
         key = (inst.model, inst.sparsity, inst.pattern)
         if key not in done:
             torch.manual_seed(0)
-            spec = dataclasses.replace(params.prune.spec(name), method="magnitude", weighting="uniform")
+            spec = params.prune.spec(name).with_run(method="magnitude", weighting="uniform")
             out = root / ".prune-scratch" / f"{len(done)}"
             res = run_prune(model=(TinyLM(test_config()).eval(), None, MODELS["tiny-dlm"]), spec=spec,
                             out_dir=out / "pruned", metrics_path=out / "metrics.json", n_samples=1, seq_len=8,

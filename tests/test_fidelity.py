@@ -20,6 +20,7 @@ import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from srclib.pruning import calibration as cal
+from srclib.pruning import plan
 from srclib import params, paths
 from srclib.data import wikitext
 from srclib.diffusion import mask_probability, noise_stratified, stratified_times
@@ -324,15 +325,16 @@ def test_released_overrides_explicit_options_and_metrics_record_the_effective_ch
 
 def test_effective_choices_per_family():
     sp = released(method="sparsegpt", weighting="sink")
-    assert sp.effective(dlm=True, shift=False) == {
+    assert plan.effective(sp, dlm=True, shift=False) == {
         "fidelity": "released", "windows": "released", "inputs": "clean", "noise": "grid",
         "noise_keep_ends": False, "mask_pattern": "unstructured", "threshold": "inclusive"}
-    assert sp.effective(dlm=False, shift=False)["noise"] is None  # an AR model draws no noise
+    assert plan.effective(sp, dlm=False, shift=False)["noise"] is None  # an AR model draws no noise
     auto = spec(noise="auto", weighting="sink")
-    assert auto.noise_options(shift=True) == {"noise": "stratified", "keep_ends": True}
-    assert auto.noise_options(shift=False) == {"noise": "grid", "keep_ends": False}
-    assert spec(method="magnitude").effective(dlm=True, shift=True)["inputs"] == "none"
-    assert released(method="magnitude", pattern="2:4").effective(True, True)["threshold"] == "exact"  # N:M: no `<=`
+    assert plan.noise_options(auto, shift=True) == {"noise": "stratified", "keep_ends": True}
+    assert plan.noise_options(auto, shift=False) == {"noise": "grid", "keep_ends": False}
+    assert plan.effective(spec(method="magnitude"), dlm=True, shift=True)["inputs"] == "none"
+    nm = released(method="magnitude", pattern="2:4")
+    assert plan.effective(nm, True, True)["threshold"] == "exact"  # N:M: no `<=`
 
 
 # ---- params ------------------------------------------------------------------------------------------
@@ -355,13 +357,13 @@ def test_default_params_are_corrected_grid(raw):
     P = params.load_dict(raw)
     assert P.prune.fidelity == "corrected" and P.prune.calibration.noise == "grid"
     sp = P.prune.spec("dlm-wanda-sink-50-s0")
-    assert (sp.fidelity, sp.noise) == ("corrected", "grid")
+    assert (sp.fidelity, sp.calibration.noise) == ("corrected", "grid")
     g = params.load(paths.ROOT / "params-gpu.yaml")
     assert g.prune.fidelity == "corrected" and g.prune.calibration.noise == "auto"
-    assert g.prune.spec("dream-wanda-sink-50-s0").noise_options(shift=True)["noise"] == "stratified"
-    assert g.prune.spec("llada-wanda-sink-50-s0").noise_options(shift=False)["noise"] == "grid"
+    assert plan.noise_options(g.prune.spec("dream-wanda-sink-50-s0"), shift=True)["noise"] == "stratified"
+    assert plan.noise_options(g.prune.spec("llada-wanda-sink-50-s0"), shift=False)["noise"] == "grid"
     P2 = params.load_dict(_set(raw, "prune.fidelity", "released"))  # what -S prune.fidelity=released gives
-    assert P2.prune.spec("dlm-magnitude-uniform-50-s0").pruner_options()["inclusive"] is True
+    assert plan.pruner_options(P2.prune.spec("dlm-magnitude-uniform-50-s0"))["inclusive"] is True
 
 
 @pytest.mark.parametrize("value", ["release", "RELEASED", "", 1, None])
@@ -395,8 +397,10 @@ def test_keep_ends_without_any_noised_run_is_refused(raw):
     d["efficiency"]["instances"] = [k for k in d["efficiency"]["instances"] if k in only_magnitude] or \
         [next(iter(only_magnitude))]
     with pytest.raises(ParamsError, match=r"prune\.options\.noise_keep_ends = true: only a DLM run on noised passes"):
-        params.load_dict(d)
-    assert params.load_dict(_set(raw, "prune.options.noise_keep_ends", True)).prune.options.noise_keep_ends
+        plan.check_noise_used(params.load_dict(d).prune)  # the runner's pre-flight check
+    ok = params.load_dict(_set(raw, "prune.options.noise_keep_ends", True)).prune
+    plan.check_noise_used(ok)
+    assert ok.options.noise_keep_ends
 
 
 def test_dvc_prune_stage_depends_on_fidelity():

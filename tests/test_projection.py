@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from srclib.pruning import calibration as cal
+from srclib.pruning import plan
 from srclib import params
 from srclib.efficiency import projection as pj
 from srclib.models import MODELS
@@ -174,7 +175,7 @@ def _prune(monkeypatch, spec, budget=None, stop_after=None):
 
 def test_streamed_sink_wanda_equals_the_one_forward_stash(monkeypatch):
     spec = make_spec(method="wanda", weighting="sink")
-    assert spec.one_shot
+    assert plan.one_shot(spec)
     a, ra, _ = _prune(monkeypatch, spec)
     b, rb, _ = _prune(monkeypatch, spec, budget=0)  # every stash is too large: stream
     assert "mass_prepass" not in ra.seconds and "mass_prepass" in rb.seconds

@@ -122,11 +122,11 @@ def test_run_prune_saves_reloadable_model(tmp_path):
 
 # ---- bad inputs ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw,match", [
-    (dict(method="obs"), r"spec.method = 'obs': must be one of \['magnitude'"),
-    (dict(weighting="attn"), r"spec.weighting = 'attn'.*stability"),
-    (dict(pattern="1:4"), r"spec.pattern = '1:4'.*unstructured"),
-    (dict(sparsity=1.0), r"spec.sparsity = 1.0: must be < 1"),
-    (dict(sparsity=-0.2), r"spec.sparsity = -0.2: must be >= 0"),
+    (dict(method="obs"), r"run.method = 'obs': must be one of \['magnitude'"),
+    (dict(weighting="attn"), r"run.weighting = 'attn'.*stability"),
+    (dict(pattern="1:4"), r"run.pattern = '1:4'.*unstructured"),
+    (dict(sparsity=1.0), r"run.sparsity = 1.0: must be < 1"),
+    (dict(sparsity=-0.2), r"run.sparsity = -0.2: must be >= 0"),
     (dict(pattern="2:4", sparsity=0.6), r"2:4.*sparsity 0\.6 is not allowed"),
     (dict(method="magnitude", weighting="sink"), r"weighting must be 'uniform'"),
     (dict(owl=True, pattern="2:4"), r"OWL.*unstructured"),

@@ -130,7 +130,8 @@ def test_sink_wanda_one_shot_matches_independent_per_pass_computation():
     rep = prune_model(model, ADAPTER, sp, c)
     # independent: every pass alone (batch of 1), its own mass, python zscore, float64 norms
     ref_model = _model()
-    passes = cal.noised_passes(c.windows, sp.t_grid, 63, sp.noise_eps, c.seed, keep_first=True).reshape(-1, 20)
+    passes = cal.noised_passes(c.windows, sp.calibration.t_grid, 63, sp.calibration.noise_eps, c.seed,
+                               keep_first=True).reshape(-1, 20)
     blocks = ref_model.model.transformer.blocks
     names = [(i, n) for i in range(len(blocks)) for n in ADAPTER.prunable(blocks[i])]
     acc = {k: np.zeros(ADAPTER.prunable(blocks[k[0]])[k[1]].in_features) for k in names}

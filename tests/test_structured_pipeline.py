@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from srclib.pruning import calibration as cal
+from srclib.pruning import plan
 from srclib import params
 from srclib.models import MODELS, load
 from srclib.models.base import read_marker
@@ -125,16 +126,17 @@ def test_bias_compensation_option_changes_the_model_only_through_biases():
     o = dict(blocks[0].named_modules())[adapter.roles["o"]]
     assert o.bias is not None and o.bias.abs().sum() > 0
     # FLAP defaults to compensation, Wanda-sp does not
-    assert spec(method="flap").compensate and not spec(method="wanda").compensate
+    assert plan.compensate(spec(method="flap")) and not plan.compensate(spec(method="wanda"))
 
 
 def test_sequential_wanda_sp_block0_matches_one_shot_and_later_blocks_see_pruned_inputs():
     model, adapter = _tiny()
     seq, one = copy.deepcopy(model), copy.deepcopy(model)
     s = spec(method="wanda", weighting="sink", structure="uniform", sparsity=0.5)
-    assert not s.one_shot
+    assert not plan.one_shot(s)
     r_seq = prune_structured(seq, adapter, s, _calib(64))
-    r_one = prune_structured(one, adapter, dataclasses.replace(s, force_one_shot=True), _calib(64))
+    forced = dataclasses.replace(s, options=dataclasses.replace(s.options, force_one_shot=True))
+    r_one = prune_structured(one, adapter, forced, _calib(64))
     assert r_seq.structure.heads[0].tolist() == r_one.structure.heads[0].tolist()
     assert r_seq.structure.channels[0].tolist() == r_one.structure.channels[0].tolist()
 
@@ -202,7 +204,7 @@ def test_bad_structured_instances_are_refused_naming_the_key(change, match):
 
 def test_structured_instance_without_pattern_is_valid_and_unstructured_needs_one():
     P = params.load_dict(_params_with(dict(BASE_INST)))
-    assert P.prune.instances["x"].pattern == "unstructured" and P.prune.spec("x").structure == "adaptive"
+    assert P.prune.instances["x"].pattern == "unstructured" and P.prune.spec("x").run.structure == "adaptive"
     with pytest.raises(ParamsError, match="pattern: missing key"):
         params.load_dict(_params_with(dict(model="tiny-dlm", method="wanda", weighting="sink", sparsity=0.3, seed=0)))
 

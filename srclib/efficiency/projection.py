@@ -259,14 +259,16 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     every linear's inputs of one batch; when that exceeds the budget (half the free memory) the
     code streams (srclib.pruning.core: a mass pre-pass), which the model follows.
     """
+    from srclib.pruning import plan  # torch-free: the run's decisions
+
     spec = P.prune.spec(instance)
     inst = P.prune.instance(instance)
     shape = PAPER_SHAPES[MODEL_KEYS[inst.model]]
     cal = P.prune.calibration
     T, N, n_t = cal.seq_len, cal.n_samples, len(cal.t_grid)
-    inputs = spec.inputs_for(True)
+    inputs = plan.inputs_for(spec, True)
     passes = N * (n_t if inputs == "noised" else 1)
-    needs_mass = spec.weighting != "uniform"
+    needs_mass = spec.run.weighting != "uniform"
     batch = windows_per_batch * (n_t if inputs == "noised" else 1)
     fwd = forward_flops(shape, T, head=False)
     rec = mass_flops(shape, T)
@@ -279,7 +281,7 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     prepass = 0
     if needs_mass and inputs == "clean":
         prepass = N * n_t
-    if method_one_shot := spec.one_shot:
+    if method_one_shot := plan.one_shot(spec):
         bf16 += passes * fwd
         if needs_mass and inputs == "noised":
             fp32 += passes * rec
@@ -296,8 +298,8 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     fp32 += prepass * rec
     sg = {"hessian": 0.0, "solve": 0.0, "columns": 0.0}
     stats_bytes = 0.0
-    if spec.method == "sparsegpt":
-        sg = sparsegpt_flops(shape, passes * T, spec.blocksize)
+    if spec.run.method == "sparsegpt":
+        sg = sparsegpt_flops(shape, passes * T, spec.sparsegpt.blocksize)
         fp32 += sg["hessian"] + sg["solve"]
         stats_bytes = sum(c * c * 4 for _, c in shape.linears().values()) + 4 * shape.mlp ** 2 * 4
     elif method_one_shot:
@@ -305,8 +307,8 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     secs = (gpu.seconds(bf16, fp32) + sg["columns"] * gpu.column_latency_s
             + 2 * weights / gpu.io_bytes_per_s)
     peak = weights + live + stash + stats_bytes + mask_bytes
-    return _job(f"prune:{instance}", "prune", secs, peak, model=inst.model, method=spec.method,
-                weighting=spec.weighting, one_shot=method_one_shot, inputs=inputs, passes=passes,
+    return _job(f"prune:{instance}", "prune", secs, peak, model=inst.model, method=spec.run.method,
+                weighting=spec.run.weighting, one_shot=method_one_shot, inputs=inputs, passes=passes,
                 prepass_passes=prepass, streamed=streamed, stash_bytes=stash, bf16_flops=bf16, fp32_flops=fp32)
 
 

@@ -9,6 +9,8 @@ so a user of one module does not load (or depend on) the rest:
 * ``core``: ``prune_model`` (calibration passes, token weights, sequential or one-shot);
 * ``checkpoint``: saving and reading pruned checkpoints and masks.
 
+* ``plan``: the run's decisions (torch-free): ``resolve(spec, dlm, shift) -> RunPlan`` (needs data,
+  inputs, noise, one-shot, the pruners' options, the resolved choices the metrics record);
 * ``calibration``: calibration windows, noised passes and the generic one-shot / sequential
   calibration forwards (moved here from srclib.calibration).
 

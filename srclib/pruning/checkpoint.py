@@ -1,6 +1,6 @@
 """Pruned checkpoints: ``run_prune`` loads a model, calibrates, prunes and saves atomically.
 
-``run_prune`` writes (structured runs, ``spec.structure`` set: ``structure.safetensors`` with the kept
+``run_prune`` writes (structured runs, ``spec.run.structure`` set: ``structure.safetensors`` with the kept
 units and compensation biases and ``structure.csv`` per block instead of the masks and sparsity table;
 the model itself is compact, i.e. physically smaller, where the family can load per-block shapes)
 * ``out_dir/``: the pruned model (``save_pretrained`` safetensors + config), the srclib marker
@@ -31,7 +31,7 @@ from srclib.models.base import MASKS_FILE, write_marker
 from srclib.params import PruneSpec
 from srclib.provenance import provenance
 from srclib.pruning.core import PruneReport, prune_model
-from srclib.pruning.registry import PRUNERS
+from srclib.pruning.plan import RunPlan, resolve
 from srclib.pruning.structured_core import StructuredReport, prune_structured
 
 __all__ = ["PruneRun", "run_prune", "save_masks", "load_masks", "sparsity_csv"]
@@ -112,10 +112,8 @@ def run_prune(
         net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
         source = str(model)
     checkpoint = None if isinstance(model, tuple) else input_checkpoint(model, adapter)  # what was loaded
-    if spec.structure is not None:
-        needs_data = spec.method != "magnitude" or spec.compensate
-    else:
-        needs_data = PRUNERS[spec.method].needs_inputs or spec.owl
+    rp = resolve(spec, dlm=adapter.mask_id(net) is not None, shift=bool(adapter.shift))  # the run's decisions, once
+    needs_data = rp.needs_data
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
     if needs_data and calibration is None:
         if tok is None:
@@ -126,19 +124,19 @@ def run_prune(
         calibration = cal.build_calibration(
             tok, corpus, n_samples=n_samples, seq_len=seq_len, seed=seed,
             bos_id=getattr(tok, "bos_token_id", None), windows_per_batch=windows_per_batch,
-            mass_chunk_size=mass_chunk_size, released=spec.released,
+            mass_chunk_size=mass_chunk_size, released=rp.released,
         )
         calib_info["corpus"] = paths.rel(corpus)
     if calibration is not None:
         calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
         calib_info["windows_shape"] = list(calibration.windows.shape)
     # the choices this run resolved to (prune.fidelity, calibration noise, mask rule): in the metrics
-    effective = spec.effective(dlm=adapter.mask_id(net) is not None, shift=bool(adapter.shift))
+    effective = rp.effective
 
-    if spec.structure is not None:
-        return _save_structured(net, tok, adapter, spec, calibration if needs_data else None, out_dir,
-                                metrics_path, timing_path, instance, source, calib_info, effective, checkpoint)
-    report = prune_model(net, adapter, spec, calibration if needs_data else None)
+    if spec.run.structure is not None:
+        return _save_structured(net, tok, adapter, spec, rp, calibration if needs_data else None, out_dir,
+                                metrics_path, timing_path, instance, source, calib_info, checkpoint)
+    report = prune_model(net, adapter, spec, calibration if needs_data else None, run_plan=rp)
     table = report.table()
     out_dir = Path(out_dir)
     with atomic_outputs() as out:  # checkpoint and metrics together, or neither
@@ -162,8 +160,8 @@ def run_prune(
             effective=effective)
         write_json(out.file(metrics_path), metrics)
     timing = _timing(net, report, instance, timing_path)
-    log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.method, spec.weighting,
-             spec.pattern, report.overall, out_dir)
+    log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.run.method, spec.run.weighting,
+             spec.run.pattern, report.overall, out_dir)
     return PruneRun(metrics=metrics, timing=timing, table=table, report=report)
 
 
@@ -182,7 +180,7 @@ def _metrics(instance, adapter, spec: PruneSpec, calib_info: dict[str, Any], rep
         "inputs": report.inputs,
         "n_passes": report.n_passes,
         "n_tokens": report.n_tokens,
-        "target_sparsity": float(spec.sparsity),
+        "target_sparsity": float(spec.run.sparsity),
         "overall_sparsity": float(overall),
         "n_prunable": n_prunable,
         "n_pruned": n_pruned,
@@ -229,12 +227,13 @@ def _layer_shares(adapter: Any, report: StructuredReport) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, metrics_path, timing_path,
-                     instance, source, calib_info, effective, checkpoint=None) -> PruneRun:
+def _save_structured(net, tok, adapter, spec: PruneSpec, rp: RunPlan, calibration, out_dir, metrics_path,
+                     timing_path, instance, source, calib_info, checkpoint=None) -> PruneRun:
     """Structured pruning: prune, save the (compact or masked) checkpoint, write metrics."""
     from srclib.models import structure as st
 
-    report = prune_structured(net, adapter, spec, calibration)
+    report = prune_structured(net, adapter, spec, calibration, run_plan=rp)
+    effective = rp.effective
     out_dir = Path(out_dir)
     with atomic_outputs() as out:  # checkpoint and metrics together, or neither
         tmp = out.dir(out_dir)
@@ -253,10 +252,10 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
             block_sparsity=[float(b["removed_share"]) for b in report.blocks], outlier_ratios=None,
             layer_sparsity=layers, structure_sha256=structure_sha, checkpoint=checkpoint, effective=effective,
             structured={
-                "structure": spec.structure,
+                "structure": spec.run.structure,
                 "form": report.record["form"],
-                "bias_compensation": bool(spec.compensate),
-                "target_ratio": float(spec.sparsity),
+                "bias_compensation": bool(rp.compensate),
+                "target_ratio": float(spec.run.sparsity),
                 "achieved_ratio": float(report.achieved),
                 "removed_params": report.removed_params,
                 "total_params": report.total_params,
@@ -268,7 +267,7 @@ def _save_structured(net, tok, adapter, spec: PruneSpec, calibration, out_dir, m
         write_json(out.file(metrics_path), metrics)
     timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s structurally (%s/%s, %s, removed %.4f of block linear params) -> %s", adapter.key,
-             spec.method, spec.weighting, spec.structure, report.achieved, out_dir)
+             spec.run.method, spec.run.weighting, spec.run.structure, report.achieved, out_dir)
     return PruneRun(metrics=metrics, timing=timing, table=report.table(), report=report)
 
 

@@ -17,6 +17,7 @@ Order of work:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -30,6 +31,7 @@ from srclib.pruning import calibration as cal
 from srclib import devices, sinks
 from srclib.pruning.base import LayerPruner
 from srclib.pruning import memory
+from srclib.pruning.plan import RunPlan, resolve
 from srclib.pruning.memory import PeakMemory
 from srclib.pruning.owl import outlier_ratio, owl_sparsities
 from srclib.params import PruneSpec
@@ -100,15 +102,15 @@ def weights_from_mass(mass: torch.Tensor, n_t: int, per_pass: bool, spec: PruneS
     B, T = m.shape
     if B % n_t:
         raise ValueError(f"batch of {B} passes is not a whole number of windows x {n_t} noise levels")
-    s = sinks.sink_scores(m, rule=spec.sink_rule, alpha=spec.sink_alpha, kappa=spec.sink_kappa, eps=spec.sink_eps)
-    w = get_weighting(spec.weighting)(s.reshape(B // n_t, n_t, T), per_pass, spec.stability_threshold)
+    s = sinks.sink_scores(m, rule=spec.sink.rule, alpha=spec.sink.alpha, kappa=spec.sink.kappa, eps=spec.sink.eps)
+    w = get_weighting(spec.run.weighting)(s.reshape(B // n_t, n_t, T), per_pass, spec.sink.stability_threshold)
     return w.reshape(-1, T)
 
 
 def _adapter_forward(model: nn.Module, adapter: Any) -> Callable[[torch.Tensor], Any]:
     """Calibration forwards go through the adapter, which builds the model's own attention inputs
     (e.g. Dream's bidirectional 4-D mask)."""
-    return lambda ids: adapter.logits(model, ids)
+    return functools.partial(adapter.logits, model)  # called as forward(ids)
 
 
 def make_batches(passes: torch.Tensor, windows_per_batch: int) -> list[cal.PassBatch]:
@@ -133,23 +135,23 @@ def _stash_too_large(model, adapter, blocks, batches: list[cal.PassBatch]) -> bo
     return need > budget
 
 
-def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, blocks, clock: _Clock):
+def _prepare(model, adapter, spec: PruneSpec, rp: RunPlan, calib: cal.Calibration, mask_id, blocks, clock: _Clock):
     """Batches of calibration passes, with weights attached or an online weight function."""
     dlm = mask_id is not None
-    inputs = spec.inputs_for(dlm)
+    inputs = rp.inputs
     windows = calib.windows.cpu()
     noised = None
-    if dlm and (inputs == "noised" or get_weighting(spec.weighting).needs_mass):
-        noised = cal.noised_passes(windows, spec.t_grid, mask_id, spec.noise_eps, calib.seed,
-                                   keep_first=adapter.shift, **spec.noise_options(adapter.shift))  # (N, n_t, T)
+    if dlm and (inputs == "noised" or get_weighting(spec.run.weighting).needs_mass):
+        noised = cal.noised_passes(windows, spec.calibration.t_grid, mask_id, spec.calibration.noise_eps, calib.seed,
+                                   keep_first=adapter.shift, **rp.noise)  # (N, n_t, T)
     passes = noised if inputs == "noised" else windows[:, None, :]  # (N, n_t | 1, T)
     batches = make_batches(passes, calib.windows_per_batch)
     weight_fn = None
-    if get_weighting(spec.weighting).needs_mass:
+    if get_weighting(spec.run.weighting).needs_mass:
         n_t = passes.shape[1]
         if noised is None or inputs == "noised":  # the scored passes are the calibration passes
             weight_fn = lambda mass, n_t=n_t: weights_from_mass(mass, n_t, True, spec)  # noqa: E731
-            if (spec.one_shot or spec.owl) and _stash_too_large(model, adapter, blocks, batches):
+            if (rp.one_shot or spec.owl.enabled) and _stash_too_large(model, adapter, blocks, batches):
                 # stream: the same per-pass weights from a mass-only pre-pass of the same passes, so
                 # the one-shot forward feeds every linear's inputs at once (no stash of all blocks)
                 with clock("mass_prepass"):
@@ -167,25 +169,28 @@ def _prepare(model, adapter, spec: PruneSpec, calib: cal.Calibration, mask_id, b
     return inputs, batches, weight_fn
 
 
-def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, calib) -> list[float]:
+def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, rp, calib) -> list[float]:
     """OWL's D per block from Wanda scores of the DENSE model (one-shot statistics pass)."""
-    pruners = {f"{i}.{n}": WandaPruner(lin, n, accumulation=spec.accumulation)
+    pruners = {f"{i}.{n}": WandaPruner(lin, n, accumulation=rp.accumulation)
                for i, lins in enumerate(per_block) for n, lin in lins.items()}
     linears = {k: p.layer for k, p in pruners.items()}
     cal.run_one_shot(model, blocks, linears, batches, lambda k, x, w: pruners[k].add_batch(x, w),
                      weight_fn=weight_fn, chunk_size=calib.mass_chunk_size, desc="OWL statistics",
                      forward=_adapter_forward(model, adapter))
-    return [outlier_ratio([pruners[f"{i}.{n}"].score() for n in lins], spec.owl_m)
+    return [outlier_ratio([pruners[f"{i}.{n}"].score() for n in lins], spec.owl.m)
             for i, lins in enumerate(per_block)]
 
 
 def prune_model(
-    model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None
+    model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None,
+    run_plan: RunPlan | None = None,
 ) -> PruneReport:
-    """Prune every prunable linear of ``model``'s blocks in place; return a ``PruneReport``."""
+    """Prune every prunable linear of ``model``'s blocks in place; return a ``PruneReport``.
+    ``run_plan``: the spec's decisions on this model (srclib.pruning.plan.resolve), if the caller
+    resolved them already."""
     clock = _Clock()
     t_start, c_start = time.perf_counter(), time.process_time()
-    pruner_cls: type[LayerPruner] = PRUNERS[spec.method]
+    pruner_cls: type[LayerPruner] = PRUNERS[spec.run.method]
     blocks = adapter.blocks(model)
     per_block = [adapter.prunable(b) for b in blocks]
     for i, lins in enumerate(per_block):
@@ -194,33 +199,35 @@ def prune_model(
     prefix = adapter.blocks_path
     full = lambda i, n: f"{prefix}.{i}.{n}"  # noqa: E731
     mask_id = adapter.mask_id(model)
-    needs_data = pruner_cls.needs_inputs or spec.owl
+    rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
+    needs_data = rp.needs_data
     if needs_data and calibration is None:
-        raise ValueError(f"method {spec.method!r} (owl={spec.owl}) needs calibration data; got calibration=None")
+        raise ValueError(f"method {spec.run.method!r} (owl={spec.owl.enabled}) needs calibration data; "
+                         "got calibration=None")
     device = devices.of(model)
     masks: dict[str, torch.Tensor] = {}
     clock.wall.update(calibration=0.0, prune=0.0)
     clock.cpu.update(calibration=0.0, prune=0.0)
-    block_sparsity = [spec.sparsity] * len(blocks)
+    block_sparsity = [spec.run.sparsity] * len(blocks)
     ratios = None
     inputs, batches, weight_fn = "none", [], None
-    options = spec.pruner_options()
+    options = rp.pruner_options
 
     def prune_one(i: int, name: str, pruner: LayerPruner) -> None:
         with clock("prune"):
-            mask = pruner.prune(block_sparsity[i], spec.pattern)
+            mask = pruner.prune(block_sparsity[i], spec.run.pattern)
             pruner.free()
         masks[full(i, name)] = mask.detach().cpu()
 
     with PeakMemory(device) as mem:
         if needs_data:
-            inputs, batches, weight_fn = _prepare(model, adapter, spec, calibration, mask_id, blocks, clock)
-        one_shot_stats = spec.one_shot and pruner_cls.needs_inputs
-        if spec.owl and not (one_shot_stats and spec.method == "wanda"):
+            inputs, batches, weight_fn = _prepare(model, adapter, spec, rp, calibration, mask_id, blocks, clock)
+        one_shot_stats = rp.one_shot and pruner_cls.needs_inputs
+        if spec.owl.enabled and not (one_shot_stats and spec.run.method == "wanda"):
             with clock("owl"):
-                ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec,
+                ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, rp,
                                                calibration)
-                block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
+                block_sparsity = owl_sparsities(ratios, spec.run.sparsity, spec.owl.lambda_)
 
         if not pruner_cls.needs_inputs:
             for i, lins in enumerate(per_block):
@@ -234,10 +241,10 @@ def prune_model(
                 cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
                                  lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
                                  chunk_size=calibration.mass_chunk_size, forward=_adapter_forward(model, adapter))
-            if spec.owl:  # one-shot Wanda: OWL's statistics are these very statistics
-                ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl_m)
+            if spec.owl.enabled:  # one-shot Wanda: OWL's statistics are these very statistics
+                ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl.m)
                           for i, lins in enumerate(per_block)]
-                block_sparsity = owl_sparsities(ratios, spec.sparsity, spec.owl_lambda)
+                block_sparsity = owl_sparsities(ratios, spec.run.sparsity, spec.owl.lambda_)
             for (i, n), p in pruners.items():
                 prune_one(i, n, p)
         else:

@@ -31,6 +31,7 @@ from srclib.pruning import calibration as cal
 from srclib import devices
 from srclib.models import structure as st
 from srclib.params import PruneSpec
+from srclib.pruning.plan import RunPlan, resolve
 from srclib.pruning import structured as sp
 from srclib.pruning.core import _Clock, _adapter_forward, _prepare
 from srclib.pruning.memory import PeakMemory
@@ -72,8 +73,8 @@ def _scored(adapter: Any, block: nn.Module) -> dict[str, nn.Linear]:
 
 def _block_scores(spec: PruneSpec, lins: dict[str, nn.Linear], stats: dict[str, sp.ChannelStats | None]):
     """(attention channel scores (C_o,), MLP channel scores (I,)) of one block, float64."""
-    o = sp.channel_scores(spec.method, lins["o"].weight.detach(), stats["o"])
-    down = sp.channel_scores(spec.method, lins["down"].weight.detach(), stats["down"])
+    o = sp.channel_scores(spec.run.method, lins["o"].weight.detach(), stats["o"])
+    down = sp.channel_scores(spec.run.method, lins["down"].weight.detach(), stats["down"])
     return o, down
 
 
@@ -94,11 +95,12 @@ def _full(n_blocks: int, heads: list[int], channels: list[int]):
 
 
 def prune_structured(
-    model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None
+    model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None,
+    run_plan: RunPlan | None = None,
 ) -> StructuredReport:
-    """Prune ``model`` structurally in place per ``spec`` (spec.structure set); see the module docstring."""
-    if spec.structure is None:
-        raise ValueError("prune_structured needs spec.structure ('uniform' or 'adaptive'), got None")
+    """Prune ``model`` structurally in place per ``spec`` (spec.run.structure set); see the module docstring."""
+    if spec.run.structure is None:
+        raise ValueError("prune_structured needs spec.run.structure ('uniform' or 'adaptive'), got None")
     clock = _Clock()
     t_start, c_start = time.perf_counter(), time.process_time()
     layout = st.head_layout(adapter, model)
@@ -108,11 +110,12 @@ def prune_structured(
     head_cost, channel_cost = sp.unit_costs(hidden, layout.head_dim, layout.n_rep)
     n_heads = [int(_scored(adapter, b)["o"].in_features) // unit_size for b in blocks]
     n_channels = [int(_scored(adapter, b)["down"].in_features) for b in blocks]
-    needs_data = spec.method != "magnitude" or spec.compensate
-    if needs_data and calibration is None:
-        raise ValueError(f"structured {spec.method!r} (bias compensation {spec.compensate}) needs calibration "
-                         "data; got calibration=None")
     mask_id = adapter.mask_id(model)
+    rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
+    needs_data = rp.needs_data
+    if needs_data and calibration is None:
+        raise ValueError(f"structured {spec.run.method!r} (bias compensation {rp.compensate}) needs "
+                         "calibration data; got calibration=None")
     device = devices.of(model)
     clock.wall.update(calibration=0.0, prune=0.0)
     clock.cpu.update(calibration=0.0, prune=0.0)
@@ -122,8 +125,8 @@ def prune_structured(
 
     with PeakMemory(device) as mem:
         if needs_data:
-            inputs, batches, weight_fn = _prepare(model, adapter, spec, calibration, mask_id, blocks, clock)
-        if spec.one_shot or not needs_data:
+            inputs, batches, weight_fn = _prepare(model, adapter, spec, rp, calibration, mask_id, blocks, clock)
+        if rp.one_shot or not needs_data:
             stats: dict[int, dict[str, sp.ChannelStats | None]] = {
                 i: ({r: sp.ChannelStats(int(lin.in_features), f"{adapter.blocks_path}.{i}.{r}")
                      for r, lin in _scored(adapter, b).items()} if needs_data else {r: None for r in ROLES_SCORED})
@@ -142,17 +145,17 @@ def prune_structured(
             with clock("prune"):
                 lins = [_scored(adapter, b) for b in blocks]
                 scores = [_block_scores(spec, lins[i], stats[i]) for i in range(len(blocks))]
-                if spec.structure == "uniform":
+                if spec.run.structure == "uniform":
                     keep_heads, keep_channels = sp.select_uniform(
-                        [sp.group_scores(spec.method, o, unit_size) for o, _ in scores],
-                        [d for _, d in scores], spec.sparsity)
+                        [sp.group_scores(spec.run.method, o, unit_size) for o, _ in scores],
+                        [d for _, d in scores], spec.run.sparsity)
                 else:
                     keep_heads, keep_channels, _, _ = sp.select_adaptive(
-                        spec.method, [o for o, _ in scores], [d for _, d in scores], unit_size, head_cost,
-                        channel_cost, spec.sparsity)
+                        spec.run.method, [o for o, _ in scores], [d for _, d in scores], unit_size, head_cost,
+                        channel_cost, spec.run.sparsity)
                 keep_heads = [k.cpu() for k in keep_heads]
                 keep_channels = [k.cpu() for k in keep_channels]
-                if spec.compensate:
+                if rp.compensate:
                     for i in range(len(blocks)):
                         bias.update(_biases(i, lins[i], stats[i], keep_heads[i], keep_channels[i], unit_size))
                 st.apply_masked(model, adapter, st.Structure(keep_heads, keep_channels, dict(bias)))
@@ -169,9 +172,11 @@ def prune_structured(
                 with clock("prune"):
                     lins = _scored(adapter, blocks[i])
                     o, down = _block_scores(spec, lins, current)
-                    kh, kc = sp.select_uniform([sp.group_scores(spec.method, o, unit_size)], [down], spec.sparsity)
+                    kh, kc = sp.select_uniform([sp.group_scores(spec.run.method, o, unit_size)], [down],
+                                               spec.run.sparsity)
                     keep_heads[i], keep_channels[i] = kh[0].cpu(), kc[0].cpu()
-                    b = _biases(i, lins, current, keep_heads[i], keep_channels[i], unit_size) if spec.compensate else {}
+                    b = (_biases(i, lins, current, keep_heads[i], keep_channels[i], unit_size)
+                         if rp.compensate else {})
                     bias.update(b)
                     heads, chans = _full(len(blocks), n_heads, n_channels)
                     heads[i], chans[i] = keep_heads[i], keep_channels[i]
@@ -207,9 +212,9 @@ def prune_structured(
     clock.cpu["total"] = time.process_time() - c_start
     record = st.structure_record(structure, layout, form)
     log.info("structured %s/%s (%s): removed %.4f of block linear params (target %.4f), form %s",
-             spec.method, spec.weighting, spec.structure, removed / total, spec.sparsity, form)
+             spec.run.method, spec.run.weighting, spec.run.structure, removed / total, spec.run.sparsity, form)
     return StructuredReport(
-        structure=structure, record=record, layout=layout, target=float(spec.sparsity),
+        structure=structure, record=record, layout=layout, target=float(spec.run.sparsity),
         achieved=removed / total, removed_params=int(removed), total_params=int(total), blocks=per_block,
         inputs=inputs, n_passes=sum(int(b.ids.shape[0]) for b in batches),
         n_tokens=sum(int(b.ids.numel()) for b in batches), seconds=dict(clock.wall), cpu_seconds=dict(clock.cpu),
