@@ -181,6 +181,117 @@ def _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn,
             for i, lins in enumerate(per_block)]
 
 
+@dataclass
+class _Run:
+    """What the phases of one ``prune_model`` call share."""
+
+    model: nn.Module
+    adapter: Any
+    spec: PruneSpec
+    rp: RunPlan
+    calibration: cal.Calibration | None
+    pruner_cls: type[LayerPruner]
+    blocks: nn.ModuleList
+    per_block: list[dict[str, nn.Linear]]
+    clock: _Clock
+    block_sparsity: list[float]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    ratios: list[float] | None = None
+    batches: list[cal.PassBatch] = field(default_factory=list)
+    weight_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def name(self, i: int, n: str) -> str:
+        return f"{self.adapter.blocks_path}.{i}.{n}"
+
+    def pruner(self, i: int, n: str, lin: nn.Linear) -> LayerPruner:
+        return self.pruner_cls(lin, self.name(i, n), **self.rp.pruner_options)
+
+    def prune_one(self, i: int, n: str, pruner: LayerPruner) -> None:
+        with self.clock("prune"):
+            mask = pruner.prune(self.block_sparsity[i], self.spec.run.pattern)
+            pruner.free()
+        self.masks[self.name(i, n)] = mask.detach().cpu()
+
+    def set_owl(self, ratios: list[float]) -> None:
+        self.ratios = ratios
+        self.block_sparsity = owl_sparsities(ratios, self.spec.run.sparsity, self.spec.owl.lambda_)
+
+
+def _prunable_blocks(model: nn.Module, adapter: Any) -> tuple[nn.ModuleList, list[dict[str, nn.Linear]]]:
+    blocks = adapter.blocks(model)
+    per_block = [adapter.prunable(b) for b in blocks]
+    for i, lins in enumerate(per_block):
+        if not lins:
+            raise ValueError(f"block {i} of {adapter.key!r} has no prunable nn.Linear")
+    return blocks, per_block
+
+
+def _prune_activation_free(r: _Run) -> None:
+    """Magnitude: every linear from its weights alone."""
+    for i, lins in enumerate(r.per_block):
+        for n, lin in lins.items():
+            r.prune_one(i, n, r.pruner(i, n, lin))
+
+
+def _prune_one_shot(r: _Run) -> None:
+    """Every linear's statistics from the dense model in one pass of the batches, then prune all."""
+    pruners = {(i, n): r.pruner(i, n, lin) for i, lins in enumerate(r.per_block) for n, lin in lins.items()}
+    keyed = {f"{i}.{n}": p for (i, n), p in pruners.items()}
+    with r.clock("calibration"):
+        cal.run_one_shot(r.model, r.blocks, {k: p.layer for k, p in keyed.items()}, r.batches,
+                         lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=r.weight_fn,
+                         chunk_size=r.calibration.mass_chunk_size, forward=_adapter_forward(r.model, r.adapter))
+    if r.spec.owl.enabled:  # one-shot Wanda: OWL's statistics are these very statistics
+        r.set_owl([outlier_ratio([pruners[(i, n)].score() for n in lins], r.spec.owl.m)
+                   for i, lins in enumerate(r.per_block)])
+    for (i, n), p in pruners.items():
+        r.prune_one(i, n, p)
+
+
+def _prune_sequential(r: _Run) -> None:
+    """Block by block: block i+1's statistics see the outputs of the already pruned block i."""
+    current: dict[str, LayerPruner] = {}
+
+    def start_block(i: int):
+        current.clear()
+        current.update({n: r.pruner(i, n, lin) for n, lin in r.per_block[i].items()})
+        return lambda n, x, w: current[n].add_batch(x, w)
+
+    def finish_block(i: int) -> None:
+        for n, p in current.items():
+            r.prune_one(i, n, p)
+        current.clear()
+
+    w0, c0 = r.clock.wall["prune"], r.clock.cpu["prune"]
+    with r.clock("calibration"):  # block forwards only: the pruning inside is discounted
+        cal.run_sequential(r.model, r.blocks, r.adapter.prunable, r.batches, start_block, finish_block,
+                           weight_fn=r.weight_fn, chunk_size=r.calibration.mass_chunk_size,
+                           forward=_adapter_forward(r.model, r.adapter))
+    r.clock.discount("calibration", "prune", w0, c0)
+
+
+def _report(r: _Run, inputs: str, memory_result: dict[str, Any], t_start: float, c_start: float) -> PruneReport:
+    total = sum(int(m.numel()) for m in r.masks.values())
+    pruned = sum(int(m.sum()) for m in r.masks.values())
+    r.clock.wall["total"] = time.perf_counter() - t_start
+    r.clock.cpu["total"] = time.process_time() - c_start
+    target = {r.name(i, n): float(r.block_sparsity[i]) for i, lins in enumerate(r.per_block) for n in lins}
+    return PruneReport(
+        sparsity={k: float(m.float().mean()) for k, m in r.masks.items()},
+        target={k: target[k] for k in r.masks},
+        overall=pruned / total,
+        masks=r.masks,
+        block_sparsity=[float(s) for s in r.block_sparsity],
+        outlier_ratios=r.ratios,
+        inputs=inputs,
+        n_passes=sum(int(b.ids.shape[0]) for b in r.batches),
+        n_tokens=sum(int(b.ids.numel()) for b in r.batches),
+        seconds=dict(r.clock.wall),
+        cpu_seconds=dict(r.clock.cpu),
+        memory=memory_result,
+    )
+
+
 def prune_model(
     model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None = None,
     run_plan: RunPlan | None = None,
@@ -191,100 +302,29 @@ def prune_model(
     clock = _Clock()
     t_start, c_start = time.perf_counter(), time.process_time()
     pruner_cls: type[LayerPruner] = PRUNERS[spec.run.method]
-    blocks = adapter.blocks(model)
-    per_block = [adapter.prunable(b) for b in blocks]
-    for i, lins in enumerate(per_block):
-        if not lins:
-            raise ValueError(f"block {i} of {adapter.key!r} has no prunable nn.Linear")
-    prefix = adapter.blocks_path
-    full = lambda i, n: f"{prefix}.{i}.{n}"  # noqa: E731
+    blocks, per_block = _prunable_blocks(model, adapter)
     mask_id = adapter.mask_id(model)
     rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
-    needs_data = rp.needs_data
-    if needs_data and calibration is None:
+    if rp.needs_data and calibration is None:
         raise ValueError(f"method {spec.run.method!r} (owl={spec.owl.enabled}) needs calibration data; "
                          "got calibration=None")
-    device = devices.of(model)
-    masks: dict[str, torch.Tensor] = {}
     clock.wall.update(calibration=0.0, prune=0.0)
     clock.cpu.update(calibration=0.0, prune=0.0)
-    block_sparsity = [spec.run.sparsity] * len(blocks)
-    ratios = None
-    inputs, batches, weight_fn = "none", [], None
-    options = rp.pruner_options
-
-    def prune_one(i: int, name: str, pruner: LayerPruner) -> None:
-        with clock("prune"):
-            mask = pruner.prune(block_sparsity[i], spec.run.pattern)
-            pruner.free()
-        masks[full(i, name)] = mask.detach().cpu()
-
-    with PeakMemory(device) as mem:
-        if needs_data:
-            inputs, batches, weight_fn = _prepare(model, adapter, spec, rp, calibration, mask_id, blocks, clock)
+    r = _Run(model, adapter, spec, rp, calibration, pruner_cls, blocks, per_block, clock,
+             block_sparsity=[spec.run.sparsity] * len(blocks))
+    inputs = "none"
+    with PeakMemory(devices.of(model)) as mem:
+        if rp.needs_data:
+            inputs, r.batches, r.weight_fn = _prepare(model, adapter, spec, rp, calibration, mask_id, blocks, clock)
         one_shot_stats = rp.one_shot and pruner_cls.needs_inputs
         if spec.owl.enabled and not (one_shot_stats and spec.run.method == "wanda"):
             with clock("owl"):
-                ratios = _wanda_outlier_ratios(model, adapter, blocks, per_block, batches, weight_fn, spec, rp,
-                                               calibration)
-                block_sparsity = owl_sparsities(ratios, spec.run.sparsity, spec.owl.lambda_)
-
+                r.set_owl(_wanda_outlier_ratios(model, adapter, blocks, per_block, r.batches, r.weight_fn, spec, rp,
+                                                calibration))
         if not pruner_cls.needs_inputs:
-            for i, lins in enumerate(per_block):
-                for n, lin in lins.items():
-                    prune_one(i, n, pruner_cls(lin, full(i, n), **options))
+            _prune_activation_free(r)
         elif one_shot_stats:
-            pruners = {(i, n): pruner_cls(lin, full(i, n), **options)
-                       for i, lins in enumerate(per_block) for n, lin in lins.items()}
-            keyed = {f"{i}.{n}": p for (i, n), p in pruners.items()}
-            with clock("calibration"):
-                cal.run_one_shot(model, blocks, {k: p.layer for k, p in keyed.items()}, batches,
-                                 lambda k, x, w: keyed[k].add_batch(x, w), weight_fn=weight_fn,
-                                 chunk_size=calibration.mass_chunk_size, forward=_adapter_forward(model, adapter))
-            if spec.owl.enabled:  # one-shot Wanda: OWL's statistics are these very statistics
-                ratios = [outlier_ratio([pruners[(i, n)].score() for n in lins], spec.owl.m)
-                          for i, lins in enumerate(per_block)]
-                block_sparsity = owl_sparsities(ratios, spec.run.sparsity, spec.owl.lambda_)
-            for (i, n), p in pruners.items():
-                prune_one(i, n, p)
+            _prune_one_shot(r)
         else:
-            current: dict[str, LayerPruner] = {}
-
-            def start_block(i: int):
-                current.clear()
-                current.update({n: pruner_cls(lin, full(i, n), **options) for n, lin in per_block[i].items()})
-                return lambda n, x, w: current[n].add_batch(x, w)
-
-            def finish_block(i: int) -> None:
-                for n, p in current.items():
-                    prune_one(i, n, p)
-                current.clear()
-
-            w0, c0 = clock.wall["prune"], clock.cpu["prune"]
-            with clock("calibration"):  # block forwards only: the pruning inside is discounted
-                cal.run_sequential(model, blocks, adapter.prunable, batches, start_block, finish_block,
-                                   weight_fn=weight_fn, chunk_size=calibration.mass_chunk_size,
-                                   forward=_adapter_forward(model, adapter))
-            clock.discount("calibration", "prune", w0, c0)
-
-    total = sum(int(m.numel()) for m in masks.values())
-    pruned = sum(int(m.sum()) for m in masks.values())
-    clock.wall["total"] = time.perf_counter() - t_start
-    clock.cpu["total"] = time.process_time() - c_start
-    n_passes = sum(int(b.ids.shape[0]) for b in batches)
-    n_tokens = sum(int(b.ids.numel()) for b in batches)
-    target = {full(i, n): float(block_sparsity[i]) for i, lins in enumerate(per_block) for n in lins}
-    return PruneReport(
-        sparsity={k: float(m.float().mean()) for k, m in masks.items()},
-        target={k: target[k] for k in masks},
-        overall=pruned / total,
-        masks=masks,
-        block_sparsity=[float(s) for s in block_sparsity],
-        outlier_ratios=ratios,
-        inputs=inputs,
-        n_passes=n_passes,
-        n_tokens=n_tokens,
-        seconds=dict(clock.wall),
-        cpu_seconds=dict(clock.cpu),
-        memory=mem.result,
-    )
+            _prune_sequential(r)
+    return _report(r, inputs, mem.result, t_start, c_start)
