@@ -102,20 +102,36 @@ def run_prune(
     device, dtype: load the model with these (params.yaml ``models:`` entry; device "auto" = CUDA
     when available); an in-memory model is moved to ``device`` (default: left where it is).
     """
+    net, tok, adapter, source, checkpoint = _load(model, device, dtype)
+    rp = resolve(spec, dlm=adapter.mask_id(net) is not None, shift=bool(adapter.shift))  # the run's decisions, once
+    calibration, calib_info = _calibration(rp, tok, source, calibration, corpus_path, n_samples, seq_len, seed,
+                                           windows_per_batch, mass_chunk_size)
+    if spec.run.structure is not None:
+        return _save_structured(net, tok, adapter, spec, rp, calibration, out_dir, metrics_path, timing_path,
+                                instance, source, calib_info, checkpoint)
+    report = prune_model(net, adapter, spec, calibration, run_plan=rp)
+    return _save_unstructured(net, tok, adapter, spec, rp, report, out_dir, metrics_path, timing_path, instance,
+                              source, calib_info, checkpoint)
+
+
+def _load(model, device, dtype) -> tuple[nn.Module, Any, Any, str, dict[str, Any] | None]:
+    """(net, tokenizer, adapter, source, the loaded checkpoint's record) of run_prune's ``model``."""
     device = devices.resolve(device)
     if isinstance(model, tuple):
         net, tok, adapter = model
         source = getattr(getattr(net, "config", None), "_name_or_path", "") or "in-memory"
         if device is not None:
             net.to(device)
-    else:
-        net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
-        source = str(model)
-    checkpoint = None if isinstance(model, tuple) else input_checkpoint(model, adapter)  # what was loaded
-    rp = resolve(spec, dlm=adapter.mask_id(net) is not None, shift=bool(adapter.shift))  # the run's decisions, once
-    needs_data = rp.needs_data
+        return net, tok, adapter, source, None
+    net, tok, adapter = models.load(model, dtype=dtype, device=device)  # None: the adapter's default
+    return net, tok, adapter, str(model), input_checkpoint(model, adapter)  # what was loaded
+
+
+def _calibration(rp: RunPlan, tok, source: str, calibration: cal.Calibration | None, corpus_path, n_samples: int,
+                 seq_len: int, seed: int, windows_per_batch: int, mass_chunk_size: int):
+    """The run's calibration windows (None when it needs no data) and their record for the metrics."""
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
-    if needs_data and calibration is None:
+    if rp.needs_data and calibration is None:
         if tok is None:
             raise ValueError(f"model {source!r} has no tokenizer; pass calibration= windows explicitly")
         if corpus_path is None:
@@ -129,14 +145,13 @@ def run_prune(
         calib_info["corpus"] = paths.rel(corpus)
     if calibration is not None:
         calib_info["windows_sha256"] = _tensor_digest(calibration.windows)
-        calib_info["windows_shape"] = list(calibration.windows.shape)
-    # the choices this run resolved to (prune.fidelity, calibration noise, mask rule): in the metrics
-    effective = rp.effective
+        calib_info["windows_shape"] = list(calibration.windows.shape)  # recorded even when not used
+    return (calibration if rp.needs_data else None), calib_info
 
-    if spec.run.structure is not None:
-        return _save_structured(net, tok, adapter, spec, rp, calibration if needs_data else None, out_dir,
-                                metrics_path, timing_path, instance, source, calib_info, checkpoint)
-    report = prune_model(net, adapter, spec, calibration if needs_data else None, run_plan=rp)
+
+def _save_unstructured(net, tok, adapter, spec: PruneSpec, rp: RunPlan, report: PruneReport, out_dir, metrics_path,
+                       timing_path, instance, source, calib_info, checkpoint) -> PruneRun:
+    """Save the pruned checkpoint, its masks and sparsity table, and the metrics (together or not at all)."""
     table = report.table()
     out_dir = Path(out_dir)
     with atomic_outputs() as out:  # checkpoint and metrics together, or neither
@@ -156,8 +171,7 @@ def run_prune(
             instance, adapter, spec, calib_info, report, source, overall=report.overall, n_prunable=n_total,
             n_pruned=n_pruned, block_sparsity=report.block_sparsity, outlier_ratios=report.outlier_ratios,
             layer_sparsity={k: float(v) for k, v in sorted(report.sparsity.items())}, masks_sha256=masks_sha,
-            checkpoint=checkpoint,
-            effective=effective)
+            checkpoint=checkpoint, effective=rp.effective)  # the choices this run resolved to
         write_json(out.file(metrics_path), metrics)
     timing = _timing(net, report, instance, timing_path)
     log.info("pruned %s (%s/%s, %s, sparsity %.4f) -> %s", adapter.key, spec.run.method, spec.run.weighting,
