@@ -29,7 +29,7 @@ import pandas as pd
 
 from srclib import paths, plotting
 from srclib.files import read_json
-from srclib.params import Params, PlotParams
+from srclib.params import Params, refuse_instance
 from srclib.provenance import git_commit
 from srclib.report import findings as findings_
 from srclib.report import freshness
@@ -103,25 +103,24 @@ def _save(gallery: Gallery, out_dir: Path, stem: str, fig) -> None:
         plt.close(fig)  # the Gallery shows the saved PNG; an open figure would show twice
 
 
-def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> PlotResult:
+def run(P: Params, instance: str | None = None, root: str | Path | None = None) -> PlotResult:
     """Build every table, figure, plot series and reports/index.html (module docstring).
 
-    cfg: params.plot (seeds, headline rows); params: the whole Params (the plot stage reads every
-    stage's outputs and shows the params on the front page)."""
-    if cfg != params.plot:
-        raise ValueError("cfg must be params.plot (the plot stage's settings live there once)")
+    P: the whole Params (no instances; the plot stage reads every stage's outputs, its own
+    settings from ``P.plot``, and shows the params on the front page)."""
+    refuse_instance("plot", instance)
     skipped: list[str] = []
-    freshness.check_inputs(params, root=root)  # no table mixes runs of other params (a partial rerun)
-    df = results.load_results(params, root=root)
+    freshness.check_inputs(P, root=root)  # no table mixes runs of other params (a partial rerun)
+    df = results.load_results(P, root=root)
     var_metrics, var_plots = loaders.load_variance(root=root)
     var_units = loaders.load_variance_units(root=root)
     trajs = loaders.load_trajectories(sorted(var_plots), root=root)
     for run_name, traj in trajs.items():
         var_plots[run_name].update(panels.trajectory_plot_data(traj))
-    prune = loaders.load_prune_metrics(params, root=root)
+    prune = loaders.load_prune_metrics(P, root=root)
 
-    tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
-            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params),
+    tabs = {**tables.main_tables(df, P), **tables.structured_tables(df, P),
+            **tables.comparisons_tables(df, P), "dense_models": tables.dense_table(df, P),
             "sink_variance": tables.sink_variance_table(var_metrics, var_units)}
     render.write_tables(tabs, paths.tables_dir(root=root))
     markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
@@ -142,7 +141,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]} or dict(trajs)
     _save(gallery, out_dir, "trajectory_heatmaps",
           plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
-    sink = params.variance  # the variance stage's sink rule marks the sinks in every frame
+    sink = P.variance  # the variance stage's sink rule marks the sinks in every frame
     dynamics = panels.sink_dynamics_panels(trained, rule=sink.rule, alpha=sink.alpha, kappa=sink.kappa, eps=sink.eps,
                                            prompt=ANIMATION_PROMPT, max_frames=ANIMATION_FRAMES)
     animation = Animation(**plotting.save_animation(plotting.sink_dynamics_animation(dynamics), ANIMATION_STEM,
@@ -152,7 +151,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
         _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
     else:
         skipped.append("layer_sparsity: every prune instance is structured (no per-linear mask sparsity)")
-    train = loaders.load_train_metrics(params.models, root=root)
+    train = loaders.load_train_metrics(P.models, root=root)
     if any("loss" in m for m in train.values()):
         _save(gallery, out_dir, "loss_curves", plotting.loss_curves(train))
     else:
@@ -170,7 +169,7 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     elif not has_structured:
         skipped.append("quality_vs_speedup: no structured prune instance")
     else:
-        tradeoff = series.tradeoff_series(df, eff_rows, params)
+        tradeoff = series.tradeoff_series(df, eff_rows, P)
         if (tradeoff["kind"] != "dense").any():
             series_paths["quality_vs_speedup"] = series.write_series(
                 tradeoff, paths.plot_series("quality_vs_speedup", root=root))
@@ -183,9 +182,9 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     for s in skipped:
         log.info("skipped %s", s)
 
-    found = findings_.findings(df, params, var_metrics, eff_rows, variance_units=var_units)
+    found = findings_.findings(df, P, var_metrics, eff_rows, variance_units=var_units)
     headline = {"sink_variance": tabs["sink_variance"], **{k: v for k, v in tabs.items() if k != "sink_variance"}}
-    index = build_index(root, params, git_commit(root, mark_dirty=True) or "unknown", findings=found,
+    index = build_index(root, P, git_commit(root, mark_dirty=True) or "unknown", findings=found,
                         tables=headline, results=df)
     return PlotResult(results=df, tables=tabs, markdown=markdown, figures=gallery, series=series_paths, index=index,
                       skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found),
