@@ -33,6 +33,7 @@ __all__ = [
     "RunChoices", "SPEC_RECORD",
     "EvaluateParams", "TaskSettings", "PplParams", "EfficiencyParams", "PlotParams",
     "METHODS", "WEIGHTINGS", "PATTERNS", "DTYPES", "TINY_MODELS", "BASE_KEY", "merged_yaml", "main",
+    "require_instance", "refuse_instance",
 ]
 
 # The allowed names come from srclib.choices, which every registry checks its keys against at
@@ -720,12 +721,13 @@ class Params:
                 raise ParamsError(f"{where}: this machine has no MPS device (torch.backends.mps.is_available() "
                                   f"is false); {fix}")
 
-    def eval_source(self, instance: str) -> str:
-        """What the evaluate stage loads for ``instance``: a pruned folder or a dense model key (whose
-        device must exist on this machine: ``check_device``)."""
+    def eval_source(self, instance: str, root: Path | None = None) -> str:
+        """What the evaluate stage loads for ``instance``: a pruned folder (under ``root``, default
+        the repository's) or a dense model key (whose device must exist on this machine:
+        ``check_device``)."""
         if instance in self.prune.instances:
             self.check_device(instance)
-            return str(paths.pruned_dir(instance))
+            return str(paths.pruned_dir(instance, root))
         if instance in self.evaluate.dense:
             self.check_device(instance)
             return instance
@@ -733,6 +735,20 @@ class Params:
             f"instance {instance!r} is neither in prune.instances nor in evaluate.dense {self.evaluate.dense}"
         )
 
+
+def require_instance(stage: str, instance: str | None) -> str:
+    """The instance a fanned-out stage's ``run(P, instance)`` was given; a ParamsError when None."""
+    if instance is None:
+        raise ParamsError(f"stage {stage!r}: run(P, instance) needs an instance (one DVC stage instance "
+                          f"{stage}@<name>); instance=None given")
+    return instance
+
+
+def refuse_instance(stage: str, instance: str | None) -> None:
+    """A stage without instances (``run(P)``) given one: a ParamsError naming it."""
+    if instance is not None:
+        raise ParamsError(f"stage {stage!r} has no instances: call run(P) without instance "
+                          f"(instance={instance!r} given)")
 
 
 def load_dict(data: dict[str, Any]) -> Params:

@@ -189,7 +189,7 @@ def write_variance_tree(root: Path, params: P_.Params) -> dict:
 
     for i, (run, (kind, rnd)) in enumerate(RUNS.items()):
         save_trajectory(synthetic_trajectory(kind, run, rnd, seed=i), paths.trajectory_file(run, root=root))
-    res = variance.run(params.variance, root=root)
+    res = variance.sink_variance(params.variance, root=root)
     return {"metrics": res.metrics, "plots": res.plots}
 
 

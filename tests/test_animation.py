@@ -232,7 +232,7 @@ def test_animation_bad_inputs(four_runs, tmp_path):
 @pytest.mark.slow  # a full plot stage on a synthetic tree: ~10 s
 def test_plot_stage_writes_the_animation_and_the_index_links_it(tmp_path):
     params = build_tree(tmp_path, train=False)
-    res = plot.run(params.plot, params, root=tmp_path)
+    res = plot.run(params, root=tmp_path)
     figs = paths.figures_dir(root=tmp_path)
     gif, player = figs / f"{plot.ANIMATION_STEM}.gif", figs / f"{plot.ANIMATION_STEM}.html"
     with Image.open(gif) as im:

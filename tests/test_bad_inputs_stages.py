@@ -61,7 +61,7 @@ def _variance_root(root: Path) -> Path:
     """trajectories/{a-dlm,b-ar,c-dlm} and the variance outputs of a first successful run."""
     for i, (name, kind) in enumerate([("a-dlm", "dlm"), ("b-ar", "ar"), ("c-dlm", "dlm")]):
         save_trajectory(_traj(kind, seed=i), paths.trajectory_file(name, root))
-    variance.run(SINK, root=root)
+    variance.sink_variance(SINK, root=root)
     return root
 
 
@@ -171,7 +171,7 @@ def test_variance_names_a_corrupt_trajectory_and_writes_nothing(case, variance_t
     corrupt(bad)
     before = snapshot(root)
     with pytest.raises(TrajectoryFileError) as exc:  # a rerun with a new rule: every sinks file would change
-        variance.run(SINK2, root=root)
+        variance.sink_variance(SINK2, root=root)
     _assert_names(exc, bad, what)
     assert snapshot(root) == before  # sinks/, metrics/variance.json as they were; no temp folder left
 
@@ -210,7 +210,7 @@ def test_variance_swaps_sinks_whole(variance_tree, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(variance_tree, root)
     paths.trajectory_file("c-dlm", root).unlink()
-    res = variance.run(SINK, root=root)
+    res = variance.sink_variance(SINK, root=root)
     assert sorted(p.name for p in (root / paths.SINKS).iterdir()) == ["a-dlm.json", "b-ar.json"]
     assert set(read_json(paths.variance_metrics(root))["runs"]) == {"a-dlm", "b-ar"} == set(res.stats)
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp or backup left
@@ -237,8 +237,8 @@ def _collect_root(root: Path, monkeypatch) -> tuple[Path, dict]:
         return _traj("dlm", seed=len(run_name) + (7 if getattr(model, "v2", False) else 0))
 
     monkeypatch.setattr(collect, "collect_trajectory", fake_collect)
-    out = collect.run(_collect_cfg(["m1", "m2"]), entries, root=root,
-                      loader=lambda key, dtype: (_Model(key), None, None))
+    out = collect.collect_models(_collect_cfg(["m1", "m2"]), entries, root=root,
+                                 loader=lambda key, dtype: (_Model(key), None, None))
     assert sorted(out.runs) == ["m1", "m2"]
     return root, entries
 
@@ -256,7 +256,7 @@ def test_collect_failure_on_the_second_model_changes_nothing(tmp_path, monkeypat
         return m, None, None
 
     with pytest.raises(FileNotFoundError) as exc:
-        collect.run(_collect_cfg(["m1", "m2"]), entries, root=root, loader=loader)
+        collect.collect_models(_collect_cfg(["m1", "m2"]), entries, root=root, loader=loader)
     _assert_names(exc, missing)
     assert snapshot(root) == before
 
@@ -268,7 +268,8 @@ def test_collect_refuses_tampered_prompts(tmp_path, monkeypatch):
     before = snapshot(root)
     loaded = []
     with pytest.raises(DataError) as exc:
-        collect.run(_collect_cfg(["m1"]), entries, root=root, loader=lambda key, dtype: loaded.append(key))
+        collect.collect_models(_collect_cfg(["m1"]), entries, root=root,
+                               loader=lambda key, dtype: loaded.append(key))
     _assert_names(exc, prompts, paths.MANIFEST.name, "sha256")
     assert loaded == [] and snapshot(root) == before  # refused before any model is loaded
 
@@ -312,7 +313,7 @@ def test_train_refuses_a_tampered_data_raw_file(tmp_path, rel, how):
         bad.write_text(bad.read_text() + _passages(1, "extra"))
     before = snapshot(root)
     with pytest.raises(DataError) as exc:
-        train.run(_train_cfg(), root=root)
+        train.train_models(_train_cfg(), root=root)
     _assert_names(exc, bad, paths.raw_dir(root) / "MANIFEST.json", rel)
     assert ("bytes" if how == "appended" else "sha256") in str(exc.value)
     assert snapshot(root) == before
@@ -341,7 +342,7 @@ def test_train_failure_after_tiny_ar_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(twins, "save", save)
     monkeypatch.setattr(twins, "adapt_dlm", adapt_dlm)
     with pytest.raises(RuntimeError, match="adapting tiny-dlm"):
-        train.run(_train_cfg(), root=root)
+        train.train_models(_train_cfg(), root=root)
     assert saved == ["tiny-ar"]  # tiny-ar was written (into the staged folder) before the failure
     assert snapshot(root) == before
 

@@ -277,7 +277,7 @@ def test_efficiency_stage_writes_atomically(tmp_path):
     for name, pattern in {"u50": "unstructured", "nm": "2:4"}.items():
         _checkpoint(paths.pruned_dir(name, tmp_path), pattern)
     out = paths.efficiency_metrics(tmp_path)
-    res = stage.run(_eff(instances=["u50", "nm"], token_shapes=[[1, 8]], warmup=0), root=tmp_path)
+    res = stage.measure(_eff(instances=["u50", "nm"], token_shapes=[[1, 8]], warmup=0), root=tmp_path)
     data = read_json(out)
     assert data == json.loads(json.dumps(res.metrics))
     assert set(data["instances"]) == {"u50", "nm"} and data["instances"]["nm"]["checkpoint"] == "pruned/nm"
@@ -291,7 +291,7 @@ def test_efficiency_stage_writes_atomically(tmp_path):
     # a failing run leaves the previous file untouched
     before = out.read_bytes()
     with pytest.raises(FileNotFoundError, match="not found"):
-        stage.run(_eff(instances=["gone"]), root=tmp_path)
+        stage.measure(_eff(instances=["gone"]), root=tmp_path)
     assert out.read_bytes() == before
 
 

@@ -224,7 +224,7 @@ def test_stage_structured_and_unstructured(tmp_path, monkeypatch):
         return real_load(tmp_path / "dense" if source == "tiny-dlm" else source, **overrides)
 
     monkeypatch.setattr(stage, "load", spy)
-    res = stage.run(_eff(instances=["s1", "u50", "s2"], token_shapes=[[1, 8]]), root=tmp_path)
+    res = stage.measure(_eff(instances=["s1", "u50", "s2"], token_shapes=[[1, 8]]), root=tmp_path)
     assert calls.count("tiny-dlm") == 1  # the dense model is loaded once per key
     data = read_json(paths.efficiency_metrics(tmp_path))
     assert data == json.loads(json.dumps(res.metrics))
@@ -248,7 +248,7 @@ def test_stage_refuses_masked_form(tmp_path):
     folder.mkdir(parents=True)
     write_marker(folder, "tiny-dlm", structure=structure_record(structure, head_layout(ADAPTER, dense), "masked"))
     with pytest.raises(ValueError, match="form 'masked'"):
-        stage.run(_eff(instances=["m"]), root=tmp_path)
+        stage.measure(_eff(instances=["m"]), root=tmp_path)
     assert not paths.efficiency_metrics(tmp_path).exists()
 
 

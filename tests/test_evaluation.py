@@ -420,9 +420,9 @@ def test_run_evaluate_ppl_only_is_byte_identical(ckpts, tmp_path, key, monkeypat
     monkeypatch.setattr(stage, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
     root = _root(tmp_path)
     cfg = _params({}, PplParams(n_windows=3, mc_num=2, seq_len=12))
-    r = stage.run(cfg, "t", ckpts[key], CPU, root=root)
+    r = stage.evaluate_source(cfg, "t", ckpts[key], CPU, root=root)
     a = paths.eval_metrics("t", root).read_bytes()
-    stage.run(cfg, "t", ckpts[key], CPU, root=root)
+    stage.evaluate_source(cfg, "t", ckpts[key], CPU, root=root)
     assert paths.eval_metrics("t", root).read_bytes() == a
     m = json.loads(a)
     assert m == json.loads(json.dumps(r.metrics))
@@ -465,7 +465,7 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "SAMPLER", SMALL_SAMPLER)
     root = _root(tmp_path, with_tasks=True)
     cfg = _params({"arc_easy": _task(2, mc_num=2, cfg=0.5), "gsm8k": _task(1)}, None)
-    r = stage.run(cfg, "t", ckpts["tiny-dlm"], CPU, root=root)
+    r = stage.evaluate_source(cfg, "t", ckpts["tiny-dlm"], CPU, root=root)
     m = json.loads(paths.eval_metrics("t", root).read_text())
     assert set(m["tasks"]) == {"arc_easy", "gsm8k"} and m["ppl"] is None
     a = m["tasks"]["arc_easy"]
@@ -495,9 +495,9 @@ def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key, monkeyp
     root = _root(tmp_path, with_tasks=True)
     cfg = _params({"arc_easy": _task(3, mc_num=2, cfg=0.5), "gsm8k": _task(1)},
                   PplParams(n_windows=2, mc_num=2, seq_len=16))
-    stage.run(cfg, f"t-{key}", ckpts[key], CPU, root=root)
+    stage.evaluate_source(cfg, f"t-{key}", ckpts[key], CPU, root=root)
     a = paths.eval_metrics(f"t-{key}", root).read_bytes()
-    stage.run(cfg, f"t-{key}", ckpts[key], CPU, root=root)
+    stage.evaluate_source(cfg, f"t-{key}", ckpts[key], CPU, root=root)
     assert paths.eval_metrics(f"t-{key}", root).read_bytes() == a
 
 
@@ -600,7 +600,7 @@ def test_run_evaluate_loads_with_the_params_dtype_and_device(tmp_path, monkeypat
     monkeypatch.setattr(srclib.models, "load", spy)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(Loaded):
-        stage.run(_params({}, None), "t", "pruned/x", ModelEntry(dtype="bfloat16", device="auto"),
-                  root=tmp_path)
+        stage.evaluate_source(_params({}, None), "t", "pruned/x", ModelEntry(dtype="bfloat16", device="auto"),
+                              root=tmp_path)
     assert seen == {"source": "pruned/x", "dtype": "bfloat16", "device": "cpu"}
     assert not paths.eval_metrics("t", tmp_path).exists()

@@ -213,9 +213,9 @@ def test_collect_labels_a_random_weight_model_random(root, registry):
 
     loader.labeller = lambda key, adapter: labels(key)
     register(entries)
-    out = collect.run(cfg, entries, root=root, loader=loader, model="rand-ar")
+    out = collect.collect_models(cfg, entries, root=root, loader=loader, model="rand-ar")
     assert out.runs["rand-ar"]["random_init"] is True
-    res = variance.run(REPO_PARAMS.variance, root=root)
+    res = variance.sink_variance(REPO_PARAMS.variance, root=root)
     table = sink_variance_table(res.metrics)
     assert table.loc[table["Run"] == "rand-ar", "Init"].item() == "random"
 

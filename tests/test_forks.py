@@ -229,7 +229,7 @@ def test_fork_writes_its_own_outputs_renders_and_is_indexed(tmp_path):
     from srclib.stages import variance
 
     fake_study(tmp_path)
-    variance.run(params.load(tmp_path / "params.yaml").variance, root=tmp_path)  # the stage's tracked outputs
+    variance.sink_variance(params.load(tmp_path / "params.yaml").variance, root=tmp_path)  # the stage's tracked outputs
     build_index(tmp_path, {"plot": {}}, "c0ffee", findings=[], tables={})  # an index from an earlier plot run
     make_fork(tmp_path)
     before = _snapshot(tmp_path)

@@ -115,7 +115,7 @@ def _poison(folder: Path, value: float) -> str:
 def test_a_good_pruned_folder_evaluates(tmp_path):
     root = _root(tmp_path)
     folder = _pruned(root, "dlm-magnitude-uniform-50-s0")
-    r = stage.run(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
+    r = stage.evaluate_source(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
     assert r.metrics["ppl"]["n_windows"] == 2 and paths.eval_metrics("dlm-magnitude-uniform-50-s0", root).is_file()
 
 
@@ -127,7 +127,7 @@ def test_a_folder_copied_over_another_instance_is_refused(tmp_path):
     dst = paths.pruned_dir("dlm-wanda-uniform-50-s0", root)
     shutil.copytree(src, dst)
     with pytest.raises(CheckpointError) as ei:
-        stage.run(_cfg(), "dlm-wanda-uniform-50-s0", dst, CPU, root=root)
+        stage.evaluate_source(_cfg(), "dlm-wanda-uniform-50-s0", dst, CPU, root=root)
     msg = str(ei.value)
     for w in (str(dst), "'dlm-wanda-uniform-50-s0'", "'dlm-magnitude-uniform-0-s0'", "srclib_model.json",
               "dvc repro prune@dlm-wanda-uniform-50-s0"):
@@ -146,7 +146,7 @@ def test_dense_weights_copied_into_a_pruned_folder_are_refused(tmp_path):
     shutil.copy(dense / "model.safetensors", folder / "model.safetensors")
     first = sorted(load_masks(folder / MASKS_FILE))[0]
     with pytest.raises(CheckpointError) as ei:
-        stage.run(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
+        stage.evaluate_source(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
     msg = str(ei.value)
     for w in (str(folder), f"'{first}.weight'", "masks.safetensors", "not zero"):
         assert w in msg, (w, msg)
@@ -160,7 +160,7 @@ def test_a_pruned_folder_without_its_masks_is_refused(tmp_path):
     folder = _pruned(root, "dlm-magnitude-uniform-50-s0")
     (folder / "masks.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"marker says pruned but masks\.safetensors is missing"):
-        stage.run(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
+        stage.evaluate_source(_cfg(), "dlm-magnitude-uniform-50-s0", folder, CPU, root=root)
     _nothing_written(root, "dlm-magnitude-uniform-50-s0")
 
 
@@ -190,7 +190,7 @@ def test_non_finite_weights_are_refused_by_the_stage(tmp_path, value):
     folder = _dense(tmp_path / "ckpt")
     name = _poison(folder, value)
     with pytest.raises(CheckpointError) as ei:
-        stage.run(_cfg(), "tiny-dlm", folder, CPU, root=root)
+        stage.evaluate_source(_cfg(), "tiny-dlm", folder, CPU, root=root)
     assert str(folder) in str(ei.value) and repr(name) in str(ei.value) and "1 NaN/Inf value(s)" in str(ei.value)
     _nothing_written(root, "tiny-dlm")
 
@@ -328,7 +328,7 @@ def test_the_stage_refuses_changed_task_data_before_loading_the_model(tmp_path, 
     monkeypatch.setattr(srclib.models, "load", lambda *a, **k: pytest.fail("the model was loaded"))
     cfg = _cfg({"arc_easy": TaskSettings(num_fewshot=0, cfg=0.0, mc_num=1, limit=2)}, ppl=None)
     with pytest.raises(DataError, match=r"ARC-Easy.*does not match .*MANIFEST\.json: 9 bytes"):
-        stage.run(cfg, "t", "pruned/x", CPU, root=root)
+        stage.evaluate_source(cfg, "t", "pruned/x", CPU, root=root)
     _nothing_written(root, "t")
 
 

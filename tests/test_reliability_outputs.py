@@ -180,7 +180,7 @@ def test_plot_stops_before_writing_anything_on_a_stale_input(raw, tmp_path):
     dense = raw["evaluate"]["dense"][0]
     io.write_json(paths.eval_metrics(dense, tmp_path), _evaluate_doc(raw, dense))
     with pytest.raises(freshness.StaleInputs, match=rf"{dense}\.json: evaluate\.seed"):
-        plot.run(P.plot, P, root=tmp_path)
+        plot.run(P, root=tmp_path)
     assert not (tmp_path / "reports").exists()
 
 

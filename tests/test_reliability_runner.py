@@ -243,10 +243,10 @@ def test_collect_logs_each_run(tmp_path, progress_lines):
     prompts.parent.mkdir(parents=True)
     prompts.write_text("".join(json.dumps({"id": i, "source": "s", "text": t}) + "\n"
                                for i, t in enumerate(word_texts())))
-    collect.run(collect_params(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
-                               random_init_control=True),
-                {"t-dlm": ModelEntry(dtype="float32", device="cpu")}, root=tmp_path,
-                loader=lambda key, dtype: (tiny_dlm(), word_tokenizer(bos=True), AD_DLM))
+    collect.collect_models(collect_params(models=["t-dlm"], n_prompts=2, gen_length=4, steps=4, block_length=4,
+                                          chunk_size=8, random_init_control=True),
+                           {"t-dlm": ModelEntry(dtype="float32", device="cpu")}, root=tmp_path,
+                           loader=lambda key, dtype: (tiny_dlm(), word_tokenizer(bos=True), AD_DLM))
     lines = progress_lines()
     assert lines[:2] == ["collect t-dlm: load (float32, cpu) ...", lines[1]] and lines[1].startswith(
         "collect t-dlm: load (float32, cpu): done in ")

@@ -503,7 +503,7 @@ def test_run_plot_end_to_end(tree):
 
     root, params = tree
     open_before = len(plt.get_fignums())
-    res = plot.run(params.plot, params, root=root)
+    res = plot.run(params, root=root)
     assert len(plt.get_fignums()) == open_before  # the stage closes every figure it saved
     figs = paths.figures_dir(root=root)
     for stem in ("accuracy_vs_sparsity", "sink_variance_dlm_vs_ar", "trajectory_heatmaps", "layer_sparsity",
@@ -526,6 +526,6 @@ def test_run_plot_end_to_end(tree):
     outputs = lambda: {p: p.read_bytes() for d in (paths.tables_dir(root=root), paths.figures_dir(root=root))  # noqa: E731
                        for p in d.iterdir()} | {p: p.read_bytes() for p in res.series.values()}
     before = outputs()
-    plot.run(params.plot, params, root=root)
+    plot.run(params, root=root)
     after = outputs()
     assert before == after

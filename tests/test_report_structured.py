@@ -428,7 +428,7 @@ def test_plot_stage_writes_structured_outputs(setup, monkeypatch):
     write_variance_tree(root, params)
     write_json(paths.efficiency_metrics(root=root), {"instances": {}})  # rows come from _eff_rows
     monkeypatch.setattr(plot.loaders, "efficiency_rows", lambda metrics: _eff_rows())
-    res = plot.run(params.plot, params, root=root)
+    res = plot.run(params, root=root)
     assert {"structured_tiny-dlm", "structured_smollm2-135m", "main_tiny-dlm"} <= set(res.tables)
     assert "main_smollm2-135m" not in res.tables
     names = {p.name for p in paths.tables_dir(root=root).iterdir()}

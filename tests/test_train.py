@@ -254,8 +254,8 @@ def _root(corpus, root: Path) -> Path:
 
 def test_stage_is_deterministic_and_loadable(corpus, tmp_path):
     cfg = _cfg()
-    r1 = train.run(cfg, root=_root(corpus, tmp_path / "a"))
-    r2 = train.run(cfg, root=_root(corpus, tmp_path / "b"))
+    r1 = train.train_models(cfg, root=_root(corpus, tmp_path / "a"))
+    r2 = train.train_models(cfg, root=_root(corpus, tmp_path / "b"))
     assert set(r1.metrics) == {"tiny-ar", "tiny-dlm"}  # no GGUF under this root: no smollm2-135m
     for key in ("tiny-ar", "tiny-dlm"):
         d1, d2 = paths.model_dir(key, root=tmp_path / "a"), paths.model_dir(key, root=tmp_path / "b")

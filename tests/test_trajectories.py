@@ -380,7 +380,7 @@ def test_collect_and_variance_stages(tmp_path):
     entries = {k: ModelEntry(dtype="float32", device="cpu") for k in built}
     cfg = _cfg(models=["t-dlm", "t-ar"], n_prompts=2, gen_length=4, steps=4, block_length=4, chunk_size=8,
                random_init_control=True)
-    out = collect.run(cfg, entries, root=tmp_path, loader=loader)
+    out = collect.collect_models(cfg, entries, root=tmp_path, loader=loader)
     runs = ["t-dlm", "t-dlm-randinit", "t-ar", "t-ar-randinit"]
     assert sorted(out.runs) == sorted(runs) and sorted(out.trajectories) == sorted(runs)
     assert all(paths.trajectory_file(r, tmp_path).is_file() for r in runs)
@@ -398,7 +398,7 @@ def test_collect_and_variance_stages(tmp_path):
     assert "**t-dlm** (DLM" in out.interpretation and "**t-ar-randinit** (AR, random init)" in out.interpretation
     assert "the head with the largest share of its attention on position 0 is layer" in out.interpretation
 
-    res = variance.run(SINK, root=tmp_path)
+    res = variance.sink_variance(SINK, root=tmp_path)
     ordered = list(paths.trajectory_runs(tmp_path))  # the stage reads trajectories/ in file order
     assert list(res.main["run"]) == ordered and set(res.main["variant"]) == {"full", "newest"}
     assert len(res.table) == 2 * 3 + 2 * 4 * 3  # DLM: 1 variant x (global + 2 layers); AR: 4 variants
@@ -454,15 +454,15 @@ def test_collect_and_variance_stages(tmp_path):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(paths.trajectory_file("t-ar", tmp_path).read_bytes())
     assert "old" in paths.trajectory_runs(tmp_path)
-    res2 = variance.run(SINK, root=tmp_path, collect=cfg)
+    res2 = variance.sink_variance(SINK, root=tmp_path, collect=cfg)
     assert sorted(res2.metrics["runs"]) == sorted(runs)
     assert sorted(variance.collected_runs(dataclasses.replace(cfg, random_init_control=False),
                                           tmp_path)) == ["t-ar", "t-dlm"]
     paths.trajectory_file("t-ar-randinit", tmp_path).unlink()
     with pytest.raises(FileNotFoundError, match="t-ar-randinit"):
-        variance.run(SINK, root=tmp_path, collect=cfg)
+        variance.sink_variance(SINK, root=tmp_path, collect=cfg)
     with pytest.raises(FileNotFoundError, match="'t-new'.*t-new.safetensors"):
-        variance.run(SINK, root=tmp_path, collect=dataclasses.replace(cfg, models=["t-dlm", "t-new"]))
+        variance.sink_variance(SINK, root=tmp_path, collect=dataclasses.replace(cfg, models=["t-dlm", "t-new"]))
 
 
 # ---- per-head shares, format 2 ---------------------------------------------------------------

@@ -29,13 +29,13 @@ from srclib import devices, paths
 from srclib.data.manifest import check_raw_file
 from srclib.files import atomic_outputs, sha256_file, write_json
 from srclib.notebook import phase
-from srclib.params import CollectParams, ModelEntry, as_dict
+from srclib.params import CollectParams, ModelEntry, Params, as_dict
 from srclib.provenance import provenance
 from srclib.trajectories.panels import heatmap_panels
 from srclib.trajectories.record import collect_trajectory, random_init_twin, read_prompts
 from srclib.trajectories.store import Trajectory, load_trajectory, random_init_name, save_trajectory
 
-__all__ = ["CollectResult", "run"]
+__all__ = ["CollectResult", "run", "collect_models"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,13 @@ class CollectResult:
     interpretation: str
 
 
-def run(
+def run(P: Params, instance: str | None = None, root: Path | None = None) -> CollectResult:
+    """The collect stage: :func:`collect_models` with params ``P.collect`` and ``P.models``, for
+    ``instance`` (a key of collect.models; None or "": every model)."""
+    return collect_models(P.collect, P.models, root=root, model=instance or None)
+
+
+def collect_models(
     cfg: CollectParams,
     models: Mapping[str, ModelEntry],
     root: Path | None = None,

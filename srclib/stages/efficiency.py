@@ -1,5 +1,6 @@
 """The efficiency stage: FLOPs, weight memory and measured latency of pruned checkpoints.
 
+``run(P)`` (no instances) is :func:`measure` with params ``P.efficiency`` (``cfg`` below).
 Loads ``pruned/<instance>`` for every instance of ``cfg.instances`` and builds its report with
 ``cfg``:
 
@@ -34,10 +35,10 @@ from srclib.efficiency.timing import efficiency_report
 from srclib.files import write_json
 from srclib.models import load
 from srclib.models.base import read_marker
-from srclib.params import EfficiencyParams, as_dict
+from srclib.params import EfficiencyParams, Params, as_dict, refuse_instance
 from srclib.provenance import provenance
 
-__all__ = ["EfficiencyResult", "run"]
+__all__ = ["EfficiencyResult", "run", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,13 @@ class EfficiencyResult:
     interpretation: str
 
 
-def run(cfg: EfficiencyParams, root: Path | None = None) -> EfficiencyResult:
+def run(P: Params, instance: str | None = None, root: Path | None = None) -> EfficiencyResult:
+    """The efficiency stage (no instances): :func:`measure` with params ``P.efficiency``."""
+    refuse_instance("efficiency", instance)
+    return measure(P.efficiency, root=root)
+
+
+def measure(cfg: EfficiencyParams, root: Path | None = None) -> EfficiencyResult:
     """Measure every instance of ``cfg.instances``; see the module docstring."""
     folders = {name: paths.pruned_dir(name, root) for name in cfg.instances}
     missing = {n: str(p) for n, p in folders.items() if not p.is_dir()}

@@ -1,6 +1,9 @@
 """The evaluate stage: one model instance (a pruned folder or a dense model key) on lm-eval's tasks
 and on held-out perplexity, written as a deterministic DVC metrics JSON (no wall-clock times:
-byte-identical across runs), ``metrics/evaluate/<instance>.json``."""
+byte-identical across runs), ``metrics/evaluate/<instance>.json``.
+
+``run(P, instance)`` is :func:`evaluate_source` with params ``P.evaluate``, the source
+``P.eval_source(instance)`` and the ``models:`` entry ``P.model_entry(instance)``."""
 
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ from srclib.evaluation.common import (SAMPLER, CheckpointError, check_finite_wei
 from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
 from srclib.evaluation.perplexity import heldout_perplexity
 from srclib.files import atomic_outputs, sha256_file, write_json
-from srclib.params import EvaluateParams, ModelEntry, as_dict
+from srclib.params import EvaluateParams, ModelEntry, Params, as_dict, require_instance
 from srclib.provenance import git_commit, git_state, versions
 
-__all__ = ["run", "EvaluateResult", "split_units", "check_instance"]
+__all__ = ["run", "evaluate_source", "EvaluateResult", "split_units", "check_instance"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,17 @@ class EvaluateResult:
     interpretation: str  # markdown: this instance's measured scores and perplexity
 
 
-def run(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: ModelEntry,
-        root: str | os.PathLike | None = None) -> EvaluateResult:
+def run(P: Params, instance: str | None = None, root: str | os.PathLike | None = None) -> EvaluateResult:
+    """The evaluate stage: :func:`evaluate_source` of ``instance`` (a prune instance: its folder
+    pruned/<instance> under ``root``; a key of evaluate.dense: that model) with params ``P.evaluate``
+    and the instance's ``models:`` entry."""
+    instance = require_instance("evaluate", instance)
+    source = P.eval_source(instance, root=None if root is None else Path(root))
+    return evaluate_source(P.evaluate, instance, source, P.model_entry(instance), root=root)
+
+
+def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLike, model: ModelEntry,
+                    root: str | os.PathLike | None = None) -> EvaluateResult:
     """Evaluate ``instance``, loaded from ``source`` with ``model``'s dtype and device (params.yaml
     ``models:`` entry; device "auto" = CUDA when available): lm-eval tasks (``cfg.tasks``) on the
     offline task data, held-out perplexity (``cfg.ppl``) on the validation corpus.

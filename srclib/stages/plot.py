@@ -23,13 +23,14 @@ import html
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from srclib import paths, plotting
 from srclib.files import read_json
-from srclib.params import Params, PlotParams
+from srclib.params import Params, refuse_instance
 from srclib.provenance import git_commit
 from srclib.report import findings as findings_
 from srclib.report import freshness
@@ -103,74 +104,139 @@ def _save(gallery: Gallery, out_dir: Path, stem: str, fig) -> None:
         plt.close(fig)  # the Gallery shows the saved PNG; an open figure would show twice
 
 
-def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> PlotResult:
+def run(P: Params, instance: str | None = None, root: str | Path | None = None) -> PlotResult:
     """Build every table, figure, plot series and reports/index.html (module docstring).
 
-    cfg: params.plot (seeds, headline rows); params: the whole Params (the plot stage reads every
-    stage's outputs and shows the params on the front page)."""
-    if cfg != params.plot:
-        raise ValueError("cfg must be params.plot (the plot stage's settings live there once)")
+    P: the whole Params (no instances; the plot stage reads every stage's outputs, its own
+    settings from ``P.plot``, and shows the params on the front page)."""
+    refuse_instance("plot", instance)
     skipped: list[str] = []
-    freshness.check_inputs(params, root=root)  # no table mixes runs of other params (a partial rerun)
-    df = results.load_results(params, root=root)
+    freshness.check_inputs(P, root=root)  # no table mixes runs of other params (a partial rerun)
+    inputs = _read_inputs(P, root)
+    df = inputs.results
+    tabs = _write_tables(inputs, P, root)
+    markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
+    series_paths = _write_main_series(inputs, root)
+
+    gallery, out_dir = Gallery(), paths.figures_dir(root=root)
+    animation = _draw_sink_figures(gallery, out_dir, inputs, P)
+    eff_path = paths.efficiency_metrics(root=root)
+    eff_rows = _draw_optional_figures(gallery, out_dir, inputs, P, eff_path, skipped, root)
+    _draw_tradeoff(gallery, out_dir, df, eff_rows, P, eff_path, series_paths, skipped, root)
+    for s in skipped:
+        log.info("skipped %s", s)
+
+    found = findings_.findings(df, P, inputs.var_metrics, eff_rows, variance_units=inputs.var_units)
+    headline = {"sink_variance": tabs["sink_variance"], **{k: v for k, v in tabs.items() if k != "sink_variance"}}
+    index = build_index(root, P, git_commit(root, mark_dirty=True) or "unknown", findings=found,
+                        tables=headline, results=df)
+    return PlotResult(results=df, tables=tabs, markdown=markdown, figures=gallery, series=series_paths, index=index,
+                      skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found),
+                      animation=animation)
+
+
+@dataclass
+class _Inputs:
+    """What the plot stage reads: the results frame (srclib.report.results), metrics/variance.json
+    and its per-run plot data (with each run's trajectory panels), the unit-level variance values,
+    the trajectories and metrics/prune/*."""
+
+    results: pd.DataFrame
+    var_metrics: dict[str, Any]
+    var_plots: dict[str, dict[str, Any]]
+    var_units: Any
+    trajs: dict[str, Any]
+    prune: dict[str, dict[str, Any]]
+
+
+def _read_inputs(P: Params, root: str | Path | None) -> _Inputs:
+    """Every stage output the tables and figures are built from (module docstring, Reads)."""
+    df = results.load_results(P, root=root)
     var_metrics, var_plots = loaders.load_variance(root=root)
     var_units = loaders.load_variance_units(root=root)
     trajs = loaders.load_trajectories(sorted(var_plots), root=root)
     for run_name, traj in trajs.items():
         var_plots[run_name].update(panels.trajectory_plot_data(traj))
-    prune = loaders.load_prune_metrics(params, root=root)
+    prune = loaders.load_prune_metrics(P, root=root)
+    return _Inputs(results=df, var_metrics=var_metrics, var_plots=var_plots, var_units=var_units, trajs=trajs,
+                   prune=prune)
 
-    tabs = {**tables.main_tables(df, params), **tables.structured_tables(df, params),
-            **tables.comparisons_tables(df, params), "dense_models": tables.dense_table(df, params),
-            "sink_variance": tables.sink_variance_table(var_metrics, var_units)}
+
+def _write_tables(inputs: _Inputs, P: Params, root: str | Path | None) -> dict[str, pd.DataFrame]:
+    """reports/tables/<name>.{md,html,tex}: the main, structured, comparison, dense and sink
+    variance tables; returns them by name."""
+    df = inputs.results
+    tabs = {**tables.main_tables(df, P), **tables.structured_tables(df, P),
+            **tables.comparisons_tables(df, P), "dense_models": tables.dense_table(df, P),
+            "sink_variance": tables.sink_variance_table(inputs.var_metrics, inputs.var_units)}
     render.write_tables(tabs, paths.tables_dir(root=root))
-    markdown = "\n".join(f"### {name}\n\n{render.table_markdown(t)}" for name, t in tabs.items())
+    return tabs
 
-    written = {"accuracy_vs_sparsity": series.accuracy_series(df),
-               "variance_per_layer": series.variance_series(var_plots)}
-    series_paths = {name: series.write_series(frame, paths.plot_series(name, root=root))
-                    for name, frame in written.items()}
 
-    gallery, out_dir = Gallery(), paths.figures_dir(root=root)
+def _write_main_series(inputs: _Inputs, root: str | Path | None) -> dict[str, Path]:
+    """metrics/plots/{accuracy_vs_sparsity,variance_per_layer}.csv; returns name -> path."""
+    written = {"accuracy_vs_sparsity": series.accuracy_series(inputs.results),
+               "variance_per_layer": series.variance_series(inputs.var_plots)}
+    return {name: series.write_series(frame, paths.plot_series(name, root=root)) for name, frame in written.items()}
+
+
+def _draw_sink_figures(gallery: Gallery, out_dir: Path, inputs: _Inputs, P: Params) -> Animation:
+    """The accuracy and perplexity vs sparsity figures, the sink figures (variance DLM vs AR,
+    trajectory heatmaps, sink position vs step) and the sink-dynamics animation, which it returns."""
+    df, var_plots, trajs = inputs.results, inputs.var_plots, inputs.trajs
     models = results.pruned_models(df)
     _save(gallery, out_dir, "accuracy_vs_sparsity", plotting.accuracy_vs_sparsity(series.accuracy_errors(df), models))
     _save(gallery, out_dir, "perplexity_vs_sparsity",
           plotting.perplexity_vs_sparsity(series.perplexity_series(df), models))
-    _save(gallery, out_dir, "sink_variance_dlm_vs_ar", plotting.sink_variance_dlm_vs_ar(var_metrics, var_plots))
+    _save(gallery, out_dir, "sink_variance_dlm_vs_ar", plotting.sink_variance_dlm_vs_ar(inputs.var_metrics, var_plots))
     # trained runs only; a study of random-weight models only (e.g. a new model built from its config)
     # draws those, labelled random-init, rather than no figure
     trained = {r: t for r, t in trajs.items() if not var_plots[r]["random_init"]} or dict(trajs)
     _save(gallery, out_dir, "trajectory_heatmaps",
           plotting.trajectory_heatmaps(panels.heatmap_panels(trained, n_prompts=HEATMAP_PROMPTS)))
-    sink = params.variance  # the variance stage's sink rule marks the sinks in every frame
+    sink = P.variance  # the variance stage's sink rule marks the sinks in every frame
     dynamics = panels.sink_dynamics_panels(trained, rule=sink.rule, alpha=sink.alpha, kappa=sink.kappa, eps=sink.eps,
                                            prompt=ANIMATION_PROMPT, max_frames=ANIMATION_FRAMES)
     animation = Animation(**plotting.save_animation(plotting.sink_dynamics_animation(dynamics), ANIMATION_STEM,
                                                     out_dir))
     _save(gallery, out_dir, "sink_position_vs_step", plotting.sink_position_vs_step(var_plots, PRIMARY_VARIANT))
-    if any(not (m.get("structured") or m["spec"].get("structure")) for m in prune.values()):
-        _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(prune))
+    return animation
+
+
+def _draw_optional_figures(gallery: Gallery, out_dir: Path, inputs: _Inputs, P: Params, eff_path: Path,
+                           skipped: list[str], root: str | Path | None) -> list[dict[str, Any]] | None:
+    """The figures whose inputs may be absent (layer sparsity, loss curves, efficiency bars), each
+    skipped with its reason in ``skipped``; returns the efficiency rows (None without
+    metrics/efficiency.json)."""
+    if any(not (m.get("structured") or m["spec"].get("structure")) for m in inputs.prune.values()):
+        _save(gallery, out_dir, "layer_sparsity", plotting.layer_sparsity(inputs.prune))
     else:
         skipped.append("layer_sparsity: every prune instance is structured (no per-linear mask sparsity)")
-    train = loaders.load_train_metrics(params.models, root=root)
+    train = loaders.load_train_metrics(P.models, root=root)
     if any("loss" in m for m in train.values()):
         _save(gallery, out_dir, "loss_curves", plotting.loss_curves(train))
     else:
         skipped.append("loss_curves: no metrics/train/<key>.json with a 'loss' curve")
-    eff_path = paths.efficiency_metrics(root=root)
     eff_rows = None
     if eff_path.is_file():
         eff_rows = loaders.efficiency_rows(read_json(eff_path))
         _save(gallery, out_dir, "efficiency_bars", plotting.efficiency_bars(eff_rows))
     else:
         skipped.append(f"efficiency_bars: {paths.rel(eff_path, root)} not found (run the efficiency stage)")
+    return eff_rows
+
+
+def _draw_tradeoff(gallery: Gallery, out_dir: Path, df: pd.DataFrame, eff_rows: Any, P: Params, eff_path: Path,
+                   series_paths: dict[str, Path], skipped: list[str], root: str | Path | None) -> None:
+    """The quality-vs-speedup figure and metrics/plots/quality_vs_speedup.csv (added to
+    ``series_paths``; header only when there is nothing to draw, the reason in ``skipped``)."""
     has_structured = bool(df["pattern"].map(results.is_structured).any())
     if eff_rows is None:
         skipped.append(f"quality_vs_speedup: {paths.rel(eff_path, root)} not found (run the efficiency stage)")
     elif not has_structured:
         skipped.append("quality_vs_speedup: no structured prune instance")
     else:
-        tradeoff = series.tradeoff_series(df, eff_rows, params)
+        tradeoff = series.tradeoff_series(df, eff_rows, P)
         if (tradeoff["kind"] != "dense").any():
             series_paths["quality_vs_speedup"] = series.write_series(
                 tradeoff, paths.plot_series("quality_vs_speedup", root=root))
@@ -180,13 +246,3 @@ def run(cfg: PlotParams, params: Params, root: str | Path | None = None) -> Plot
     if "quality_vs_speedup" not in series_paths:  # dvc.yaml declares the series: write it (header only)
         series_paths["quality_vs_speedup"] = series.write_series(
             pd.DataFrame(columns=series.TRADEOFF_COLUMNS), paths.plot_series("quality_vs_speedup", root=root))
-    for s in skipped:
-        log.info("skipped %s", s)
-
-    found = findings_.findings(df, params, var_metrics, eff_rows, variance_units=var_units)
-    headline = {"sink_variance": tabs["sink_variance"], **{k: v for k, v in tabs.items() if k != "sink_variance"}}
-    index = build_index(root, params, git_commit(root, mark_dirty=True) or "unknown", findings=found,
-                        tables=headline, results=df)
-    return PlotResult(results=df, tables=tabs, markdown=markdown, figures=gallery, series=series_paths, index=index,
-                      skipped=skipped, findings=found, interpretation=findings_.findings_markdown(found),
-                      animation=animation)

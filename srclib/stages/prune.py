@@ -1,8 +1,9 @@
 """The prune stage: one ``prune.instances`` entry -> pruned/<instance>/ and its metrics.
 
-``run(cfg, instance, model)`` resolves the instance into its PruneSpec, loads the model with its
-``models:`` entry (dtype, device), calibrates on ``prune.calibration.corpus``, prunes and saves
-the checkpoint, the metrics (byte-stable) and the timing (not a DVC output).
+``run(P, instance)`` resolves the instance (params ``prune``) into its PruneSpec, loads the model
+with its ``models:`` entry (``P.model_entry(instance)``: dtype, device), calibrates on
+``prune.calibration.corpus``, prunes and saves the checkpoint, the metrics (byte-stable) and the
+timing (not a DVC output).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from srclib import paths
 from srclib.models import register
-from srclib.params import ModelEntry, PruneParams
+from srclib.params import Params, require_instance
 from srclib.pruning.checkpoint import PruneRun, run_prune
 
 __all__ = ["PruneResult", "run", "interpretation"]
@@ -39,8 +40,12 @@ class PruneResult:
         return self.run.timing
 
 
-def run(cfg: PruneParams, instance: str, model: ModelEntry, root: Path | None = None) -> PruneResult:
-    """Prune ``instance`` of ``cfg.instances`` with the model loaded as ``model`` says."""
+def run(P: Params, instance: str | None = None, root: Path | None = None) -> PruneResult:
+    """Prune ``instance`` of ``P.prune.instances`` with the model loaded as its ``models:`` entry
+    (``P.model_entry(instance)``) says."""
+    instance = require_instance("prune", instance)
+    model = P.model_entry(instance)
+    cfg = P.prune
     inst = cfg.instance(instance)
     register({inst.model: model})  # a model defined in params.yaml: its adapter from the entry
     res = run_prune(

@@ -1,10 +1,11 @@
 """The train stage: the tokenizer, tiny-ar, tiny-dlm (adapted from tiny-ar) and smollm2-135m.
 
-``run(cfg)`` trains the twins on data/raw's corpus (:func:`srclib.train.twins.train_twins`),
-converts the SmolLM2 GGUF when data/raw holds one, and writes models/<key>/ (atomically),
-metrics/train/<key>.json for the trained tiny models (deterministic: the loss curve, perplexities
-and samples, no clock values), metrics/train/loss_curves.csv (DVC plot: model, step, loss) and
-timing/train/<key>.json (wall/CPU seconds, outside the DVC outputs).
+``run(P)`` (params ``train``; no instances) trains the twins on data/raw's corpus
+(:func:`srclib.train.twins.train_twins`), converts the SmolLM2 GGUF when data/raw holds one, and
+writes models/<key>/ (atomically), metrics/train/<key>.json for the trained tiny models
+(deterministic: the loss curve, perplexities and samples, no clock values),
+metrics/train/loss_curves.csv (DVC plot: model, step, loss) and timing/train/<key>.json
+(wall/CPU seconds, outside the DVC outputs).
 
 All or nothing: the model folders, metrics files and loss curves are built beside their targets
 and swapped in together once every model is trained (srclib.files.atomic_outputs), so a failure
@@ -27,12 +28,12 @@ from srclib import paths
 from srclib.data.corpus import read_texts
 from srclib.data.manifest import check_raw_file
 from srclib.files import Outputs, atomic_outputs, write_json, write_text
-from srclib.params import TrainParams, as_dict
+from srclib.params import Params, TrainParams, as_dict, refuse_instance
 from srclib.provenance import provenance
 from srclib.train import smollm2
 from srclib.train.twins import TWINS, train_twins
 
-__all__ = ["TIMING_KEYS", "TrainResult", "split_timing", "run", "interpretation"]
+__all__ = ["TIMING_KEYS", "TrainResult", "split_timing", "run", "train_models", "interpretation"]
 
 TIMING_KEYS = ("train_time_s", "step_time_s", "train_cpu_s", "tokenizer_time_s", "convert_time_s",
                "eval_time_s")  # wall/CPU clocks: kept out of the DVC metrics (byte-identical reruns)
@@ -78,7 +79,13 @@ def _train(cfg: TrainParams, root: Path, out: Outputs) -> dict[str, dict[str, An
         torch.set_num_threads(old_threads)
 
 
-def run(cfg: TrainParams, root: Path | None = None) -> TrainResult:
+def run(P: Params, instance: str | None = None, root: Path | None = None) -> TrainResult:
+    """The train stage (no instances): :func:`train_models` with params ``P.train``."""
+    refuse_instance("train", instance)
+    return train_models(P.train, root=root)
+
+
+def train_models(cfg: TrainParams, root: Path | None = None) -> TrainResult:
     """Train and write everything the stage outputs (module docstring); return what to show."""
     root = Path(root) if root is not None else paths.ROOT
     timing: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,6 @@
 """The variance stage: sink statistics of every collected run (method.md 1-2).
 
+``run(P)`` (no instances) is :func:`sink_variance` with params ``P.variance`` and ``P.collect``.
 Reads the runs that params ``collect.models`` names (``collect``: the collect params): every model's
 trajectory and, when ``collect.random_init_control`` is on and the model's own weights are not
 random (its trajectory's ``random_init``, from the checkpoint's marker, as the collect stage decides),
@@ -39,7 +40,7 @@ import pandas as pd
 
 from srclib import paths
 from srclib.files import atomic_outputs, write_json
-from srclib.params import CollectParams, VarianceParams, as_dict
+from srclib.params import CollectParams, Params, VarianceParams, as_dict, refuse_instance
 from srclib.provenance import provenance
 from srclib.stats import mean_se
 from srclib.trajectories.stats import OFFSET_BINS, sink_statistics, statistics_table
@@ -51,7 +52,7 @@ from srclib.trajectories.store import (
     random_init_name,
 )
 
-__all__ = ["VarianceResult", "run", "collected_runs"]
+__all__ = ["VarianceResult", "run", "sink_variance", "collected_runs"]
 
 EXPECTED_VARIANT = "prefix_expected"  # AR: the bias-free full-prefix variant (p0 without the key-0 bias)
 
@@ -101,7 +102,15 @@ def collected_runs(collect: CollectParams, root: Path | None = None) -> dict[str
     return dict(sorted(runs.items()))
 
 
-def run(cfg: VarianceParams, root: Path | None = None, collect: CollectParams | None = None) -> VarianceResult:
+def run(P: Params, instance: str | None = None, root: Path | None = None) -> VarianceResult:
+    """The variance stage (no instances): :func:`sink_variance` of the runs params ``P.collect``
+    names, with the sink rule of ``P.variance``."""
+    refuse_instance("variance", instance)
+    return sink_variance(P.variance, root=root, collect=P.collect)
+
+
+def sink_variance(cfg: VarianceParams, root: Path | None = None,
+                  collect: CollectParams | None = None) -> VarianceResult:
     """Sink statistics of the collected runs; see the module docstring. collect: params
     ``collect`` (its models and random_init_control choose the runs); None: every trajectory found."""
     runs = collected_runs(collect, root) if collect is not None else paths.trajectory_runs(root)
