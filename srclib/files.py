@@ -291,6 +291,22 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"corrupt JSON file {path}: {exc}") from exc
 
 
+def read_json_checked(path: str | os.PathLike, *, holds: str, fix: str, kind: type = dict,
+                      error: type[Exception] = ValueError) -> Any:
+    """The JSON value of ``path``, which must be a ``kind``. Invalid JSON, text that is not UTF-8 and a
+    value of another type raise ``error`` naming the file, what it must hold and ``fix`` (how to get a
+    good one); the file itself must exist (the caller says what a missing one means)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}): {exc.msg}; {fix}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc}); {fix}") from None
+    if not isinstance(value, kind):
+        raise error(f"{path}: must hold {holds}, got {type(value).__name__}; {fix}")
+    return value
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from srclib import paths
 from srclib.data.errors import DataError
-from srclib.files import read_json, sha256_file
+from srclib.files import read_json_checked, sha256_file
 
 __all__ = ["check_raw_file", "raw_folder_of"]
 
@@ -43,11 +43,12 @@ def raw_folder_of(path: str | os.PathLike) -> Path | None:
 
 
 def _entries(manifest: Path) -> dict[str, dict]:
-    try:
-        files = read_json(manifest)["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{manifest}: unreadable data/raw manifest ({exc}); restore data/raw with "
-                        f"`dvc checkout data.dvc` or rebuild it: python -m srclib.data build") from exc
+    fix = "unreadable data/raw manifest: restore data/raw with `dvc checkout data.dvc` or rebuild it: " \
+          "python -m srclib.data build"
+    doc = read_json_checked(manifest, holds="a JSON object with 'files'", fix=fix, error=DataError)
+    if "files" not in doc:
+        raise DataError(f"{manifest}: no 'files' key; {fix}")
+    files = doc["files"]
     if not isinstance(files, dict):
         raise DataError(f"{manifest}: 'files' must map relative paths to {{bytes, sha256}}, got "
                         f"{type(files).__name__}")

@@ -8,7 +8,6 @@ never inspects a model's class or name: it asks the adapter.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from srclib.files import write_json
+from srclib.files import read_json_checked, write_json
 
 __all__ = ["Adapter", "MARKER", "STRUCTURED_FORMS", "WEIGHTS", "write_marker", "read_marker", "local_source",
            "marker_labels"]
 
 MARKER = "srclib_model.json"  # written beside every checkpoint srclib saves
-MASKS_FILE = "masks.safetensors"  # a pruned checkpoint's masks (uint8, 1 = pruned): written by prune, checked by evaluate
+# a pruned checkpoint's masks (uint8, 1 = pruned): written by prune, checked by evaluate
+MASKS_FILE = "masks.safetensors"
 STRUCTURED_FORMS = ("compact", "masked")  # Adapter.structured_form values (srclib.models.structure)
 WEIGHTS = ("trained", "random")  # the marker's optional ``weights`` label (absent: trained)
 LOCAL_PREFIXES = ("models/", "./", "../", "/", "~")  # a source spelled like this is a folder, never a hub id
@@ -195,17 +195,5 @@ def read_marker(folder: str | Path) -> dict[str, Any]:
             f"{folder} is not a srclib checkpoint (no {MARKER}); pass a model key from params.yaml "
             f"or a folder written by srclib"
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}): {exc.msg}; rebuild the "
-            f"checkpoint (rerun the stage that wrote {folder})"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc}); rebuild the checkpoint (rerun the stage that "
-                         f"wrote {folder})") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: must hold a JSON object (the checkpoint's key and build record), got "
-                         f"{type(info).__name__}; rebuild the checkpoint (rerun the stage that wrote {folder})")
-    return info
+    return read_json_checked(path, holds="a JSON object (the checkpoint's key and build record)",
+                             fix=f"rebuild the checkpoint (rerun the stage that wrote {folder})")

@@ -183,8 +183,8 @@ class HFAdapter(Adapter):
 
 
 STANDIN_HEAD_DIM = 8  # test-size stand-ins: 8-dim heads, 2 blocks, at most 2 KV heads
-_CONFIG_DROP = ("model_type", "architectures", "auto_map", "_name_or_path", "torch_dtype", "dtype", "transformers_version",
-                "quantization_config", "rope_scaling")
+_CONFIG_DROP = ("model_type", "architectures", "auto_map", "_name_or_path", "torch_dtype", "dtype",
+                "transformers_version", "quantization_config", "rope_scaling")
 
 
 def shrink_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +238,8 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, key: str, dtype: st
     missing, unexpected = plain.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"GGUF state dict does not match the plain model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"GGUF state dict does not match the plain model: missing {missing}, "
+                           f"unexpected {unexpected}")
     if tied:
         plain.tie_weights()
     del quant

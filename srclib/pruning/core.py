@@ -73,9 +73,15 @@ class PruneReport:
 class _Clock:
     """Wall and process-CPU seconds per phase (CPU time is robust to other processes' load)."""
 
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = defaultdict(float)
-        self.cpu: dict[str, float] = defaultdict(float)
+    def __init__(self, phases: tuple[str, ...] = ("calibration", "prune")) -> None:
+        self.wall: dict[str, float] = defaultdict(float, dict.fromkeys(phases, 0.0))
+        self.cpu: dict[str, float] = defaultdict(float, dict.fromkeys(phases, 0.0))
+        self._start = time.perf_counter(), time.process_time()
+
+    def finish(self) -> None:
+        """The run's ``total``, from the clock's creation."""
+        self.wall["total"] = time.perf_counter() - self._start[0]
+        self.cpu["total"] = time.process_time() - self._start[1]
 
     @contextlib.contextmanager
     def __call__(self, key: str):
@@ -217,6 +223,17 @@ class _Run:
         self.block_sparsity = owl_sparsities(ratios, self.spec.run.sparsity, self.spec.owl.lambda_)
 
 
+def _resolved(model: nn.Module, adapter: Any, spec: PruneSpec, calibration: cal.Calibration | None,
+              run_plan: RunPlan | None, what: Callable[[RunPlan], str]) -> tuple[int | None, RunPlan]:
+    """(the model's mask id, the run's plan); a run that needs data but got no ``calibration`` is a
+    ValueError starting with ``what(plan)``."""
+    mask_id = adapter.mask_id(model)
+    rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
+    if rp.needs_data and calibration is None:
+        raise ValueError(f"{what(rp)} needs calibration data; got calibration=None")
+    return mask_id, rp
+
+
 def _prunable_blocks(model: nn.Module, adapter: Any) -> tuple[nn.ModuleList, list[dict[str, nn.Linear]]]:
     blocks = adapter.blocks(model)
     per_block = [adapter.prunable(b) for b in blocks]
@@ -270,11 +287,10 @@ def _prune_sequential(r: _Run) -> None:
     r.clock.discount("calibration", "prune", w0, c0)
 
 
-def _report(r: _Run, inputs: str, memory_result: dict[str, Any], t_start: float, c_start: float) -> PruneReport:
+def _report(r: _Run, inputs: str, memory_result: dict[str, Any]) -> PruneReport:
     total = sum(int(m.numel()) for m in r.masks.values())
     pruned = sum(int(m.sum()) for m in r.masks.values())
-    r.clock.wall["total"] = time.perf_counter() - t_start
-    r.clock.cpu["total"] = time.process_time() - c_start
+    r.clock.finish()
     target = {r.name(i, n): float(r.block_sparsity[i]) for i, lins in enumerate(r.per_block) for n in lins}
     return PruneReport(
         sparsity={k: float(m.float().mean()) for k, m in r.masks.items()},
@@ -300,16 +316,10 @@ def prune_model(
     ``run_plan``: the spec's decisions on this model (srclib.pruning.plan.resolve), if the caller
     resolved them already."""
     clock = _Clock()
-    t_start, c_start = time.perf_counter(), time.process_time()
     pruner_cls: type[LayerPruner] = PRUNERS[spec.run.method]
     blocks, per_block = _prunable_blocks(model, adapter)
-    mask_id = adapter.mask_id(model)
-    rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
-    if rp.needs_data and calibration is None:
-        raise ValueError(f"method {spec.run.method!r} (owl={spec.owl.enabled}) needs calibration data; "
-                         "got calibration=None")
-    clock.wall.update(calibration=0.0, prune=0.0)
-    clock.cpu.update(calibration=0.0, prune=0.0)
+    mask_id, rp = _resolved(model, adapter, spec, calibration, run_plan,
+                            lambda rp: f"method {spec.run.method!r} (owl={spec.owl.enabled})")
     r = _Run(model, adapter, spec, rp, calibration, pruner_cls, blocks, per_block, clock,
              block_sparsity=[spec.run.sparsity] * len(blocks))
     inputs = "none"
@@ -327,4 +337,4 @@ def prune_model(
             _prune_one_shot(r)
         else:
             _prune_sequential(r)
-    return _report(r, inputs, mem.result, t_start, c_start)
+    return _report(r, inputs, mem.result)

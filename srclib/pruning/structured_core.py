@@ -20,7 +20,6 @@ Order of work, sharing the unstructured pruners' calibration machinery (srclib.p
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +30,9 @@ from srclib.pruning import calibration as cal
 from srclib import devices
 from srclib.models import structure as st
 from srclib.params import PruneSpec
-from srclib.pruning.plan import RunPlan, resolve
+from srclib.pruning.plan import RunPlan
 from srclib.pruning import structured as sp
-from srclib.pruning.core import _Clock, _adapter_forward, _prepare
+from srclib.pruning.core import _Clock, _adapter_forward, _prepare, _resolved
 from srclib.pruning.memory import PeakMemory
 
 __all__ = ["StructuredReport", "prune_structured", "ROLES_SCORED"]
@@ -219,16 +218,10 @@ def prune_structured(
     if spec.run.structure is None:
         raise ValueError("prune_structured needs spec.run.structure ('uniform' or 'adaptive'), got None")
     clock = _Clock()
-    t_start, c_start = time.perf_counter(), time.process_time()
     blocks = adapter.blocks(model)
     units = _Units.of(model, adapter, blocks)
-    mask_id = adapter.mask_id(model)
-    rp = run_plan or resolve(spec, dlm=mask_id is not None, shift=bool(adapter.shift))
-    if rp.needs_data and calibration is None:
-        raise ValueError(f"structured {spec.run.method!r} (bias compensation {rp.compensate}) needs "
-                         "calibration data; got calibration=None")
-    clock.wall.update(calibration=0.0, prune=0.0)
-    clock.cpu.update(calibration=0.0, prune=0.0)
+    mask_id, rp = _resolved(model, adapter, spec, calibration, run_plan,
+                            lambda rp: f"structured {spec.run.method!r} (bias compensation {rp.compensate})")
     inputs, batches, weight_fn = "none", [], None
     with PeakMemory(devices.of(model)) as mem:
         if rp.needs_data:
@@ -245,8 +238,7 @@ def prune_structured(
     removed = sum(int((~k).sum()) * units.head_cost for k in keep_heads) + sum(
         int((~k).sum()) * units.channel_cost for k in keep_channels)
     total = sum(h * units.head_cost + c * units.channel_cost for h, c in zip(units.n_heads, units.n_channels))
-    clock.wall["total"] = time.perf_counter() - t_start
-    clock.cpu["total"] = time.process_time() - c_start
+    clock.finish()
     record = st.structure_record(structure, units.layout, form)
     log.info("structured %s/%s (%s): removed %.4f of block linear params (target %.4f), form %s",
              spec.run.method, spec.run.weighting, spec.run.structure, removed / total, spec.run.sparsity, form)
