@@ -61,9 +61,7 @@ def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLik
     pruned folder whose weights are not zero where its masks say pruned (the first such tensor),
     non-finite log-likelihoods or perplexities.
     """
-    from srclib.data.manifest import check_raw_file
-    from srclib.evaluation.tasks import build_task_configs
-    from srclib.models import load, register
+    from srclib.models import register
 
     root = Path(root) if root is not None else paths.ROOT
     folder = Path(source) if Path(source).is_dir() else None
@@ -71,22 +69,10 @@ def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLik
         register({str(source): model})  # its params definition (a folder's marker names its own)
     if folder is not None:
         check_instance(folder, instance)
-    data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
-    # data checked against the manifest before the model loads and minutes of lm-eval, not after
-    # (each file hashed once per process: the harness's own build below reuses the result)
-    if cfg.tasks:
-        build_task_configs(list(cfg.tasks), data_root)
-    if cfg.ppl is not None:
-        check_raw_file(corpus)
+    data_root, corpus = _check_data(cfg, root)
     torch.manual_seed(cfg.seed)
     device = devices.resolve(model.device)
-    lm_model, tok, adapter = load(str(source), dtype=model.dtype, device=device)
-    if folder is not None:  # finite weights; a pruned folder's weights zero where its masks say so
-        check_pruned_folder(lm_model, folder, str(source))
-    else:
-        check_finite_weights(lm_model, str(source))
-    if tok is None:
-        raise ValueError(f"{source}: the checkpoint has no tokenizer")
+    lm_model, tok, adapter = _load_checked(source, folder, model, device)
     lm = make_lm(lm_model, tok, adapter, batch_size=cfg.batch_size, seed=cfg.seed, sampler=SAMPLER,
                  device=device)
     task_res = evaluate_lm(lm, cfg.tasks, seed=cfg.seed, data_root=data_root) if cfg.tasks else {}
@@ -102,24 +88,7 @@ def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLik
                   "likelihood": "exact" if adapter.causal else "mc-elbo"},
         "tasks": task_res,
         "ppl": ppl_res,
-        "provenance": {
-            "git_commit": git_commit(root),
-            "git": git_state(root),  # dirty flag and hash of the uncommitted difference
-            "versions": versions(),
-            "checkpoint": _checkpoint(source, adapter, root),
-            "task_versions": {k: v["version"] for k, v in sorted(task_res.items())},
-            "data_root": paths.rel(data_root, root),
-            "corpus_validation_file": paths.rel(corpus, root),
-            "settings": {
-                "batch_size": cfg.batch_size, "seed": cfg.seed,
-                "gen": sampler_record(SAMPLER),
-                "tasks": {k: task_record(v) for k, v in cfg.tasks.items()},
-                "ppl": dataclasses.asdict(cfg.ppl) if cfg.ppl is not None else None,
-            },
-            # the params this evaluation read, by params.yaml section (srclib.report.freshness
-            # checks them against the params in use before a table compares this file with others)
-            "params": _params_record(cfg, adapter.key, model, folder),
-        },
+        "provenance": _provenance(cfg, source, adapter, model, folder, task_res, data_root, corpus, root),
     }
     units["provenance"] = {"params": metrics["provenance"]["params"],
                            "checkpoint": metrics["provenance"]["checkpoint"]}
@@ -127,6 +96,59 @@ def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLik
         write_json(out.file(paths.eval_units(instance, root)), units)
         write_json(out.file(paths.eval_metrics(instance, root)), metrics)
     return EvaluateResult(metrics, _table(task_res, ppl_res), interpretation(metrics, list(cfg.tasks)))
+
+
+def _check_data(cfg: EvaluateParams, root: Path) -> tuple[Path, Path]:
+    """(task data root, validation corpus), checked against the manifest before the model loads and
+    minutes of lm-eval, not after (each file hashed once per process: the harness's own build of
+    the task configs reuses the result)."""
+    from srclib.data.manifest import check_raw_file
+    from srclib.evaluation.tasks import build_task_configs
+
+    data_root, corpus = paths.tasks_dir(root), paths.corpus_file("validation", root)
+    if cfg.tasks:
+        build_task_configs(list(cfg.tasks), data_root)
+    if cfg.ppl is not None:
+        check_raw_file(corpus)
+    return data_root, corpus
+
+
+def _load_checked(source: str | os.PathLike, folder: Path | None, model: ModelEntry, device):
+    """(model, tokenizer, adapter) of ``source``: finite weights, and a pruned folder's weights zero
+    where its masks say so; a checkpoint without a tokenizer is refused."""
+    from srclib.models import load
+
+    lm_model, tok, adapter = load(str(source), dtype=model.dtype, device=device)
+    if folder is not None:
+        check_pruned_folder(lm_model, folder, str(source))
+    else:
+        check_finite_weights(lm_model, str(source))
+    if tok is None:
+        raise ValueError(f"{source}: the checkpoint has no tokenizer")
+    return lm_model, tok, adapter
+
+
+def _provenance(cfg: EvaluateParams, source, adapter, model: ModelEntry, folder: Path | None,
+                task_res: dict[str, Any], data_root: Path, corpus: Path, root: Path) -> dict[str, Any]:
+    """What the evaluation ran on and with: code, packages, checkpoint, data, settings, params."""
+    return {
+        "git_commit": git_commit(root),
+        "git": git_state(root),  # dirty flag and hash of the uncommitted difference
+        "versions": versions(),
+        "checkpoint": _checkpoint(source, adapter, root),
+        "task_versions": {k: v["version"] for k, v in sorted(task_res.items())},
+        "data_root": paths.rel(data_root, root),
+        "corpus_validation_file": paths.rel(corpus, root),
+        "settings": {
+            "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "gen": sampler_record(SAMPLER),
+            "tasks": {k: task_record(v) for k, v in cfg.tasks.items()},
+            "ppl": dataclasses.asdict(cfg.ppl) if cfg.ppl is not None else None,
+        },
+        # the params this evaluation read, by params.yaml section (srclib.report.freshness checks
+        # them against the params in use before a table compares this file with others)
+        "params": _params_record(cfg, adapter.key, model, folder),
+    }
 
 
 def _params_record(cfg: EvaluateParams, key: str, model: ModelEntry, folder: Path | None) -> dict[str, Any]:
