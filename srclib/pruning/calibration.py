@@ -22,6 +22,9 @@
     run the block on every stored batch (statistics), call ``finish_block`` (prune), re-run the
     pruned block to produce block i+1's inputs. If the weights need the mass, the catching
     forward runs through all blocks under the recorder (still one forward per pass).
+  - ``record_pass_mass`` (the mass-only pre-pass): the forward ends as soon as the last block's
+    attention mass is recorded (``StopForward`` from the recorder's ``after_call``), before that
+    attention call's output, the block's output projection and its MLP; same mass bit for bit.
 """
 
 from __future__ import annotations
