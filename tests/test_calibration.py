@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from srclib.attention import record_mass
 from srclib.pruning import calibration as cal
+from srclib.models import MODELS
 from srclib.models.base import Adapter
 from srclib.models.tiny import TinyLM, test_config
 
@@ -234,3 +235,23 @@ def test_record_pass_mass_stops_once_the_last_mass_is_in(which, monkeypatch):
             h.remove()
     assert short.shape == (len(blocks), 3, 13)
     assert torch.equal(short, full) and torch.equal(short, rec.mass)
+
+
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_record_pass_mass_stopped_equals_full_for_every_adapter_standin(key):
+    """Every built-in adapter's stand-in (TinyLM, Llama, LLaDA's and Dream's layouts, through the
+    adapter's own forward: e.g. Dream's 4-D mask): the stopped mass equals the whole-block one."""
+    adapter = MODELS[key]
+    model = adapter.standin()
+    blocks = adapter.blocks(model)
+    ids = torch.randint(3, 60, (2, 9))
+    fwd = lambda x: adapter.logits(model, x)  # noqa: E731
+    ran = []
+    h = blocks[-1].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        full = cal.record_pass_mass(model, blocks, ids, forward=fwd, stop_at_mass=False)
+        short = cal.record_pass_mass(model, blocks, ids, forward=fwd)
+    finally:
+        h.remove()
+    assert ran == [1]  # the whole last block ran only in the first
+    assert short.shape == (len(blocks), 2, 9) and torch.equal(short, full)
