@@ -171,7 +171,9 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     # 1. attention-mass recording, blocks only
     for T in SEQS:
         ids = noised(T)
-        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, CHUNK_SIZE, forward=fwd))
+        # through the whole last block, as rehearsal_flops counts it (the pre-pass default stops earlier)
+        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, CHUNK_SIZE, forward=fwd,
+                                                        stop_at_mass=False))
         assert tuple(mass.shape) == (shape.n_layers, 1, T)
         st[f"mass_T{T}"] = {"T": T, "batch": 1, **m}
         log.info("%s mass T=%d: %.1f s, +%.2f GB", name, T, m["wall_s"], m["peak_delta_bytes"] / 1e9)
@@ -218,7 +220,12 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     # 6. one sink-aware SparseGPT block (last: the slowest; mass pre-pass of one noised pass, one clean window)
     sgpt = wanda.with_run(method="sparsegpt")
     calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
-    rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
+    plain = cal.record_pass_mass  # its pre-pass through the whole block, as rehearsal_flops counts it
+    cal.record_pass_mass = lambda *a, **kw: plain(*a, **{**kw, "stop_at_mass": False})
+    try:
+        rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
+    finally:
+        cal.record_pass_mass = plain
     st["sparsegpt_sink_block"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "blocks": 1,
                                         "seconds": rep.seconds, "cpu_seconds": rep.cpu_seconds, **m}
     log.info("%s sink SparseGPT block: %.1f s, +%.2f GB %s", name, m["wall_s"], m["peak_delta_bytes"] / 1e9,

@@ -9,6 +9,7 @@
 Model: random-init TinyLM of tiny-dlm's config (srclib.train.config.study_config from params.yaml:
 4 layers, d=256, vocab 4096 + 4 special tokens), 32 windows x 128 tokens
 x 10 t values by default. Usage: python benchmarks/prune_bench.py [--windows 32] [--repeats 3] [--threads 1]
+[--only sparsegpt] [--stat median]
 Ratios are printed for process CPU time and wall time; on a shared machine read the CPU ratios
 (and prefer --threads 1: oversubscribed OpenMP threads spin and inflate both clocks).
 """
@@ -18,7 +19,10 @@ from __future__ import annotations
 import argparse
 import logging
 import dataclasses
+import inspect
 import os
+import statistics
+import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would interleave with the printed ratios
 
@@ -54,14 +58,52 @@ def make_model() -> TinyLM:
     return TinyLM(TINY_DLM).eval()
 
 
-def best_of(fns: dict, repeats: int) -> dict:
+def best_of(fns: dict, repeats: int, stat: str = "min", reps: dict | None = None) -> dict:
     """Run every fn ``repeats`` times, interleaved (so load changes hit all alike); keep, per fn,
-    the report with the lowest total time."""
-    reps: dict = {k: [] for k in fns}
+    the report with the lowest total time (``stat="min"``) or the median process-CPU total
+    (``stat="median"``, the lower median for an even count). ``reps``: filled with every report."""
+    reps = {} if reps is None else reps
+    reps.update({k: [] for k in fns})
     for _ in range(repeats):
         for k, fn in fns.items():
             reps[k].append(fn())
+    if stat == "median":
+        return {k: sorted(v, key=lambda r: r.cpu_seconds["total"])[(len(v) - 1) // 2] for k, v in reps.items()}
     return {k: min(v, key=lambda r: r.seconds["total"]) for k, v in reps.items()}
+
+
+def full_prepass(fn):
+    """``fn`` run with the mass-only pre-pass through whole blocks (``record_pass_mass``'s
+    ``stop_at_mass=False``: the former pre-pass, same masses)."""
+    def wrapped():
+        plain = cal.record_pass_mass
+        cal.record_pass_mass = lambda *a, **kw: plain(*a, **{**kw, "stop_at_mass": False})
+        try:
+            return fn()
+        finally:
+            cal.record_pass_mass = plain
+    return wrapped
+
+
+def paired(reps: dict, a: str, b: str) -> float:
+    """Median over the interleaved repeats of a's process-CPU total / b's (same load per pair)."""
+    return statistics.median(x.cpu_seconds["total"] / y.cpu_seconds["total"] for x, y in zip(reps[a], reps[b]))
+
+
+def recorded_forward_cpu(calib: cal.Calibration, repeats: int, **kw) -> float:
+    """Median process-CPU seconds of recording the attention mass (``record_pass_mass``, ``kw``
+    passed on) of every batch of the CLEAN windows once, on the dense model: the pre-pass over
+    n_t noised passes per window costs n_t times this at the least (same shapes, n_t x the rows)."""
+    model = make_model()
+    fwd = lambda ids: ADAPTER.logits(model, ids)  # noqa: E731
+    blocks = ADAPTER.blocks(model)
+    times = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for j in range(0, calib.windows.shape[0], calib.windows_per_batch):
+            cal.record_pass_mass(model, blocks, calib.windows[j:j + calib.windows_per_batch], forward=fwd, **kw)
+        times.append(time.process_time() - c0)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,6 +113,12 @@ def main() -> None:
     ap.add_argument("--windows-per-batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--only", choices=["all", "sparsegpt"], default="all",
+                    help="sparsegpt: only [2] (uniform and sink-aware SparseGPT) and the pre-pass lower bound")
+    ap.add_argument("--full-prepass-too", action="store_true",
+                    help="also sink SparseGPT with the former pre-pass (through whole blocks), interleaved")
+    ap.add_argument("--stat", choices=["min", "median"], default="min",
+                    help="which repeat's report: fastest wall total, or median CPU total")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,29 +135,63 @@ def main() -> None:
     def run(**kw):
         return lambda: prune_model(make_model(), ADAPTER, spec(**kw), calib)
 
-    r = best_of({"uni": run(force_one_shot=True), "sink": run(weighting="sink"), "seq": run(),
-                 "sg": run(method="sparsegpt"), "sgs": run(method="sparsegpt", weighting="sink")}, args.repeats)
-    uni, sink, seq, sg, sgs = r["uni"], r["sink"], r["seq"], r["sg"], r["sgs"]
+    fns = {"sg": run(method="sparsegpt"), "sgs": run(method="sparsegpt", weighting="sink")}
+    if args.full_prepass_too:
+        fns["sgs_full"] = full_prepass(run(method="sparsegpt", weighting="sink"))
+    if args.only == "all":
+        fns = {"uni": run(force_one_shot=True), "sink": run(weighting="sink"), "seq": run(), **fns}
+    reps: dict = {}
+    r = best_of(fns, args.repeats, args.stat, reps)
+    print(f"reports: {args.stat} of {args.repeats} repeats")
+
     def ratio(a, b, key_a, key_b=None):
         key_b = key_b or key_a
         return (f"cpu {a.cpu_seconds[key_a]:.2f}s / {b.cpu_seconds[key_b]:.2f}s = "
                 f"{a.cpu_seconds[key_a] / b.cpu_seconds[key_b]:.3f}x, wall {a.seconds[key_a]:.2f}s / "
                 f"{b.seconds[key_b]:.2f}s = {a.seconds[key_a] / b.seconds[key_b]:.3f}x")
 
-    print(f"[1] one-shot Wanda over the same {uni.n_passes} noised passes, sink-aware / uniform:")
-    print(f"    calibration: {ratio(sink, uni, 'calibration')}  (goal <= 1.15x; two-forward design: 2x)")
-    print(f"    total:       {ratio(sink, uni, 'total')}")
-    print(f"    sink one-shot / uniform sequential, total: {ratio(sink, seq, 'total')}")
+    if args.only == "all":
+        uni, sink, seq = r["uni"], r["sink"], r["seq"]
+        print(f"[1] one-shot Wanda over the same {uni.n_passes} noised passes, sink-aware / uniform:")
+        print(f"    calibration: {ratio(sink, uni, 'calibration')}  (goal <= 1.15x; two-forward design: 2x)")
+        print(f"    total:       {ratio(sink, uni, 'total')}")
+        print(f"    sink one-shot / uniform sequential, total: {ratio(sink, seq, 'total')}")
+    sg, sgs = r["sg"], r["sgs"]
     print("[2] SparseGPT (clean windows, sequential), prune / calibration forward:")
     print(f"    uniform:     {ratio(sg, sg, 'prune', 'calibration')}  (goal <= 2x)")
     print(f"    sink-aware:  {ratio(sgs, sgs, 'prune', 'calibration')}; its mass pre-pass "
           f"{sgs.cpu_seconds.get('mass_prepass', 0.0):.2f}s cpu, total {sgs.cpu_seconds['total']:.2f}s cpu")
-    for name, rep in [("uniform Wanda one-shot", uni), ("sink Wanda one-shot", sink),
-                      ("uniform Wanda sequential", seq), ("SparseGPT", sg), ("sink SparseGPT", sgs)]:
+    print(f"    sink-aware / uniform, total: {ratio(sgs, sg, 'total')}  (goal <= 1.5x)")
+    print(f"    median over the {args.repeats} interleaved repeats of sink-aware / uniform, cpu total: "
+          f"{paired(reps, 'sgs', 'sg'):.3f}x")
+    if args.full_prepass_too:
+        full = r["sgs_full"]
+        print(f"    pre-pass through whole blocks (stop_at_mass=False): {full.cpu_seconds['mass_prepass']:.2f}s "
+              f"cpu, total {full.cpu_seconds['total']:.2f}s cpu; / uniform, total: {ratio(full, sg, 'total')}")
+        pre = statistics.median(x.cpu_seconds["mass_prepass"] / y.cpu_seconds["mass_prepass"]
+                                for x, y in zip(reps["sgs"], reps["sgs_full"]))
+        print(f"    median over the repeats of the pre-pass's cpu, stopped at the last mass / through whole blocks: "
+              f"{pre:.3f}x; sink-aware / uniform, cpu total: {paired(reps, 'sgs_full', 'sg'):.3f}x before, "
+              f"{paired(reps, 'sgs', 'sg'):.3f}x now")
+    # lower bound of this design: the pre-pass records the dense model's mass over n_t noised passes
+    # per window, each at least one recorded forward of a clean window's shape through the blocks
+    n_t = len(spec().t_grid)
+    kinds = {"through every block": {}}
+    if "stop_at_mass" in inspect.signature(cal.record_pass_mass).parameters:
+        kinds = {"through every block": {"stop_at_mass": False}, "stopped at the last mass": {"stop_at_mass": True}}
+    for what, kw in kinds.items():
+        one = recorded_forward_cpu(calib, args.repeats, **kw)
+        uni_total = sg.cpu_seconds["total"]
+        print(f"    lower bound ({what}): one recorded forward of the clean windows {one:.3f}s cpu; "
+              f"(uniform {uni_total:.2f}s + {n_t} x {one:.3f}s) / uniform = "
+              f"{(uni_total + n_t * one) / uni_total:.3f}x")
+    for name in [k for k in ("uni", "sink", "seq", "sg", "sgs") if k in r]:
+        rep = r[name]
+        label = {"uni": "uniform Wanda one-shot", "sink": "sink Wanda one-shot", "seq": "uniform Wanda sequential",
+                 "sg": "SparseGPT", "sgs": "sink SparseGPT"}[name]
         d = rep.memory["peak_delta_bytes"]
-        print(f"[3] peak memory {name}: +{d / 2**20:.1f} MiB over baseline "
+        print(f"[3] peak memory {label}: +{d / 2**20:.1f} MiB over baseline "
               f"({d / model_bytes:.2f}x model size; {rep.memory['kind']})")
-
 
 if __name__ == "__main__":
     main()

@@ -4,14 +4,17 @@
 module attribute: transformers' sdpa attention, LLaDA's and Dream's remote code and TinyLM all look
 it up at call time) by a wrapper that
 
-1. calls the original SDPA with the exact arguments it was given and returns its output unchanged
-   (so logits are bit-identical with and without the recorder), then
-2. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
+1. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
    queries at a time (no T x T map per head is ever held), and accumulates the key mass
-   m_k = sum_h sum_q A[h, q, k] of that call. The scores and probabilities of every chunk are
-   written into two buffers that live as long as the recorder (same kernels, same values bit for
-   bit; fresh tensors per chunk cost the CPU two large allocations each: at T = 512 on tiny-dlm's
-   shape the recorder went from about 1.30-1.37x to 1.15-1.23x a plain forward).
+   m_k = sum_h sum_q A[h, q, k] of that call (optionally ``after_call(record)`` then runs and may
+   raise, to end the forward before this call's attention output is computed), then
+2. calls the original SDPA with the exact arguments it was given and returns its output unchanged
+   (so logits are bit-identical with and without the recorder).
+
+The scores and probabilities of every chunk are written into two buffers that live as long as the
+recorder (same kernels, same values bit for bit; fresh tensors per chunk cost the CPU two large
+allocations each: at T = 512 on tiny-dlm's shape the recorder went from about 1.30-1.37x to
+1.15-1.23x a plain forward).
 
 Semantics mirrored from torch's SDPA reference implementation:
 - ``attn_mask`` bool (True = attend) or additive float, broadcastable to (B, H, T_q, T_k);
@@ -246,20 +249,14 @@ def _key_mass(query, key, attn_mask, is_causal, scale, chunk_size, per_head: boo
         return total, heads, nq
 
 
-def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
+def _make_wrapper(original: Callable, record: MassRecord,
+                  after_call: Callable[[MassRecord], None] | None = None) -> Callable:
     work = _Workspace()  # lives as long as the recorder
 
     def scaled_dot_product_attention(
         query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
         enable_gqa=False, **kwargs,
     ):
-        extra = dict(kwargs)
-        if enable_gqa:
-            extra["enable_gqa"] = True
-        out = original(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-            scale=scale, **extra,
-        )
         total, heads, nq = _key_mass(query, key, attn_mask, bool(is_causal), scale, record.chunk_size,
                                      per_head=record.per_head, work=work)
         record.per_call.append(total)
@@ -267,16 +264,30 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
             bos, top = head_shares(heads, nq)
             record.bos_per_call.append(bos)
             record.top_per_call.append(top)
-        return out
+        if after_call is not None:
+            after_call(record)  # may raise: then this call's attention output is never computed
+        extra = dict(kwargs)
+        if enable_gqa:
+            extra["enable_gqa"] = True
+        return original(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+            scale=scale, **extra,
+        )
 
     scaled_dot_product_attention.__wrapped__ = original  # type: ignore[attr-defined]
     return scaled_dot_product_attention
 
 
 @contextlib.contextmanager
-def record_mass(chunk_size: int = CHUNK_SIZE, per_head: bool = False) -> Iterator[MassRecord]:
+def record_mass(
+    chunk_size: int = CHUNK_SIZE, per_head: bool = False,
+    after_call: Callable[[MassRecord], None] | None = None,
+) -> Iterator[MassRecord]:
     """Record per-call attention key mass while the context is open; ``per_head``: also each
-    head's BOS and top share per call (module docstring).
+    head's BOS and top share per call (module docstring). ``after_call(record)`` runs after each
+    call's mass is recorded and before its attention output is computed; an exception it raises
+    propagates out of the model's forward (the record keeps what was recorded), e.g. to end a
+    forward once the last needed layer's mass is in (srclib.pruning.calibration.record_pass_mass).
 
     >>> with record_mass() as rec:          # doctest: +SKIP
     ...     model(ids)
@@ -286,7 +297,7 @@ def record_mass(chunk_size: int = CHUNK_SIZE, per_head: bool = False) -> Iterato
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     record = MassRecord(chunk_size=chunk_size, per_head=bool(per_head))
     original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _make_wrapper(original, record)
+    F.scaled_dot_product_attention = _make_wrapper(original, record, after_call)
     try:
         yield record
     finally:

@@ -321,6 +321,36 @@ def test_restores_on_exit_and_exception_and_nests():
     assert torch.nn.functional.scaled_dot_product_attention is original
 
 
+def test_after_call_runs_after_the_mass_and_can_skip_the_output():
+    """after_call sees each call's mass already recorded; if it raises, the original SDPA is never
+    called for that call; if not, the output is the original's, bit for bit."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    seen, calls = [], []
+    original = F.scaled_dot_product_attention
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return original(*a, **kw)
+
+    F.scaled_dot_product_attention = counting
+    try:
+        with record_mass(after_call=lambda rec: seen.append(rec.calls)) as rec:
+            out = F.scaled_dot_product_attention(q, k, v)
+        assert torch.equal(out, expected) and seen == [1] and calls == [1]
+
+        def stop(rec):
+            raise KeyError("stop")
+
+        with pytest.raises(KeyError), record_mass(after_call=stop) as rec2:
+            F.scaled_dot_product_attention(q, k, v)
+        assert calls == [1] and rec2.calls == 1  # recorded, output never computed
+        assert torch.equal(rec2.mass, rec.mass) and torch.equal(rec.mass[0], key_mass(q, k))
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def test_mass_errors_are_clear():
     with record_mass() as rec:
         pass

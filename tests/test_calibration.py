@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from srclib.attention import record_mass
 from srclib.pruning import calibration as cal
+from srclib.models import MODELS
 from srclib.models.base import Adapter
 from srclib.models.tiny import TinyLM, test_config
 
@@ -191,3 +193,65 @@ def test_one_shot_online_weights_come_from_the_same_forward():
     for (x, w), m, b in zip(fed, masses, batches):
         assert torch.equal(w, torch.sigmoid(m.sum(0)))
         assert m.shape == (2, b.ids.shape[0], 16) and x.shape == (b.ids.shape[0], 16, 64)
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_causal", "llama"])
+def test_record_pass_mass_stops_once_the_last_mass_is_in(which, monkeypatch):
+    """The mass-only forward ends right after the last block's attention mass is recorded: the
+    mass is bit-identical to a full forward's, and the last block's attention output, output
+    projection and MLP never run (nor anything after the blocks)."""
+    model = _llama() if which == "llama" else _tiny(causal=which == "tiny_causal")
+    adapter = _adapter("llama" if which == "llama" else "tiny")
+    blocks = adapter.blocks(model)
+    last = blocks[-1]
+    mlp, out_proj = (last.mlp, last.self_attn.o_proj) if which == "llama" else (last.ff_out, last.attn_out)
+    ids = torch.randint(3, 60, (3, 13))
+    sdpa_calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*a, **k):
+        sdpa_calls.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    ran = {"mlp": 0, "o": 0, "norm": 0}
+    norm = model.model.norm if which == "llama" else model.model.transformer.ln_f
+    handles = [mlp.register_forward_hook(lambda *a: ran.__setitem__("mlp", ran["mlp"] + 1)),
+               out_proj.register_forward_hook(lambda *a: ran.__setitem__("o", ran["o"] + 1)),
+               norm.register_forward_hook(lambda *a: ran.__setitem__("norm", ran["norm"] + 1))]
+    fwd = lambda x: adapter.logits(model, x)  # noqa: E731
+    try:
+        full = cal.record_pass_mass(model, blocks, ids, forward=fwd, stop_at_mass=False)
+        assert ran == {"mlp": 1, "o": 1, "norm": 0} and len(sdpa_calls) == len(blocks)
+        sdpa_calls.clear()
+        ran.update(mlp=0, o=0)
+        short = cal.record_pass_mass(model, blocks, ids, forward=fwd)
+        assert ran == {"mlp": 0, "o": 0, "norm": 0} and len(sdpa_calls) == len(blocks) - 1
+        with torch.no_grad(), record_mass() as rec:  # the whole model, LM head included
+            model(input_ids=ids, use_cache=False)
+        assert ran == {"mlp": 1, "o": 1, "norm": 1}  # no stop hook is left behind
+    finally:
+        for h in handles:
+            h.remove()
+    assert short.shape == (len(blocks), 3, 13)
+    assert torch.equal(short, full) and torch.equal(short, rec.mass)
+
+
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_record_pass_mass_stopped_equals_full_for_every_adapter_standin(key):
+    """Every built-in adapter's stand-in (TinyLM, Llama, LLaDA's and Dream's layouts, through the
+    adapter's own forward: e.g. Dream's 4-D mask): the stopped mass equals the whole-block one."""
+    adapter = MODELS[key]
+    model = adapter.standin()
+    blocks = adapter.blocks(model)
+    ids = torch.randint(3, 60, (2, 9))
+    fwd = lambda x: adapter.logits(model, x)  # noqa: E731
+    ran = []
+    h = blocks[-1].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        full = cal.record_pass_mass(model, blocks, ids, forward=fwd, stop_at_mass=False)
+        short = cal.record_pass_mass(model, blocks, ids, forward=fwd)
+    finally:
+        h.remove()
+    assert ran == [1]  # the whole last block ran only in the first
+    assert short.shape == (len(blocks), 2, 9) and torch.equal(short, full)

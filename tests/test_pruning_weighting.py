@@ -113,6 +113,32 @@ def test_unit_weights_bit_identical_to_uniform(monkeypatch, kw, weighting):
         assert torch.equal(pa, pb)
 
 
+def test_sink_sparsegpt_prepass_stopped_at_the_last_mass_is_bit_identical(monkeypatch):
+    """The mass-only pre-pass ends at the last block's mass (record_pass_mass's default): the same
+    masses, hence the same token weights, masks and pruned weights as a pre-pass through whole blocks."""
+    plain = cal.record_pass_mass
+    runs: dict[bool, dict] = {}
+    for stop in (True, False):
+        masses = []
+
+        def recorded(*a, _stop=stop, _masses=masses, **kw):
+            kw["stop_at_mass"] = _stop
+            m = plain(*a, **kw)
+            _masses.append(m)
+            return m
+
+        monkeypatch.setattr(cal, "record_pass_mass", recorded)
+        model = _model()
+        rep = prune_model(model, ADAPTER, spec(method="sparsegpt", weighting="sink"), _calib())
+        runs[stop] = {"masses": masses, "masks": rep.masks, "params": list(model.parameters())}
+    a, b = runs[True], runs[False]
+    assert len(a["masses"]) == len(b["masses"]) == 2  # one per batch of 2 windows x 3 t
+    assert all(torch.equal(x, y) for x, y in zip(a["masses"], b["masses"]))
+    assert a["masks"].keys() == b["masks"].keys()
+    assert all(torch.equal(a["masks"][k], b["masks"][k]) for k in a["masks"])
+    assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
+
+
 def test_accumulations_differ_with_unit_weights():
     """The honest converse: per-pass-sum and total-norm statistics are different estimators."""
     a, b = _model(), _model()

@@ -22,6 +22,9 @@
     run the block on every stored batch (statistics), call ``finish_block`` (prune), re-run the
     pruned block to produce block i+1's inputs. If the weights need the mass, the catching
     forward runs through all blocks under the recorder (still one forward per pass).
+  - ``record_pass_mass`` (the mass-only pre-pass): the forward ends as soon as the last block's
+    attention mass is recorded (``StopForward`` from the recorder's ``after_call``), before that
+    attention call's output, the block's output projection and its MLP; same mass bit for bit.
 """
 
 from __future__ import annotations
@@ -258,12 +261,33 @@ def _stop_after(module: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _recording(enabled: bool, chunk_size: int) -> Iterator[Any]:
+def _recording(enabled: bool, chunk_size: int, stop_in: nn.Module | None = None) -> Iterator[Any]:
+    """The attention-mass recorder (or None when not ``enabled``). ``stop_in`` (the last block):
+    end the forward with StopForward as soon as an attention call inside it has been recorded,
+    before that call's attention output (and so the block's output projection, its MLP and
+    everything after) is computed. Assumes one attention call per block, as every adapter has."""
     if not enabled:
         yield None
         return
-    with record_mass(chunk_size=chunk_size) as rec:
-        yield rec
+    if stop_in is None:
+        with record_mass(chunk_size=chunk_size) as rec:
+            yield rec
+        return
+    inside: list[bool] = []
+
+    def enter(mod, args):
+        inside.append(True)
+
+    def after_call(rec) -> None:
+        if inside:
+            raise StopForward
+
+    handle = stop_in.register_forward_pre_hook(enter)
+    try:
+        with record_mass(chunk_size=chunk_size, after_call=after_call) as rec:
+            yield rec
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
@@ -336,10 +360,15 @@ def run_one_shot(
 
 def record_pass_mass(
     model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = CHUNK_SIZE,
-    forward: Forward | None = None
+    forward: Forward | None = None, stop_at_mass: bool = True,
 ) -> torch.Tensor:
-    """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head)."""
-    with _eval(model), _stop_after(blocks[-1]), _recording(True, chunk_size) as rec:
+    """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head).
+
+    stop_at_mass: the forward ends as soon as the last block's attention mass is recorded (its
+    attention output, output projection and MLP are never computed; the mass is bit-identical);
+    False: it ends after the whole last block."""
+    with (_eval(model), _stop_after(blocks[-1]),
+          _recording(True, chunk_size, stop_in=blocks[-1] if stop_at_mass else None) as rec):
         _forward(model, ids.to(devices.of(model)), forward)
     return rec.mass
 
