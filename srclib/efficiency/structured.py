@@ -147,40 +147,13 @@ def structured_report(
     Raises RuntimeError when the compact logits are not finite.
     """
     shapes = [(int(b), int(t)) for b, t in cfg.token_shapes]
-    repeats, warmup, threads, clock, memory_dtype = cfg.repeats, cfg.warmup, cfg.threads, cfg.clock, cfg.memory_dtype
-    item = torch.tensor([], dtype=storage_dtype(memory_dtype)).element_size()
-    device = _measurement_device(compact, clock, device)
+    device = _measurement_device(compact, cfg.clock, device)
     vocab = _checked_same_family(compact, dense, adapter)
-    timer = CLOCKS[clock]
     compact = compact.to(device).eval()
     dense = dense.to(device).eval()
 
-    with _num_threads(threads):
-        lin_c, lin_d = block_linear_params(compact, adapter), block_linear_params(dense, adapter)
-        total_c = sum(p.numel() for p in compact.parameters())
-        total_d = sum(p.numel() for p in dense.parameters())
-        report: dict[str, Any] = {
-            "kind": "structured",
-            "env": environment(device),
-            "settings": {
-                "token_shapes": [list(s) for s in shapes], "repeats": repeats, "warmup": warmup,
-                "memory_dtype": memory_dtype, "formats": ["compact"], "seed": seed, "clock": clock,
-                "model_dtype": str(next(compact.parameters()).dtype).replace("torch.", ""),
-            },
-            "model": _model_counts(adapter, lin_c, lin_d, total_c, total_d),
-            "blocks": {"compact": block_shapes(compact, adapter), "dense": block_shapes(dense, adapter)},
-            "flops": {},
-            "memory": {
-                "dtype": memory_dtype,
-                "dense_bytes": lin_d * item,
-                "compact_bytes": lin_c * item,
-                "ratio": lin_c / lin_d,
-                "dense_model_bytes": _param_bytes(dense, item),
-                "compact_model_bytes": _param_bytes(compact, item),
-                "model_ratio": total_c / total_d,
-            },
-            "latency": {},
-        }
+    with _num_threads(cfg.threads):
+        report = _static_report(compact, dense, adapter, cfg, shapes, device, seed)
         gen = torch.Generator().manual_seed(seed)
         sync = _synchronizer(device)
         for b, t in tqdm(shapes, desc="efficiency (structured): token shapes", disable=None):
@@ -189,15 +162,54 @@ def structured_report(
             report["flops"][key] = {"dense": f_d["total"], "pruned": f_c["total"],
                                     "ratio": f_c["total"] / f_d["total"], "dense_parts": f_d, "pruned_parts": f_c}
             ids = torch.randint(0, vocab, (b, t), generator=gen).to(device)  # (B, T)
-            _check_finite_logits(compact, adapter, ids, key)
-            step = {"dense": lambda: adapter.logits(dense, ids), "compact": lambda: adapter.logits(compact, ids)}
-            times = _time_interleaved(step, repeats, warmup, sync, timer)
-            entry = _latency_entry(times, b, t, ideal=f_d["total"] / f_c["total"])
-            report["latency"][key] = entry
-            log.info("efficiency (structured) %s %s: speedup x%.2f measured, x%.2f ideal",
-                     adapter.key, key, entry["speedup"]["measured"], entry["speedup"]["ideal"])
+            report["latency"][key] = _timed_shape(compact, dense, adapter, cfg, ids, key, sync,
+                                                  ideal=f_d["total"] / f_c["total"])
         report["env"]["loadavg_1m_after"] = environment(device)["loadavg_1m"]
     return report
+
+
+def _static_report(compact: nn.Module, dense: nn.Module, adapter: Adapter, cfg: EfficiencyParams,
+                   shapes: list[tuple[int, int]], device, seed: int) -> dict[str, Any]:
+    """The report's parts that need no timing: environment, settings, parameter counts, block shapes
+    and weight memory; ``flops`` and ``latency`` empty, filled per token shape."""
+    item = torch.tensor([], dtype=storage_dtype(cfg.memory_dtype)).element_size()
+    lin_c, lin_d = block_linear_params(compact, adapter), block_linear_params(dense, adapter)
+    total_c = sum(p.numel() for p in compact.parameters())
+    total_d = sum(p.numel() for p in dense.parameters())
+    return {
+        "kind": "structured",
+        "env": environment(device),
+        "settings": {
+            "token_shapes": [list(s) for s in shapes], "repeats": cfg.repeats, "warmup": cfg.warmup,
+            "memory_dtype": cfg.memory_dtype, "formats": ["compact"], "seed": seed, "clock": cfg.clock,
+            "model_dtype": str(next(compact.parameters()).dtype).replace("torch.", ""),
+        },
+        "model": _model_counts(adapter, lin_c, lin_d, total_c, total_d),
+        "blocks": {"compact": block_shapes(compact, adapter), "dense": block_shapes(dense, adapter)},
+        "flops": {},
+        "memory": {
+            "dtype": cfg.memory_dtype,
+            "dense_bytes": lin_d * item,
+            "compact_bytes": lin_c * item,
+            "ratio": lin_c / lin_d,
+            "dense_model_bytes": _param_bytes(dense, item),
+            "compact_model_bytes": _param_bytes(compact, item),
+            "model_ratio": total_c / total_d,
+        },
+        "latency": {},
+    }
+
+
+def _timed_shape(compact: nn.Module, dense: nn.Module, adapter: Adapter, cfg: EfficiencyParams, ids: torch.Tensor,
+                 key: str, sync, ideal: float) -> dict[str, Any]:
+    """Dense and compact step times on ``ids``, interleaved, with the measured and ideal speedups."""
+    _check_finite_logits(compact, adapter, ids, key)
+    step = {"dense": lambda: adapter.logits(dense, ids), "compact": lambda: adapter.logits(compact, ids)}
+    times = _time_interleaved(step, cfg.repeats, cfg.warmup, sync, CLOCKS[cfg.clock])
+    entry = _latency_entry(times, *ids.shape, ideal=ideal)
+    log.info("efficiency (structured) %s %s: speedup x%.2f measured, x%.2f ideal",
+             adapter.key, key, entry["speedup"]["measured"], entry["speedup"]["ideal"])
+    return entry
 
 
 def _checked_same_family(compact: nn.Module, dense: nn.Module, adapter: Adapter) -> int:

@@ -162,19 +162,18 @@ def efficiency_report(
     Returns a JSON-serialisable dict (see the module docstring).
     """
     shapes = [(int(b), int(t)) for b, t in cfg.token_shapes]
-    repeats, warmup, threads, clock, memory_dtype = cfg.repeats, cfg.warmup, cfg.threads, cfg.clock, cfg.memory_dtype
-    mem_dtype, device = _checked_settings(model, formats, memory_dtype, clock, device)
-    timer = CLOCKS[clock]
+    mem_dtype, device = _checked_settings(model, formats, cfg.memory_dtype, cfg.clock, device)
     model = model.to(device).eval()
 
-    with _num_threads(threads):
+    with _num_threads(cfg.threads):
         stats = layer_stats(model, adapter)
         report: dict[str, Any] = {
             "env": environment(device),
             "settings": {
-                "token_shapes": [list(s) for s in shapes], "repeats": repeats, "warmup": warmup,
-                "memory_dtype": memory_dtype, "formats": list(formats), "atol": atol, "rtol": rtol,
-                "seed": seed, "clock": clock, "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "token_shapes": [list(s) for s in shapes], "repeats": cfg.repeats, "warmup": cfg.warmup,
+                "memory_dtype": cfg.memory_dtype, "formats": list(formats), "atol": atol, "rtol": rtol,
+                "seed": seed, "clock": cfg.clock,
+                "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             },
             "model": _model_counts(model, adapter, stats),
             "layers": [asdict(s) for s in stats],
@@ -187,23 +186,34 @@ def efficiency_report(
         vocab = emb.num_embeddings if emb is not None else int(model.config.vocab_size)
         gen = torch.Generator().manual_seed(seed)
         timing: _Timing = functools.partial(
-            _time_interleaved, repeats=repeats, warmup=warmup, sync=_synchronizer(device), clock=timer)
+            _time_interleaved, repeats=cfg.repeats, warmup=cfg.warmup, sync=_synchronizer(device),
+            clock=CLOCKS[cfg.clock])
         dense_lins = prunable_linears(model, adapter)
         sparse_lins = {fmt: _swapped_layers(m, adapter, dense_lins) for fmt, m in sparse_models.items()}
         for b, t in tqdm(shapes, desc="efficiency: token shapes", disable=None):
             ids = torch.randint(0, vocab, (b, t), generator=gen).to(device)  # (B, T)
-            entry: dict[str, Any] = {"batch": b, "tokens": t}
-            entry.update(_sparse_logits_diffs(model, sparse_models, adapter, ids, atol, rtol))
-            entry["step"], step_times = _step_latency(model, sparse_models, adapter, ids, timing)
-            # the prunable linears alone, on inputs of the right width
-            xs = {name: torch.randn(b * t, lin.in_features, generator=gen).to(device, lin.weight.dtype)
-                  for name, lin in dense_lins.items()}  # (N, C_in) each
-            entry["linears"] = _linears_latency(dense_lins, sparse_lins, xs, timing, step_times["dense"])
+            entry = _shape_entry(model, sparse_models, adapter, ids, dense_lins, sparse_lins, timing, gen,
+                                 atol, rtol)
             report["latency"][shape_key(b, t)] = entry
             log.info("efficiency %s %dx%d: %s", adapter.key, b, t,
                      {f: round(entry["step"][f"{f}_over_dense"]["ratio_of_medians"], 3) for f in formats})
         report["env"]["loadavg_1m_after"] = environment(device)["loadavg_1m"]
     return report
+
+
+def _shape_entry(model, sparse_models, adapter, ids: torch.Tensor, dense_lins, sparse_lins, timing: _Timing,
+                 gen: torch.Generator, atol: float, rtol: float) -> dict[str, Any]:
+    """latency[shape]: sparse-vs-dense logits check, whole-step times, and the prunable linears
+    alone on random inputs of their width (drawn from ``gen`` after the ids)."""
+    b, t = (int(n) for n in ids.shape)
+    device = ids.device
+    entry: dict[str, Any] = {"batch": b, "tokens": t}
+    entry.update(_sparse_logits_diffs(model, sparse_models, adapter, ids, atol, rtol))
+    entry["step"], step_times = _step_latency(model, sparse_models, adapter, ids, timing)
+    xs = {name: torch.randn(b * t, lin.in_features, generator=gen).to(device, lin.weight.dtype)
+          for name, lin in dense_lins.items()}  # (N, C_in) each
+    entry["linears"] = _linears_latency(dense_lins, sparse_lins, xs, timing, step_times["dense"])
+    return entry
 
 
 def _checked_settings(
