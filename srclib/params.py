@@ -552,6 +552,7 @@ class EvaluateParams:
     seed: int = _seed()
     dense: list[str] = _c()
     ppl: PplParams = _c()
+    sampler: SamplerParams = _c()  # generation tasks' DLM sampler; cfg_scale is replaced by each task's cfg
     tasks: dict[str, TaskSettings] = _c(min_len=1, key_choices=(
         "arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa", "sciq",
         "mmlu", "gsm8k", "continuation",
@@ -559,7 +560,7 @@ class EvaluateParams:
 
     # the settings one evaluation reads (dvc.yaml's evaluate stages list exactly these; ``dense``
     # only chooses which models are evaluated): what an evaluate metrics file records
-    READ_BY_AN_EVALUATION = ("batch_size", "seed", "ppl", "tasks")
+    READ_BY_AN_EVALUATION = ("batch_size", "seed", "ppl", "sampler", "tasks")
 
     def read_by_an_evaluation(self) -> dict[str, Any]:
         """The settings of ``READ_BY_AN_EVALUATION`` as plain JSON-able values (as_dict)."""

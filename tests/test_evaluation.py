@@ -15,7 +15,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 
-from srclib import likelihood, paths
+from srclib import likelihood, params, paths
 from srclib.evaluation import common, harness, perplexity
 from srclib.evaluation import tasks as T
 from srclib.evaluation.lm import DiffusionLM
@@ -383,8 +383,10 @@ def _walk_keys(obj):
             yield from _walk_keys(v)
 
 
-def _params(tasks, ppl):
-    return EvaluateParams(batch_size=8, seed=0, dense=["tiny-dlm"], ppl=ppl, tasks=tasks)
+def _params(tasks, ppl, sampler=None):
+    """evaluate params; ``sampler`` the study's (params.yaml) unless given."""
+    sampler = params.load().evaluate.sampler if sampler is None else sampler
+    return EvaluateParams(batch_size=8, seed=0, dense=["tiny-dlm"], ppl=ppl, sampler=sampler, tasks=tasks)
 
 
 def _root(tmp_path, with_tasks=False):
@@ -462,9 +464,8 @@ def test_item_values_orders_by_doc_and_checks_duplicates():
 
 @needs_data
 def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
-    monkeypatch.setattr(stage, "SAMPLER", SMALL_SAMPLER)
     root = _root(tmp_path, with_tasks=True)
-    cfg = _params({"arc_easy": _task(2, mc_num=2, cfg=0.5), "gsm8k": _task(1)}, None)
+    cfg = _params({"arc_easy": _task(2, mc_num=2, cfg=0.5), "gsm8k": _task(1)}, None, SMALL_SAMPLER)
     r = stage.evaluate_source(cfg, "t", ckpts["tiny-dlm"], CPU, root=root)
     m = json.loads(paths.eval_metrics("t", root).read_text())
     assert set(m["tasks"]) == {"arc_easy", "gsm8k"} and m["ppl"] is None
@@ -491,10 +492,9 @@ def test_run_evaluate_dlm_on_local_tasks(ckpts, tmp_path, monkeypatch):
 @pytest.mark.parametrize("key", ["tiny-dlm", "tiny-ar"])
 def test_run_evaluate_with_tasks_is_byte_identical(ckpts, tmp_path, key, monkeypatch):
     monkeypatch.setattr(stage, "git_commit", lambda root: "0" * 40)  # other commits may land meanwhile
-    monkeypatch.setattr(stage, "SAMPLER", SMALL_SAMPLER)
     root = _root(tmp_path, with_tasks=True)
     cfg = _params({"arc_easy": _task(3, mc_num=2, cfg=0.5), "gsm8k": _task(1)},
-                  PplParams(n_windows=2, mc_num=2, seq_len=16))
+                  PplParams(n_windows=2, mc_num=2, seq_len=16), SMALL_SAMPLER)
     stage.evaluate_source(cfg, f"t-{key}", ckpts[key], CPU, root=root)
     a = paths.eval_metrics(f"t-{key}", root).read_bytes()
     stage.evaluate_source(cfg, f"t-{key}", ckpts[key], CPU, root=root)

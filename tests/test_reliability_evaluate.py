@@ -26,7 +26,7 @@ from lm_eval.api.instance import Instance
 
 import srclib.data.manifest as manifest
 import srclib.evaluation.__main__ as cli
-from srclib import paths
+from srclib import params, paths
 from srclib.data.errors import DataError
 from srclib.evaluation import common, lm, perplexity
 from srclib.evaluation import tasks as T
@@ -92,7 +92,8 @@ def _root(tmp_path: Path) -> Path:
 
 
 def _cfg(tasks=None, ppl=PPL) -> EvaluateParams:
-    return EvaluateParams(batch_size=4, seed=0, dense=["tiny-dlm"], ppl=ppl, tasks=tasks or {})
+    return EvaluateParams(batch_size=4, seed=0, dense=["tiny-dlm"], ppl=ppl, sampler=params.load().evaluate.sampler,
+                          tasks=tasks or {})
 
 
 def _nothing_written(root: Path, instance: str) -> None:

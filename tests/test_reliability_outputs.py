@@ -109,7 +109,7 @@ def raw():
 
 
 def _evaluate_doc(raw, instance):
-    ev = {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "tasks")}
+    ev = {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "sampler", "tasks")}
     inst = raw["prune"]["instances"].get(instance)
     model = inst["model"] if inst else instance
     return {"tasks": {}, "provenance": {"params": {"evaluate": ev, f"models.{model}": raw["models"][model]}}}
@@ -198,7 +198,7 @@ def test_an_evaluation_records_what_the_freshness_check_compares(raw, tmp_path):
     write_marker(folder, key=model, pruned=P.prune.spec(name).to_dict(), instance=name)
     rec = json.loads(json.dumps(_params_record(P.evaluate, model, P.models[model], folder)))
     assert rec == json.loads(json.dumps(freshness.evaluate_sections(P, name)))
-    assert rec["evaluate"] == {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "tasks")}
+    assert rec["evaluate"] == {k: raw["evaluate"][k] for k in ("batch_size", "seed", "ppl", "sampler", "tasks")}
     io.write_json(paths.eval_metrics(name, tmp_path), {"tasks": {}, "provenance": {"params": rec}})
     assert freshness.stale_inputs(P, tmp_path) == []
 

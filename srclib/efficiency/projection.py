@@ -322,9 +322,8 @@ def evaluate_job(P: Any, name: str, model_key: str, gpu: GPU, deps: Iterable[str
     full-budget estimator; the perplexity and generation are not affected)."""
     if not 0 < mc_rows_fraction <= 1:
         raise ValueError(f"mc_rows_fraction must be in (0, 1], got {mc_rows_fraction!r}")
-    from srclib.evaluation.common import SAMPLER  # generation settings of the evaluation
-
     E = P.evaluate
+    sampler = E.sampler  # generation settings of the evaluation
     shape = PAPER_SHAPES[MODEL_KEYS[model_key]]
     bf16 = 0.0
     per_task: dict[str, float] = {}
@@ -333,8 +332,8 @@ def evaluate_job(P: Any, name: str, model_key: str, gpu: GPU, deps: Iterable[str
         tc = tasks[task]
         mult = 2 if ts.cfg > 0 else 1
         if tc.generate:
-            T = tc.tokens + SAMPLER.gen_length
-            f = tc.items * SAMPLER.steps * mult * forward_flops(shape, T)
+            T = tc.tokens + sampler.gen_length
+            f = tc.items * sampler.steps * mult * forward_flops(shape, T)
             peak = max(peak, _forward_peak(shape, E.batch_size * mult, T, True))
         else:
             frac = mc_rows_fraction if ts.mc_num > 1 and tc.choices > 1 else 1.0

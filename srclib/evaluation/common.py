@@ -6,6 +6,7 @@ pruned folder's masks)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -17,7 +18,7 @@ import torch
 from srclib.models.base import MASKS_FILE  # noqa: F401 (re-exported: evaluate reads it)
 from srclib.params import SamplerParams
 
-__all__ = ["SEED", "SAMPLER", "request_generator", "model_max_length", "sampler_record", "MASKS_FILE",
+__all__ = ["SEED", "default_sampler", "request_generator", "model_max_length", "sampler_record", "MASKS_FILE",
            "CheckpointError", "checkpoint_name", "first_nonfinite", "check_finite_weights",
            "check_finite_scores", "check_masks", "check_pruned_folder"]
 
@@ -25,11 +26,17 @@ __all__ = ["SEED", "SAMPLER", "request_generator", "model_max_length", "sampler_
 # evaluation entry point that is not given one.
 SEED = 1234
 
-# The DLM sampler of generation tasks (e.g. gsm8k): LLaDA's generate.py example. Its cfg_scale is
-# replaced by each task's ``cfg`` (DiffusionLM.configure), one guidance value for scoring and
-# generation alike.
-SAMPLER = SamplerParams(gen_length=128, steps=128, block_length=32, temperature=0.0, cfg_scale=0.0,
-                        remasking="low_confidence")
+
+
+@functools.cache
+def default_sampler() -> SamplerParams:
+    """The DLM sampler of generation tasks (e.g. gsm8k) for an entry point not given one (lm-eval's
+    ``srclib-dlm`` model_args, :mod:`srclib.evaluation.harness`): params.yaml's ``evaluate.sampler``,
+    its one home (LLaDA's generate.py example). Its cfg_scale is replaced by each task's ``cfg``
+    (DiffusionLM.configure), one guidance value for scoring and generation alike."""
+    from srclib import params
+
+    return params.load().evaluate.sampler
 
 
 def request_generator(seed: int, *parts: Sequence[int]) -> torch.Generator:

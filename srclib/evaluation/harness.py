@@ -16,7 +16,7 @@ import torch
 from lm_eval.api.model import LM
 
 from srclib.evaluation.ar import ar_lm
-from srclib.evaluation.common import SAMPLER, SEED
+from srclib.evaluation.common import SEED, default_sampler
 from srclib.evaluation.lm import dlm_lm
 from srclib.evaluation.tasks import offline_task_manager
 from srclib.params import SamplerParams, TaskSettings
@@ -34,8 +34,10 @@ MC_BATCH = None
 
 
 def make_lm(model, tokenizer, adapter, *, batch_size: int = 32, seed: int = SEED,
-            sampler: SamplerParams = SAMPLER, device=None) -> LM:
-    """The lm-eval LM for a loaded model, chosen by ``adapter.causal`` (:data:`LM_FACTORIES`)."""
+            sampler: SamplerParams | None = None, device=None) -> LM:
+    """The lm-eval LM for a loaded model, chosen by ``adapter.causal`` (:data:`LM_FACTORIES`);
+    ``sampler`` (generation tasks): params.yaml's evaluate.sampler when not given."""
+    sampler = default_sampler() if sampler is None else sampler
     if tokenizer is None:
         raise ValueError(f"model {adapter.key!r} was loaded without a tokenizer")
     return LM_FACTORIES[bool(adapter.causal)](model, tokenizer, adapter, batch_size=batch_size,
@@ -198,7 +200,7 @@ def evaluate(
     batch_size: int = 32,
     seed: int = SEED,
     data_root: str | os.PathLike | None = None,
-    sampler: SamplerParams = SAMPLER,
+    sampler: SamplerParams | None = None,
     device: str | torch.device | None = None,
     task_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,8 @@ lm-eval's own ``hf`` model instead (:mod:`srclib.evaluation.ar`).
 folder), ``mc_num`` (MC samples per request, default 128), ``mc_batch`` (stratification group of
 the estimator, LLaDA's ``batch_size``; default ``mc_num``), ``cfg`` (default 0), ``steps``,
 ``gen_length``, ``block_length``, ``remasking``, ``temperature`` (generation; defaults
-:data:`srclib.evaluation.common.SAMPLER`), ``seed``, ``add_bos_token``, ``max_length``, ``device``,
+:func:`srclib.evaluation.common.default_sampler`: params.yaml's evaluate.sampler), ``seed``,
+``add_bos_token``, ``max_length``, ``device``,
 ``batch_size``; ``mc_adaptive`` (default false: LLaDA's estimator, mc_num rows per request),
 ``mc_group``, ``mc_min``, ``mc_z``, ``mc_rank``: common random numbers across the choices of one item and
 sequential stopping (:meth:`DiffusionLM.score_items`). :func:`check_model_args` checks names,
@@ -38,7 +39,7 @@ from tqdm.auto import tqdm
 
 from srclib import devices, likelihood, paths
 from srclib.evaluation import distributed
-from srclib.evaluation.common import (SAMPLER, SEED, check_finite_scores, check_finite_weights,
+from srclib.evaluation.common import (SEED, default_sampler, check_finite_scores, check_finite_weights,
                                      check_pruned_folder, checkpoint_name, model_max_length,
                                      request_generator)
 from srclib.params import REMASKING, SamplerParams
@@ -200,8 +201,12 @@ def check_model_args(args: Mapping[str, Any], defaults: Mapping[str, Any] | None
     out = {k: _typed(k, v, where(k)) for k, v in merged.items()}
     init = inspect.signature(DiffusionLM.__init__).parameters  # the defaults
 
+    sampler_default = dataclasses.asdict(default_sampler())  # the sampler's one home: params.yaml
+
     def value(name: str) -> Any:
-        return out[name] if out.get(name) is not None else init[name].default
+        if out.get(name) is not None:
+            return out[name]
+        return init[name].default if init[name].default is not None else sampler_default.get(name)
 
     sampler = {k: value(k) for k in ("gen_length", "steps", "block_length", "temperature", "remasking")}
     try:
@@ -437,11 +442,11 @@ class DiffusionLM(TemplateLM):
         mc_batch: int | None = None,
         batch_size: int | str = 32,
         cfg: float = 0.0,
-        steps: int = SAMPLER.steps,
-        gen_length: int = SAMPLER.gen_length,
-        block_length: int = SAMPLER.block_length,
-        temperature: float = SAMPLER.temperature,
-        remasking: str = SAMPLER.remasking,
+        steps: int | None = None,  # the generation sampler: params.yaml's evaluate.sampler when not given
+        gen_length: int | None = None,
+        block_length: int | None = None,
+        temperature: float | None = None,
+        remasking: str | None = None,
         device: str | torch.device | None = None,
         seed: int = SEED,
         add_bos_token: bool | str | None = None,
@@ -472,9 +477,13 @@ class DiffusionLM(TemplateLM):
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         _at_least_one("batch_size", self.batch_size)
-        self.sampler = SamplerParams(gen_length=int(gen_length), steps=int(steps),
-                                     block_length=int(block_length), temperature=float(temperature),
-                                     cfg_scale=float(cfg), remasking=str(remasking))
+        d = default_sampler()
+        self.sampler = SamplerParams(
+            gen_length=int(d.gen_length if gen_length is None else gen_length),
+            steps=int(d.steps if steps is None else steps),
+            block_length=int(d.block_length if block_length is None else block_length),
+            temperature=float(d.temperature if temperature is None else temperature),
+            cfg_scale=float(cfg), remasking=str(d.remasking if remasking is None else remasking))
         self.configure(mc_num=int(mc_num), mc_batch=None if mc_batch is None else int(mc_batch),
                        cfg=float(cfg), mc_adaptive=_as_bool(mc_adaptive), mc_group=mc_group,
                        mc_min=mc_min, mc_z=mc_z, mc_rank=mc_rank)

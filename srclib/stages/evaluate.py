@@ -17,7 +17,7 @@ import torch
 
 from srclib import devices, paths
 from srclib.data.corpus import read_texts
-from srclib.evaluation.common import (SAMPLER, CheckpointError, check_finite_weights, check_pruned_folder,
+from srclib.evaluation.common import (CheckpointError, check_finite_weights, check_pruned_folder,
                                      sampler_record)
 from srclib.evaluation.harness import evaluate_lm, make_lm, task_record
 from srclib.evaluation.perplexity import heldout_perplexity
@@ -73,7 +73,7 @@ def evaluate_source(cfg: EvaluateParams, instance: str, source: str | os.PathLik
     torch.manual_seed(cfg.seed)
     device = devices.resolve(model.device)
     lm_model, tok, adapter = _load_checked(source, folder, model, device)
-    lm = make_lm(lm_model, tok, adapter, batch_size=cfg.batch_size, seed=cfg.seed, sampler=SAMPLER,
+    lm = make_lm(lm_model, tok, adapter, batch_size=cfg.batch_size, seed=cfg.seed, sampler=cfg.sampler,
                  device=device)
     task_res = evaluate_lm(lm, cfg.tasks, seed=cfg.seed, data_root=data_root) if cfg.tasks else {}
     ppl_res = None
@@ -141,7 +141,7 @@ def _provenance(cfg: EvaluateParams, source, adapter, model: ModelEntry, folder:
         "corpus_validation_file": paths.rel(corpus, root),
         "settings": {
             "batch_size": cfg.batch_size, "seed": cfg.seed,
-            "gen": sampler_record(SAMPLER),
+            "gen": sampler_record(cfg.sampler),
             "tasks": {k: task_record(v) for k, v in cfg.tasks.items()},
             "ppl": dataclasses.asdict(cfg.ppl) if cfg.ppl is not None else None,
         },
