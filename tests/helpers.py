@@ -228,3 +228,15 @@ def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
     TinyLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     write_marker(folder, "tiny-ar" if causal else "tiny-dlm")
+
+
+# ---- params.yaml's values of the library's settings (srclib takes them from its caller) ---------
+SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)  # variance / prune.sink
+
+
+def sink_rule(**over) -> dict:
+    """SINK with ``over`` replacing some of its settings (``sink_rule(rule="margin")``)."""
+    unknown = sorted(set(over) - set(SINK))
+    if unknown:
+        raise TypeError(f"sink_rule: unknown settings {unknown}")
+    return {**SINK, **over}

@@ -49,9 +49,6 @@ REMAINING = {
     "srclib/pruning/checkpoint.py run_prune(mass_chunk_size)",
     "srclib/pruning/sparsegpt.py sparsegpt_prune(blocksize)", "srclib/pruning/sparsegpt.py sparsegpt_prune(percdamp)",
     "srclib/pruning/sparsegpt.py __init__(blocksize)", "srclib/pruning/sparsegpt.py __init__(percdamp)",
-    "srclib/sinks.py sink_scores(rule)", "srclib/sinks.py sink_scores(alpha)", "srclib/sinks.py sink_scores(kappa)",
-    "srclib/sinks.py sink_scores(eps)", "srclib/sinks.py token_weights(rule)", "srclib/sinks.py token_weights(alpha)",
-    "srclib/sinks.py token_weights(kappa)", "srclib/sinks.py token_weights(eps)",
 }
 
 
