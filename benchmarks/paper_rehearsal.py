@@ -254,11 +254,12 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
     from srclib import params
     from srclib.efficiency import projection as pj
 
+    P = params.load(ROOT / "params-gpu.yaml")
     rows, exps = [], {}
     for name, res in measured.items():
         shape = pj.ModelShape(**res["shape"])
         st = res["stages"]
-        flops = pj.rehearsal_flops(shape, st, ELBO, SAMPLER)
+        flops = pj.rehearsal_flops(shape, st, ELBO, SAMPLER, blocksize=P.prune.sparsegpt.blocksize)
         for key, s in st.items():
             f = flops.get(key)
             rows.append({"model": name, "stage": key, "wall_s": s["wall_s"], "cpu_s": s["cpu_s"],
@@ -279,7 +280,6 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
         k = Ts[-1] / full["T"]  # the head is linear in T
         exps[name]["lm_head"] = {"T": full["T"], "seconds": head_s, "bytes": head_b, "T_max": Ts[-1],
                                  "seconds_T_max": k * head_s, "bytes_T_max": k * head_b}
-    P = params.load(ROOT / "params-gpu.yaml")
     gpu = pj.H200.with_efficiency(mfu, fp32_eff)
     proj = pj.project_study(P, gpu)
     sched = {n: pj.schedule(proj["jobs"], n) for n in (1, 2, 4, 8)}

@@ -232,11 +232,21 @@ def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
 
 # ---- params.yaml's values of the library's settings (srclib takes them from its caller) ---------
 SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)  # variance / prune.sink
+SPARSEGPT = dict(blocksize=128, percdamp=0.01)  # prune.sparsegpt
+
+
+def _replaced(base: dict, over: dict, name: str) -> dict:
+    unknown = sorted(set(over) - set(base))
+    if unknown:
+        raise TypeError(f"{name}: unknown settings {unknown}")
+    return {**base, **over}
 
 
 def sink_rule(**over) -> dict:
     """SINK with ``over`` replacing some of its settings (``sink_rule(rule="margin")``)."""
-    unknown = sorted(set(over) - set(SINK))
-    if unknown:
-        raise TypeError(f"sink_rule: unknown settings {unknown}")
-    return {**SINK, **over}
+    return _replaced(SINK, over, "sink_rule")
+
+
+def sparsegpt(**over) -> dict:
+    """SPARSEGPT with ``over`` replacing some of its settings (``sparsegpt(blocksize=2)``)."""
+    return _replaced(SPARSEGPT, over, "sparsegpt")

@@ -38,7 +38,6 @@ REMAINING = {
     "srclib/diffusion.py noise_stratified(eps)",
     "srclib/diffusion.py generate(temperature)", "srclib/diffusion.py generate(cfg_scale)",
     "srclib/diffusion.py generate(remasking)",
-    "srclib/efficiency/projection.py sparsegpt_flops(blocksize)",
     "srclib/evaluation/lm.py __init__(mc_num)", "srclib/likelihood.py elbo_loglikelihood_batch(mc_num)",
     "srclib/likelihood.py elbo_loglikelihood(mc_num)",
     "srclib/pruning/calibration.py build_calibration(mass_chunk_size)",
@@ -47,8 +46,6 @@ REMAINING = {
     "srclib/pruning/calibration.py catch_block_inputs(chunk_size)",
     "srclib/pruning/calibration.py run_sequential(chunk_size)",
     "srclib/pruning/checkpoint.py run_prune(mass_chunk_size)",
-    "srclib/pruning/sparsegpt.py sparsegpt_prune(blocksize)", "srclib/pruning/sparsegpt.py sparsegpt_prune(percdamp)",
-    "srclib/pruning/sparsegpt.py __init__(blocksize)", "srclib/pruning/sparsegpt.py __init__(percdamp)",
 }
 
 

@@ -26,6 +26,7 @@ from srclib.models.tiny import TinyLM, test_config
 from srclib.pruning import core, memory
 from srclib.pruning.core import prune_model
 
+from helpers import SPARSEGPT
 from prune_specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +220,8 @@ def test_rehearsal_worker_runs_at_reduced_width():
     assert {"mass_T64", "mass_T256", "wanda_sink_pass", "sparsegpt_sink_block", "elbo_request",
             "sampler_step"} <= set(st)
     assert st["wanda_sink_pass"]["passes"] == 1 and st["sparsegpt_sink_block"]["inputs"] == "clean"
-    flops = pj.rehearsal_flops(pj.ModelShape(**out["shape"]), st, mod.ELBO, mod.SAMPLER)
+    flops = pj.rehearsal_flops(pj.ModelShape(**out["shape"]), st, mod.ELBO, mod.SAMPLER,
+                               blocksize=SPARSEGPT["blocksize"])
     assert set(flops) == set(st) and min(flops.values()) > 0
 
 
