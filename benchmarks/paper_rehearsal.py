@@ -57,6 +57,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "paper_rehearsal.json"
 SEQS = (1024, 2048, 4096)
 ELBO = dict(prefix=96, target=32, mc_num=8, cfg=0.5)  # the study: mc_num 128 (x16 rows)
 SAMPLER = dict(prompt=32, gen_length=256)
+SAMPLER_RULE = ("temperature", "cfg_scale", "remasking")  # from the study's collect section
 
 log = logging.getLogger("paper_rehearsal")
 
@@ -187,7 +188,8 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
              m_full["peak_delta_bytes"] / 1e9, m_body["wall_s"], m_body["peak_delta_bytes"] / 1e9)
     save(out)
     # 3. one sink-aware Wanda calibration pass (one-shot, weights from the same forward)
-    study = params.load(ROOT / "params-gpu.yaml").prune
+    P = params.load(ROOT / "params-gpu.yaml")
+    study = P.prune
     base = study.spec(next(iter(study.instances)))
     wanda = dataclasses.replace(base.with_run(method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured"),
                                 calibration=dataclasses.replace(base.calibration, t_grid=[0.5]))
@@ -211,7 +213,8 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     # 5. one sampler step at gen length 256
     prompt = window(SAMPLER["prompt"])
     _, m = _measure(lambda: generate(model, prompt, steps=1, gen_length=SAMPLER["gen_length"],
-                                     block_length=SAMPLER["gen_length"], mask_id=mask_id, adapter=adapter))
+                                     block_length=SAMPLER["gen_length"], mask_id=mask_id, adapter=adapter,
+                                     **{k: getattr(P.collect, k) for k in SAMPLER_RULE}))
     st["sampler_step"] = {**SAMPLER, **m}
     log.info("%s sampler step: %.1f s, +%.2f GB", name, m["wall_s"], m["peak_delta_bytes"] / 1e9)
     save(out)

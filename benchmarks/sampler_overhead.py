@@ -29,7 +29,9 @@ def build(seed: int = 0) -> TinyLM:
 
 
 def run(model: TinyLM, prompt: torch.Tensor, gen: int, steps: int, record: bool, chunk_size: int) -> float:
-    kw = dict(steps=steps, gen_length=gen, block_length=gen, mask_id=4097, shift=True)
+    collect = params.load().collect  # the study's sampler rule
+    kw = dict(steps=steps, gen_length=gen, block_length=gen, mask_id=4097, shift=True, temperature=collect.temperature,
+              cfg_scale=collect.cfg_scale, remasking=collect.remasking)
     t0 = time.perf_counter()
     if record:
         kept = []

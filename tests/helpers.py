@@ -233,6 +233,8 @@ def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
 # ---- params.yaml's values of the library's settings (srclib takes them from its caller) ---------
 SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)  # variance / prune.sink
 SPARSEGPT = dict(blocksize=128, percdamp=0.01)  # prune.sparsegpt
+NOISE_EPS = 1e-3  # prune.calibration.noise_eps (train.dlm.eps)
+GREEDY = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence")  # collect's sampler rule
 
 
 def _replaced(base: dict, over: dict, name: str) -> dict:
@@ -245,6 +247,11 @@ def _replaced(base: dict, over: dict, name: str) -> dict:
 def sink_rule(**over) -> dict:
     """SINK with ``over`` replacing some of its settings (``sink_rule(rule="margin")``)."""
     return _replaced(SINK, over, "sink_rule")
+
+
+def greedy(**over) -> dict:
+    """GREEDY with ``over`` replacing some of its settings (``greedy(cfg_scale=0.5)``)."""
+    return _replaced(GREEDY, over, "greedy")
 
 
 def sparsegpt(**over) -> dict:

@@ -34,10 +34,6 @@ EXEMPT = {
 REMAINING = {
     "srclib/attention.py key_mass(chunk_size)", "srclib/attention.py key_mass_per_head(chunk_size)",
     "srclib/attention.py record_mass(chunk_size)",
-    "srclib/diffusion.py mask_probability(eps)", "srclib/diffusion.py noise(eps)",
-    "srclib/diffusion.py noise_stratified(eps)",
-    "srclib/diffusion.py generate(temperature)", "srclib/diffusion.py generate(cfg_scale)",
-    "srclib/diffusion.py generate(remasking)",
     "srclib/evaluation/lm.py __init__(mc_num)", "srclib/likelihood.py elbo_loglikelihood_batch(mc_num)",
     "srclib/likelihood.py elbo_loglikelihood(mc_num)",
     "srclib/pruning/calibration.py build_calibration(mass_chunk_size)",
