@@ -141,7 +141,6 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
 
     from srclib.pruning import calibration as cal
     from srclib import params
-    from srclib.attention import CHUNK_SIZE
     from srclib.diffusion import generate
     from srclib.likelihood import elbo_loglikelihood_batch, model_logits_fn
     from srclib.pruning.core import _adapter_forward, prune_model
@@ -160,19 +159,22 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
                  "weights_bytes": weights, "stages": {}}
     g = torch.Generator().manual_seed(0)
     vocab_hi = min(shape.vocab, mask_id) - 1
+    P = params.load(ROOT / "params-gpu.yaml")
+    study_cal = P.prune.calibration  # noise_eps, the mass recorder's chunk_size
 
     def window(T: int) -> torch.Tensor:  # (1, T) clean ids
         return torch.randint(1, vocab_hi, (1, T), generator=g)
 
     def noised(T: int) -> torch.Tensor:  # one noised pass at t = 0.5, (1, T)
-        return cal.noised_passes(window(T), [0.5], mask_id, 1e-3, 0, keep_first=adapter.shift)[:, 0]
+        return cal.noised_passes(window(T), [0.5], mask_id, study_cal.noise_eps, 0, keep_first=adapter.shift,
+                                 noise="grid")[:, 0]
 
     fwd = _adapter_forward(model, adapter)
     st = out["stages"]
     # 1. attention-mass recording, blocks only
     for T in SEQS:
         ids = noised(T)
-        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, CHUNK_SIZE, forward=fwd))
+        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, study_cal.chunk_size, forward=fwd))
         assert tuple(mass.shape) == (shape.n_layers, 1, T)
         st[f"mass_T{T}"] = {"T": T, "batch": 1, **m}
         log.info("%s mass T=%d: %.1f s, +%.2f GB", name, T, m["wall_s"], m["peak_delta_bytes"] / 1e9)
@@ -188,13 +190,12 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
              m_full["peak_delta_bytes"] / 1e9, m_body["wall_s"], m_body["peak_delta_bytes"] / 1e9)
     save(out)
     # 3. one sink-aware Wanda calibration pass (one-shot, weights from the same forward)
-    P = params.load(ROOT / "params-gpu.yaml")
     study = P.prune
     base = study.spec(next(iter(study.instances)))
     wanda = dataclasses.replace(base.with_run(method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured"),
                                 calibration=dataclasses.replace(base.calibration, t_grid=[0.5]))
     T = max(SEQS)
-    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
+    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1, mass_chunk_size=study_cal.chunk_size)
     rep, m = _measure(lambda: prune_model(model, adapter, wanda, calib))
     st["wanda_sink_pass"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "seconds": rep.seconds,
                                    "cpu_seconds": rep.cpu_seconds, **m}
@@ -220,7 +221,7 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     save(out)
     # 6. one sink-aware SparseGPT block (last: the slowest; mass pre-pass of one noised pass, one clean window)
     sgpt = wanda.with_run(method="sparsegpt")
-    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
+    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1, mass_chunk_size=study_cal.chunk_size)
     rep, m = _measure(lambda: prune_model(model, _FirstBlock(adapter), sgpt, calib))
     st["sparsegpt_sink_block"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "blocks": 1,
                                         "seconds": rep.seconds, "cpu_seconds": rep.cpu_seconds, **m}

@@ -7,7 +7,8 @@ it up at call time) by a wrapper that
 1. calls the original SDPA with the exact arguments it was given and returns its output unchanged
    (so logits are bit-identical with and without the recorder), then
 2. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
-   queries at a time (no T x T map per head is ever held), and accumulates the key mass
+   queries at a time (the caller's: params.yaml collect.chunk_size, prune.calibration.chunk_size;
+   no T x T map per head is ever held), and accumulates the key mass
    m_k = sum_h sum_q A[h, q, k] of that call. The scores and probabilities of every chunk are
    written into two buffers that live as long as the recorder (same kernels, same values bit for
    bit; fresh tensors per chunk cost the CPU two large allocations each: at T = 512 on tiny-dlm's
@@ -46,12 +47,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CHUNK_SIZE", "MassRecord", "record_mass", "key_mass", "key_mass_per_head", "head_shares"]
-
-# Queries per chunk of the mass computation: at most CHUNK_SIZE x T scores per head are ever
-# held (never T x T). The default of every recorder, collect and calibration (params.yaml
-# collect.chunk_size sets collect's).
-CHUNK_SIZE = 256
+__all__ = ["MassRecord", "record_mass", "key_mass", "key_mass_per_head", "head_shares"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +125,8 @@ def key_mass(
     attn_mask: torch.Tensor | None = None,  # broadcastable to (B, H, T_q, T_k)
     is_causal: bool = False,
     scale: float | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
 ) -> torch.Tensor:
     """Column sums of the softmax attention, summed over heads and queries: (B, T_k) float32.
 
@@ -163,7 +160,8 @@ def key_mass_per_head(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``key_mass`` (bit-identical) plus each head's column mass (B, H, T_k) and its number of
     queries that see at least one key (B, H) int64, from the same chunks."""
@@ -274,11 +272,11 @@ def _make_wrapper(original: Callable, record: MassRecord) -> Callable:
 
 
 @contextlib.contextmanager
-def record_mass(chunk_size: int = CHUNK_SIZE, per_head: bool = False) -> Iterator[MassRecord]:
+def record_mass(chunk_size: int, per_head: bool = False) -> Iterator[MassRecord]:
     """Record per-call attention key mass while the context is open; ``per_head``: also each
     head's BOS and top share per call (module docstring).
 
-    >>> with record_mass() as rec:          # doctest: +SKIP
+    >>> with record_mass(chunk_size=256) as rec:  # doctest: +SKIP
     ...     model(ids)
     >>> rec.mass.shape                      # (L, B, T_key) float32  # doctest: +SKIP
     """

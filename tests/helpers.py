@@ -162,7 +162,7 @@ def check_adapter_contract(key: str) -> None:
     else:
         assert isinstance(mid, int) and 0 <= mid < model_vocab(model)
     ids = model_ids(model)
-    with torch.no_grad(), record_mass() as rec:
+    with torch.no_grad(), record_mass(chunk_size=CHUNK) as rec:
         logits = adapter.logits(model, ids)
     assert logits.shape == (2, 7, model_vocab(model))
     assert torch.isfinite(logits).all()
@@ -234,6 +234,8 @@ def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
 SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)  # variance / prune.sink
 SPARSEGPT = dict(blocksize=128, percdamp=0.01)  # prune.sparsegpt
 NOISE_EPS = 1e-3  # prune.calibration.noise_eps (train.dlm.eps)
+CHUNK = 256  # the attention-mass recorder's query chunk: collect.chunk_size, prune.calibration.chunk_size
+WINDOWS_PER_BATCH = 4  # prune.calibration.windows_per_batch
 GREEDY = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence")  # collect's sampler rule
 
 

@@ -33,16 +33,7 @@ EXEMPT = {
 }
 # Duplicates not yet removed (each needs its callers, tests included, to pass the value): the test
 # fails on any duplicate not listed here, and on a listed one that is gone (keep the list true).
-REMAINING = {
-    "srclib/attention.py key_mass(chunk_size)", "srclib/attention.py key_mass_per_head(chunk_size)",
-    "srclib/attention.py record_mass(chunk_size)",
-    "srclib/pruning/calibration.py build_calibration(mass_chunk_size)",
-    "srclib/pruning/calibration.py noised_passes(noise)", "srclib/pruning/calibration.py run_one_shot(chunk_size)",
-    "srclib/pruning/calibration.py record_pass_mass(chunk_size)",
-    "srclib/pruning/calibration.py catch_block_inputs(chunk_size)",
-    "srclib/pruning/calibration.py run_sequential(chunk_size)",
-    "srclib/pruning/checkpoint.py run_prune(mass_chunk_size)",
-}
+REMAINING: set[str] = set()
 
 
 def _settings() -> dict[str, set]:

@@ -26,7 +26,7 @@ from srclib.models.tiny import TinyLM, test_config
 from srclib.pruning import core, memory
 from srclib.pruning.core import prune_model
 
-from helpers import SPARSEGPT
+from helpers import CHUNK, SPARSEGPT
 from prune_specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,8 @@ def test_study_projection_fits_one_h200_and_streams_the_stash():
 # ---- paper-width memory paths at reduced width ---------------------------------------------------------
 def _calib(vocab: int, mask_id: int) -> cal.Calibration:
     g = torch.Generator().manual_seed(0)
-    return cal.Calibration(windows=torch.randint(3, mask_id, (3, 32), generator=g), seed=0, windows_per_batch=2)
+    return cal.Calibration(windows=torch.randint(3, mask_id, (3, 32), generator=g), seed=0, windows_per_batch=2,
+                           mass_chunk_size=CHUNK)
 
 
 def _prune(monkeypatch, spec, budget=None, stop_after=None):

@@ -249,9 +249,10 @@ def collect_job(P: Any, key: str, gpu: GPU) -> dict[str, Any]:
                 bf16_flops=bf16, fp32_flops=fp32)
 
 
-def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> dict[str, Any]:
+def prune_job(P: Any, instance: str, gpu: GPU) -> dict[str, Any]:
     """One prune instance: calibration forwards, statistics, pruning; time and peak memory.
 
+    Windows per forward: the study's prune.calibration.windows_per_batch.
     Passes: noised (n_samples x |t-grid|) or clean (n_samples) per ``PruneSpec.inputs_for``; a
     sink / stability weighting on clean windows adds a mass-only pre-pass of the noised passes.
     One-shot: one blocks-only forward per pass; sequential: block 0's inputs are caught (a full
@@ -270,7 +271,7 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     inputs = plan.inputs_for(spec, True)
     passes = N * (n_t if inputs == "noised" else 1)
     needs_mass = spec.run.weighting != "uniform"
-    batch = windows_per_batch * (n_t if inputs == "noised" else 1)
+    batch = cal.windows_per_batch * (n_t if inputs == "noised" else 1)  # the run's (prune.calibration)
     fwd = forward_flops(shape, T, head=False)
     rec = mass_flops(shape, T)
     bf16 = fp32 = 0.0
