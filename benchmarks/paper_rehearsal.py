@@ -57,6 +57,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "paper_rehearsal.json"
 SEQS = (1024, 2048, 4096)
 ELBO = dict(prefix=96, target=32, mc_num=8, cfg=0.5)  # the study: mc_num 128 (x16 rows)
 SAMPLER = dict(prompt=32, gen_length=256)
+SAMPLER_RULE = ("temperature", "cfg_scale", "remasking")  # from the study's collect section
 
 log = logging.getLogger("paper_rehearsal")
 
@@ -140,7 +141,6 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
 
     from srclib.pruning import calibration as cal
     from srclib import params
-    from srclib.attention import CHUNK_SIZE
     from srclib.diffusion import generate
     from srclib.likelihood import elbo_loglikelihood_batch, model_logits_fn
     from srclib.pruning.core import _adapter_forward, prune_model
@@ -159,12 +159,15 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
                  "weights_bytes": weights, "stages": {}}
     g = torch.Generator().manual_seed(0)
     vocab_hi = min(shape.vocab, mask_id) - 1
+    P = params.load(ROOT / "params-gpu.yaml")
+    study_cal = P.prune.calibration  # noise_eps, the mass recorder's chunk_size
 
     def window(T: int) -> torch.Tensor:  # (1, T) clean ids
         return torch.randint(1, vocab_hi, (1, T), generator=g)
 
     def noised(T: int) -> torch.Tensor:  # one noised pass at t = 0.5, (1, T)
-        return cal.noised_passes(window(T), [0.5], mask_id, 1e-3, 0, keep_first=adapter.shift)[:, 0]
+        return cal.noised_passes(window(T), [0.5], mask_id, study_cal.noise_eps, 0, keep_first=adapter.shift,
+                                 noise="grid")[:, 0]
 
     fwd = _adapter_forward(model, adapter)
     st = out["stages"]
@@ -172,7 +175,7 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     for T in SEQS:
         ids = noised(T)
         # through the whole last block, as rehearsal_flops counts it (the pre-pass default stops earlier)
-        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, CHUNK_SIZE, forward=fwd,
+        mass, m = _measure(lambda: cal.record_pass_mass(model, blocks, ids, study_cal.chunk_size, forward=fwd,
                                                         stop_at_mass=False))
         assert tuple(mass.shape) == (shape.n_layers, 1, T)
         st[f"mass_T{T}"] = {"T": T, "batch": 1, **m}
@@ -189,12 +192,12 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
              m_full["peak_delta_bytes"] / 1e9, m_body["wall_s"], m_body["peak_delta_bytes"] / 1e9)
     save(out)
     # 3. one sink-aware Wanda calibration pass (one-shot, weights from the same forward)
-    study = params.load(ROOT / "params-gpu.yaml").prune
+    study = P.prune
     base = study.spec(next(iter(study.instances)))
     wanda = dataclasses.replace(base.with_run(method="wanda", weighting="sink", sparsity=0.5, pattern="unstructured"),
                                 calibration=dataclasses.replace(base.calibration, t_grid=[0.5]))
     T = max(SEQS)
-    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
+    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1, mass_chunk_size=study_cal.chunk_size)
     rep, m = _measure(lambda: prune_model(model, adapter, wanda, calib))
     st["wanda_sink_pass"] = {"T": T, "passes": rep.n_passes, "inputs": rep.inputs, "seconds": rep.seconds,
                                    "cpu_seconds": rep.cpu_seconds, **m}
@@ -213,13 +216,14 @@ def worker(name: str, threads: int, small: bool = False, save=None) -> dict:
     # 5. one sampler step at gen length 256
     prompt = window(SAMPLER["prompt"])
     _, m = _measure(lambda: generate(model, prompt, steps=1, gen_length=SAMPLER["gen_length"],
-                                     block_length=SAMPLER["gen_length"], mask_id=mask_id, adapter=adapter))
+                                     block_length=SAMPLER["gen_length"], mask_id=mask_id, adapter=adapter,
+                                     **{k: getattr(P.collect, k) for k in SAMPLER_RULE}))
     st["sampler_step"] = {**SAMPLER, **m}
     log.info("%s sampler step: %.1f s, +%.2f GB", name, m["wall_s"], m["peak_delta_bytes"] / 1e9)
     save(out)
     # 6. one sink-aware SparseGPT block (last: the slowest; mass pre-pass of one noised pass, one clean window)
     sgpt = wanda.with_run(method="sparsegpt")
-    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1)
+    calib = cal.Calibration(windows=window(T), seed=0, windows_per_batch=1, mass_chunk_size=study_cal.chunk_size)
     plain = cal.record_pass_mass  # its pre-pass through the whole block, as rehearsal_flops counts it
     cal.record_pass_mass = lambda *a, **kw: plain(*a, **{**kw, "stop_at_mass": False})
     try:
@@ -261,11 +265,12 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
     from srclib import params
     from srclib.efficiency import projection as pj
 
+    P = params.load(ROOT / "params-gpu.yaml")
     rows, exps = [], {}
     for name, res in measured.items():
         shape = pj.ModelShape(**res["shape"])
         st = res["stages"]
-        flops = pj.rehearsal_flops(shape, st, ELBO, SAMPLER)
+        flops = pj.rehearsal_flops(shape, st, ELBO, SAMPLER, blocksize=P.prune.sparsegpt.blocksize)
         for key, s in st.items():
             f = flops.get(key)
             rows.append({"model": name, "stage": key, "wall_s": s["wall_s"], "cpu_s": s["cpu_s"],
@@ -286,7 +291,6 @@ def analyse(measured: dict, mfu: float, fp32_eff: float) -> dict:
         k = Ts[-1] / full["T"]  # the head is linear in T
         exps[name]["lm_head"] = {"T": full["T"], "seconds": head_s, "bytes": head_b, "T_max": Ts[-1],
                                  "seconds_T_max": k * head_s, "bytes_T_max": k * head_b}
-    P = params.load(ROOT / "params-gpu.yaml")
     gpu = pj.H200.with_efficiency(mfu, fp32_eff)
     proj = pj.project_study(P, gpu)
     sched = {n: pj.schedule(proj["jobs"], n) for n in (1, 2, 4, 8)}

@@ -110,7 +110,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--windows-per-batch", type=int, default=4)
+    ap.add_argument("--windows-per-batch", type=int, default=params.load().prune.calibration.windows_per_batch)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--only", choices=["all", "sparsegpt"], default="all",
@@ -127,7 +127,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(4, TINY_DLM.vocab_size, (args.windows, args.seq_len), generator=g)  # no specials
     windows[:, 0] = TINY_DLM.bos_token_id
-    calib = cal.Calibration(windows=windows, seed=0, windows_per_batch=args.windows_per_batch)
+    calib = cal.Calibration(windows=windows, seed=0, windows_per_batch=args.windows_per_batch,
+                            mass_chunk_size=params.load().prune.calibration.chunk_size)
     model_bytes = sum(p.numel() * p.element_size() for p in make_model().parameters())
     print(f"torch threads: {torch.get_num_threads()}; model {model_bytes / 2**20:.1f} MiB; "
           f"{args.windows} windows x {args.seq_len} tokens x 10 t")

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from srclib.attention import CHUNK_SIZE, record_mass
+from srclib.attention import record_mass
 from srclib.diffusion import generate
 from srclib import params
 from srclib.models.tiny import TinyLM
@@ -29,7 +29,9 @@ def build(seed: int = 0) -> TinyLM:
 
 
 def run(model: TinyLM, prompt: torch.Tensor, gen: int, steps: int, record: bool, chunk_size: int) -> float:
-    kw = dict(steps=steps, gen_length=gen, block_length=gen, mask_id=4097, shift=True)
+    collect = params.load().collect  # the study's sampler rule
+    kw = dict(steps=steps, gen_length=gen, block_length=gen, mask_id=4097, shift=True, temperature=collect.temperature,
+              cfg_scale=collect.cfg_scale, remasking=collect.remasking)
     t0 = time.perf_counter()
     if record:
         kept = []
@@ -51,7 +53,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--chunk-size", type=int, default=CHUNK_SIZE)
+    ap.add_argument("--chunk-size", type=int, default=params.load().collect.chunk_size)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); "
                     "1 is far less noisy on a shared machine")

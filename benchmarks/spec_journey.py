@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     adapter = MODELS["tiny-dlm"]
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(3, 60, (4, 16), generator=g)
-    calib = cal.Calibration(windows=windows, seed=0, windows_per_batch=2)
+    calib = cal.Calibration(windows=windows, seed=0, windows_per_batch=2, mass_chunk_size=cfg.calibration.chunk_size)
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         def prune(spec=spec):

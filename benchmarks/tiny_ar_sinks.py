@@ -225,7 +225,7 @@ class Probe:
             self.active = False
         if not self.checked:  # the eager softmax against the study's recorder (summed over heads)
             for c, (q, k, sc) in zip(calls, checks):
-                ref = key_mass(q, k, is_causal=True, scale=sc)
+                ref = key_mass(q, k, is_causal=True, scale=sc, chunk_size=params.load().collect.chunk_size)
                 if not torch.allclose(c["mass"], ref, rtol=1e-4, atol=1e-3):
                     raise RuntimeError("eager attention disagrees with srclib.attention.key_mass")
             self.checked = True

@@ -5,7 +5,8 @@ module attribute: transformers' sdpa attention, LLaDA's and Dream's remote code 
 it up at call time) by a wrapper that
 
 1. under ``torch.no_grad`` recomputes softmax(q k^T * scale + mask) in float32, ``chunk_size``
-   queries at a time (no T x T map per head is ever held), and accumulates the key mass
+   queries at a time (the caller's: params.yaml collect.chunk_size, prune.calibration.chunk_size;
+   no T x T map per head is ever held), and accumulates the key mass
    m_k = sum_h sum_q A[h, q, k] of that call (optionally ``after_call(record)`` then runs and may
    raise, to end the forward before this call's attention output is computed), then
 2. calls the original SDPA with the exact arguments it was given and returns its output unchanged
@@ -49,12 +50,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CHUNK_SIZE", "MassRecord", "record_mass", "key_mass", "key_mass_per_head", "head_shares"]
-
-# Queries per chunk of the mass computation: at most CHUNK_SIZE x T scores per head are ever
-# held (never T x T). The default of every recorder, collect and calibration (params.yaml
-# collect.chunk_size sets collect's).
-CHUNK_SIZE = 256
+__all__ = ["MassRecord", "record_mass", "key_mass", "key_mass_per_head", "head_shares"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +128,8 @@ def key_mass(
     attn_mask: torch.Tensor | None = None,  # broadcastable to (B, H, T_q, T_k)
     is_causal: bool = False,
     scale: float | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
 ) -> torch.Tensor:
     """Column sums of the softmax attention, summed over heads and queries: (B, T_k) float32.
 
@@ -166,7 +163,8 @@ def key_mass_per_head(
     attn_mask: torch.Tensor | None = None,
     is_causal: bool = False,
     scale: float | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``key_mass`` (bit-identical) plus each head's column mass (B, H, T_k) and its number of
     queries that see at least one key (B, H) int64, from the same chunks."""
@@ -280,7 +278,7 @@ def _make_wrapper(original: Callable, record: MassRecord,
 
 @contextlib.contextmanager
 def record_mass(
-    chunk_size: int = CHUNK_SIZE, per_head: bool = False,
+    chunk_size: int, per_head: bool = False,
     after_call: Callable[[MassRecord], None] | None = None,
 ) -> Iterator[MassRecord]:
     """Record per-call attention key mass while the context is open; ``per_head``: also each
@@ -289,7 +287,7 @@ def record_mass(
     propagates out of the model's forward (the record keeps what was recorded), e.g. to end a
     forward once the last needed layer's mass is in (srclib.pruning.calibration.record_pass_mass).
 
-    >>> with record_mass() as rec:          # doctest: +SKIP
+    >>> with record_mass(chunk_size=256) as rec:  # doctest: +SKIP
     ...     model(ids)
     >>> rec.mass.shape                      # (L, B, T_key) float32  # doctest: +SKIP
     """

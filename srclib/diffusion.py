@@ -24,7 +24,7 @@ __all__ = ["noise", "noise_stratified", "stratified_times", "mask_probability", 
 log = logging.getLogger(__name__)
 
 
-def mask_probability(t: float | torch.Tensor, eps: float = 1e-3) -> float | torch.Tensor:
+def mask_probability(t: float | torch.Tensor, eps: float) -> float | torch.Tensor:
     """p = (1 - eps) * t + eps: the per-position masking probability at time t (method.md 3)."""
     return (1.0 - eps) * t + eps
 
@@ -33,7 +33,8 @@ def noise(
     x0: torch.Tensor,
     t: float | torch.Tensor,
     mask_id: int,
-    eps: float = 1e-3,
+    *,
+    eps: float,
     generator: torch.Generator | None = None,
     keep_ends: bool = False,
     keep_first: bool = False,
@@ -86,7 +87,7 @@ def stratified_times(batch: int, generator: torch.Generator | None = None,
 
 
 def noise_stratified(
-    x0: torch.Tensor, mask_id: int, eps: float = 1e-3, generator: torch.Generator | None = None
+    x0: torch.Tensor, mask_id: int, eps: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The released Dream forward process on x0 (B, T): t from ``stratified_times`` (u0 drawn first),
     then every position masked with p = (1 - eps) t_i + eps from a (B, T) uniform draw, positions 0
@@ -161,9 +162,9 @@ def generate(
     steps: int,
     gen_length: int,
     block_length: int,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
+    temperature: float,
+    cfg_scale: float,
+    remasking: str,
     mask_id: int,
     shift: bool | None = None,
     generator: torch.Generator | None = None,

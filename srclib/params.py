@@ -240,6 +240,10 @@ class CalibrationParams:
     noise: str = _c(choices=("auto",) + choices.NOISES)
     # JSONL corpus ({"text": ...} per line), relative to the repository root; dvc.yaml depends on it.
     corpus: str = _c(pattern=r"^(?!/)(?!.*\.\.)[A-Za-z0-9_./-]+\.jsonl$")
+    # how the run computes, not what (outside the spec record): calibration windows per forward (each
+    # with its passes) and the attention-mass recorder's query chunk (srclib.pruning.calibration.Calibration)
+    windows_per_batch: int = _c(ge=1)
+    chunk_size: int = _c(ge=1)
 
 
 @dataclass(frozen=True)

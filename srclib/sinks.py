@@ -3,7 +3,7 @@
 Conventions (every function works over the LAST dimension = key positions, so (T,), (B, T),
 (L, B, T), ... all work; statistics over steps take the step dimension second to last):
 
-* sink score, rule ``"zscore"`` (released code, default): s_k = sigmoid(alpha * (m_k - mean(m)
+* sink score, rule ``"zscore"`` (released code, params.yaml's): s_k = sigmoid(alpha * (m_k - mean(m)
   - kappa * std(m))), population std.  s_k >= 0.5  <=>  m_k >= mean + kappa * std.
   Degenerate case, kept as the released code has it: an exactly constant row has std = 0, so every
   s_k = sigmoid(0) = 0.5 and (at the >= 0.5 threshold of method.md) every position counts as a
@@ -82,7 +82,7 @@ def _float(mass: torch.Tensor) -> torch.Tensor:
 
 
 def sink_scores(
-    mass: torch.Tensor, rule: str = "zscore", alpha: float = 5.0, kappa: float = 2.0, eps: float = 0.0
+    mass: torch.Tensor, *, rule: str, alpha: float, kappa: float, eps: float
 ) -> torch.Tensor:
     """Soft (zscore) or hard (margin) sink score of every key position, over the last dim.
 
@@ -97,7 +97,7 @@ def sink_scores(
 
 
 def token_weights(
-    mass: torch.Tensor, rule: str = "zscore", alpha: float = 5.0, kappa: float = 2.0, eps: float = 0.0
+    mass: torch.Tensor, *, rule: str, alpha: float, kappa: float, eps: float
 ) -> torch.Tensor:
     """w_k = 1 - s_k (method.md 1): the calibration weight of every token. (..., T)."""
     return 1.0 - sink_scores(mass, rule=rule, alpha=alpha, kappa=kappa, eps=eps)

@@ -162,7 +162,7 @@ def check_adapter_contract(key: str) -> None:
     else:
         assert isinstance(mid, int) and 0 <= mid < model_vocab(model)
     ids = model_ids(model)
-    with torch.no_grad(), record_mass() as rec:
+    with torch.no_grad(), record_mass(chunk_size=CHUNK) as rec:
         logits = adapter.logits(model, ids)
     assert logits.shape == (2, 7, model_vocab(model))
     assert torch.isfinite(logits).all()
@@ -228,3 +228,34 @@ def write_tiny_checkpoint(folder: Path, causal: bool, seed: int = 0) -> None:
     TinyLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     write_marker(folder, "tiny-ar" if causal else "tiny-dlm")
+
+
+# ---- params.yaml's values of the library's settings (srclib takes them from its caller) ---------
+SINK = dict(rule="zscore", alpha=5.0, kappa=2.0, eps=0.0)  # variance / prune.sink
+SPARSEGPT = dict(blocksize=128, percdamp=0.01)  # prune.sparsegpt
+NOISE_EPS = 1e-3  # prune.calibration.noise_eps (train.dlm.eps)
+CHUNK = 256  # the attention-mass recorder's query chunk: collect.chunk_size, prune.calibration.chunk_size
+WINDOWS_PER_BATCH = 4  # prune.calibration.windows_per_batch
+GREEDY = dict(temperature=0.0, cfg_scale=0.0, remasking="low_confidence")  # collect's sampler rule
+
+
+def _replaced(base: dict, over: dict, name: str) -> dict:
+    unknown = sorted(set(over) - set(base))
+    if unknown:
+        raise TypeError(f"{name}: unknown settings {unknown}")
+    return {**base, **over}
+
+
+def sink_rule(**over) -> dict:
+    """SINK with ``over`` replacing some of its settings (``sink_rule(rule="margin")``)."""
+    return _replaced(SINK, over, "sink_rule")
+
+
+def greedy(**over) -> dict:
+    """GREEDY with ``over`` replacing some of its settings (``greedy(cfg_scale=0.5)``)."""
+    return _replaced(GREEDY, over, "greedy")
+
+
+def sparsegpt(**over) -> dict:
+    """SPARSEGPT with ``over`` replacing some of its settings (``sparsegpt(blocksize=2)``)."""
+    return _replaced(SPARSEGPT, over, "sparsegpt")

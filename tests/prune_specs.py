@@ -5,6 +5,8 @@ blocksize, owl, ...) and builds the composed spec from its sections."""
 
 from __future__ import annotations
 
+from helpers import CHUNK, WINDOWS_PER_BATCH  # tests/ is on sys.path
+
 from srclib import params
 from srclib.params import SPEC_RECORD, PruneSpec
 
@@ -14,7 +16,8 @@ BASE = dict(method="wanda", weighting="uniform", sparsity=0.5, pattern="unstruct
             one_shot_sink_wanda=True, calib_inputs="auto", wanda_accumulation="auto", noise_keep_ends=False,
             force_one_shot=False, bias_compensation="auto", structure=None, fidelity="corrected", noise="grid")
 # the calibration settings the spec holds but the pruning tests do not vary (windows come in-process)
-CALIBRATION = dict(n_samples=4, seq_len=16, corpus="data/raw/corpus/calibration.jsonl")
+CALIBRATION = dict(n_samples=4, seq_len=16, corpus="data/raw/corpus/calibration.jsonl",
+                   windows_per_batch=WINDOWS_PER_BATCH, chunk_size=CHUNK)
 SECTIONS = {"run": params.RunChoices, "calibration": params.CalibrationParams, "sink": params.VarianceParams,
             "sparsegpt": params.SparseGPTParams, "owl": params.OwlParams, "options": params.PruneOptions}
 

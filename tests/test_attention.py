@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import CHUNK  # tests/ is on sys.path
 from srclib.attention import _Workspace, _key_mass, head_shares, key_mass, key_mass_per_head, record_mass
 from srclib.models.tiny import TinyLM, apply_rope, rope_cache, test_config
 
@@ -183,7 +184,7 @@ def test_tiny_kv_cache_matches_full_prefix_row():
     ids = torch.randint(0, 63, (1, 8), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         past = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
-        with record_mass() as rec:
+        with record_mass(chunk_size=CHUNK) as rec:
             model(input_ids=ids[:, -1:], past_key_values=past, use_cache=True)
     # full-prefix reference: row T-1 of the causal attention, from the manual computation
     full = _tiny_manual_rows(model, ids)
@@ -286,7 +287,7 @@ def test_key_mass_matches_naive(B, H, rep, Tq, extra_k, hd, chunk, causal, mask_
 def test_causal_top_left_when_tq_lt_tk():
     q = torch.randn(1, 1, 2, 4)
     k = torch.randn(1, 1, 5, 4)
-    m = key_mass(q, k, is_causal=True)
+    m = key_mass(q, k, is_causal=True, chunk_size=CHUNK)
     # query 0 sees key 0 only, query 1 keys 0..1: keys 2..4 get nothing (top-left alignment)
     assert m[0, 2:].abs().max() == 0
     torch.testing.assert_close(m.sum(), torch.tensor(2.0))
@@ -299,7 +300,7 @@ def test_fully_masked_rows_are_zero_not_nan():
     fmask = torch.zeros(1, 1, 3, 3)
     fmask[..., 0, :] = float("-inf")
     for mk in (mask, fmask):
-        m = key_mass(q, k, attn_mask=mk)
+        m = key_mass(q, k, attn_mask=mk, chunk_size=CHUNK)
         assert torch.isfinite(m).all()
         torch.testing.assert_close(m.sum(), torch.tensor(4.0))  # 2 heads x 2 live queries
 
@@ -308,15 +309,15 @@ def test_fully_masked_rows_are_zero_not_nan():
 def test_restores_on_exit_and_exception_and_nests():
     original = F.scaled_dot_product_attention
     q = torch.randn(1, 1, 3, 4)
-    with record_mass() as outer:
-        with record_mass() as inner:
+    with record_mass(chunk_size=CHUNK) as outer:
+        with record_mass(chunk_size=CHUNK) as inner:
             F.scaled_dot_product_attention(q, q, q)
         assert F.scaled_dot_product_attention is not original
         F.scaled_dot_product_attention(q, q, q)
     assert F.scaled_dot_product_attention is original
     assert inner.calls == 1 and outer.calls == 2
     with pytest.raises(ZeroDivisionError):
-        with record_mass():
+        with record_mass(chunk_size=CHUNK):
             _ = 1 / 0
     assert torch.nn.functional.scaled_dot_product_attention is original
 
@@ -336,30 +337,30 @@ def test_after_call_runs_after_the_mass_and_can_skip_the_output():
 
     F.scaled_dot_product_attention = counting
     try:
-        with record_mass(after_call=lambda rec: seen.append(rec.calls)) as rec:
+        with record_mass(CHUNK, after_call=lambda rec: seen.append(rec.calls)) as rec:
             out = F.scaled_dot_product_attention(q, k, v)
         assert torch.equal(out, expected) and seen == [1] and calls == [1]
 
         def stop(rec):
             raise KeyError("stop")
 
-        with pytest.raises(KeyError), record_mass(after_call=stop) as rec2:
+        with pytest.raises(KeyError), record_mass(CHUNK, after_call=stop) as rec2:
             F.scaled_dot_product_attention(q, k, v)
         assert calls == [1] and rec2.calls == 1  # recorded, output never computed
-        assert torch.equal(rec2.mass, rec.mass) and torch.equal(rec.mass[0], key_mass(q, k))
+        assert torch.equal(rec2.mass, rec.mass) and torch.equal(rec.mass[0], key_mass(q, k, chunk_size=CHUNK))
     finally:
         F.scaled_dot_product_attention = original
 
 
 def test_mass_errors_are_clear():
-    with record_mass() as rec:
+    with record_mass(chunk_size=CHUNK) as rec:
         pass
     with pytest.raises(RuntimeError, match="no attention call"):
         _ = rec.mass
     with pytest.raises(ValueError, match="chunk_size"):
         with record_mass(chunk_size=0):
             pass
-    with record_mass() as rec:
+    with record_mass(chunk_size=CHUNK) as rec:
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4))
     with pytest.raises(RuntimeError, match="per_call"):
@@ -372,7 +373,7 @@ def test_gradients_flow_through_recorded_forward():
     torch.manual_seed(0)
     model = TinyLM(test_config(causal=False))
     ids = torch.randint(0, 63, (2, 6))
-    with record_mass() as rec:
+    with record_mass(chunk_size=CHUNK) as rec:
         loss = model(input_ids=ids).logits.sum()
     loss.backward()
     assert rec.calls == 2 and not rec.mass.requires_grad
@@ -405,7 +406,7 @@ def test_llama_gqa_decode_step_matches_eager_last_row(padded):
         am[1, :3] = 0
     with torch.no_grad():
         out = model(input_ids=ids[:, :-1], attention_mask=am[:, :-1], use_cache=True)
-        with record_mass() as rec:
+        with record_mass(chunk_size=CHUNK) as rec:
             model(input_ids=ids[:, -1:], attention_mask=am, cache=out.past_key_values, use_cache=True)
     model.set_attn_implementation("eager")
     try:
@@ -456,7 +457,7 @@ def test_per_head_decode_step_is_the_newest_query():
     ids = torch.randint(3, 100, (2, 9), generator=torch.Generator().manual_seed(10))
     with torch.no_grad():
         out = model(input_ids=ids[:, :-1], use_cache=True)
-        with record_mass(per_head=True) as rec:
+        with record_mass(per_head=True, chunk_size=CHUNK) as rec:
             model(input_ids=ids[:, -1:], cache=out.past_key_values, use_cache=True)
     bos_ref, top_ref = _eager_heads(model, ids, last_only=True)
     torch.testing.assert_close(rec.bos_share, bos_ref, atol=ATOL, rtol=1e-4)
@@ -486,15 +487,15 @@ def test_head_shares_known_answers():
     torch.testing.assert_close(top, torch.tensor([[1.0, 1 / 3]]))  # uniform over 3 keys: 1/3
     bos, top = head_shares(heads, torch.tensor([[0, 3]]))  # a head without queries: 0, not NaN
     assert bos[0, 0] == 0 and top[0, 0] == 0
-    with record_mass() as rec:
+    with record_mass(chunk_size=CHUNK) as rec:
         F.scaled_dot_product_attention(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))
     with pytest.raises(RuntimeError, match="per_head=True"):
         _ = rec.bos_share
     q = torch.randn(1, 2, 3, 4)
     mask = torch.ones(1, 1, 3, 3, dtype=torch.bool)
     mask[..., 0, :] = False  # query 0 sees nothing
-    with record_mass(per_head=True) as rec:
+    with record_mass(per_head=True, chunk_size=CHUNK) as rec:
         F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
-    _, heads, nq = key_mass_per_head(q, q, attn_mask=mask)
+    _, heads, nq = key_mass_per_head(q, q, attn_mask=mask, chunk_size=CHUNK)
     assert torch.equal(nq, torch.tensor([[2, 2]]))
     torch.testing.assert_close(rec.bos_share[0], heads[..., 0] / 2)

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from helpers import CHUNK, WINDOWS_PER_BATCH  # tests/ is on sys.path
 from srclib import files, paths
 from srclib.pruning import calibration
 from srclib.data import manifest as manifest_mod
@@ -354,7 +355,8 @@ def test_calibration_refuses_a_tampered_corpus(tmp_path):
     _tamper_same_size(bad)
     before = snapshot(tmp_path)
     with pytest.raises(DataError) as exc:  # before the tokenizer is touched
-        calibration.build_calibration(None, bad, n_samples=2, seq_len=4, seed=0, bos_id=None)
+        calibration.build_calibration(None, bad, n_samples=2, seq_len=4, seed=0, bos_id=None,
+                                      windows_per_batch=WINDOWS_PER_BATCH, mass_chunk_size=CHUNK)
     _assert_names(exc, bad, raw / "MANIFEST.json", "calibration.jsonl")
     assert snapshot(tmp_path) == before
 

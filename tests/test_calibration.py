@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import CHUNK, WINDOWS_PER_BATCH  # tests/ is on sys.path
 from srclib.attention import record_mass
 from srclib.pruning import calibration as cal
 from srclib.models import MODELS
@@ -70,22 +71,24 @@ def test_build_calibration_from_jsonl(tmp_path):
     lines = [{"source": "x", "text": " ".join(f"w{i}_{j}" for j in range(20))} for i in range(10)]
     path.write_text("".join(json.dumps(d) + "\n" for d in lines))
     tok = WordTokenizer()
-    c = cal.build_calibration(tok, path, n_samples=4, seq_len=12, seed=3, bos_id=0, windows_per_batch=2)
+    c = cal.build_calibration(tok, path, n_samples=4, seq_len=12, seed=3, bos_id=0, windows_per_batch=2,
+                              mass_chunk_size=CHUNK)
     assert c.windows.shape == (4, 12) and (c.windows[:, 0] == 0).all()
-    c2 = cal.build_calibration(WordTokenizer(), path, n_samples=4, seq_len=12, seed=3, bos_id=0)
+    c2 = cal.build_calibration(WordTokenizer(), path, n_samples=4, seq_len=12, seed=3, bos_id=0,
+                               windows_per_batch=WINDOWS_PER_BATCH, mass_chunk_size=CHUNK)
     assert torch.equal(c.windows, c2.windows)
     with pytest.raises(FileNotFoundError, match="calibration corpus"):
         cal.read_texts(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="windows"):
-        cal.Calibration(windows=torch.zeros(2, 4), seed=0)
+        cal.Calibration(windows=torch.zeros(2, 4), seed=0, mass_chunk_size=CHUNK, windows_per_batch=WINDOWS_PER_BATCH)
 
 
 # ---- noised passes -------------------------------------------------------------------------------
 def test_noised_passes_shape_determinism_and_rate():
     windows = torch.randint(3, 60, (8, 400))
     grid = (0.1, 0.5, 1.0)
-    a = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=0, keep_first=True)
-    b = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=0, keep_first=True)
+    a = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=0, keep_first=True, noise="grid")
+    b = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=0, keep_first=True, noise="grid")
     assert a.shape == (8, 3, 400) and torch.equal(a, b)
     assert (a[:, :, 0] == windows[:, None, 0]).all()  # shifted: position 0 never masked
     masked = a == 63
@@ -94,9 +97,10 @@ def test_noised_passes_shape_determinism_and_rate():
         p = (1 - 1e-3) * t + 1e-3
         rate = masked[:, j, 1:].float().mean().item()
         assert abs(rate - p) < 0.03, (t, rate)
-    c = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=1, keep_first=True)
+    c = cal.noised_passes(windows, grid, mask_id=63, eps=1e-3, seed=1, keep_first=True, noise="grid")
     assert not torch.equal(a, c)
-    ends = cal.noised_passes(windows, (1.0,), mask_id=63, eps=1e-3, seed=0, keep_first=False, keep_ends=True)
+    ends = cal.noised_passes(windows, (1.0,), mask_id=63, eps=1e-3, seed=0, keep_first=False, keep_ends=True,
+                             noise="grid")
     assert (ends[:, 0, 0] != 63).all() and (ends[:, 0, -1] != 63).all() and (ends[:, 0, 1:-1] == 63).all()
 
 
@@ -108,7 +112,7 @@ def test_catcher_is_generic_and_stops_early(which):
     ids = torch.randint(3, 60, (3, 10))
     calls = []
     h = blocks[1].register_forward_pre_hook(lambda m, a: calls.append(1))
-    args, kwargs, mass = cal.catch_block_inputs(model, blocks, ids)
+    args, kwargs, mass = cal.catch_block_inputs(model, blocks, ids, chunk_size=CHUNK)
     h.remove()
     assert calls == [] and mass is None
     emb = model.get_input_embeddings()(ids)
@@ -123,7 +127,7 @@ def test_catcher_is_generic_and_stops_early(which):
     out = seen["out"][0] if isinstance(seen["out"], tuple) else seen["out"]
     mine = mine[0] if isinstance(mine, tuple) else mine
     assert torch.equal(mine, out)
-    _, _, mass = cal.catch_block_inputs(model, blocks, ids, record=True)
+    _, _, mass = cal.catch_block_inputs(model, blocks, ids, record=True, chunk_size=CHUNK)
     assert mass.shape == (2, 3, 10)
 
 
@@ -156,7 +160,7 @@ def test_sequential_without_pruning_sees_the_dense_inputs(which):
         current["i"] = i
         return lambda n, x, w: seq.setdefault((i, n), []).append(x)
 
-    cal.run_sequential(model, blocks, adapter.prunable, batches, start, lambda i: None)
+    cal.run_sequential(model, blocks, adapter.prunable, batches, start, lambda i: None, chunk_size=CHUNK)
     assert plain.keys() == seq.keys()
     for k in plain:
         for a, b in zip(plain[k], seq[k]):
@@ -164,7 +168,7 @@ def test_sequential_without_pruning_sees_the_dense_inputs(which):
     one = {}
     cal.run_one_shot(model, blocks, {f"{i}.{n}": lin for i, b in enumerate(blocks)
                                      for n, lin in adapter.prunable(b).items()},
-                     batches, lambda k, x, w: one.setdefault(k, []).append(x))
+                     batches, lambda k, x, w: one.setdefault(k, []).append(x), chunk_size=CHUNK)
     for (i, n), xs in plain.items():
         for a, b in zip(xs, one[f"{i}.{n}"]):
             assert torch.equal(a, b)
@@ -187,7 +191,7 @@ def test_one_shot_online_weights_come_from_the_same_forward():
         return torch.sigmoid(mass.sum(0))  # (B, T) any function of the mass
 
     cal.run_one_shot(model, blocks, {"q": blocks[0].q_proj}, batches,
-                     lambda k, x, w: fed.append((x, w)), weight_fn=weight_fn)
+                     lambda k, x, w: fed.append((x, w)), weight_fn=weight_fn, chunk_size=CHUNK)
     h.remove(), h2.remove()
     assert len(n_forward) == 2 and head == []  # no second forward, no LM head
     for (x, w), m, b in zip(fed, masses, batches):
@@ -221,13 +225,13 @@ def test_record_pass_mass_stops_once_the_last_mass_is_in(which, monkeypatch):
                norm.register_forward_hook(lambda *a: ran.__setitem__("norm", ran["norm"] + 1))]
     fwd = lambda x: adapter.logits(model, x)  # noqa: E731
     try:
-        full = cal.record_pass_mass(model, blocks, ids, forward=fwd, stop_at_mass=False)
+        full = cal.record_pass_mass(model, blocks, ids, CHUNK, forward=fwd, stop_at_mass=False)
         assert ran == {"mlp": 1, "o": 1, "norm": 0} and len(sdpa_calls) == len(blocks)
         sdpa_calls.clear()
         ran.update(mlp=0, o=0)
-        short = cal.record_pass_mass(model, blocks, ids, forward=fwd)
+        short = cal.record_pass_mass(model, blocks, ids, CHUNK, forward=fwd)
         assert ran == {"mlp": 0, "o": 0, "norm": 0} and len(sdpa_calls) == len(blocks) - 1
-        with torch.no_grad(), record_mass() as rec:  # the whole model, LM head included
+        with torch.no_grad(), record_mass(CHUNK) as rec:  # the whole model, LM head included
             model(input_ids=ids, use_cache=False)
         assert ran == {"mlp": 1, "o": 1, "norm": 1}  # no stop hook is left behind
     finally:
@@ -249,8 +253,8 @@ def test_record_pass_mass_stopped_equals_full_for_every_adapter_standin(key):
     ran = []
     h = blocks[-1].register_forward_hook(lambda *a: ran.append(1))
     try:
-        full = cal.record_pass_mass(model, blocks, ids, forward=fwd, stop_at_mass=False)
-        short = cal.record_pass_mass(model, blocks, ids, forward=fwd)
+        full = cal.record_pass_mass(model, blocks, ids, CHUNK, forward=fwd, stop_at_mass=False)
+        short = cal.record_pass_mass(model, blocks, ids, CHUNK, forward=fwd)
     finally:
         h.remove()
     assert ran == [1]  # the whole last block ran only in the first

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 from torch import nn
 
+from helpers import GREEDY, NOISE_EPS, greedy  # tests/ is on sys.path
+
 from srclib.diffusion import generate, mask_probability, noise, num_transfer_tokens, sample_tokens
 from srclib.models.tiny import TinyLM, test_config
 
@@ -59,11 +61,11 @@ def test_per_row_t():
 
 def test_keep_ends_and_keep_first():
     x0 = _ids(B=16, T=10)
-    _, m = noise(x0, 1.0, MASK, keep_ends=True, generator=torch.Generator().manual_seed(0))
+    _, m = noise(x0, 1.0, MASK, eps=NOISE_EPS, keep_ends=True, generator=torch.Generator().manual_seed(0))
     assert not m[:, 0].any() and not m[:, -1].any() and m[:, 1:-1].all()
-    _, m = noise(x0, 1.0, MASK, keep_first=True, generator=torch.Generator().manual_seed(0))
+    _, m = noise(x0, 1.0, MASK, eps=NOISE_EPS, keep_first=True, generator=torch.Generator().manual_seed(0))
     assert not m[:, 0].any() and m[:, 1:].all()
-    _, m = noise(x0, 1.0, MASK, generator=torch.Generator().manual_seed(0))
+    _, m = noise(x0, 1.0, MASK, eps=NOISE_EPS, generator=torch.Generator().manual_seed(0))
     assert m.all()
 
 
@@ -72,9 +74,9 @@ def test_keep_ends_and_keep_first():
        keep_first=st.booleans())
 def test_seeded_determinism_and_invariants(seed, t, keep_ends, keep_first):
     x0 = _ids(B=3, T=17)
-    a = noise(x0, t, MASK, generator=torch.Generator().manual_seed(seed), keep_ends=keep_ends,
+    a = noise(x0, t, MASK, eps=NOISE_EPS, generator=torch.Generator().manual_seed(seed), keep_ends=keep_ends,
               keep_first=keep_first)
-    b = noise(x0, t, MASK, generator=torch.Generator().manual_seed(seed), keep_ends=keep_ends,
+    b = noise(x0, t, MASK, eps=NOISE_EPS, generator=torch.Generator().manual_seed(seed), keep_ends=keep_ends,
               keep_first=keep_first)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     noisy, mask = a
@@ -89,11 +91,11 @@ def test_seeded_determinism_and_invariants(seed, t, keep_ends, keep_first):
 def test_noise_rejects_bad_input():
     x0 = _ids(B=2, T=5)
     with pytest.raises(ValueError, match="t must"):
-        noise(x0, 1.5, MASK)
+        noise(x0, 1.5, MASK, eps=NOISE_EPS)
     with pytest.raises(ValueError, match="shape"):
-        noise(x0, torch.tensor([0.1, 0.2, 0.3]), MASK)
+        noise(x0, torch.tensor([0.1, 0.2, 0.3]), MASK, eps=NOISE_EPS)
     with pytest.raises(ValueError, match="x0"):
-        noise(x0[0], 0.5, MASK)
+        noise(x0[0], 0.5, MASK, eps=NOISE_EPS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_sampler_invariants(shift, G, L, steps, expected):
         trace.append((step, ids, info))
 
     out = generate(model, prompt, steps=steps, gen_length=G, block_length=L, mask_id=MASK,
-                   shift=shift, logits_fn=_no_mask_logits(model, shift), on_step=on_step)
+                   shift=shift, logits_fn=_no_mask_logits(model, shift), on_step=on_step, **GREEDY)
     assert out.shape == (2, P + G)
     assert torch.equal(out[:, :P], prompt)
     assert not (out == MASK).any()  # no mask left
@@ -205,7 +207,7 @@ def test_sampler_low_confidence_commit_order():
 
     order = []
     generate(None, torch.zeros(1, P, dtype=torch.long), steps=G, gen_length=G, block_length=G,
-             mask_id=5, logits_fn=logits_fn,
+             mask_id=5, logits_fn=logits_fn, **GREEDY,
              on_step=lambda s, ids, info: order.append(info["committed"][0].nonzero().item()))
     assert order == [5, 4, 3, 2]
 
@@ -216,7 +218,7 @@ def test_sampler_ties_break_to_lowest_position():
 
     order = []
     generate(None, torch.zeros(1, 1, dtype=torch.long), steps=3, gen_length=3, block_length=3,
-             mask_id=3, logits_fn=logits_fn,
+             mask_id=3, logits_fn=logits_fn, **GREEDY,
              on_step=lambda s, ids, info: order.append(info["committed"][0].nonzero().item()))
     assert order == [1, 2, 3]
 
@@ -239,7 +241,7 @@ def test_cfg_formula_on_stub(shift):
     prompt = torch.tensor([[0, 1, 2]])
     for w, tok in [(0.0, 1), (0.05, 1), (1.0, 2)]:
         seen.clear()
-        out = generate(None, prompt, steps=G, gen_length=G, block_length=G, cfg_scale=w, mask_id=MID,
+        out = generate(None, prompt, steps=G, gen_length=G, block_length=G, mask_id=MID, **greedy(cfg_scale=w),
                        shift=shift, logits_fn=logits_fn)
         assert out[0, P:].tolist() == [tok] * G
         if w > 0:
@@ -266,7 +268,7 @@ class _ShiftProbe(nn.Module):
 def test_shift_reads_previous_output(shift):
     P, G = 3, 6
     out = generate(_ShiftProbe(), torch.zeros(1, P, dtype=torch.long), steps=G, gen_length=G,
-                   block_length=G, mask_id=MASK, shift=shift)
+                   block_length=G, mask_id=MASK, shift=shift, **GREEDY)
     src = torch.arange(P, P + G) - (1 if shift else 0)  # the output that predicts each position
     assert out[0, P:].tolist() == (src % 4 + 10).tolist()
 
@@ -276,18 +278,18 @@ def test_shift_via_adapter():
 
     ad = Adapter(key="probe", causal=False, shift=True, blocks_path="")
     out = generate(_ShiftProbe(), torch.zeros(1, 2, dtype=torch.long), steps=2, gen_length=2,
-                   block_length=2, mask_id=MASK, adapter=ad)
+                   block_length=2, mask_id=MASK, adapter=ad, **GREEDY)
     assert out[0, 2:].tolist() == [11, 12]
     with pytest.raises(ValueError, match="contradicts"):
         generate(_ShiftProbe(), torch.zeros(1, 2, dtype=torch.long), steps=2, gen_length=2,
-                 block_length=2, mask_id=MASK, adapter=ad, shift=False)
+                 block_length=2, mask_id=MASK, adapter=ad, shift=False, **GREEDY)
 
 
 def test_temperature_zero_deterministic_and_seeded_sampling():
     model, _ = _tiny(False)
     prompt = _prompt()
     fn = _no_mask_logits(model, False)
-    kw = dict(steps=4, gen_length=8, block_length=4, mask_id=MASK, logits_fn=fn)
+    kw = dict(steps=4, gen_length=8, block_length=4, mask_id=MASK, logits_fn=fn, **GREEDY)
     a, b = generate(model, prompt, **kw), generate(model, prompt, **kw)
     assert torch.equal(a, b)
     hot = dict(kw, temperature=1.0)
@@ -305,7 +307,7 @@ def test_random_remasking_seeded():
     def order(seed):
         seq = []
         generate(model, prompt, steps=8, gen_length=8, block_length=8, mask_id=MASK, logits_fn=fn,
-                 remasking="random", generator=torch.Generator().manual_seed(seed),
+                 **greedy(remasking="random"), generator=torch.Generator().manual_seed(seed),
                  on_step=lambda s, ids, info: seq.append(info["committed"][0].nonzero().item()))
         return seq
 
@@ -316,16 +318,16 @@ def test_random_remasking_seeded():
 
 def test_sampler_validation_errors():
     p = _prompt()
-    kw = dict(mask_id=MASK, logits_fn=lambda ids: torch.zeros(*ids.shape, 64))
+    kw = dict(mask_id=MASK, logits_fn=lambda ids: torch.zeros(*ids.shape, 64), **GREEDY)
     with pytest.raises(ValueError, match=r"gen_length \(10\).*block_length \(4\)"):
         generate(None, p, steps=4, gen_length=10, block_length=4, **kw)
     with pytest.raises(ValueError, match=r"steps \(5\).*gen_length/block_length = 2"):
         generate(None, p, steps=5, gen_length=8, block_length=4, **kw)
     with pytest.raises(ValueError, match=r"sampler.remasking = 'topk': must be one of \['low_confidence'"):
-        generate(None, p, steps=4, gen_length=8, block_length=4, remasking="topk", **kw)
+        generate(None, p, steps=4, gen_length=8, block_length=4, **dict(kw, remasking="topk"))
     with pytest.raises(ValueError, match="non-empty prompt"):
         generate(None, p[:, :0], steps=4, gen_length=8, block_length=4, shift=True, **kw)
     with pytest.raises(ValueError, match=r"sampler.steps = 0: must be >= 1"):
         generate(None, p, steps=0, gen_length=8, block_length=4, **kw)
     with pytest.raises(ValueError, match=r"sampler.temperature = -1.0: must be >= 0"):
-        generate(None, p, steps=4, gen_length=8, block_length=4, temperature=-1.0, **kw)
+        generate(None, p, steps=4, gen_length=8, block_length=4, **dict(kw, temperature=-1.0))

@@ -19,6 +19,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import CHUNK, WINDOWS_PER_BATCH  # tests/ is on sys.path
 from srclib.pruning import calibration as cal
 from srclib.pruning import plan
 from srclib import params, paths
@@ -55,7 +56,7 @@ def _calib(n=4, T=16, wpb=2):
     g = torch.Generator().manual_seed(0)
     w = torch.randint(3, 60, (n, T), generator=g)
     w[:, 0] = 0
-    return cal.Calibration(windows=w, seed=0, windows_per_batch=wpb)
+    return cal.Calibration(windows=w, seed=0, windows_per_batch=wpb, mass_chunk_size=CHUNK)
 
 
 def spec(**kw):
@@ -116,12 +117,14 @@ def _python_random_starts(seed, n, hi):
 def test_released_windows_are_python_random_slices_of_the_special_token_stream(tmp_path, seed):
     f, texts = _corpus(tmp_path)
     n, L = 5, 12
-    c = cal.build_calibration(ToyTok(), f, n_samples=n, seq_len=L, seed=seed, bos_id=1, released=True)
+    c = cal.build_calibration(ToyTok(), f, n_samples=n, seq_len=L, seed=seed, bos_id=1, released=True,
+                              windows_per_batch=WINDOWS_PER_BATCH, mass_chunk_size=CHUNK)
     stream = [1] + [2 + ord(ch) % 50 for ch in " ".join(texts)]  # BOS once, then the joined text
     starts = _python_random_starts(seed, n, len(stream) - L - 1)
     assert c.windows.tolist() == [stream[i:i + L] for i in starts]
     # corrected (today's): no special tokens, [BOS] + L - 1 tokens, starts over n - (L - 1) - 1
-    c2 = cal.build_calibration(ToyTok(), f, n_samples=n, seq_len=L, seed=seed, bos_id=1)
+    c2 = cal.build_calibration(ToyTok(), f, n_samples=n, seq_len=L, seed=seed, bos_id=1,
+                               windows_per_batch=WINDOWS_PER_BATCH, mass_chunk_size=CHUNK)
     body = stream[1:]
     starts2 = _python_random_starts(seed, n, len(body) - (L - 1) - 1)
     assert c2.windows.tolist() == [[1] + body[i:i + L - 1] for i in starts2]
@@ -210,7 +213,8 @@ def test_released_dream_noise_through_prune_model(monkeypatch):
     prune_model(_tiny(), TINY, spec(weighting="sink"), c)  # corrected: the t-grid, ends maskable
     (kw, passes), = calls
     assert kw["noise"] == "grid" and kw["keep_ends"] is False
-    assert torch.equal(passes, cal.noised_passes(c.windows, (0.2, 0.6, 1.0), MASK, 1e-3, c.seed, keep_first=True))
+    assert torch.equal(passes, cal.noised_passes(c.windows, (0.2, 0.6, 1.0), MASK, 1e-3, c.seed, keep_first=True,
+                                                 noise="grid"))
     assert (passes[..., -1] == MASK).any()  # t = 1.0 masks the last position of some pass
 
 
@@ -220,7 +224,8 @@ def test_released_llada_noise_is_the_grid_with_no_position_kept(monkeypatch):
     prune_model(_llama_dlm(), LLAMA_DLM, released(weighting="sink", noise_keep_ends=True), c)
     (kw, passes), = calls
     assert kw["noise"] == "grid" and kw["keep_ends"] is False and kw["keep_first"] is False
-    assert torch.equal(passes, cal.noised_passes(c.windows, (0.2, 0.6, 1.0), MASK, 1e-3, c.seed, keep_first=False))
+    assert torch.equal(passes, cal.noised_passes(c.windows, (0.2, 0.6, 1.0), MASK, 1e-3, c.seed, keep_first=False,
+                                                 noise="grid"))
 
 
 # ---- rows 4-6: the masks ----------------------------------------------------------------------------

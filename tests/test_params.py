@@ -63,6 +63,8 @@ BAD = [
                                  "sparsity": 0.5, "pattern": "unstructured", "seed": 0}, "named like a model"),
     ("evaluate.ppl.seq_len", 1, ">= 2"),
     ("prune.calibration.n_samples", 2.5, "integer"),
+    ("prune.calibration.windows_per_batch", 0, ">= 1"),
+    ("prune.calibration.chunk_size", 0, ">= 1"),
     ("evaluate.tasks.boolq", {"num_fewshot": 0, "cfg": 0.0, "mc_num": 4, "limit": 10}, "boolq"),
     ("evaluate.tasks.arc_easy.mc_num", 0, ">= 1"),
     ("models.tiny-dlm.dtype", "fp8", "float32"),

@@ -26,6 +26,7 @@ from srclib.models.tiny import TinyLM, test_config
 from srclib.pruning import core, memory
 from srclib.pruning.core import prune_model
 
+from helpers import CHUNK, SPARSEGPT
 from prune_specs import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +153,8 @@ def test_study_projection_fits_one_h200_and_streams_the_stash():
 # ---- paper-width memory paths at reduced width ---------------------------------------------------------
 def _calib(vocab: int, mask_id: int) -> cal.Calibration:
     g = torch.Generator().manual_seed(0)
-    return cal.Calibration(windows=torch.randint(3, mask_id, (3, 32), generator=g), seed=0, windows_per_batch=2)
+    return cal.Calibration(windows=torch.randint(3, mask_id, (3, 32), generator=g), seed=0, windows_per_batch=2,
+                           mass_chunk_size=CHUNK)
 
 
 def _prune(monkeypatch, spec, budget=None, stop_after=None):
@@ -201,9 +203,10 @@ def test_calibration_skips_the_lm_head_and_the_skip_changes_nothing(monkeypatch,
     a, _, calls = _prune(monkeypatch, spec)
     assert calls == 0  # calibration never ran the LM head
     b, _, calls_full = _prune(monkeypatch, spec, stop_after=_no_stop)
-    # without the stop the forwards that record mass run the head; the sequential catch of block
-    # 0's inputs (uniform: no mass) stops at block 0 either way
-    assert (calls_full > 0) == (weighting != "uniform")
+    # without the stop the forwards that record mass in the same forward run the head (sink Wanda);
+    # the sequential catch of block 0's inputs (uniform: no mass) stops at block 0 either way, and
+    # sink SparseGPT's mass-only pre-pass stops by itself at the last block's mass (stop_at_mass)
+    assert (calls_full > 0) == ((method, weighting) == ("wanda", "sink"))
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
 
@@ -219,7 +222,8 @@ def test_rehearsal_worker_runs_at_reduced_width():
     assert {"mass_T64", "mass_T256", "wanda_sink_pass", "sparsegpt_sink_block", "elbo_request",
             "sampler_step"} <= set(st)
     assert st["wanda_sink_pass"]["passes"] == 1 and st["sparsegpt_sink_block"]["inputs"] == "clean"
-    flops = pj.rehearsal_flops(pj.ModelShape(**out["shape"]), st, mod.ELBO, mod.SAMPLER)
+    flops = pj.rehearsal_flops(pj.ModelShape(**out["shape"]), st, mod.ELBO, mod.SAMPLER,
+                               blocksize=SPARSEGPT["blocksize"])
     assert set(flops) == set(st) and min(flops.values()) > 0
 
 

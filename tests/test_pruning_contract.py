@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import CHUNK  # tests/ is on sys.path
 from srclib.pruning import calibration as cal
 from srclib.models import MODELS, load
 from srclib.params import PruneSpec
@@ -23,7 +24,7 @@ def spec(**kw) -> PruneSpec:
 def _calib(model, n=2, T=12):
     g = torch.Generator().manual_seed(0)
     w = torch.randint(5, 60, (n, T), generator=g)  # ids every stand-in vocabulary holds, no mask id
-    return cal.Calibration(windows=w, seed=0, windows_per_batch=2)
+    return cal.Calibration(windows=w, seed=0, windows_per_batch=2, mass_chunk_size=CHUNK)
 
 
 @pytest.mark.parametrize("key", sorted(MODELS))
@@ -32,7 +33,8 @@ def test_registry_entry_prunes(key):
     model = adapter.standin()
     c = _calib(model)
     # the calibration forward is the adapter's: a DLM attends both ways, an AR model causally
-    mass = cal.record_pass_mass(model, adapter.blocks(model), c.windows, forward=lambda ids: adapter.logits(model, ids))
+    mass = cal.record_pass_mass(model, adapter.blocks(model), c.windows, CHUNK,
+                                forward=lambda ids: adapter.logits(model, ids))
     last_key = mass.sum(0)[:, -1] / mass.shape[0]  # mass on the last key per layer: ~H if bidirectional
     assert bool((last_key > 1.0).all()) == (not adapter.causal), key
     for kw in (dict(), dict(method="sparsegpt", pattern="2:4")):

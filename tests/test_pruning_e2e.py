@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from helpers import CHUNK  # tests/ is on sys.path
 from srclib.pruning import calibration as cal
 from srclib.models import MODELS, load
 from srclib.models.base import Adapter, read_marker
@@ -37,7 +38,7 @@ def _calib(n=4, T=16):
     g = torch.Generator().manual_seed(0)
     w = torch.randint(3, 60, (n, T), generator=g)
     w[:, 0] = 0
-    return cal.Calibration(windows=w, seed=0, windows_per_batch=2)
+    return cal.Calibration(windows=w, seed=0, windows_per_batch=2, mass_chunk_size=CHUNK)
 
 
 COMBOS = [("magnitude", "uniform")] + [(m, w) for m in ("wanda", "sparsegpt") for w in ("uniform", "sink", "stability")]

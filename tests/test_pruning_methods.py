@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import SPARSEGPT, sparsegpt  # tests/ is on sys.path
 
 from srclib.pruning.magnitude import MagnitudePruner, magnitude_mask
 from srclib.pruning.masks import select_mask
@@ -223,14 +224,14 @@ def test_sparsegpt_pruner_hessian_weighted():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 7, 8, generator=g)
     wt = torch.rand(3, 7, generator=g)
-    p = SparseGPTPruner(_linear(torch.randn(4, 8, generator=g)), "l")
+    p = SparseGPTPruner(_linear(torch.randn(4, 8, generator=g)), "l", **SPARSEGPT)
     p.add_batch(x[:2], wt[:2])
     p.add_batch(x[2], wt[2])  # (N, C) = one pass
     want = sum((x[n] * wt[n, :, None]).T.double() @ (x[n] * wt[n, :, None]).double() for n in range(3)) * 2 / 3
     assert p.n_passes == 3
     assert torch.allclose(p.hessian().double(), want, atol=1e-5)
-    a = SparseGPTPruner(_linear(torch.ones(4, 8)), "a")
-    b = SparseGPTPruner(_linear(torch.ones(4, 8)), "b")
+    a = SparseGPTPruner(_linear(torch.ones(4, 8)), "a", **SPARSEGPT)
+    b = SparseGPTPruner(_linear(torch.ones(4, 8)), "b", **SPARSEGPT)
     a.add_batch(x)
     b.add_batch(x, torch.ones(3, 7))
     assert torch.equal(a.hessian(), b.hessian())
@@ -238,11 +239,11 @@ def test_sparsegpt_pruner_hessian_weighted():
 
 def test_sparsegpt_errors():
     with pytest.raises(ValueError, match=r"layer 'blocks\.1\.ff_out'.*not positive definite"):
-        sparsegpt_prune(torch.ones(2, 2), -torch.eye(2), 0.5, name="blocks.1.ff_out")
+        sparsegpt_prune(torch.ones(2, 2), -torch.eye(2), 0.5, name="blocks.1.ff_out", **SPARSEGPT)
     with pytest.raises(ValueError, match="blocksize"):
-        sparsegpt_prune(torch.ones(2, 8), torch.eye(8), 0.5, "2:4", blocksize=6)
+        sparsegpt_prune(torch.ones(2, 8), torch.eye(8), 0.5, "2:4", **sparsegpt(blocksize=6))
     with pytest.raises(ValueError, match=r"2:4.*sparsity=0\.4"):
-        sparsegpt_prune(torch.ones(2, 8), torch.eye(8), 0.4, "2:4")
-    p = SparseGPTPruner(_linear(torch.ones(2, 4)), "blocks.0.v_proj")
+        sparsegpt_prune(torch.ones(2, 8), torch.eye(8), 0.4, "2:4", **SPARSEGPT)
+    p = SparseGPTPruner(_linear(torch.ones(2, 4)), "blocks.0.v_proj", **SPARSEGPT)
     with pytest.raises(ValueError, match=r"blocks\.0\.v_proj.*NaN"):
         p.add_batch(torch.full((1, 3, 4), float("inf")))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import CHUNK  # tests/ is on sys.path
 import srclib.sinks
 from srclib.pruning import calibration as cal
 from srclib.attention import record_mass
@@ -39,7 +40,7 @@ def _calib(n=4, T=24, wpb=2):
     g = torch.Generator().manual_seed(0)
     w = torch.randint(3, 60, (n, T), generator=g)
     w[:, 0] = 0
-    return cal.Calibration(windows=w, seed=0, windows_per_batch=wpb)
+    return cal.Calibration(windows=w, seed=0, windows_per_batch=wpb, mass_chunk_size=CHUNK)
 
 
 # ---- known answers -----------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def test_sink_wanda_one_shot_matches_independent_per_pass_computation():
     # independent: every pass alone (batch of 1), its own mass, python zscore, float64 norms
     ref_model = _model()
     passes = cal.noised_passes(c.windows, sp.calibration.t_grid, 63, sp.calibration.noise_eps, c.seed,
-                               keep_first=True).reshape(-1, 20)
+                               keep_first=True, noise="grid").reshape(-1, 20)
     blocks = ref_model.model.transformer.blocks
     names = [(i, n) for i in range(len(blocks)) for n in ADAPTER.prunable(blocks[i])]
     acc = {k: np.zeros(ADAPTER.prunable(blocks[k[0]])[k[1]].in_features) for k in names}
@@ -165,7 +166,7 @@ def test_sink_wanda_one_shot_matches_independent_per_pass_computation():
         got = {}
         hs = [ADAPTER.prunable(blocks[i])[n].register_forward_hook(
             lambda m, a, o, k=(i, n): got.__setitem__(k, a[0][0].double().numpy())) for i, n in names]
-        with torch.no_grad(), record_mass() as rec:
+        with torch.no_grad(), record_mass(chunk_size=CHUNK) as rec:
             ref_model(input_ids=ids[None])
         for h in hs:
             h.remove()

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import CHUNK  # tests/ is on sys.path
 from srclib import notebook, paths, run
 from srclib.notebook import PROGRESS_ENV, PROGRESS_LOGGER, Progress, duration, phase, progress
 
@@ -224,10 +225,12 @@ def test_calibration_loops_log_progress(progress_lines):
     model = TinyLM(test_config(causal=False, shift=True)).eval()
     blocks = model.model.transformer.blocks
     batches = [cal.PassBatch(ids=torch.randint(3, 60, (2, 8))) for _ in range(3)]
-    cal.run_one_shot(model, blocks, {"q": blocks[0].q_proj}, batches, lambda k, x, w: None, desc="OWL statistics")
+    cal.run_one_shot(model, blocks, {"q": blocks[0].q_proj}, batches, lambda k, x, w: None, desc="OWL statistics",
+                     chunk_size=CHUNK)
     assert progress_lines()[0] == "OWL statistics: 3 batches"
     assert progress_lines()[-1].startswith("OWL statistics: batch 3/3 (100%), done in ")
-    cal.run_sequential(model, blocks, lambda b: {"q": b.q_proj}, batches, lambda i: None, lambda i: None)
+    cal.run_sequential(model, blocks, lambda b: {"q": b.q_proj}, batches, lambda i: None, lambda i: None,
+                       chunk_size=CHUNK)
     lines = progress_lines()
     assert any(line.startswith("calibration (sequential): block 0 inputs: batch 3/3 (100%)") for line in lines)
     assert lines[-1].startswith(f"calibration (sequential): block {len(blocks)}/{len(blocks)} (100%), done in ")

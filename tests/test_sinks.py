@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import SINK, sink_rule
 
 from srclib.sinks import (
     SINK_RULES,
@@ -42,7 +43,7 @@ def test_zscore_known_answer():
     # by hand: mean = 2.125, population var = 70.875 / 8 = 8.859375
     std = math.sqrt(8.859375)
     expect0 = _sigmoid(5 * (10 - 2.125 - 2 * std))
-    s = sink_scores(torch.tensor(m, dtype=torch.float64))
+    s = sink_scores(torch.tensor(m, dtype=torch.float64), **SINK)
     assert s[0].item() == pytest.approx(expect0, rel=1e-12)
     assert s[0].item() > 0.9999
     assert s[1:].max().item() < 1e-10
@@ -51,25 +52,25 @@ def test_zscore_known_answer():
 
 def test_zscore_alpha_kappa_respected():
     m = [3.0, 1.0, 0.5, 2.0, 0.25, 1.5]
-    s = sink_scores(torch.tensor(m, dtype=torch.float64), alpha=1.7, kappa=0.3)
+    s = sink_scores(torch.tensor(m, dtype=torch.float64), **sink_rule(alpha=1.7, kappa=0.3))
     assert torch.allclose(s, torch.tensor(_zscore_ref(m, 1.7, 0.3), dtype=torch.float64))
 
 
 def test_margin_known_answer():
     m = torch.tensor([4.0, 1.0, 1.0, 1.0])
     # k=0: mean of others = 1 -> 4 > 1; k>0: mean of others = 2 -> 1 > 2 is false
-    assert sink_scores(m, rule="margin").tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert sink_scores(m, **sink_rule(rule="margin")).tolist() == [1.0, 0.0, 0.0, 0.0]
     # eps: 4 > 1 + 2.9 holds; 4 > 1 + 3 does not (strict)
-    assert sink_scores(m, rule="margin", eps=2.9).tolist() == [1.0, 0.0, 0.0, 0.0]
-    assert sink_scores(m, rule="margin", eps=3.0).tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert sink_scores(m, **sink_rule(rule="margin", eps=2.9)).tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert sink_scores(m, **sink_rule(rule="margin", eps=3.0)).tolist() == [0.0, 0.0, 0.0, 0.0]
     # two sinks: [5, 5, 1, 1]: others of k=0: 7/3 -> sink; others of k=2: 11/3 -> not
-    assert sink_scores(torch.tensor([5.0, 5, 1, 1]), rule="margin").tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert sink_scores(torch.tensor([7.0]), rule="margin").tolist() == [0.0]
+    assert sink_scores(torch.tensor([5.0, 5, 1, 1]), **sink_rule(rule="margin")).tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert sink_scores(torch.tensor([7.0]), **sink_rule(rule="margin")).tolist() == [0.0]
 
 
 def test_unknown_rule_names_allowed():
     with pytest.raises(ValueError, match="allowed rules.*margin.*zscore"):
-        sink_scores(torch.ones(4), rule="topk")
+        sink_scores(torch.ones(4), **sink_rule(rule="topk"))
     assert set(SINK_RULES) == {"zscore", "margin"}
 
 
@@ -77,17 +78,17 @@ def test_batched_shapes_match_rowwise():
     g = torch.Generator().manual_seed(0)
     m = torch.rand(3, 2, 9, generator=g)  # (L, B, T)
     for rule in SINK_RULES:
-        s = sink_scores(m, rule=rule)
+        s = sink_scores(m, **sink_rule(rule=rule))
         assert s.shape == m.shape
         for i in range(3):
             for j in range(2):
-                assert torch.allclose(s[i, j], sink_scores(m[i, j], rule=rule), atol=1e-6)
+                assert torch.allclose(s[i, j], sink_scores(m[i, j], **sink_rule(rule=rule)), atol=1e-6)
 
 
 def test_token_weights_is_one_minus_score():
     m = torch.tensor([[9.0, 1, 1, 1, 1, 1, 1], [1.0, 1, 1, 1, 1, 1, 8]])
-    assert torch.allclose(token_weights(m), 1 - sink_scores(m))
-    assert torch.equal(token_weights(m, rule="margin"), 1 - sink_scores(m, rule="margin"))
+    assert torch.allclose(token_weights(m, **SINK), 1 - sink_scores(m, **SINK))
+    assert torch.equal(token_weights(m, **sink_rule(rule="margin")), 1 - sink_scores(m, **sink_rule(rule="margin")))
 
 
 def test_planted_sink_found():
@@ -95,7 +96,7 @@ def test_planted_sink_found():
     m = torch.rand(64, generator=g)  # noise in [0, 1)
     m[17] = 100.0
     for rule in SINK_RULES:
-        s = sink_scores(m, rule=rule)
+        s = sink_scores(m, **sink_rule(rule=rule))
         assert sink_sets(s).nonzero().flatten().tolist() == [17]
     assert dominant_positions(m).item() == 17
 
@@ -103,9 +104,9 @@ def test_planted_sink_found():
 def test_uniform_mass():
     m = torch.full((12,), 3.0)
     # margin: m_k > mean of others is false everywhere -> no sink
-    assert not sink_sets(sink_scores(m, rule="margin")).any()
+    assert not sink_sets(sink_scores(m, **sink_rule(rule="margin"))).any()
     # zscore: std = 0, every score is exactly sigmoid(0) = 0.5 (the released code's degenerate case)
-    assert torch.equal(sink_scores(m), torch.full((12,), 0.5))
+    assert torch.equal(sink_scores(m, **SINK), torch.full((12,), 0.5))
 
 
 def test_single_spike_threshold_depends_on_T():
@@ -113,7 +114,7 @@ def test_single_spike_threshold_depends_on_T():
     for T, expect in [(4, False), (5, None), (6, True), (32, True)]:
         m = torch.zeros(T, dtype=torch.float64)
         m[0] = 10.0
-        s0 = sink_scores(m)[0].item()
+        s0 = sink_scores(m, **SINK)[0].item()
         if expect is None:
             assert s0 == pytest.approx(0.5, abs=1e-12)
         else:
@@ -124,11 +125,11 @@ def test_single_spike_threshold_depends_on_T():
 @given(st.lists(st.floats(0.0, 100.0), min_size=2, max_size=20), st.sampled_from(sorted(SINK_RULES)))
 def test_scores_properties(values, rule):
     m = torch.tensor(values, dtype=torch.float64)
-    s = sink_scores(m, rule=rule)
+    s = sink_scores(m, **sink_rule(rule=rule))
     assert ((s >= 0) & (s <= 1)).all()
     # permutation equivariance
     perm = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(sink_scores(m[perm], rule=rule), s[perm])
+    assert torch.allclose(sink_scores(m[perm], **sink_rule(rule=rule)), s[perm])
     # monotone in the mass: a heavier key never has a lower score
     order = torch.argsort(m)
     assert (s[order].diff() >= -1e-12).all()

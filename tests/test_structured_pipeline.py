@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import CHUNK  # tests/ is on sys.path
 from srclib.pruning import calibration as cal
 from srclib.pruning import plan
 from srclib import params
@@ -52,7 +53,7 @@ def _calib(vocab, n=4, T=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(3, min(vocab, 60), (n, T), generator=g)
     w[:, 0] = 0
-    return cal.Calibration(windows=w, seed=seed, windows_per_batch=2)
+    return cal.Calibration(windows=w, seed=seed, windows_per_batch=2, mass_chunk_size=CHUNK)
 
 
 def _ids(vocab, B=2, T=12):

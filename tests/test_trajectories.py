@@ -99,7 +99,7 @@ from srclib.trajectories.store import (  # noqa: E402
     save_trajectory,
 )
 
-from helpers import AD_DLM, MASK  # noqa: E402  (tests/ is on sys.path)
+from helpers import AD_DLM, CHUNK, MASK  # noqa: E402  (tests/ is on sys.path)
 from helpers import collect_params as _cfg  # noqa: E402
 from helpers import tiny_dlm as _dlm  # noqa: E402
 from helpers import word_texts as _texts  # noqa: E402
@@ -516,7 +516,7 @@ def test_head_statistics_known_answer():
     mask[:, 0, :, 1:] = float("-inf")  # head 0 sees key 0 only
     bos, top = [], []
     for _ in range(S):
-        with record_mass(per_head=True) as rec:
+        with record_mass(per_head=True, chunk_size=CHUNK) as rec:
             torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
         bos.append(rec.bos_share.permute(0, 2, 1))  # (L=1, H, B)
         top.append(rec.top_share.permute(0, 2, 1))

@@ -165,7 +165,7 @@ def mass_flops(shape: ModelShape, T: int, batch: int = 1, layers: int | None = N
     return float(batch * L * 2 * T * T * shape.n_heads * shape.head_dim)
 
 
-def sparsegpt_flops(shape: ModelShape, tokens: int, blocksize: int = 128,
+def sparsegpt_flops(shape: ModelShape, tokens: int, blocksize: int,
                     layers: int | None = None) -> dict[str, float]:
     """Hessian accumulation and solve FLOPs of SparseGPT over ``layers`` blocks (float32)."""
     L = shape.n_layers if layers is None else layers
@@ -189,8 +189,9 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def rehearsal_flops(shape: ModelShape, stages: Mapping[str, Any], elbo: Mapping[str, Any],
-                    sampler: Mapping[str, Any]) -> dict[str, float]:
-    """FLOPs of each measured rehearsal stage (benchmarks/paper_rehearsal.py), by its key."""
+                    sampler: Mapping[str, Any], *, blocksize: int) -> dict[str, float]:
+    """FLOPs of each measured rehearsal stage (benchmarks/paper_rehearsal.py), by its key;
+    blocksize: SparseGPT's column block (the study's prune.sparsegpt.blocksize)."""
     out: dict[str, float] = {}
     for key, s in stages.items():
         T = s.get("T")
@@ -203,7 +204,7 @@ def rehearsal_flops(shape: ModelShape, stages: Mapping[str, Any], elbo: Mapping[
         elif key.startswith("wanda"):
             out[key] = s["passes"] * (forward_flops(shape, T, head=False) + mass_flops(shape, T))
         elif key.startswith("sparsegpt"):
-            sg = sparsegpt_flops(shape, s["passes"] * T, layers=1)
+            sg = sparsegpt_flops(shape, s["passes"] * T, blocksize, layers=1)
             # pre-pass (one block, recorder) + catch/stats/re-run of one block + Hessian + solve
             out[key] = (forward_flops(shape, T, head=False, layers=1) + mass_flops(shape, T, layers=1)
                         + 2 * forward_flops(shape, T, head=False, layers=1) + sg["hessian"] + sg["solve"])
@@ -248,9 +249,10 @@ def collect_job(P: Any, key: str, gpu: GPU) -> dict[str, Any]:
                 bf16_flops=bf16, fp32_flops=fp32)
 
 
-def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> dict[str, Any]:
+def prune_job(P: Any, instance: str, gpu: GPU) -> dict[str, Any]:
     """One prune instance: calibration forwards, statistics, pruning; time and peak memory.
 
+    Windows per forward: the study's prune.calibration.windows_per_batch.
     Passes: noised (n_samples x |t-grid|) or clean (n_samples) per ``PruneSpec.inputs_for``; a
     sink / stability weighting on clean windows adds a mass-only pre-pass of the noised passes.
     One-shot: one blocks-only forward per pass; sequential: block 0's inputs are caught (a full
@@ -269,7 +271,7 @@ def prune_job(P: Any, instance: str, gpu: GPU, windows_per_batch: int = 4) -> di
     inputs = plan.inputs_for(spec, True)
     passes = N * (n_t if inputs == "noised" else 1)
     needs_mass = spec.run.weighting != "uniform"
-    batch = windows_per_batch * (n_t if inputs == "noised" else 1)
+    batch = cal.windows_per_batch * (n_t if inputs == "noised" else 1)  # the run's (prune.calibration)
     fwd = forward_flops(shape, T, head=False)
     rec = mass_flops(shape, T)
     bf16 = fp32 = 0.0

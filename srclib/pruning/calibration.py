@@ -41,7 +41,7 @@ from torch import nn
 
 from srclib import devices
 from srclib.data import corpus
-from srclib.attention import CHUNK_SIZE, record_mass
+from srclib.attention import record_mass
 from srclib import choices
 from srclib.diffusion import noise, noise_stratified
 from srclib.notebook import progress
@@ -80,14 +80,16 @@ class Calibration:
     """Calibration data for ``prune_model``.
 
     windows: (N, T) int64 clean token windows. seed: seeds the noising generator.
-    windows_per_batch: windows per forward (a forward holds windows_per_batch * n_t passes).
-    mass_chunk_size: query chunk of the attention-mass recorder (srclib.attention.record_mass).
+    windows_per_batch: windows per forward (a forward holds windows_per_batch * n_t passes;
+    params.yaml prune.calibration.windows_per_batch).
+    mass_chunk_size: query chunk of the attention-mass recorder (srclib.attention.record_mass;
+    prune.calibration.chunk_size).
     """
 
     windows: torch.Tensor
     seed: int
-    windows_per_batch: int = 4
-    mass_chunk_size: int = CHUNK_SIZE
+    windows_per_batch: int
+    mass_chunk_size: int
 
     def __post_init__(self) -> None:
         w = self.windows
@@ -153,8 +155,9 @@ def build_calibration(
     seq_len: int,
     seed: int,
     bos_id: int | None,
-    windows_per_batch: int = 4,
-    mass_chunk_size: int = CHUNK_SIZE,
+    *,
+    windows_per_batch: int,
+    mass_chunk_size: int,
     released: bool = False,
 ) -> Calibration:
     """Read, tokenise and sample the calibration windows (see ``sample_windows``).
@@ -203,7 +206,8 @@ def noised_passes(
     seed: int,
     keep_first: bool,
     keep_ends: bool = False,
-    noise: str = "grid",
+    *,
+    noise: str,
     rows_per_draw: int = 1,
 ) -> torch.Tensor:
     """Every window n_t = len(t_grid) times, noised: (N, n_t, T) int64 (window-major, pass-minor),
@@ -317,7 +321,8 @@ def run_one_shot(
     batches: Iterable[PassBatch],
     feed: Feed,
     weight_fn: WeightFn | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
     desc: str = "calibration (one-shot)",
     forward: Forward | None = None,
 ) -> None:
@@ -359,7 +364,7 @@ def run_one_shot(
 
 
 def record_pass_mass(
-    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int = CHUNK_SIZE,
+    model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, chunk_size: int,
     forward: Forward | None = None, stop_at_mass: bool = True,
 ) -> torch.Tensor:
     """Attention mass (L, B, T) of one forward of ``ids`` (B, T) through the blocks (no LM head).
@@ -386,7 +391,8 @@ def catch_block_inputs(
     blocks: nn.ModuleList,
     ids: torch.Tensor,
     record: bool = False,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
     forward: Forward | None = None,
 ) -> tuple[list[Any], dict[str, Any], torch.Tensor | None]:
     """Block 0's positional args and kwargs for one forward of ``ids`` (B, T).
@@ -431,7 +437,8 @@ def run_sequential(
     start_block: Callable[[int], Callable[[str, torch.Tensor, "torch.Tensor | None"], None] | None],
     finish_block: Callable[[int], None],
     weight_fn: WeightFn | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    *,
+    chunk_size: int,
     desc: str = "calibration (sequential)",
     forward: Forward | None = None,
 ) -> None:

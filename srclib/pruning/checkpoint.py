@@ -25,7 +25,6 @@ from torch import nn
 
 from srclib.pruning import calibration as cal
 from srclib import devices, models, paths
-from srclib.attention import CHUNK_SIZE
 from srclib.files import atomic_outputs, sha256_file, sha256_folder, write_json, write_text
 from srclib.models.base import MASKS_FILE, write_marker
 from srclib.params import PruneSpec
@@ -86,8 +85,8 @@ def run_prune(
     seed: int,
     corpus_path: str | Path | None = None,
     calibration: cal.Calibration | None = None,
-    windows_per_batch: int = 4,
-    mass_chunk_size: int = CHUNK_SIZE,
+    windows_per_batch: int | None = None,
+    mass_chunk_size: int | None = None,
     timing_path: str | Path | None = None,
     device: str | torch.device | None = None,
     instance: str | None = None,
@@ -98,7 +97,10 @@ def run_prune(
     model: a registry key / srclib checkpoint folder (srclib.models.load), or (model, tokenizer,
     adapter). Calibration windows come from ``calibration`` if given, else from ``corpus_path``
     (required when the method needs data) with n_samples x seq_len, ``seed``, and a
-    leading BOS when the tokenizer has one. Magnitude without OWL needs no calibration data.
+    leading BOS when the tokenizer has one, batched ``windows_per_batch`` windows per forward with the
+    mass recorder's query chunk ``mass_chunk_size`` (params.yaml prune.calibration.windows_per_batch,
+    chunk_size; required with ``corpus_path``, a given ``calibration`` holds its own). Magnitude
+    without OWL needs no calibration data.
     device, dtype: load the model with these (params.yaml ``models:`` entry; device "auto" = CUDA
     when available); an in-memory model is moved to ``device`` (default: left where it is).
     """
@@ -128,7 +130,7 @@ def _load(model, device, dtype) -> tuple[nn.Module, Any, Any, str, dict[str, Any
 
 
 def _calibration(rp: RunPlan, tok, source: str, calibration: cal.Calibration | None, corpus_path, n_samples: int,
-                 seq_len: int, seed: int, windows_per_batch: int, mass_chunk_size: int):
+                 seq_len: int, seed: int, windows_per_batch: int | None, mass_chunk_size: int | None):
     """The run's calibration windows (None when it needs no data) and their record for the metrics."""
     calib_info: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
     if rp.needs_data and calibration is None:
@@ -136,6 +138,9 @@ def _calibration(rp: RunPlan, tok, source: str, calibration: cal.Calibration | N
             raise ValueError(f"model {source!r} has no tokenizer; pass calibration= windows explicitly")
         if corpus_path is None:
             raise ValueError("method needs calibration data: pass corpus_path= or calibration=")
+        if windows_per_batch is None or mass_chunk_size is None:
+            raise ValueError("calibration windows from corpus_path need windows_per_batch= and mass_chunk_size= "
+                             "(params.yaml prune.calibration.windows_per_batch, chunk_size)")
         corpus = Path(corpus_path)
         calibration = cal.build_calibration(
             tok, corpus, n_samples=n_samples, seq_len=seq_len, seed=seed,

@@ -61,8 +61,9 @@ def sparsegpt_prune(
     hessian: torch.Tensor,
     sparsity: float,
     pattern: str = "unstructured",
-    blocksize: int = 128,
-    percdamp: float = 0.01,
+    *,
+    blocksize: int,
+    percdamp: float,
     name: str = "",
     inclusive: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +134,7 @@ def sparsegpt_prune(
 
 
 class SparseGPTPruner(LayerPruner):
-    def __init__(self, layer: nn.Linear, name: str = "", blocksize: int = 128, percdamp: float = 0.01,
+    def __init__(self, layer: nn.Linear, name: str = "", *, blocksize: int, percdamp: float,
                  inclusive: bool = False, **options: Any):
         super().__init__(layer, name)
         self.blocksize = blocksize

@@ -52,6 +52,7 @@ def run(P: Params, instance: str | None = None, root: Path | None = None) -> Pru
         model=inst.model, spec=cfg.spec(instance), instance=instance,
         out_dir=paths.pruned_dir(instance, root), metrics_path=paths.prune_metrics(instance, root),
         n_samples=cfg.calibration.n_samples, seq_len=cfg.calibration.seq_len, seed=inst.seed,
+        windows_per_batch=cfg.calibration.windows_per_batch, mass_chunk_size=cfg.calibration.chunk_size,
         corpus_path=(paths.ROOT if root is None else Path(root)) / cfg.calibration.corpus,
         timing_path=paths.prune_timing(instance, root), dtype=model.dtype, device=model.device,
     )

@@ -86,7 +86,7 @@ def sink_dynamics_panels(trajs: Mapping[str, Any], *, rule: str, alpha: float, k
     for run, t in trajs.items():
         if not 0 <= prompt < int(t.shape[2]):
             raise ValueError(f"prompt must be in [0, {int(t.shape[2])}) for run {run!r}, got {prompt}")
-    sink_scores(torch.ones(2), rule=rule)  # the rule name, checked before any work
+    sink_scores(torch.ones(2), rule=rule, alpha=alpha, kappa=kappa, eps=eps)  # the rule name, first
     n_frames = min(max_frames, max(int(t.shape[0]) for t in trajs.values()))
     out = {}
     for run, t in trajs.items():

@@ -251,7 +251,7 @@ def sink_statistics(traj: Trajectory, cfg: VarianceParams, *, with_arrays: bool 
     """
     if not 0.0 < cfg.stability_threshold <= 1.0:
         raise ValueError(f"stability_threshold must be in (0, 1], got {cfg.stability_threshold}")
-    sink_scores(torch.ones(2), rule=cfg.rule)  # validates the rule name early
+    sink_scores(torch.ones(2), rule=cfg.rule, alpha=cfg.alpha, kappa=cfg.kappa, eps=cfg.eps)  # the rule name, early
     settings = dict(rule=cfg.rule, alpha=cfg.alpha, kappa=cfg.kappa, eps=cfg.eps,
                     stability_threshold=cfg.stability_threshold)
     S, L, B, T = traj.shape
