@@ -13,6 +13,9 @@ core.py); each distinct (caller, callee) pair counts once however often a loop r
     python benchmarks/spec_journey.py            # counts and every climb, spec and cfg
     python benchmarks/spec_journey.py --json     # the counts as JSON
 
+With the trained model in models/ (dvc repro train) it also follows the prune section (the stage's
+cfg) through the real prune stage (``stage``), outputs written under a temporary root.
+
 Counts of the tree this script runs in; the closing note of issue 24 gives the numbers before and
 after the move of the prune run into srclib/pruning/.
 """
@@ -59,10 +62,18 @@ def follow(target: Any, fn: Callable[[], Any]) -> dict[str, Any]:
     callbacks: set[tuple[str, str]] = set()
     held: set[int] = set()  # ids of live frames that hold the target
     reach: dict[str, set[str]] = {}
+    g = deps.graph(ROOT, parents=False)  # what a module's own import statements name
 
     def imports(file: str) -> set[str]:
         if file not in reach:
-            reach[file] = deps.closure({_module(file)}, ROOT) - {_module(file)}
+            seen: set[str] = set()
+            todo = list(g.get(_module(file), ()))
+            while todo:
+                m = todo.pop()
+                if m not in seen:
+                    seen.add(m)
+                    todo.extend(g.get(m, ()))
+            reach[file] = seen - {_module(file)}
         return reach[file]
 
     def prof(frame, event, arg):
@@ -112,6 +123,25 @@ def _model() -> TinyLM:
     return TinyLM(test_config()).eval()  # the test-size DLM (bidirectional, shifted, with a mask token)
 
 
+def _stage_view(P, instance: str) -> dict[str, Any] | None:
+    """The prune section (the stage's cfg) followed through the real prune stage on the trained
+    model, outputs under a temporary root; None when models/<model> is not built (dvc repro train)."""
+    import inspect
+
+    from srclib import paths
+    from srclib.stages import prune as stage
+
+    if not (paths.ROOT / "models" / P.prune.instance(instance).model / "config.json").is_file():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        (root / "data" / "raw").symlink_to(paths.ROOT / "data" / "raw", target_is_directory=True)
+        if "P" in inspect.signature(stage.run).parameters:  # run(P, instance, root)
+            return follow(P.prune, lambda: stage.run(P, instance, root=root))
+        return follow(P.prune, lambda: stage.run(P.prune, instance, P.model_entry(instance), root=root))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true")
@@ -139,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             prune(s)
 
         out["cfg"] = follow(cfg, stage)
+    stage_view = _stage_view(P, args.instance)
+    if stage_view is not None:
+        out["stage"] = stage_view
     if args.json:
         print(json.dumps({k: {n: v[n] for n in ("stays", "files", "climbs", "callbacks", "climbs_back_up")}
                           for k, v in out.items()}))
