@@ -4,6 +4,7 @@ and the collect and variance stages."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -490,19 +491,60 @@ def test_collected_head_shares_agree_with_the_layer_mass(kind, tmp_path):
 
 
 def test_old_format_file_is_refused_naming_it(tmp_path):
+    import json
+
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from srclib.trajectories.store import FORMAT_KEY, TrajectoryFileError, check_trajectory_file
+    from srclib.trajectories.store import META_KEY, TrajectoryFileError, check_trajectory_file
 
     path = save_trajectory(_synthetic([0, 1]), tmp_path / "old.safetensors")
     with safe_open(str(path), framework="pt") as fh:
         md = dict(fh.metadata())
-    assert md.pop(FORMAT_KEY) == "2"
-    save_file(load_file(str(path)), str(path), metadata=md)  # a format-1 file: no format key
+    assert list(md) == [META_KEY]  # the only key: the format is in the meta
+    meta = json.loads(md[META_KEY])
+    assert meta.pop("format") == 2
+    save_file(load_file(str(path)), str(path), metadata={META_KEY: json.dumps(meta)})  # format 1: no format
     for read in (load_trajectory, check_trajectory_file):
         with pytest.raises(TrajectoryFileError, match=r"old\.safetensors has format 1.*rerun the collect stage"):
             read(path)
+
+
+def test_files_written_with_a_format_key_are_still_read(tmp_path):
+    """Format-2 files written before the format moved into the meta carry a second key."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from srclib.trajectories.store import FORMAT_KEY, META_KEY
+
+    traj = _synthetic([0, 1])
+    path = save_trajectory(traj, tmp_path / "two.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()[META_KEY])
+    del meta["format"]
+    save_file(load_file(str(path)), str(path), metadata={META_KEY: json.dumps(meta), FORMAT_KEY: "2"})
+    back = load_trajectory(path)
+    assert torch.allclose(back.mass, traj.mass) and back.meta == meta  # read, format from the second key
+
+
+def test_trajectory_files_are_byte_identical_across_processes(tmp_path):
+    """safetensors writes its metadata from a hash map whose order changes between processes: with
+    one metadata key the same trajectory gives the same bytes in every process (the collect metrics
+    record the file's sha256)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[2]); from test_trajectories import _synthetic; "
+            "from srclib.trajectories.store import save_trajectory; save_trajectory(_synthetic([0, 1]), sys.argv[1])")
+    tests = str(Path(__file__).parent)
+    digests = set()
+    for i in range(6):
+        out = tmp_path / f"t{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(out), tests], check=True, cwd=tests)
+        digests.add(out.read_bytes())
+    assert len(digests) == 1
 
 
 def test_head_statistics_known_answer():

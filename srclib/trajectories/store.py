@@ -11,8 +11,11 @@ round trip.  (float32 is used instead if a deviation would overflow float16.)  T
 (L, B, T), ``prefill_mean`` (L, B); per head (format 2, written by collect; optional):
 ``head_bos_share`` and ``head_top_share`` (S, L, H, B) float32.  Metadata key
 ``srclib_trajectory`` (``META_KEY``): JSON with the model key, run name, kind, causal, shift,
-has_bos, bos/mask ids, random_init and the settings; ``srclib_trajectory_format``
-(``FORMAT_KEY``): the file format (``FORMAT_VERSION``; absent in format-1 files).
+has_bos, bos/mask ids, random_init, the settings and ``format`` (``FORMAT_VERSION``). It is the
+only metadata key, so the file's bytes are the same on every run: safetensors writes its metadata
+from a hash map, whose order changes from process to process when there are two keys. Files
+written before carry the format under a second key, ``srclib_trajectory_format`` (``FORMAT_KEY``),
+which is still read; format-1 files have neither.
 ``load_trajectory`` / ``check_trajectory_file`` (header only, cheap) refuse a file that is not
 one (truncated, overwritten, metadata or a tensor missing or misshapen) or is of another format
 (an older collect: rerun it) with ``TrajectoryFileError`` naming it.
@@ -66,7 +69,7 @@ log = logging.getLogger(__name__)
 
 META_KEY = "srclib_trajectory"
 FORMAT_KEY = "srclib_trajectory_format"
-FORMAT_VERSION = 2  # 2: per-head shares (head_bos_share, head_top_share) and FORMAT_KEY
+FORMAT_VERSION = 2  # 2: per-head shares (head_bos_share, head_top_share)
 PRIMARY_VARIANT = {"dlm": "full", "ar": "newest"}  # the paper's statistic for each kind
 # variants biased towards key 0 by construction (causal column sums): not evidence of a sink
 BIASED_VARIANTS = ("prefix_raw", "prefix_norm")
@@ -215,7 +218,8 @@ def save_trajectory(traj: Trajectory, path: str | Path) -> Path:
             if h.dim() != 4 or (h.shape[0], h.shape[1], h.shape[3]) != (S, L, B) or h.shape != heads[0].shape:
                 raise ValueError(f"{k} must be (S, L, H, B) = ({S}, {L}, H, {B}), got {tuple(h.shape)}")
             tensors[k] = h.float().contiguous()
-    meta = {META_KEY: json.dumps(traj.meta, sort_keys=True), FORMAT_KEY: str(FORMAT_VERSION)}
+    record = {**traj.meta, "format": FORMAT_VERSION}  # the format this function writes
+    meta = {META_KEY: json.dumps(record, sort_keys=True)}  # one key: byte-identical files (module docstring)
     path = Path(path)
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -293,13 +297,14 @@ def _read(path: Path, tensors: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         raise _corrupt(path, f"cannot read its tensors ({type(exc).__name__}: {exc})") from exc
     shapes = {k: tuple(v.shape) for k, v in out.items()} if tensors else out
     _check_shapes(path, shapes, meta["kind"])
-    _check_format(path, fmd)
+    _check_format(path, fmd, meta)
     return meta, out
 
 
-def _check_format(path: Path, md: dict[str, str]) -> None:
-    """The file's format is this srclib's (FORMAT_VERSION); format-1 files have no FORMAT_KEY."""
-    raw = md.get(FORMAT_KEY, "1")
+def _check_format(path: Path, md: dict[str, str], meta: dict[str, Any]) -> None:
+    """The file's format is this srclib's (FORMAT_VERSION): the meta's ``format``, or FORMAT_KEY in
+    files written before it was the only key; format-1 files have neither."""
+    raw = md.get(FORMAT_KEY, str(meta.get("format", 1)))
     try:
         version = int(raw)
     except ValueError:
